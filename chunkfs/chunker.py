@@ -1,0 +1,121 @@
+"""Streaming chunkers: feed byte buffers of any size, get finished chunks.
+
+Boundaries never depend on how the input was split into buffers, so a file
+written in 1 MiB FUSE requests chunks exactly like the same bytes ingested in
+one call.  That property is what lets the filesystem chunk while a file streams
+in, and re-chunk only part of an edited file.
+
+FastCDC comes from the ``fastcdc`` package (its Cython build).  Its cut point
+for a chunk starting at offset ``s`` depends only on bytes ``[s, s+max_size)``,
+so of the chunks it reports for a buffer every one but the last is final, and
+the last is final only when it reached ``max_size``; the last one is carried
+over and re-scanned together with the next buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from fastcdc.fastcdc_cy import fastcdc_cy
+
+from .settings import StoreSettings
+
+
+class StreamChunker(Protocol):
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        """Add bytes; return the chunks that are now final, in order."""
+
+    def finish(self) -> list[bytes]:
+        """End of input: return what remains (at most one chunk for FastCDC)."""
+
+    @property
+    def pending(self) -> int:
+        """Bytes fed but not yet returned in a chunk."""
+
+
+class FastCDCChunker:
+    # Scan at least this much at once: the per-call overhead of fastcdc is
+    # noticeable on small FUSE-sized feeds.
+    SCAN_THRESHOLD = 1024 * 1024
+
+    def __init__(self, min_size: int, avg_size: int, max_size: int):
+        self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        self._buf += data
+        if len(self._buf) < max(self.SCAN_THRESHOLD, 2 * self.max_size):
+            return []
+        return self._cut(final=False)
+
+    def finish(self) -> list[bytes]:
+        return self._cut(final=True)
+
+    def peek(self) -> bytes:
+        """The bytes fed but not yet cut (for read-your-writes)."""
+        return bytes(self._buf)
+
+    def _cut(self, final: bool) -> list[bytes]:
+        buf = self._buf
+        if not buf:
+            return []
+        view = memoryview(buf)
+        try:
+            spans = [(c.offset, c.length) for c in fastcdc_cy(view, self.min_size, self.avg_size, self.max_size)]
+            if not final and spans[-1][1] < self.max_size:
+                spans.pop()  # cut only by the end of the buffer: not final yet
+            chunks = [bytes(view[o : o + n]) for o, n in spans]
+        finally:
+            view.release()
+        consumed = sum(len(c) for c in chunks)
+        del buf[:consumed]
+        return chunks
+
+
+class FixedChunker:
+    def __init__(self, size: int):
+        self.size = size
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        self._buf += data
+        return self._cut(final=False)
+
+    def finish(self) -> list[bytes]:
+        return self._cut(final=True)
+
+    def peek(self) -> bytes:
+        return bytes(self._buf)
+
+    def _cut(self, final: bool) -> list[bytes]:
+        n = len(self._buf) if final else len(self._buf) - len(self._buf) % self.size
+        view = memoryview(self._buf)
+        try:
+            chunks = [bytes(view[i : min(i + self.size, n)]) for i in range(0, n, self.size)]
+        finally:
+            view.release()
+        del self._buf[:n]
+        return chunks
+
+
+def make_chunker(settings: StoreSettings) -> FastCDCChunker | FixedChunker:
+    if settings.chunker == "fixed":
+        return FixedChunker(settings.avg_size)
+    return FastCDCChunker(settings.min_size, settings.avg_size, settings.max_size)
+
+
+def chunk_stream(settings: StoreSettings, blocks) -> Iterator[bytes]:
+    """Chunk an iterable of byte buffers, yielding chunks as they become final."""
+    chunker = make_chunker(settings)
+    for block in blocks:
+        yield from chunker.feed(block)
+    yield from chunker.finish()

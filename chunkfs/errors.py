@@ -1,0 +1,118 @@
+"""One error hierarchy for the whole project, and the single place it maps to errno.
+
+Every layer raises a subclass of :class:`ChunkfsError`.  The FUSE adapter turns
+any of them into a ``FUSEError`` through :func:`errno_for`; the CLI prints
+``str(exc)`` on one line and exits non-zero.  Keeping the mapping here means a
+new error class only has to pick its errno once.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class ChunkfsError(Exception):
+    """Base class: a failure the user can be told about in one line."""
+
+    errno: int = _errno.EIO
+
+
+class StoreError(ChunkfsError):
+    """Something is wrong with the store directory as a whole."""
+
+
+class NotAStoreError(StoreError):
+    errno = _errno.EINVAL
+
+
+class StoreExistsError(StoreError):
+    errno = _errno.EEXIST
+
+
+class FormatVersionError(StoreError):
+    errno = _errno.EINVAL
+
+
+class SettingsError(StoreError):
+    """The settings file is missing, unreadable or holds invalid values."""
+
+    errno = _errno.EINVAL
+
+
+class StoreLockedError(StoreError):
+    errno = _errno.EBUSY
+
+
+class ReadOnlyError(StoreError):
+    errno = _errno.EROFS
+
+
+class IndexCorruptError(StoreError):
+    """The LMDB environment cannot be opened or holds malformed records."""
+
+    errno = _errno.EIO
+
+
+class StoreFullError(StoreError):
+    errno = _errno.ENOSPC
+
+
+class FileNotFoundInStore(ChunkfsError, KeyError):
+    """No file with that id is in the store."""
+
+    errno = _errno.ENOENT
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "file not found"
+
+
+class ChunkCorruptError(ChunkfsError):
+    """A chunk failed verification, is truncated, or is missing.
+
+    Wrong bytes are never returned: the read fails instead, naming the file and
+    the chunk address so an operator can find it with ``chunkfs fsck``.
+    """
+
+    errno = _errno.EIO
+
+    def __init__(self, address: bytes, reason: str, file_id: object = None):
+        self.address = address
+        self.reason = reason
+        self.file_id = file_id
+        super().__init__(address, reason, file_id)
+
+    def __str__(self) -> str:
+        where = f" of file {self.file_id!r}" if self.file_id is not None else ""
+        return f"chunk {self.address.hex()}{where} is corrupt: {self.reason}"
+
+
+class InvalidArgument(ChunkfsError):
+    errno = _errno.EINVAL
+
+
+class FSError(ChunkfsError):
+    """A filesystem-level failure with an explicit errno (ENOENT, EEXIST, ...)."""
+
+    def __init__(self, err: int, message: str = ""):
+        self.errno = err
+        super().__init__(message or _errno.errorcode.get(err, str(err)))
+
+
+class MountError(ChunkfsError):
+    """Mounting or unmounting failed; the message says why."""
+
+
+def errno_for(exc: BaseException) -> int:
+    """Map any exception to the errno the kernel should see.
+
+    Unknown exceptions become EIO: a FUSE daemon must never let an exception
+    escape a handler (pyfuse3 would die), and EIO is the honest answer for
+    "something broke that we did not foresee".
+    """
+    if isinstance(exc, ChunkfsError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, MemoryError):
+        return _errno.ENOMEM
+    return _errno.EIO

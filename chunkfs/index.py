@@ -1,0 +1,193 @@
+"""The LMDB environment: every named database, its key and value layout, and map growth.
+
+This module is the schema's single source of truth.  Every record format is a
+fixed ``struct`` defined here; integers in keys are big-endian so that LMDB's
+byte order is numeric order (manifest entries sort by file offset, directory
+listings by entry id).
+
+Databases (all in one environment, so one write transaction can change file
+contents, refcounts and the namespace together):
+
+=============  ==========================================  ===========================================
+name           key                                         value
+=============  ==========================================  ===========================================
+chunks         address (32, SHA-256)                       CHUNK: refcount, length, xxh3-128, pack, offset
+files          file id (store-level, bytes)                FILE: fkey, size, chunk count
+manifests      fkey (u64 BE) + file offset (u64 BE)        MANIFEST: address, length
+packs          pack id (u32 BE)                            PACK: indexed end, live bytes, dead bytes
+pending        pack id (u32 BE) + record offset (u64 BE)   address + length: written, not yet referenced
+counters       name                                        u64 LE
+inodes         ino (u64 BE)                                INODE (filesystem layer)
+dirents        parent ino (u64 BE) + name                  child ino + entry id (filesystem layer)
+dirorder       parent ino (u64 BE) + entry id (u64 BE)     name (stable readdir cookies)
+xattrs         ino (u64 BE) + name                         value
+symlinks       ino (u64 BE)                                target
+orphans        ino (u64 BE)                                empty: unlinked while open
+=============  ==========================================  ===========================================
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import lmdb
+
+from .errors import IndexCorruptError, ReadOnlyError, StoreFullError
+
+T = TypeVar("T")
+
+DATABASES = (
+    "chunks", "files", "manifests", "packs", "pending", "counters",
+    "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
+)
+
+CHUNK = struct.Struct("<QI16sIQ")  # refcount, length, checksum, pack id, data offset
+FILE = struct.Struct("<QQQ")  # fkey, logical size, number of chunks
+MANIFEST = struct.Struct("<32sI")  # address, length
+PACK = struct.Struct("<QQQ")  # indexed end, live bytes, dead bytes
+PENDING = struct.Struct("<32sI")  # address, length
+U64 = struct.Struct("<Q")
+KEY64 = struct.Struct(">Q")
+KEY64x2 = struct.Struct(">QQ")
+KEYPACK = struct.Struct(">I")
+KEYPENDING = struct.Struct(">IQ")
+
+INITIAL_MAP_SIZE = 256 * 1024 * 1024
+MAX_MAP_SIZE = 1 << 44
+
+
+class Index:
+    """Owns the LMDB environment; hands out transactions and grows the map.
+
+    Writes go through :meth:`write`, which runs a function in a write
+    transaction and, if LMDB reports the map is full, doubles the map and runs
+    it again.  So a write function must have no side effects outside LMDB that
+    cannot be repeated.  Resizing needs every transaction of this process
+    closed, which the reader count below guarantees.
+    """
+
+    def __init__(self, path: str, readonly: bool = False, map_size: int = INITIAL_MAP_SIZE):
+        self.path = path
+        self.readonly = readonly
+        self._gate = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+        self._write_lock = threading.RLock()
+        try:
+            if not readonly:
+                os.makedirs(path, mode=0o700, exist_ok=True)
+            self.env = lmdb.open(
+                path, map_size=map_size, max_dbs=len(DATABASES) + 1, readonly=readonly,
+                subdir=True, create=not readonly, sync=False, metasync=False,
+                readahead=False, max_readers=512, lock=True,
+            )
+            self._open_databases()
+        except lmdb.Error as exc:
+            raise IndexCorruptError(f"{path}: cannot open the metadata index ({exc})") from None
+
+    def _open_databases(self) -> None:
+        if self.readonly:
+            with self.env.begin() as txn:
+                for name in DATABASES:
+                    if txn.get(name.encode()) is None:
+                        raise IndexCorruptError(f"{self.path}: metadata index lacks database {name!r}")
+        for name in DATABASES:
+            setattr(self, name, self.env.open_db(name.encode(), create=not self.readonly))
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self._gate:
+            while self._resizing:
+                self._gate.wait()
+            self._readers += 1
+        try:
+            try:
+                txn = self.env.begin(buffers=False)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map; adopt its size
+                txn = self.env.begin(buffers=False)
+            with txn:
+                yield txn
+        finally:
+            with self._gate:
+                self._readers -= 1
+                self._gate.notify_all()
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn(txn)`` in one write transaction and commit it."""
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path}: store is open read-only")
+        with self._write_lock:
+            while True:
+                try:
+                    with self.env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    self._grow()
+                except lmdb.DiskError as exc:
+                    raise StoreFullError(f"{self.path}: no space left for metadata ({exc})") from None
+
+    @property
+    def write_lock(self) -> threading.RLock:
+        """Held across a write transaction; callers may take it to group work with one."""
+        return self._write_lock
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"]
+        if size >= MAX_MAP_SIZE:
+            raise StoreFullError(f"{self.path}: metadata index reached its maximum size")
+        with self._gate:
+            self._resizing = True
+            try:
+                while self._readers:
+                    self._gate.wait()
+                self.env.set_mapsize(size * 2)
+            finally:
+                self._resizing = False
+                self._gate.notify_all()
+
+    def sync(self) -> None:
+        if not self.readonly:
+            self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def file_bytes(self) -> int:
+        """On-disk size of the environment (allocated blocks, not the sparse map size)."""
+        total = 0
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                total += os.stat(os.path.join(self.path, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+        return total
+
+
+# -- counters ----------------------------------------------------------------
+
+def get_counter(txn: lmdb.Transaction, db, name: str) -> int:
+    raw = txn.get(name.encode(), db=db)
+    return U64.unpack(raw)[0] if raw else 0
+
+
+def add_counter(txn: lmdb.Transaction, db, name: str, delta: int) -> int:
+    value = get_counter(txn, db, name) + delta
+    if value < 0:
+        raise IndexCorruptError(f"counter {name} would go negative ({value})")
+    txn.put(name.encode(), U64.pack(value), db=db)
+    return value
+
+
+def next_id(txn: lmdb.Transaction, db, name: str, first: int = 1) -> int:
+    """Allocate the next value of a monotonically increasing id."""
+    value = max(get_counter(txn, db, name), first)
+    txn.put(name.encode(), U64.pack(value + 1), db=db)
+    return value

@@ -1,0 +1,214 @@
+"""Exact refcounts and the life cycle of every chunk record in a pack.
+
+A record in a pack is, at any moment, in exactly one of four states, and the
+per-pack accounting in the ``packs`` database adds them up::
+
+    header + live + dead + pending records  ==  indexed end of the pack
+
+* **unregistered**: appended after the last index commit.  Nothing refers to
+  it; a crash now leaves it beyond the pack's indexed end, where recovery
+  truncates it away without looking.
+* **pending**: written (or orphaned by a refcount dropping to zero) while a
+  writer holds a *pin* on it, and recorded in the ``pending`` database.  If
+  the process dies, recovery finds these records there, not by scanning packs.
+* **live**: referenced by one or more manifest entries (refcount > 0).
+* **dead**: unreferenced and unpinned; space that garbage collection reclaims
+  by compacting the pack.
+
+Pins are what keep invariant 3 of the design brief ("never delete a blob a
+write in flight is about to reference"): a writer pins every chunk it will
+reference, whether it wrote it or found it already stored, until it commits or
+abandons the write.  A refcount that drops to zero on a pinned chunk moves it
+to *pending*, not *dead*.
+
+All methods that take ``txn`` only *read* the in-memory pin table and return
+actions to apply after the transaction commits: the index may re-run a
+transaction (map growth), so nothing in memory may change inside one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lmdb
+
+from . import index as ix
+from .errors import IndexCorruptError
+from .packs import HEADER_SIZE, Location, record_size
+
+Action = Callable[[], None]
+
+
+@dataclass
+class Pin:
+    location: Location
+    checksum: bytes
+    pins: int
+    committed: bool  # a chunk record exists for it
+    registered: bool  # a pending record exists for it
+
+
+@dataclass
+class ChunkRecord:
+    refcount: int
+    location: Location
+    checksum: bytes
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "ChunkRecord":
+        refcount, length, checksum, pack, offset = ix.CHUNK.unpack(raw)
+        return cls(refcount, Location(pack, offset, length), checksum)
+
+    def encode(self) -> bytes:
+        loc = self.location
+        return ix.CHUNK.pack(self.refcount, loc.length, self.checksum, loc.pack, loc.offset)
+
+
+def pack_record(txn: lmdb.Transaction, db, pack: int) -> list[int]:
+    raw = txn.get(ix.KEYPACK.pack(pack), db=db)
+    if raw is None:
+        raise IndexCorruptError(f"pack {pack:08x} is not in the index")
+    return list(ix.PACK.unpack(raw))
+
+
+def adjust_pack(txn, db, pack: int, end: int | None = None, live: int = 0, dead: int = 0) -> None:
+    rec = pack_record(txn, db, pack)
+    if end is not None:
+        rec[0] = max(rec[0], end)
+    rec[1] += live
+    rec[2] += dead
+    txn.put(ix.KEYPACK.pack(pack), ix.PACK.pack(*rec), db=db)
+
+
+def new_pack_record(txn, db, pack: int) -> None:
+    txn.put(ix.KEYPACK.pack(pack), ix.PACK.pack(HEADER_SIZE, 0, 0), db=db)
+
+
+class Ledger:
+    def __init__(self, index: ix.Index):
+        self.ix = index
+        self.pins: dict[bytes, Pin] = {}
+
+    # -- lookups ------------------------------------------------------------
+
+    def record(self, txn, address: bytes) -> ChunkRecord | None:
+        raw = txn.get(address, db=self.ix.chunks)
+        return ChunkRecord.decode(raw) if raw is not None else None
+
+    def locate(self, txn, address: bytes) -> tuple[Location, bytes] | None:
+        pin = self.pins.get(address)
+        if pin is not None:
+            return pin.location, pin.checksum
+        rec = self.record(txn, address)
+        return (rec.location, rec.checksum) if rec else None
+
+    # -- in every write transaction ------------------------------------------
+
+    def register_unwritten(self, txn, active_pack: int | None, active_end: int) -> list[Action]:
+        """Record every unregistered pinned chunk as pending, then advance the pack's indexed end."""
+        actions: list[Action] = []
+        for address, pin in self.pins.items():
+            if not pin.committed and not pin.registered:
+                self._put_pending(txn, address, pin.location)
+                actions.append(_setter(pin, registered=True))
+        if active_pack is not None:
+            adjust_pack(txn, self.ix.packs, active_pack, end=active_end)
+        return actions
+
+    def _put_pending(self, txn, address: bytes, loc: Location) -> None:
+        key = ix.KEYPENDING.pack(loc.pack, loc.record_offset)
+        txn.put(key, ix.PENDING.pack(address, loc.length), db=self.ix.pending)
+
+    def _drop_pending(self, txn, loc: Location) -> None:
+        txn.delete(ix.KEYPENDING.pack(loc.pack, loc.record_offset), db=self.ix.pending)
+
+    # -- reference counting ---------------------------------------------------
+
+    def incref(self, txn, address: bytes, counters) -> list[Action]:
+        rec = self.record(txn, address)
+        if rec is not None:
+            rec.refcount += 1
+            txn.put(address, rec.encode(), db=self.ix.chunks)
+            return []
+        pin = self.pins.get(address)
+        if pin is None:
+            raise IndexCorruptError(f"chunk {address.hex()} referenced without being stored or pinned")
+        loc = pin.location
+        txn.put(address, ChunkRecord(1, loc, pin.checksum).encode(), db=self.ix.chunks)
+        self._drop_pending(txn, loc)
+        adjust_pack(txn, self.ix.packs, loc.pack, live=record_size(loc.length))
+        ix.add_counter(txn, counters, "unique_chunks", 1)
+        ix.add_counter(txn, counters, "stored_bytes", loc.length)
+        return [_setter(pin, committed=True, registered=False)]
+
+    def decref(self, txn, address: bytes, counters) -> list[Action]:
+        rec = self.record(txn, address)
+        if rec is None or rec.refcount <= 0:
+            raise IndexCorruptError(f"refcount of chunk {address.hex()} would go below zero")
+        rec.refcount -= 1
+        if rec.refcount:
+            txn.put(address, rec.encode(), db=self.ix.chunks)
+            return []
+        loc = rec.location
+        txn.delete(address, db=self.ix.chunks)
+        ix.add_counter(txn, counters, "unique_chunks", -1)
+        ix.add_counter(txn, counters, "stored_bytes", -loc.length)
+        size = record_size(loc.length)
+        pin = self.pins.get(address)
+        if pin is not None:  # a writer is about to reference it again: keep the bytes
+            self._put_pending(txn, address, loc)
+            adjust_pack(txn, self.ix.packs, loc.pack, live=-size)
+            return [_setter(pin, committed=False, registered=True)]
+        adjust_pack(txn, self.ix.packs, loc.pack, live=-size, dead=size)
+        return []
+
+    # -- pins -------------------------------------------------------------------
+
+    def pin_existing(self, address: bytes, rec: ChunkRecord) -> None:
+        self.pins[address] = Pin(rec.location, rec.checksum, 1, committed=True, registered=False)
+
+    def pin_new(self, address: bytes, loc: Location, checksum: bytes) -> None:
+        self.pins[address] = Pin(loc, checksum, 1, committed=False, registered=False)
+
+    def add_pin(self, address: bytes) -> bool:
+        pin = self.pins.get(address)
+        if pin is None:
+            return False
+        pin.pins += 1
+        return True
+
+    def unpin(self, txn, addresses: list[bytes]) -> list[Action]:
+        """Drop one pin per address; chunks left unreferenced and unpinned become dead."""
+        counts: dict[bytes, int] = {}
+        for a in addresses:
+            counts[a] = counts.get(a, 0) + 1
+        actions: list[Action] = []
+        for address, n in counts.items():
+            pin = self.pins[address]
+            if pin.pins > n:
+                actions.append(_decrement(pin, n))
+                continue
+            actions.append(_remover(self.pins, address))
+            if self.record(txn, address) is None:
+                loc = pin.location
+                self._drop_pending(txn, loc)
+                adjust_pack(txn, self.ix.packs, loc.pack, dead=record_size(loc.length))
+        return actions
+
+
+def _setter(pin: Pin, **fields) -> Action:
+    def apply() -> None:
+        for name, value in fields.items():
+            setattr(pin, name, value)
+    return apply
+
+
+def _decrement(pin: Pin, n: int) -> Action:
+    def apply() -> None:
+        pin.pins -= n
+    return apply
+
+
+def _remover(table: dict, key: bytes) -> Action:
+    return lambda: table.pop(key, None)

@@ -1,0 +1,164 @@
+"""Recovery at open and garbage collection: the two places that repair packs.
+
+Recovery runs every time a store is opened for writing.  It relies on the
+ledger's accounting (see ledger.py) so that it never scans chunk data:
+
+1. A pack file the index does not know is the leftover of a crash while a pack
+   was being created or compacted: remove it.
+2. Bytes beyond a pack's indexed end were appended after the last commit and
+   nothing refers to them: truncate them away.
+3. Every ``pending`` record names a chunk that was in flight when the previous
+   owner died: it is dead space now (or, if a chunk record points at it, live).
+
+Garbage collection compacts packs: it copies the live records of packs that
+hold dead space into the active pack, makes the copies durable, commits their
+new locations, and only then removes the old pack (invariant 3).  A crash at
+any point leaves either the old pack (still referenced) or an unregistered
+new one that recovery step 1 removes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import index as ix
+from .hashing import checksum_of
+from .ledger import ChunkRecord, adjust_pack
+from .packs import HEADER_SIZE, RECORD, Location, record_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecoveryReport:
+    removed_packs: list[int] = field(default_factory=list)
+    truncated_bytes: int = 0
+    missing_packs: list[int] = field(default_factory=list)
+    pending_resolved: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.removed_packs or self.truncated_bytes or self.missing_packs or self.pending_resolved)
+
+
+def recover(store) -> RecoveryReport:
+    report = RecoveryReport()
+    packs = store.packs
+    with store.index.read() as txn:
+        registered = {ix.KEYPACK.unpack(k)[0]: ix.PACK.unpack(v) for k, v in txn.cursor(db=store.index.packs)}
+    on_disk = set(packs.existing())
+    for pack in sorted(on_disk - registered.keys()):
+        log.warning("removing pack %08x that no commit refers to (left by an interrupted write)", pack)
+        packs.remove(pack)
+        report.removed_packs.append(pack)
+    for pack, (end, _, _) in sorted(registered.items()):
+        if pack not in on_disk:
+            log.error("pack %08x is missing: run 'chunkfs fsck'", pack)
+            report.missing_packs.append(pack)
+            continue
+        size = packs.size(pack)
+        if size > end:
+            packs.truncate(pack, end)
+            report.truncated_bytes += size - end
+    report.pending_resolved = store.write_txn(lambda txn: (_resolve_pending(store, txn), []))
+    last = max((p for p in registered if p in on_disk), default=None)
+    if last is not None:
+        packs.start(last)
+        if packs.needs_roll():
+            packs.retire_active()  # full: the next put allocates a new pack
+    if not report.clean:
+        log.info("recovery: %s", report)
+    return report
+
+
+def _resolve_pending(store, txn) -> int:
+    """Turn every pending record into dead space (or drop it, if it did get committed)."""
+    resolved = 0
+    with txn.cursor(db=store.index.pending) as cur:
+        items = list(cur)
+    for key, value in items:
+        pack, rec_offset = ix.KEYPENDING.unpack(key)
+        address, length = ix.PENDING.unpack(value)
+        loc = Location(pack, rec_offset + RECORD.size, length)
+        raw = txn.get(address, db=store.index.chunks)
+        committed = raw is not None and ChunkRecord.decode(raw).location == loc
+        if not committed and txn.get(ix.KEYPACK.pack(pack), db=store.index.packs) is not None:
+            adjust_pack(txn, store.index.packs, pack, dead=record_size(length))
+        txn.delete(key, db=store.index.pending)
+        resolved += 1
+    return resolved
+
+
+@dataclass
+class GCReport:
+    packs_removed: int = 0
+    chunks_moved: int = 0
+    bytes_reclaimed: int = 0
+    skipped_corrupt: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def collect_garbage(store, min_dead_fraction: float = 0.0,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    report = GCReport()
+    candidates = _candidates(store, min_dead_fraction)
+    for done, pack in enumerate(candidates, 1):
+        with store._lock:
+            if any(pin.location.pack == pack for pin in store.ledger.pins.values()):
+                continue  # a writer in flight may still reference records in it
+            if pack == store.packs.active:
+                store.packs.retire_active()  # stop appending to it; compact it now
+            _compact(store, pack, report)
+        if progress:
+            progress(done, len(candidates))
+    return report.as_dict()
+
+
+def _candidates(store, min_dead_fraction: float) -> list[int]:
+    out = []
+    with store.index.read() as txn:
+        for key, value in txn.cursor(db=store.index.packs):
+            end, live, dead = ix.PACK.unpack(value)
+            used = end - HEADER_SIZE
+            if dead and (used <= 0 or dead / used >= min_dead_fraction):
+                out.append(ix.KEYPACK.unpack(key)[0])
+    return out
+
+
+def _compact(store, pack: int, report: GCReport) -> None:
+    moves: list[tuple[bytes, Location]] = []
+    with store.index.read() as txn:
+        live = []
+        for loc, address in store.packs.scan(pack):
+            raw = txn.get(address, db=store.index.chunks)
+            if raw is not None and ChunkRecord.decode(raw).location == loc:
+                live.append((address, loc, ChunkRecord.decode(raw).checksum))
+    for address, loc, checksum in live:
+        data = store.packs.read(loc)
+        if len(data) != loc.length or checksum_of(data) != checksum:
+            log.error("gc: chunk %s in pack %08x fails verification; leaving the pack for fsck", address.hex(), pack)
+            report.skipped_corrupt.append(pack)
+            return
+        store._ensure_active_pack()
+        moves.append((address, store.packs.append(address, data)))
+    store.packs.sync()  # the copies are durable before the index points at them
+    old_size = store.packs.size(pack)
+
+    def relocate(txn):
+        for address, new in moves:
+            rec = ChunkRecord.decode(txn.get(address, db=store.index.chunks))
+            txn.put(address, ChunkRecord(rec.refcount, new, rec.checksum).encode(), db=store.index.chunks)
+            adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
+        txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
+        return None, []
+
+    store.write_txn(relocate)
+    store.index.sync()
+    store.packs.remove(pack)
+    report.packs_removed += 1
+    report.chunks_moved += len(moves)
+    report.bytes_reclaimed += old_size - sum(record_size(loc.length) for _, loc in moves)

@@ -1,0 +1,580 @@
+"""ChunkStore: the embeddable, content-addressed, deduplicating chunk store.
+
+A store is one directory::
+
+    chunkfs.json   settings, written once at mkfs (see settings.py)
+    meta/          the LMDB environment (see index.py for every database)
+    packs/         chunk bytes in append-only pack files (see packs.py)
+    staging/       per-inode staging files of a mounted filesystem
+    lock           held with an exclusive flock by the one writer
+
+Writing a file is: cut it into chunks (chunker.py), put each chunk (hash,
+dedup against the index and the chunks in flight, append new bytes to a
+pack), then commit the file's manifest and every refcount change in one LMDB
+transaction.  Bytes are always written before the transaction that refers to
+them commits (invariant 1); a commit is visible and survives ``kill -9`` of
+the process at once, and survives power loss after :meth:`ChunkStore.sync`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+import lmdb
+
+from . import index as ix
+from .cache import ChunkCache
+from .chunker import make_chunker
+from .errors import (ChunkCorruptError, FileNotFoundInStore, IndexCorruptError, InvalidArgument,
+                     NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
+from .hashing import VERIFY_MODES, address_of, checksum_of
+from .ledger import Action, ChunkRecord, Ledger, new_pack_record
+from .packs import Location, PackFiles
+from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
+
+log = logging.getLogger(__name__)
+
+FileId = str | bytes
+READ_BLOCK = 1024 * 1024
+DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
+MAX_FILE_ID = 500  # LMDB keys are at most 511 bytes
+TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """A chunk a writer has put (and pinned) and may now reference in a commit."""
+
+    address: bytes
+    length: int
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    offset: int
+    length: int
+    address: bytes
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace the manifest entries starting in ``[start, old_end)`` by ``chunks``, laid from ``start``."""
+
+    start: int
+    old_end: int
+    chunks: list[ChunkRef]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    file_id: FileId
+    size: int
+    chunks: int
+    new_chunks: int
+    new_bytes: int
+
+
+def encode_file_id(file_id: FileId) -> bytes:
+    if isinstance(file_id, str):
+        key = b"s" + file_id.encode("utf-8")
+    elif isinstance(file_id, (bytes, bytearray)):
+        key = b"b" + bytes(file_id)
+    else:
+        raise InvalidArgument(f"file id must be str or bytes, not {type(file_id).__name__}")
+    if len(key) > MAX_FILE_ID or len(key) == 1:
+        raise InvalidArgument(f"file id must be 1 to {MAX_FILE_ID - 1} bytes long")
+    return key
+
+
+def decode_file_id(key: bytes) -> FileId:
+    return key[1:].decode("utf-8") if key[:1] == b"s" else key[1:]
+
+
+class ChunkStore:
+    """See the module docstring.  Use :meth:`create` or :meth:`open`, ideally as a context manager."""
+
+    # -- opening ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, chunker: str = "fastcdc", min_size=None, avg_size=None,
+               max_size=None, **open_kwargs) -> "ChunkStore":
+        """Make a new store at ``path`` (absent or an empty directory) and open it."""
+        path = os.fspath(path)
+        settings = StoreSettings.build(chunker, min_size, avg_size, max_size)
+        if os.path.exists(path):
+            if not os.path.isdir(path):
+                raise StoreExistsError(f"{path}: exists and is not a directory")
+            if os.listdir(path):
+                what = "a chunkfs store" if os.path.exists(os.path.join(path, SETTINGS_NAME)) else "not empty"
+                raise StoreExistsError(f"{path}: already exists and is {what}")
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise NotAStoreError(f"{path}: parent directory {parent} does not exist")
+            os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # the store holds every user's data
+        for sub in ("meta", "packs", "staging"):
+            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        store = cls(path, settings, readonly=False, **open_kwargs)
+        write_settings(path, settings)  # last: a half-made store has no settings file
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, readonly: bool = False, verify: str = "xxh3",
+             cache_size: int = DEFAULT_CACHE_SIZE) -> "ChunkStore":
+        path = os.fspath(path)
+        settings = read_settings(path)
+        return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size)
+
+    def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
+                 verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE):
+        if verify not in VERIFY_MODES:
+            raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
+        self.path = path
+        self.settings = settings
+        self.readonly = readonly
+        self.verify = verify
+        self.staging_dir = os.path.join(path, "staging")
+        self._lock = threading.RLock()  # pins, appends and commits
+        self._lock_fd = None if readonly else self._take_lock()
+        try:
+            meta = os.path.join(path, "meta")
+            if readonly and not os.path.exists(os.path.join(meta, "data.mdb")):
+                raise IndexCorruptError(f"{path}: metadata index is missing")
+            self.index = ix.Index(meta, readonly=readonly)
+            self.packs = PackFiles(os.path.join(path, "packs"), readonly=readonly)
+            self.ledger = Ledger(self.index)
+            self.cache = ChunkCache(cache_size)
+            if not readonly:
+                from .maintenance import recover  # noqa: PLC0415 (maintenance imports this module)
+                self.recovery = recover(self)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._closed = False
+
+    def _take_lock(self) -> int:
+        lock_path = os.path.join(self.path, "lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreLockedError(f"{self.path}: store is in use by another process (pid {holder})") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "ChunkStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        try:
+            if not self.readonly:
+                self.sync()
+        finally:
+            self.packs.close()
+            self.index.close()
+            self._release_lock()
+
+    def sync(self) -> None:
+        """Make everything committed so far survive power loss: packs first, then the index."""
+        self.packs.sync()
+        self.index.sync()
+
+    # -- transactions ---------------------------------------------------------
+
+    def write_txn(self, fn: Callable[[lmdb.Transaction], tuple[object, list[Action]]]) -> object:
+        """Run ``fn(txn) -> (result, actions)`` in one write transaction, then apply the actions.
+
+        Every write transaction first registers chunks in flight and advances
+        the active pack's indexed end, so what lies beyond that end in a pack
+        is known to be unreferenced.
+        """
+        with self._lock:
+            def run(txn):
+                actions = self.ledger.register_unwritten(txn, self.packs.active, self.packs.active_end)
+                result, more = fn(txn)
+                return result, actions + more
+            result, actions = self.index.write(run)
+            for action in actions:
+                action()
+            return result
+
+    def _ensure_active_pack(self) -> None:
+        if not self.packs.needs_roll():
+            return
+
+        def allocate(txn):
+            pack = ix.next_id(txn, self.index.counters, "next_pack", first=1)
+            new_pack_record(txn, self.index.packs, pack)
+            return pack, []
+
+        self.packs.start(self.write_txn(allocate))
+
+    # -- writing chunks -------------------------------------------------------
+
+    def put_chunk(self, data: bytes | memoryview) -> ChunkRef:
+        """Store one chunk (unless already stored) and pin it until committed or released."""
+        address = address_of(data)
+        checksum = checksum_of(data)
+        with self._lock:
+            if not self.ledger.add_pin(address):
+                with self.index.read() as txn:
+                    rec = self.ledger.record(txn, address)
+                if rec is not None:
+                    self.ledger.pin_existing(address, rec)
+                else:
+                    self._ensure_active_pack()
+                    loc = self.packs.append(address, data)
+                    self.ledger.pin_new(address, loc, checksum)
+        return ChunkRef(address, len(data))
+
+    def release(self, refs: Iterable[ChunkRef]) -> None:
+        """Drop the pins of chunks a writer will not commit after all."""
+        addresses = [r.address for r in refs]
+        if addresses:
+            self.write_txn(lambda txn: (None, self.ledger.unpin(txn, addresses)))
+
+    def commit_file(self, file_id: FileId, patches: list[Patch], size: int,
+                    hook: Callable[[lmdb.Transaction], None] | None = None) -> None:
+        """Apply manifest patches, set the file size, and drop the pins of the patches' chunks.
+
+        All of it (and ``hook``, for the filesystem's own records) happens in one
+        transaction.  The patched manifest must tile ``[0, size)`` exactly.
+        """
+        key = encode_file_id(file_id)
+        pinned = [ref.address for p in patches for ref in p.chunks]
+
+        def apply(txn):
+            actions = self._apply_patches(txn, key, patches, size)
+            actions += self.ledger.unpin(txn, pinned)
+            if hook is not None:
+                hook(txn)
+            return None, actions
+
+        self.write_txn(apply)
+
+    def _apply_patches(self, txn, key: bytes, patches: list[Patch], size: int) -> list[Action]:
+        db, counters = self.index.manifests, self.index.counters
+        raw = txn.get(key, db=self.index.files)
+        if raw is None:
+            fkey, old_size, count = ix.next_id(txn, counters, "next_fkey"), 0, 0
+            ix.add_counter(txn, counters, "files", 1)
+        else:
+            fkey, old_size, count = ix.FILE.unpack(raw)
+        actions: list[Action] = []
+        seams = []
+        for patch in patches:
+            for entry in self._entries(txn, fkey, patch.start, patch.old_end):
+                txn.delete(ix.KEY64x2.pack(fkey, entry.offset), db=db)
+                actions += self.ledger.decref(txn, entry.address, counters)
+                count -= 1
+            offset = patch.start
+            for ref in patch.chunks:
+                txn.put(ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(ref.address, ref.length), db=db)
+                actions += self.ledger.incref(txn, ref.address, counters)
+                offset += ref.length
+                count += 1
+            seams += [patch.start, offset]
+        self._check_tiling(txn, fkey, seams, size)
+        txn.put(key, ix.FILE.pack(fkey, size, count), db=self.index.files)
+        ix.add_counter(txn, counters, "logical_bytes", size - old_size)
+        return actions
+
+    def _check_tiling(self, txn, fkey: int, seams: list[int], size: int) -> None:
+        """Refuse a commit whose manifest would have a gap, an overlap or the wrong length.
+
+        The manifest tiled ``[0, old size)`` before, so checking that entries
+        meet at every seam a patch made, and that the last entry ends at
+        ``size``, proves it tiles ``[0, size)`` after: O(patches), not O(chunks).
+        """
+        for seam in seams:
+            if 0 < seam <= size:
+                pred = self._covering(txn, fkey, seam - 1, seam)
+                if not pred or pred[0].offset + pred[0].length != seam:
+                    raise IndexCorruptError(f"manifest of file key {fkey} is broken before offset {seam}")
+            succ = self._entries(txn, fkey, seam, None, limit=1)
+            if (succ and succ[0].offset != seam) or (not succ and seam < size):
+                raise IndexCorruptError(f"manifest of file key {fkey} is broken after offset {seam}")
+        last = self._covering(txn, fkey, size - 1, size) if size else []
+        beyond = self._entries(txn, fkey, size, None, limit=1)
+        if beyond or (size and (not last or last[0].offset + last[0].length != size)):
+            raise IndexCorruptError(f"manifest of file key {fkey} does not end at size {size}")
+
+    def _entries(self, txn, fkey: int, start: int, end: int | None, limit: int = -1) -> list[ManifestEntry]:
+        """Manifest entries whose offset lies in ``[start, end)`` (at most ``limit`` if given)."""
+        out = []
+        with txn.cursor(db=self.index.manifests) as cur:
+            if not cur.set_range(ix.KEY64x2.pack(fkey, start)):
+                return out
+            for k, v in cur:
+                key_fkey, offset = ix.KEY64x2.unpack(k)
+                if key_fkey != fkey or (end is not None and offset >= end):
+                    break
+                address, length = ix.MANIFEST.unpack(v)
+                out.append(ManifestEntry(offset, length, address))
+                if len(out) == limit:
+                    break
+        return out
+
+    # -- the file API -----------------------------------------------------------
+
+    def ingest(self, file_id: FileId, data: bytes | bytearray | memoryview | BinaryIO) -> IngestResult:
+        """Store a whole file, replacing (and releasing) any previous version.
+
+        ``data`` may be bytes or a binary file object, which is read in blocks:
+        the file is never held whole in memory.
+        """
+        encode_file_id(file_id)
+        chunker = make_chunker(self.settings)
+        refs: list[ChunkRef] = []
+        before = self._unique_and_stored()
+        try:
+            for block in _blocks(data):
+                refs.extend(self.put_chunk(c) for c in chunker.feed(block))
+            refs.extend(self.put_chunk(c) for c in chunker.finish())
+            size = sum(r.length for r in refs)
+            self.commit_file(file_id, [Patch(0, TO_END, refs)], size)
+        except BaseException:
+            self.release(refs)
+            raise
+        after = self._unique_and_stored()
+        return IngestResult(file_id, size, len(refs), after[0] - before[0], after[1] - before[1])
+
+    def _unique_and_stored(self) -> tuple[int, int]:
+        with self.index.read() as txn:
+            c = self.index.counters
+            return ix.get_counter(txn, c, "unique_chunks"), ix.get_counter(txn, c, "stored_bytes")
+
+    def _file_record(self, file_id: FileId) -> tuple[int, int, int] | None:
+        with self.index.read() as txn:
+            raw = txn.get(encode_file_id(file_id), db=self.index.files)
+        return ix.FILE.unpack(raw) if raw else None
+
+    def delete(self, file_id: FileId) -> None:
+        """Remove a file; chunks nobody else references become garbage at once."""
+        key = encode_file_id(file_id)
+
+        def remove(txn):
+            raw = txn.get(key, db=self.index.files)
+            if raw is None:
+                raise FileNotFoundInStore(f"no file {file_id!r} in the store")
+            fkey, size, _ = ix.FILE.unpack(raw)
+            actions: list[Action] = []
+            for entry in self._entries(txn, fkey, 0, None):
+                txn.delete(ix.KEY64x2.pack(fkey, entry.offset), db=self.index.manifests)
+                actions += self.ledger.decref(txn, entry.address, self.index.counters)
+            txn.delete(key, db=self.index.files)
+            ix.add_counter(txn, self.index.counters, "files", -1)
+            ix.add_counter(txn, self.index.counters, "logical_bytes", -size)
+            return None, actions
+
+        self.write_txn(remove)
+
+    def exists(self, file_id: FileId) -> bool:
+        return self._file_record(file_id) is not None
+
+    def size(self, file_id: FileId) -> int:
+        rec = self._file_record(file_id)
+        if rec is None:
+            raise FileNotFoundInStore(f"no file {file_id!r} in the store")
+        return rec[1]
+
+    def list_files(self) -> list[FileId]:
+        with self.index.read() as txn, txn.cursor(db=self.index.files) as cur:
+            return [decode_file_id(k) for k in cur.iternext(keys=True, values=False)]
+
+    def manifest(self, file_id: FileId, start: int = 0, end: int | None = None) -> list[ManifestEntry]:
+        """Entries covering ``[start, end)`` of the file, the one containing ``start`` first."""
+        with self.index.read() as txn:
+            raw = txn.get(encode_file_id(file_id), db=self.index.files)
+            if raw is None:
+                raise FileNotFoundInStore(f"no file {file_id!r} in the store")
+            fkey, size, _ = ix.FILE.unpack(raw)
+            return self._covering(txn, fkey, start, size if end is None else min(end, size))
+
+    def _covering(self, txn, fkey: int, start: int, end: int) -> list[ManifestEntry]:
+        out: list[ManifestEntry] = []
+        if start >= end:
+            return out
+        with txn.cursor(db=self.index.manifests) as cur:
+            found = cur.set_range(ix.KEY64x2.pack(fkey, start))
+            if not found or ix.KEY64x2.unpack(cur.key())[0] != fkey or ix.KEY64x2.unpack(cur.key())[1] > start:
+                if not (cur.prev() if found else cur.last()):
+                    return out
+            for k, v in cur:
+                key_fkey, offset = ix.KEY64x2.unpack(k)
+                if key_fkey != fkey or offset >= end:
+                    break
+                address, length = ix.MANIFEST.unpack(v)
+                if offset + length > start:
+                    out.append(ManifestEntry(offset, length, address))
+        return out
+
+    def read(self, file_id: FileId) -> bytes:
+        return self.read_range(file_id, 0, self.size(file_id))
+
+    def read_range(self, file_id: FileId, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` (short at end of file), fetching only the chunks needed."""
+        if offset < 0 or length < 0:
+            raise InvalidArgument("offset and length must not be negative")
+        out = bytearray()
+        end = offset + length
+        for entry in self.manifest(file_id, offset, end):
+            data = self.get_chunk(entry.address, file_id=file_id)
+            lo = max(offset - entry.offset, 0)
+            hi = min(end - entry.offset, entry.length)
+            out += memoryview(data)[lo:hi]
+        return bytes(out)
+
+    def open_reader(self, file_id: FileId) -> io.BufferedReader:
+        """A seekable, read-only binary file object over one stored file."""
+        return io.BufferedReader(_StoreFileReader(self, file_id), buffer_size=self.settings.avg_size)
+
+    # -- reading chunks ---------------------------------------------------------
+
+    def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
+        """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
+        data = self.cache.get(address)
+        if data is not None:
+            return data
+        with self.index.read() as txn:
+            found = self.ledger.locate(txn, address)
+        if found is None:
+            raise ChunkCorruptError(address, "no such chunk in the index", file_id)
+        loc, checksum = found
+        data = self._read_verified(address, loc, checksum, file_id)
+        self.cache.put(address, data)
+        return data
+
+    def _read_verified(self, address: bytes, loc: Location, checksum: bytes, file_id) -> bytes:
+        try:
+            data = self.packs.read(loc)
+        except FileNotFoundError:
+            raise self._corrupt(address, f"pack {loc.pack:08x} is missing", file_id) from None
+        except OSError as exc:
+            raise self._corrupt(address, f"read error in pack {loc.pack:08x}: {exc.strerror}", file_id) from None
+        if len(data) != loc.length:
+            raise self._corrupt(address, f"pack {loc.pack:08x} is truncated", file_id)
+        if self.verify == "xxh3" and checksum_of(data) != checksum:
+            raise self._corrupt(address, "xxh3 checksum mismatch", file_id)
+        if self.verify == "sha256" and address_of(data) != address:
+            raise self._corrupt(address, "SHA-256 mismatch", file_id)
+        return data
+
+    def _corrupt(self, address: bytes, reason: str, file_id) -> ChunkCorruptError:
+        exc = ChunkCorruptError(address, reason, file_id)
+        log.error("%s", exc)
+        return exc
+
+    # -- statistics and maintenance ---------------------------------------------
+
+    def stats(self) -> dict:
+        """Counters kept exact in every commit, plus what the store occupies on disk."""
+        with self.index.read() as txn:
+            c = self.index.counters
+            names = ("files", "logical_bytes", "stored_bytes", "unique_chunks")
+            out = {name: ix.get_counter(txn, c, name) for name in names}
+            dead = live = 0
+            with txn.cursor(db=self.index.packs) as cur:
+                for _, v in cur:
+                    _, pack_live, pack_dead = ix.PACK.unpack(v)
+                    live, dead = live + pack_live, dead + pack_dead
+            out["chunk_refs"] = txn.stat(self.index.manifests)["entries"]
+        logical = out["logical_bytes"]
+        out["savings_pct"] = round(100.0 * (1 - out["stored_bytes"] / logical), 2) if logical else 0.0
+        out["garbage_bytes"] = dead
+        out["disk_bytes"] = self.disk_bytes()
+        out["disk_savings_pct"] = round(100.0 * (1 - out["disk_bytes"] / logical), 2) if logical else 0.0
+        out["chunker"] = self.settings.chunker
+        out["avg_chunk_size"] = self.settings.avg_size
+        return out
+
+    def disk_bytes(self) -> int:
+        """Bytes the whole store directory occupies (allocated blocks, as ``du`` counts)."""
+        total = 0
+        for root, dirs, files in os.walk(self.path):
+            for name in files + dirs:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def gc(self, min_dead_fraction: float = 0.0, progress=None) -> dict:
+        """Reclaim the space of unreferenced chunks by compacting packs; returns what it removed."""
+        from .maintenance import collect_garbage  # noqa: PLC0415
+
+        return collect_garbage(self, min_dead_fraction, progress)
+
+
+class _StoreFileReader(io.RawIOBase):
+    def __init__(self, store: ChunkStore, file_id: FileId):
+        self._store, self._id = store, file_id
+        self._size = store.size(file_id)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        data = self._store.read_range(self._id, self._pos, len(buffer))
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _blocks(data) -> Iterator[bytes | memoryview]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data)
+        for i in range(0, len(view), READ_BLOCK):
+            yield view[i : i + READ_BLOCK]
+        return
+    if not hasattr(data, "read"):
+        raise InvalidArgument(f"ingest takes bytes or a binary file object, not {type(data).__name__}")
+    while True:
+        block = data.read(READ_BLOCK)
+        if not block:
+            return
+        if isinstance(block, str):
+            raise InvalidArgument("ingest needs a binary file object (opened with 'rb')")
+        yield block
