@@ -377,14 +377,23 @@ class ChunkStore:
             raw = txn.get(encode_file_id(file_id), db=self.index.files)
         return ix.FILE.unpack(raw) if raw else None
 
-    def delete(self, file_id: FileId) -> None:
-        """Remove a file; chunks nobody else references become garbage at once."""
+    def delete(self, file_id: FileId, hook: Callable[[lmdb.Transaction], None] | None = None,
+               missing_ok: bool = False) -> bool:
+        """Remove a file; chunks nobody else references become garbage at once.
+
+        ``hook(txn)`` runs in the same transaction (the filesystem removes the
+        inode with it).  Returns whether the file existed.
+        """
         key = encode_file_id(file_id)
 
         def remove(txn):
             raw = txn.get(key, db=self.index.files)
             if raw is None:
-                raise FileNotFoundInStore(f"no file {file_id!r} in the store")
+                if not missing_ok:
+                    raise FileNotFoundInStore(f"no file {file_id!r} in the store")
+                if hook is not None:
+                    hook(txn)
+                return False, []
             fkey, size, _ = ix.FILE.unpack(raw)
             actions: list[Action] = []
             for entry in self._entries(txn, fkey, 0, None):
@@ -393,9 +402,11 @@ class ChunkStore:
             txn.delete(key, db=self.index.files)
             ix.add_counter(txn, self.index.counters, "files", -1)
             ix.add_counter(txn, self.index.counters, "logical_bytes", -size)
-            return None, actions
+            if hook is not None:
+                hook(txn)
+            return True, actions
 
-        self.write_txn(remove)
+        return self.write_txn(remove)
 
     def exists(self, file_id: FileId) -> bool:
         return self._file_record(file_id) is not None

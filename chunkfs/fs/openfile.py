@@ -1,0 +1,386 @@
+"""The contents of one regular file while it is open: staging, read-your-writes, commit.
+
+A file's committed contents are its manifest in the store (the *base*).
+While handles are open, changes live in one of two places, never in memory
+beyond a chunk or two:
+
+* **Stream** — a writer that appends at end of file (a new file written front
+  to back, or an append to an existing one) is chunked while the bytes arrive:
+  each finished chunk is hashed, deduplicated and put (pinned) in the store at
+  once, so closing the file only has to cut the last chunk, and nothing is
+  written twice.  An append to a committed file restarts chunking at the start
+  of its last chunk, whose end was only cut by end-of-file.
+* **Overlay** — any other write goes to a sparse per-inode staging file at
+  the same offset, and an interval set remembers which ranges are dirty.
+  Reads merge overlay, base and zeros (for holes and truncated tails).
+
+Committing an overlay re-chunks only what changed: from the start of the base
+chunk that contains the first changed byte, until a new cut lands on a base
+chunk boundary beyond which the base chunks are untouched; those are kept as
+they are and chunking resumes before the next change.  Because a FastCDC cut
+depends only on the bytes of its own chunk, cuts that meet again stay aligned
+(the FastCDC paper, Xia et al., USENIX ATC 2016, section 3).  Writes never
+shift later bytes, so kept chunks keep their offsets.
+
+Thread safety: every public method takes the instance lock and may block on
+disk IO or CPU, so the FUSE adapter calls them from worker threads.  A commit
+hook runs inside the store's write transaction while that lock is held: it
+must only write LMDB records and must not wait for any other lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+import lmdb
+
+from ..chunker import make_chunker
+from ..errors import FileNotFoundInStore, StoreFullError
+from ..store import TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
+from .intervals import IntervalSet
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[lmdb.Transaction], None]
+READ_BLOCK = 1024 * 1024
+
+
+def file_id_for(ino: int) -> bytes:
+    """The store file id holding an inode's contents."""
+    return ino.to_bytes(8, "big")
+
+
+class _Stream:
+    """Chunks of an append-only run ``[start, ...)``, put and pinned as they complete."""
+
+    def __init__(self, store: ChunkStore, start: int):
+        self.start = start
+        self.refs: list[ChunkRef] = []
+        self.chunked_end = start  # end of the last finished chunk
+        self.chunker = make_chunker(store.settings)
+        self.offsets: list[int] = []  # start offset of each ref, for reads
+
+    @property
+    def end(self) -> int:
+        return self.chunked_end + (self.chunker.pending if self.chunker else 0)
+
+    def add(self, store: ChunkStore, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.offsets.append(self.chunked_end)
+            self.refs.append(store.put_chunk(chunk))
+            self.chunked_end += len(chunk)
+
+    def finish(self, store: ChunkStore) -> None:
+        if self.chunker is not None:
+            self.add(store, self.chunker.finish())
+            self.chunker = None
+
+
+class FileData:
+    """See the module docstring.  One instance per inode, shared by all its handles."""
+
+    def __init__(self, store: ChunkStore, ino: int, size: int, on_commit: Hook | None = None):
+        self.store = store
+        self.ino = ino
+        self.file_id = file_id_for(ino)
+        self.on_commit = on_commit
+        self._lock = threading.RLock()
+        self._committed = self._stored_size(size)  # size of the base
+        self._base_limit = self._committed  # base bytes at or past this were truncated away
+        self._size = size
+        self._dirty = IntervalSet()
+        self._stream: _Stream | None = None
+        self._staging_fd: int | None = None
+        self._staging_path = os.path.join(store.staging_dir, f"{ino:016x}")
+
+    def _stored_size(self, size: int) -> int:
+        try:
+            return self.store.size(self.file_id)
+        except FileNotFoundInStore:
+            return 0
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def dirty(self) -> bool:
+        with self._lock:
+            return self._is_dirty()
+
+    def _is_dirty(self) -> bool:
+        return bool(self._stream or self._dirty or self._size != self._committed
+                    or self._base_limit != self._committed)
+
+    # -- reading ----------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            end = min(offset + length, self._size)
+            if offset >= end:
+                return b""
+            if self._stream is not None:
+                return self._read_streamed(offset, end)
+            return self._read_merged(offset, end)
+
+    def _read_merged(self, start: int, end: int) -> bytes:
+        out = bytearray()
+        for lo, hi, dirty in self._dirty.split(start, end):
+            if dirty:
+                out += self._read_staging(lo, hi)
+            else:
+                out += self._read_base(lo, hi)
+        return bytes(out)
+
+    def _read_base(self, start: int, end: int) -> bytes:
+        """Committed bytes below the base limit, zeros beyond (holes, truncated tails)."""
+        split = min(max(self._base_limit, start), end)
+        data = self.store.read_range(self.file_id, start, split - start) if split > start else b""
+        if len(data) != split - start:
+            raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
+        return data + bytes(end - split)
+
+    def _read_staging(self, start: int, end: int) -> bytes:
+        data = os.pread(self._staging_fd, end - start, start)
+        return data + bytes(end - start - len(data))  # a sparse tail reads as zeros
+
+    def _read_streamed(self, start: int, end: int) -> bytes:
+        stream = self._stream
+        out = bytearray(self._read_merged(start, min(end, stream.start)) if start < stream.start else b"")
+        pos = max(start, stream.start)
+        if pos < min(end, stream.chunked_end):
+            i = _index_at(stream.offsets, pos)
+            while pos < min(end, stream.chunked_end):
+                ref, base = stream.refs[i], stream.offsets[i]
+                data = self.store.get_chunk(ref.address, file_id=self.file_id)
+                piece = data[pos - base : min(end, base + ref.length) - base]
+                out += piece
+                pos += len(piece)
+                i += 1
+        if pos < end:
+            tail = stream.chunker.peek()
+            out += tail[pos - stream.chunked_end : end - stream.chunked_end]
+        return bytes(out)
+
+    # -- writing ----------------------------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            self._settle_failed_stream()
+            if not data:
+                return 0
+            if self._stream is None and offset == self._size and self._can_stream():
+                self._start_stream()
+            if self._stream is not None:
+                if offset == self._size:
+                    self._stream.add(self.store, self._stream.chunker.feed(data))
+                    self._size += len(data)
+                    return len(data)
+                self._materialize_stream()
+            self._write_overlay(offset, data)
+            return len(data)
+
+    def _can_stream(self) -> bool:
+        """Streaming needs the file to equal its (possibly truncated) base: no overlay."""
+        return not self._dirty and self._size == self._base_limit
+
+    def _start_stream(self) -> None:
+        """Begin chunking at the start of the last base chunk (its end was only end-of-file)."""
+        start = 0
+        if self._base_limit:
+            start = self._entry_at(self._base_limit - 1).offset
+        self._stream = _Stream(self.store, start)
+        for pos in range(start, self._base_limit, READ_BLOCK):
+            block = self._read_base(pos, min(pos + READ_BLOCK, self._base_limit))
+            self._stream.add(self.store, self._stream.chunker.feed(block))
+
+    def _materialize_stream(self) -> None:
+        """A non-sequential change ends a stream: commit what streamed, then use the overlay."""
+        self._commit_locked(None)
+
+    def _settle_failed_stream(self) -> None:
+        """A stream whose commit failed (e.g. ENOSPC) must commit before anything else changes."""
+        if self._stream is not None and self._stream.chunker is None:
+            self._commit_locked(None)
+
+    def _write_overlay(self, offset: int, data: bytes) -> None:
+        fd = self._staging()
+        view = memoryview(data)
+        pos = offset
+        try:
+            while view:
+                n = os.pwrite(fd, view, pos)
+                view, pos = view[n:], pos + n
+        except OSError as exc:
+            if exc.errno in (28, 122):
+                raise StoreFullError(f"no space left to stage writes ({exc.strerror})") from None
+            raise
+        self._dirty.add(offset, offset + len(data))
+        self._size = max(self._size, offset + len(data))
+
+    def _staging(self) -> int:
+        if self._staging_fd is None:
+            self._staging_fd = os.open(self._staging_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        return self._staging_fd
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            self._settle_failed_stream()
+            if size == self._size:
+                return
+            if self._stream is not None:
+                self._materialize_stream()
+            if size < self._size:
+                self._dirty.clip(size)
+                self._base_limit = min(self._base_limit, size)
+                if self._staging_fd is not None:
+                    os.ftruncate(self._staging_fd, size)
+            self._size = size
+
+    # -- committing ---------------------------------------------------------------
+
+    def commit(self, hook: Hook | None = None) -> bool:
+        """Chunk, deduplicate and commit what changed; False if nothing had."""
+        with self._lock:
+            return self._commit_locked(hook)
+
+    def _commit_locked(self, hook: Hook | None) -> bool:
+        if not self._is_dirty():
+            return False
+        hook = hook or self.on_commit
+        if self._stream is not None:
+            self._commit_stream(hook)
+        else:
+            self._commit_overlay(hook)
+        self._committed = self._base_limit = self._size
+        return True
+
+    def _commit_stream(self, hook: Hook | None) -> None:
+        stream = self._stream
+        stream.finish(self.store)
+        self.store.commit_file(self.file_id, [Patch(stream.start, TO_END, stream.refs)], self._size, hook)
+        self._stream = None
+
+    def _commit_overlay(self, hook: Hook | None) -> None:
+        patches: list[Patch] = []
+        pinned: list[ChunkRef] = []
+        try:
+            self._rechunk(patches, pinned)
+            self.store.commit_file(self.file_id, patches, self._size, hook)
+        except BaseException:
+            self.store.release(pinned)  # commit_file unpins only on success
+            raise
+        self._dirty.clear()
+        if self._staging_fd is not None:
+            os.ftruncate(self._staging_fd, 0)
+
+    def _rechunk(self, patches: list[Patch], pinned: list[ChunkRef]) -> None:
+        """Fill ``patches`` with re-chunked runs, reusing base chunks wherever cuts realign."""
+        pos = self._restart_point(self._next_change(0))
+        while pos is not None:
+            pos = self._rechunk_run(pos, patches, pinned)
+
+    def _rechunk_run(self, start: int, patches: list[Patch], refs: list[ChunkRef]) -> int | None:
+        """Chunk from ``start`` until a reusable base chunk boundary or the end; return where to go on."""
+        chunker = make_chunker(self.store.settings)
+        first = len(refs)
+        cut = fed = start
+        while fed < self._size:
+            block = self._read_merged(fed, min(fed + READ_BLOCK, self._size))
+            fed += len(block)
+            for chunk in chunker.feed(block):
+                refs.append(self.store.put_chunk(chunk))
+                cut += len(chunk)
+                resume = self._reusable_run_end(cut)
+                if resume is not None:
+                    patches.append(Patch(start, cut, refs[first:]))
+                    return self._restart_point(self._next_change(resume))
+        for chunk in chunker.finish():
+            refs.append(self.store.put_chunk(chunk))
+        patches.append(Patch(start, TO_END, refs[first:]))
+        return None
+
+    def _next_change(self, offset: int) -> int | None:
+        """The first offset >= ``offset`` whose byte differs from the base, or None."""
+        candidates = [self._dirty.first_from(offset)]
+        if self._base_limit < self._committed or self._size != self._committed:
+            candidates.append(max(min(self._base_limit, self._size), offset))
+        found = [c for c in candidates if c is not None]
+        return min(found) if found else None
+
+    def _restart_point(self, change: int | None) -> int | None:
+        """Where re-chunking must begin so that ``change`` is covered: a base chunk start."""
+        if change is None:
+            return None
+        if self._base_limit == 0:
+            return 0
+        last = self._entry_at(self._base_limit - 1)
+        if change >= last.offset:
+            return last.offset  # its end was cut by end-of-file or truncation
+        return self._entry_at(change).offset
+
+    def _reusable_run_end(self, cut: int) -> int | None:
+        """If base chunks starting exactly at ``cut`` are unchanged, the end of that run."""
+        if cut >= self._base_limit:
+            return None
+        limit = self._next_change(cut)
+        stop = self._size if limit is None else limit
+        end = None
+        for entry in self.store.manifest(self.file_id, cut, stop):
+            if entry.offset < cut:
+                return None  # cut is not a base boundary
+            if not self._reusable(entry, limit):
+                break
+            end = entry.offset + entry.length
+        if end is None:
+            return None
+        return end
+
+    def _reusable(self, entry: ManifestEntry, next_change: int | None) -> bool:
+        entry_end = entry.offset + entry.length
+        if next_change is not None and entry_end > next_change:
+            return False
+        if entry_end == self._committed and self._size != self._committed:
+            return False  # cut by the old end of file, which moved
+        return entry_end <= self._base_limit
+
+    def _entry_at(self, offset: int) -> ManifestEntry:
+        entries = self.store.manifest(self.file_id, offset, offset + 1)
+        if not entries:
+            raise StoreFullError(f"inode {self.ino}: no stored chunk covers offset {offset}")
+        return entries[0]
+
+    # -- ending ---------------------------------------------------------------------
+
+    def discard(self) -> None:
+        """Drop uncommitted changes and their pins (the file is being deleted)."""
+        with self._lock:
+            if self._stream is not None:
+                self._stream.finish(self.store)
+                self.store.release(self._stream.refs)
+                self._stream = None
+            self._dirty.clear()
+            self._size = self._base_limit = self._committed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._is_dirty():
+                log.warning("inode %d closed with uncommitted changes; discarding them", self.ino)
+                self.discard()
+            if self._staging_fd is not None:
+                os.close(self._staging_fd)
+                self._staging_fd = None
+                try:
+                    os.unlink(self._staging_path)
+                except FileNotFoundError:
+                    pass
+
+
+def _index_at(offsets: list[int], pos: int) -> int:
+    return bisect.bisect_right(offsets, pos) - 1
