@@ -17,13 +17,20 @@ manifests      fkey (u64 BE) + file offset (u64 BE)        MANIFEST: address, le
 packs          pack id (u32 BE)                            PACK: indexed end, live bytes, dead bytes
 pending        pack id (u32 BE) + record offset (u64 BE)   address + length: written, not yet referenced
 counters       name                                        u64 LE
-inodes         ino (u64 BE)                                INODE (filesystem layer)
-dirents        parent ino (u64 BE) + name                  child ino + entry id (filesystem layer)
-dirorder       parent ino (u64 BE) + entry id (u64 BE)     name (stable readdir cookies)
+inodes         ino (u64 BE)                                INODE: mode, nlink, uid, gid, rdev, size, times, parent
+dirents        parent ino (u64 BE) + name                  DIRENT: child ino, entry id
+dirorder       parent ino (u64 BE) + entry id (u64 BE)     DIRORDER (child ino) + name: stable readdir cookies
 xattrs         ino (u64 BE) + name                         value
 symlinks       ino (u64 BE)                                target
-orphans        ino (u64 BE)                                empty: unlinked while open
+orphans        ino (u64 BE)                                empty: nlink 0 but still open or looked up
 =============  ==========================================  ===========================================
+
+Filesystem records: ``INODE`` times are nanoseconds since the epoch (signed);
+``parent`` is the containing directory of a directory (for ``..``), 0 for
+other types, whose parents are the dirents naming them.  A regular file's
+contents are the store file ``chunkfs.fs.openfile.file_id_for(ino)``.  Entry
+ids come from the ``next_entry`` counter, inode numbers from ``next_ino``
+(neither is ever reused); ``fs_inodes`` counts live inode records.
 """
 
 from __future__ import annotations
@@ -57,6 +64,11 @@ KEY64x2 = struct.Struct(">QQ")
 KEYPACK = struct.Struct(">I")
 KEYPENDING = struct.Struct(">IQ")
 
+# filesystem layer (chunkfs.fs.namespace reads and writes these)
+INODE = struct.Struct("<IIIIQQqqqqQ")  # mode, nlink, uid, gid, rdev, size, atime/mtime/ctime/btime ns, parent
+DIRENT = struct.Struct("<QQ")  # child ino, entry id
+DIRORDER = struct.Struct("<Q")  # child ino; the entry's name follows
+
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
 MAX_MAP_SIZE = 1 << 44
 
@@ -71,19 +83,23 @@ class Index:
     closed, which the reader count below guarantees.
     """
 
-    def __init__(self, path: str, readonly: bool = False, map_size: int = INITIAL_MAP_SIZE):
+    def __init__(self, path: str, readonly: bool = False, create: bool = False,
+                 map_size: int = INITIAL_MAP_SIZE):
         self.path = path
+        self.create = create
         self.readonly = readonly
         self._gate = threading.Condition()
         self._readers = 0
         self._resizing = False
         self._write_lock = threading.RLock()
+        if not create and not os.path.exists(os.path.join(path, "data.mdb")):
+            raise IndexCorruptError(f"{path}: the metadata index is missing")
         try:
-            if not readonly:
+            if create:
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self.env = lmdb.open(
                 path, map_size=map_size, max_dbs=len(DATABASES) + 1, readonly=readonly,
-                subdir=True, create=not readonly, sync=False, metasync=False,
+                subdir=True, create=create, sync=False, metasync=False,
                 readahead=False, max_readers=512, lock=True,
             )
             self._open_databases()
@@ -91,13 +107,15 @@ class Index:
             raise IndexCorruptError(f"{path}: cannot open the metadata index ({exc})") from None
 
     def _open_databases(self) -> None:
-        if self.readonly:
+        """Open every database; only mkfs may create them (an empty index is damage, not a new store)."""
+        if not self.create:
             with self.env.begin() as txn:
-                for name in DATABASES:
-                    if txn.get(name.encode()) is None:
-                        raise IndexCorruptError(f"{self.path}: metadata index lacks database {name!r}")
+                missing = [name for name in DATABASES if txn.get(name.encode()) is None]
+            if missing:
+                self.env.close()
+                raise IndexCorruptError(f"{self.path}: metadata index is damaged or empty (no {missing[0]!r} database)")
         for name in DATABASES:
-            setattr(self, name, self.env.open_db(name.encode(), create=not self.readonly))
+            setattr(self, name, self.env.open_db(name.encode(), create=self.create))
 
     # -- transactions -------------------------------------------------------
 

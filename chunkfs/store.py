@@ -123,7 +123,7 @@ class ChunkStore:
         os.chmod(path, 0o700)  # the store holds every user's data
         for sub in ("meta", "packs", "staging"):
             os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
-        store = cls(path, settings, readonly=False, **open_kwargs)
+        store = cls(path, settings, readonly=False, _create=True, **open_kwargs)
         write_settings(path, settings)  # last: a half-made store has no settings file
         return store
 
@@ -135,7 +135,7 @@ class ChunkStore:
         return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size)
 
     def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
-                 verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE):
+                 verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False):
         if verify not in VERIFY_MODES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
         self.path = path
@@ -146,10 +146,7 @@ class ChunkStore:
         self._lock = threading.RLock()  # pins, appends and commits
         self._lock_fd = None if readonly else self._take_lock()
         try:
-            meta = os.path.join(path, "meta")
-            if readonly and not os.path.exists(os.path.join(meta, "data.mdb")):
-                raise IndexCorruptError(f"{path}: metadata index is missing")
-            self.index = ix.Index(meta, readonly=readonly)
+            self.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
             self.packs = PackFiles(os.path.join(path, "packs"), readonly=readonly)
             self.ledger = Ledger(self.index)
             self.cache = ChunkCache(cache_size)

@@ -1,0 +1,125 @@
+"""The file data path in-process: random writes, truncates and reads against a bytearray.
+
+Beyond read-your-writes, each commit must leave exactly the chunk boundaries a
+from-scratch chunking of the whole content would give: that is what makes
+incremental re-chunking safe for dedup.
+"""
+
+import os
+import random
+
+import pytest
+
+from chunkfs import ChunkStore
+from chunkfs.chunker import chunk_stream
+from chunkfs.fs.openfile import FileData, file_id_for
+from chunkfs.fsck import check_store
+
+SEEDS = [1, 2, 3, int(os.environ.get("CHUNKFS_TEST_SEED", random.randrange(1 << 30)))]
+
+
+@pytest.fixture
+def store(store_dir):
+    with ChunkStore.create(store_dir, min_size=256, avg_size=1024, max_size=4096) as s:
+        yield s
+
+
+def boundaries_match_full_rechunk(store, fid, model: bytearray) -> None:
+    expected = [len(c) for c in chunk_stream(store.settings, [bytes(model)])]
+    actual = [e.length for e in store.manifest(fid)] if store.exists(fid) else []
+    assert actual == expected
+
+
+def random_write(rng, fd, model):
+    off = rng.choice([len(model), len(model), rng.randrange(len(model) + 3000)])
+    n = rng.choice([1, 10, 100, 1000, 5000, 20000])
+    data = rng.randbytes(n) if rng.random() < 0.7 else bytes(n)
+    fd.write(off, data)
+    if off > len(model):
+        model += bytes(off - len(model))
+    model[off:off + n] = data
+
+
+def random_truncate(rng, fd, model):
+    n = rng.choice([0, len(model) // 2, len(model) + rng.randrange(5000), max(0, len(model) - rng.randrange(3000))])
+    fd.truncate(n)
+    if n < len(model):
+        del model[n:]
+    else:
+        model += bytes(n - len(model))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_operations_match_a_shadow_copy(store, seed):
+    print("seed", seed)
+    rng = random.Random(seed)
+    fid = file_id_for(7)
+    model = bytearray()
+    fd = FileData(store, 7, 0)
+    for step in range(1500):
+        op = rng.random()
+        if op < 0.4:
+            random_write(rng, fd, model)
+        elif op < 0.47:
+            random_truncate(rng, fd, model)
+        elif op < 0.8:
+            off, n = rng.randrange(len(model) + 10), rng.randrange(30000)
+            assert fd.read(off, n) == bytes(model[off:off + n]), (seed, step)
+        elif op < 0.93:
+            fd.commit()
+            assert (store.read(fid) if store.exists(fid) else b"") == bytes(model)
+            boundaries_match_full_rechunk(store, fid, model)
+        else:
+            fd.commit()
+            fd.close()
+            fd = FileData(store, 7, len(model))
+        assert fd.size == len(model)
+    fd.commit()
+    fd.close()
+    boundaries_match_full_rechunk(store, fid, model)
+    assert check_store(store).clean
+
+
+def test_append_to_large_file_only_rechunks_the_tail(store_dir):
+    with ChunkStore.create(store_dir, avg_size="16K") as store:
+        data = random.Random(5).randbytes(32 << 20)
+        fd = FileData(store, 3, 0)
+        for pos in range(0, len(data), 1 << 20):
+            fd.write(pos, data[pos:pos + (1 << 20)])
+        fd.commit()
+        fd.close()
+        before = store.stats()
+        fd = FileData(store, 3, len(data))
+        fd.write(len(data), b"appended" * 512)
+        fd.commit()
+        fd.close()
+        after = store.stats()
+        assert after["stored_bytes"] - before["stored_bytes"] < 4 * 16384
+        assert store.read_range(file_id_for(3), len(data) - 10, 5000) == data[-10:] + b"appended" * 512
+
+
+def test_small_overwrite_in_the_middle_puts_few_new_chunks(store_dir):
+    with ChunkStore.create(store_dir, avg_size="16K") as store:
+        data = random.Random(6).randbytes(16 << 20)
+        store.ingest(file_id_for(4), data)
+        before = store.stats()
+        fd = FileData(store, 4, len(data))
+        fd.write(8 << 20, b"patched!")
+        fd.commit()
+        fd.close()
+        garbage = store.stats()["garbage_bytes"] - before["garbage_bytes"]
+        assert 0 < garbage < 4 * 65536  # the replaced chunks only
+        expected = data[: 8 << 20] + b"patched!" + data[(8 << 20) + 8:]
+        assert store.read(file_id_for(4)) == expected
+
+
+def test_discard_releases_pins_and_keeps_the_committed_version(store):
+    fd = FileData(store, 5, 0)
+    fd.write(0, b"committed")
+    fd.commit()
+    fd.write(9, random.Random(1).randbytes(50_000))
+    fd.discard()
+    fd.close()
+    assert store.read(file_id_for(5)) == b"committed"
+    assert not store.ledger.pins
+    assert check_store(store).clean

@@ -1,0 +1,264 @@
+"""The chunk store's API as a library user sees it: round trips, dedup, verification, errors."""
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from chunkfs import ChunkCorruptError, ChunkStore, StoreLockedError
+from chunkfs.errors import (FileNotFoundInStore, FormatVersionError, IndexCorruptError, InvalidArgument,
+                            NotAStoreError, SettingsError, StoreExistsError)
+from chunkfs.fsck import check_store
+from chunkfs.packs import PackFiles
+
+
+def rand(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def store(store_dir):
+    with ChunkStore.create(store_dir, avg_size="16K") as s:
+        yield s
+
+
+def test_round_trip_bytes_and_file_objects(store):
+    data = rand(3 << 20)
+    store.ingest("a", data)
+    store.ingest(b"\x00raw", io.BytesIO(data[:1000]))
+    assert store.read("a") == data
+    assert store.read(b"\x00raw") == data[:1000]
+    assert store.read_range("a", 123456, 999999) == data[123456:1123455]
+    assert store.read_range("a", len(data) - 10, 100) == data[-10:]
+    assert store.read_range("a", len(data) + 5, 10) == b""
+    assert sorted(store.list_files(), key=repr) == sorted(["a", b"\x00raw"], key=repr)
+    assert store.exists("a") and not store.exists("nope")
+
+
+def test_open_reader_is_seekable(store):
+    data = rand(500_000, 3)
+    store.ingest("f", data)
+    with store.open_reader("f") as fh:
+        assert fh.seekable()
+        fh.seek(250_000)
+        assert fh.read(10) == data[250_000:250_010]
+        fh.seek(-5, io.SEEK_END)
+        assert fh.read() == data[-5:]
+        fh.seek(0)
+        assert fh.read() == data
+
+
+def test_empty_file(store):
+    store.ingest("empty", b"")
+    assert store.read("empty") == b"" and store.exists("empty")
+
+
+def test_reingest_replaces_and_releases_old_chunks(store):
+    store.ingest("f", rand(1 << 20, 1))
+    store.ingest("f", rand(1 << 20, 2))
+    assert store.read("f") == rand(1 << 20, 2)
+    stats = store.stats()
+    assert stats["files"] == 1 and stats["stored_bytes"] == 1 << 20
+    assert stats["garbage_bytes"] > 1 << 20  # the old version's chunks, until gc
+    removed = store.gc()
+    assert removed["bytes_reclaimed"] >= 1 << 20
+    assert store.stats()["garbage_bytes"] == 0
+    assert check_store(store, verify_data=True).clean
+
+
+def test_same_file_twice_costs_one_copy(store):
+    data = rand(5 << 20, 4)
+    store.ingest("one", data)
+    before = store.stats()
+    result = store.ingest("two", data)
+    after = store.stats()
+    assert result.new_bytes == 0 and result.new_chunks == 0
+    assert after["stored_bytes"] == before["stored_bytes"]
+    assert after["logical_bytes"] == 2 * before["logical_bytes"]
+    assert after["savings_pct"] == pytest.approx(50.0, abs=0.01)
+
+
+@pytest.mark.parametrize("chunker,min_reuse,max_reuse", [("fastcdc", 0.90, 1.0), ("fixed", 0.0, 0.02)])
+def test_prefix_insert_reuses_chunks_only_with_cdc(store_dir, chunker, min_reuse, max_reuse):
+    data = rand(20 << 20, 5)
+    with ChunkStore.create(store_dir, chunker=chunker, avg_size="16K") as store:
+        store.ingest("v1", data)
+        result = store.ingest("v2", b"!" + data)
+        reused = 1 - result.new_chunks / result.chunks
+        assert min_reuse <= reused <= max_reuse, reused
+
+
+def test_delete_releases_and_missing_ids_raise(store):
+    store.ingest("a", rand(100_000))
+    store.delete("a")
+    assert not store.exists("a")
+    assert store.stats()["stored_bytes"] == 0
+    with pytest.raises(FileNotFoundInStore):
+        store.delete("a")
+    with pytest.raises(FileNotFoundInStore):
+        store.read("a")
+    with pytest.raises(InvalidArgument):
+        store.ingest(42, b"x")
+    with pytest.raises(InvalidArgument):
+        store.ingest("x" * 600, b"x")
+
+
+def test_persistence_across_reopen(store_dir):
+    data = rand(2 << 20, 6)
+    with ChunkStore.create(store_dir) as store:
+        store.ingest("f", data)
+    with ChunkStore.open(store_dir) as store:
+        assert store.read("f") == data
+        assert store.recovery.clean
+        assert check_store(store).clean
+
+
+def flip_byte_in_chunk(store_dir, store, address: bytes) -> None:
+    with store.index.read() as txn:
+        loc = store.ledger.locate(txn, address)[0]
+    path = PackFiles(os.path.join(store_dir, "packs")).path(loc.pack)
+    with open(path, "r+b") as fh:
+        fh.seek(loc.offset + loc.length // 2)
+        byte = fh.read(1)
+        fh.seek(-1, io.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("verify", ["xxh3", "sha256"])
+def test_flipped_byte_raises_for_files_using_it_only(store_dir, verify, caplog):
+    shared, other = rand(64_000, 7), rand(200_000, 8)
+    with ChunkStore.create(store_dir, avg_size="16K") as store:
+        store.ingest("uses", shared + other[:50_000])
+        store.ingest("also", shared)
+        store.ingest("clean", other)
+        victim = store.manifest("also")[0].address
+        assert victim not in {e.address for e in store.manifest("clean")}
+        flip_byte_in_chunk(store_dir, store, victim)
+    with ChunkStore.open(store_dir, verify=verify) as store:
+        for name in ("uses", "also"):
+            with pytest.raises(ChunkCorruptError) as info:
+                store.read(name)
+            assert info.value.address == victim and info.value.file_id == name
+            assert victim.hex() in str(info.value)
+        assert store.read("clean") == other
+        report = check_store(store, verify_data=True)
+        assert [f.kind for f in report.findings] == ["corrupt-chunk"]
+    assert victim.hex() in caplog.text  # the log names the chunk
+
+
+def test_truncated_and_missing_packs_raise_corrupt(store_dir, caplog):
+    with ChunkStore.create(store_dir) as store:
+        store.ingest("f", rand(300_000, 9))
+        pack = store.packs.active
+    path = os.path.join(store_dir, "packs", f"{pack:08x}.pack")
+    os.truncate(path, os.path.getsize(path) - 1000)
+    with ChunkStore.open(store_dir) as store:
+        with pytest.raises(ChunkCorruptError, match="truncated"):
+            store.read("f")
+    os.unlink(path)
+    with ChunkStore.open(store_dir) as store:
+        with pytest.raises(ChunkCorruptError, match="missing"):
+            store.read("f")
+        assert "missing-pack" in {f.kind for f in check_store(store).findings}
+
+
+def test_unreferenced_tail_of_a_pack_is_truncated_at_open(store_dir):
+    with ChunkStore.create(store_dir) as store:
+        store.ingest("f", rand(100_000, 10))
+        pack = store.packs.active
+    path = os.path.join(store_dir, "packs", f"{pack:08x}.pack")
+    size = os.path.getsize(path)
+    with open(path, "ab") as fh:
+        fh.write(b"half-written chunk left by a crash")
+    with ChunkStore.open(store_dir) as store:
+        assert store.recovery.truncated_bytes == 34
+        assert os.path.getsize(path) == size
+        assert check_store(store, verify_data=True).clean
+
+
+# -- opening the wrong thing ----------------------------------------------------
+
+def test_create_refuses_existing_store_and_non_empty_dir(store_dir, tmp_path):
+    ChunkStore.create(store_dir).close()
+    with pytest.raises(StoreExistsError, match="already exists and is a chunkfs store"):
+        ChunkStore.create(store_dir)
+    other = tmp_path / "busy"
+    other.mkdir()
+    (other / "file").write_text("hi")
+    with pytest.raises(StoreExistsError, match="not empty"):
+        ChunkStore.create(other)
+
+
+def test_store_directory_is_private(store_dir):
+    ChunkStore.create(store_dir).close()
+    assert os.stat(store_dir).st_mode & 0o777 == 0o700
+
+
+def test_open_errors_are_clear(tmp_path, store_dir):
+    with pytest.raises(NotAStoreError, match="no such directory"):
+        ChunkStore.open(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(NotAStoreError, match="not a chunkfs store"):
+        ChunkStore.open(tmp_path / "plain")
+    ChunkStore.create(store_dir).close()
+    settings_path = store_dir / "chunkfs.json"
+    raw = json.loads(settings_path.read_text())
+    settings_path.write_text(json.dumps(dict(raw, format_version=99)))
+    with pytest.raises(FormatVersionError, match="newer"):
+        ChunkStore.open(store_dir)
+    settings_path.write_text("{ not json")
+    with pytest.raises(SettingsError, match="unreadable settings"):
+        ChunkStore.open(store_dir)
+    settings_path.write_text(json.dumps(dict(raw, avg_size=3000)))
+    with pytest.raises(SettingsError, match="power of two"):
+        ChunkStore.open(store_dir)
+
+
+def test_garbage_index_is_refused_with_a_clear_error(store_dir):
+    ChunkStore.create(store_dir).close()
+    data_mdb = store_dir / "meta" / "data.mdb"
+    data_mdb.write_bytes(rand(64 * 1024, 11))
+    with pytest.raises(IndexCorruptError, match="cannot open the metadata index"):
+        ChunkStore.open(store_dir)
+    data_mdb.write_bytes(b"")
+    with pytest.raises(IndexCorruptError):
+        ChunkStore.open(store_dir)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from chunkfs import ChunkStore
+    store = ChunkStore.open(sys.argv[1])
+    store.ingest("held", b"held by the first process")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    store.ingest("after", b"first process keeps working")
+    assert store.read("after") == b"first process keeps working"
+    store.close()
+    print("done", flush=True)
+""")
+
+
+def test_second_writer_process_is_refused_first_keeps_working(store_dir):
+    ChunkStore.create(store_dir).close()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(store_dir)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=env) as holder:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError) as info:
+            ChunkStore.open(store_dir)
+        assert f"pid {holder.pid}" in str(info.value) and "\n" not in str(info.value)
+        with ChunkStore.open(store_dir, readonly=True) as reader:  # inspection is allowed
+            assert reader.read("held") == b"held by the first process"
+            assert reader.stats()["files"] == 1
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "done"
+        assert holder.wait(timeout=30) == 0
+    with ChunkStore.open(store_dir) as store:  # released at exit
+        assert store.read("after") == b"first process keeps working"

@@ -1,0 +1,95 @@
+"""Resource limits from the store foundation issue, measured for real in this run.
+
+Timings compare two operations side by side on the same disk in the same run
+(a ratio, best of three), never against a fixed number of seconds.
+"""
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from chunkfs import ChunkStore
+
+INGEST_2G = textwrap.dedent("""
+    import random, resource, sys
+    from chunkfs import ChunkStore
+
+    class Generated:
+        '''2 GiB of pseudo-random bytes, produced block by block as it is read.'''
+        def __init__(self, total):
+            self.left, self.rng = total, random.Random(42)
+        def read(self, n=-1):
+            n = self.left if n < 0 else min(n, self.left)
+            self.left -= n
+            return self.rng.randbytes(n)
+
+    with ChunkStore.create(sys.argv[1]) as store:
+        result = store.ingest("big", Generated(2 << 30))
+        assert result.size == 2 << 30, result
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+""")
+
+
+@pytest.mark.slow
+def test_ingesting_a_2_gib_stream_keeps_peak_rss_under_300_mib(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", INGEST_2G, str(tmp_path / "store")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    peak = int(out.stdout.strip())
+    print(f"peak RSS while ingesting 2 GiB: {peak / 2**20:.0f} MiB")
+    assert peak < 300 * 2**20
+
+
+def small_files(count: int = 10_000) -> list[bytes]:
+    rng = random.Random(7)
+    return [rng.randbytes(rng.randint(1024, 8192)) for _ in range(count)]
+
+
+def du(path) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def write_plain(directory, files) -> float:
+    start = time.perf_counter()
+    os.makedirs(directory)
+    for i, data in enumerate(files):
+        with open(os.path.join(directory, str(i)), "wb") as fh:
+            fh.write(data)
+    return time.perf_counter() - start
+
+
+def ingest_all(store_path, files) -> float:
+    start = time.perf_counter()
+    with ChunkStore.create(store_path) as store:
+        for i, data in enumerate(files):
+            store.ingest(str(i), data)
+    return time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_ten_thousand_small_files_are_compact_and_quick(tmp_path):
+    files = small_files()
+    total = sum(map(len, files))
+    ratios = []
+    for attempt in range(3):
+        plain = write_plain(tmp_path / f"plain{attempt}", files)
+        store = ingest_all(tmp_path / f"store{attempt}", files)
+        ratios.append(store / plain)
+        on_disk = du(tmp_path / f"store{attempt}")
+        shutil.rmtree(tmp_path / f"plain{attempt}")
+        if attempt < 2:
+            shutil.rmtree(tmp_path / f"store{attempt}")
+    print(f"store on disk {on_disk / total:.3f} x data; ingest/plain time ratios {[round(r, 2) for r in ratios]}")
+    assert on_disk <= 1.25 * total
+    assert min(ratios) < 3.0

@@ -1,0 +1,85 @@
+"""Random ingest / re-ingest / delete / gc / reopen against a dict model.
+
+After every step every file reads back as the model says, and ``check_store``
+recounts every refcount from all manifests and every pack's accounting from
+its records.  After gc no record in any pack lacks a reference, and every
+referenced chunk's bytes exist and hash to its address.
+"""
+
+import random
+import shutil
+import tempfile
+
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from chunkfs import ChunkStore
+from chunkfs.fsck import check_store
+
+BLOCKS = [random.Random(i).randbytes(random.Random(i).choice([300, 2000, 5000, 9000])) for i in range(12)]
+NAMES = st.sampled_from(["a", "b", "c", "d", b"\x00e"])
+
+
+@st.composite
+def contents(draw):
+    """Files built from a small pool of blocks, so they overlap and dedup a lot."""
+    picks = draw(st.lists(st.integers(0, len(BLOCKS) - 1), max_size=8))
+    data = b"".join(BLOCKS[i] for i in picks)
+    if draw(st.booleans()) and data:
+        cut = draw(st.integers(0, len(data)))
+        data = data[:cut] + draw(st.binary(max_size=40)) + data[cut:]
+    return data
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp()
+        self.path = self.dir + "/store"
+        self.store = ChunkStore.create(self.path, min_size=256, avg_size=1024, max_size=4096)
+        self.model: dict = {}
+
+    @rule(name=NAMES, data=contents())
+    def ingest(self, name, data):
+        self.store.ingest(name, data)
+        self.model[name] = data
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete(self, data):
+        name = data.draw(st.sampled_from(sorted(self.model, key=repr)))
+        self.store.delete(name)
+        del self.model[name]
+
+    @rule()
+    def gc(self):
+        self.store.gc()
+        report = check_store(self.store, verify_data=True)
+        assert report.clean, report.findings
+        assert report.garbage_bytes == 0
+        assert self.store.stats()["garbage_bytes"] == 0
+
+    @rule()
+    def reopen(self):
+        self.store.close()
+        self.store = ChunkStore.open(self.path)
+        assert self.store.recovery.clean
+
+    @invariant()
+    def reads_match_model_and_counts_are_exact(self):
+        assert sorted(self.store.list_files(), key=repr) == sorted(self.model, key=repr)
+        for name, data in self.model.items():
+            assert self.store.read(name) == data
+        report = check_store(self.store)
+        assert report.clean, report.findings
+        stats = self.store.stats()
+        assert stats["logical_bytes"] == sum(map(len, self.model.values()))
+        assert stats["files"] == len(self.model)
+
+    def teardown(self):
+        self.store.close()
+        shutil.rmtree(self.dir)
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
