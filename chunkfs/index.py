@@ -35,6 +35,7 @@ ids come from the ``next_entry`` counter, inode numbers from ``next_ino``
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -47,6 +48,7 @@ import lmdb
 from .errors import IndexCorruptError, ReadOnlyError, StoreFullError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DATABASES = (
     "chunks", "files", "manifests", "packs", "pending", "counters",
@@ -83,8 +85,7 @@ class Index:
     closed, which the reader count below guarantees.
     """
 
-    def __init__(self, path: str, readonly: bool = False, create: bool = False,
-                 map_size: int = INITIAL_MAP_SIZE):
+    def __init__(self, path: str, readonly: bool = False, create: bool = False, map_size: int | None = None):
         self.path = path
         self.create = create
         self.readonly = readonly
@@ -98,7 +99,7 @@ class Index:
             if create:
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self.env = lmdb.open(
-                path, map_size=map_size, max_dbs=len(DATABASES) + 1, readonly=readonly,
+                path, map_size=map_size or INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 1, readonly=readonly,
                 subdir=True, create=create, sync=False, metasync=False,
                 readahead=False, max_readers=512, lock=True,
             )
@@ -159,6 +160,7 @@ class Index:
 
     def _grow(self) -> None:
         size = self.env.info()["map_size"]
+        log.info("metadata index %s is full at %d MiB; doubling it", self.path, size >> 20)
         if size >= MAX_MAP_SIZE:
             raise StoreFullError(f"{self.path}: metadata index reached its maximum size")
         with self._gate:

@@ -262,3 +262,16 @@ def test_second_writer_process_is_refused_first_keeps_working(store_dir):
         assert holder.wait(timeout=30) == 0
     with ChunkStore.open(store_dir) as store:  # released at exit
         assert store.read("after") == b"first process keeps working"
+
+
+def test_index_map_grows_when_full_instead_of_failing(store_dir, monkeypatch):
+    import chunkfs.index
+
+    monkeypatch.setattr(chunkfs.index, "INITIAL_MAP_SIZE", 1 << 20)
+    with ChunkStore.create(store_dir, avg_size="1K", min_size=256, max_size=4096) as store:
+        start = store.index.env.info()["map_size"]
+        for i in range(300):
+            store.ingest(f"file-{i}", rand(20_000, i))
+        assert store.index.env.info()["map_size"] > start
+        assert all(store.read(f"file-{i}") == rand(20_000, i) for i in range(0, 300, 37))
+        assert check_store(store).clean
