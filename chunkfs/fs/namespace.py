@@ -1,0 +1,255 @@
+"""The namespace's records in LMDB: inodes, directory entries, xattrs, symlinks, orphans.
+
+Every function here works inside a transaction the caller opened, so that one
+filesystem operation (say, a rename over an existing file) changes all the
+records it touches atomically.  Nothing here keeps state in memory or knows
+about open files: that is the core's job (core.py, handles.py).  Record
+layouts are defined in ``chunkfs.index``.
+
+Directory entries live in two databases that mirror each other:
+
+* ``dirents``  parent + name -> child, entry id   (lookup by name)
+* ``dirorder`` parent + entry id -> child, name   (listing in creation order)
+
+Entry ids come from one counter and are never reused, so an entry id is a
+stable readdir cookie: a listing resumed after id N sees exactly the entries
+with larger ids that still exist.  Entries created meanwhile get larger ids
+(listed later, never twice); removed ones simply vanish (nothing shifts, so
+nothing is skipped).
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import lmdb
+
+from .. import index as ix
+from ..errors import FSError, IndexCorruptError
+
+ROOT_INO = 1
+NAME_MAX = 255
+FIRST_ENTRY_ID = 3  # 1 and 2 are the cookies after "." and ".."
+INODE_COUNTER = "fs_inodes"
+
+
+@dataclass
+class Inode:
+    """One inode record, decoded; mutate it and :meth:`Namespace.put` it back."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int = 0
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    btime_ns: int = 0
+    parent: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def encode(self) -> bytes:
+        return ix.INODE.pack(self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, self.atime_ns,
+                             self.mtime_ns, self.ctime_ns, self.btime_ns, self.parent)
+
+    @classmethod
+    def decode(cls, ino: int, raw: bytes) -> "Inode":
+        try:
+            return cls(ino, *ix.INODE.unpack(raw))
+        except Exception:
+            raise IndexCorruptError(f"inode {ino}: malformed record") from None
+
+    def touch(self, now: int, modified: bool = True) -> None:
+        """Set ctime (and, if the contents changed, mtime) to ``now``."""
+        self.ctime_ns = now
+        if modified:
+            self.mtime_ns = now
+
+
+@dataclass(frozen=True)
+class Entry:
+    entry_id: int
+    name: bytes
+    ino: int
+
+
+def check_name(name: bytes) -> None:
+    """Refuse names the kernel would not let through a local filesystem either."""
+    if len(name) > NAME_MAX:
+        raise FSError(errno.ENAMETOOLONG)
+    if not name or b"/" in name or b"\0" in name:
+        raise FSError(errno.EINVAL)
+
+
+def _key(ino: int, tail: bytes = b"") -> bytes:
+    return ix.KEY64.pack(ino) + tail
+
+
+class Namespace:
+    """Typed access to the filesystem databases of one :class:`chunkfs.index.Index`."""
+
+    def __init__(self, index: ix.Index):
+        self.index = index
+
+    # -- inodes ------------------------------------------------------------------
+
+    def get(self, txn: lmdb.Transaction, ino: int) -> Inode | None:
+        raw = txn.get(_key(ino), db=self.index.inodes)
+        return None if raw is None else Inode.decode(ino, raw)
+
+    def need(self, txn: lmdb.Transaction, ino: int) -> Inode:
+        """The inode, or ENOENT (the kernel may ask about an inode already purged)."""
+        inode = self.get(txn, ino)
+        if inode is None:
+            raise FSError(errno.ENOENT)
+        return inode
+
+    def need_dir(self, txn: lmdb.Transaction, ino: int) -> Inode:
+        inode = self.need(txn, ino)
+        if not inode.is_dir:
+            raise FSError(errno.ENOTDIR)
+        return inode
+
+    def put(self, txn: lmdb.Transaction, inode: Inode) -> None:
+        txn.put(_key(inode.ino), inode.encode(), db=self.index.inodes)
+
+    def allocate(self, txn: lmdb.Transaction, mode: int, uid: int, gid: int, now: int,
+                 rdev: int = 0, parent: int = 0) -> Inode:
+        """A new inode with nlink 1 (2 for a directory), not yet linked anywhere."""
+        ino = ix.next_id(txn, self.index.counters, "next_ino", first=ROOT_INO + 1)
+        nlink = 2 if stat.S_ISDIR(mode) else 1
+        inode = Inode(ino, mode, nlink, uid, gid, rdev, 0, now, now, now, now, parent)
+        self.put(txn, inode)
+        ix.add_counter(txn, self.index.counters, INODE_COUNTER, 1)
+        return inode
+
+    def ensure_root(self, txn: lmdb.Transaction, uid: int, gid: int, now: int) -> bool:
+        """Create the root directory if absent; True if it was created."""
+        if self.get(txn, ROOT_INO) is not None:
+            return False
+        root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, uid, gid, 0, 0, now, now, now, now, ROOT_INO)
+        self.put(txn, root)
+        ix.add_counter(txn, self.index.counters, INODE_COUNTER, 1)
+        return True
+
+    def remove(self, txn: lmdb.Transaction, ino: int) -> None:
+        """Delete an inode record with its xattrs, symlink target and orphan mark."""
+        if txn.delete(_key(ino), db=self.index.inodes):
+            ix.add_counter(txn, self.index.counters, INODE_COUNTER, -1)
+        txn.delete(_key(ino), db=self.index.symlinks)
+        txn.delete(_key(ino), db=self.index.orphans)
+        for name in self.xattr_names(txn, ino):
+            txn.delete(_key(ino, name), db=self.index.xattrs)
+
+    def count(self, txn: lmdb.Transaction) -> int:
+        return ix.get_counter(txn, self.index.counters, INODE_COUNTER)
+
+    # -- directory entries ---------------------------------------------------------
+
+    def lookup(self, txn: lmdb.Transaction, parent: int, name: bytes) -> Entry | None:
+        raw = txn.get(_key(parent, name), db=self.index.dirents)
+        if raw is None:
+            return None
+        child, entry_id = ix.DIRENT.unpack(raw)
+        return Entry(entry_id, name, child)
+
+    def link(self, txn: lmdb.Transaction, parent: int, name: bytes, child: int) -> Entry:
+        """Add the entry ``name`` -> ``child``; the caller checked it does not exist."""
+        entry_id = ix.next_id(txn, self.index.counters, "next_entry", first=FIRST_ENTRY_ID)
+        txn.put(_key(parent, name), ix.DIRENT.pack(child, entry_id), db=self.index.dirents)
+        txn.put(ix.KEY64x2.pack(parent, entry_id), ix.DIRORDER.pack(child) + name, db=self.index.dirorder)
+        return Entry(entry_id, name, child)
+
+    def unlink(self, txn: lmdb.Transaction, parent: int, entry: Entry) -> None:
+        txn.delete(_key(parent, entry.name), db=self.index.dirents)
+        txn.delete(ix.KEY64x2.pack(parent, entry.entry_id), db=self.index.dirorder)
+
+    def retarget(self, txn: lmdb.Transaction, parent: int, entry: Entry, child: int) -> None:
+        """Point an existing entry at another inode, keeping its place in the listing."""
+        txn.put(_key(parent, entry.name), ix.DIRENT.pack(child, entry.entry_id), db=self.index.dirents)
+        txn.put(ix.KEY64x2.pack(parent, entry.entry_id), ix.DIRORDER.pack(child) + entry.name,
+                db=self.index.dirorder)
+
+    def entries(self, txn: lmdb.Transaction, parent: int, after: int = 0, limit: int = -1) -> list[Entry]:
+        """Entries of ``parent`` with entry id greater than ``after``, in id order."""
+        out: list[Entry] = []
+        for entry in self._iter_entries(txn, parent, after):
+            out.append(entry)
+            if len(out) == limit:
+                break
+        return out
+
+    def is_empty(self, txn: lmdb.Transaction, ino: int) -> bool:
+        return not self.entries(txn, ino, limit=1)
+
+    def _iter_entries(self, txn: lmdb.Transaction, parent: int, after: int) -> Iterator[Entry]:
+        head = ix.DIRORDER.size
+        with txn.cursor(db=self.index.dirorder) as cur:
+            if not cur.set_range(ix.KEY64x2.pack(parent, after + 1)):
+                return
+            for key, value in cur:
+                key_parent, entry_id = ix.KEY64x2.unpack(key)
+                if key_parent != parent:
+                    return
+                yield Entry(entry_id, value[head:], ix.DIRORDER.unpack_from(value)[0])
+
+    # -- symlinks ------------------------------------------------------------------
+
+    def set_target(self, txn: lmdb.Transaction, ino: int, target: bytes) -> None:
+        txn.put(_key(ino), target, db=self.index.symlinks)
+
+    def target(self, txn: lmdb.Transaction, ino: int) -> bytes:
+        raw = txn.get(_key(ino), db=self.index.symlinks)
+        if raw is None:
+            raise FSError(errno.EINVAL)  # readlink of a non-symlink
+        return raw
+
+    # -- extended attributes -----------------------------------------------------
+
+    def xattr(self, txn: lmdb.Transaction, ino: int, name: bytes) -> bytes | None:
+        return txn.get(_key(ino, name), db=self.index.xattrs)
+
+    def set_xattr(self, txn: lmdb.Transaction, ino: int, name: bytes, value: bytes) -> None:
+        txn.put(_key(ino, name), value, db=self.index.xattrs)
+
+    def remove_xattr(self, txn: lmdb.Transaction, ino: int, name: bytes) -> bool:
+        return txn.delete(_key(ino, name), db=self.index.xattrs)
+
+    def xattr_names(self, txn: lmdb.Transaction, ino: int) -> list[bytes]:
+        prefix = _key(ino)
+        names = []
+        with txn.cursor(db=self.index.xattrs) as cur:
+            if not cur.set_range(prefix):
+                return names
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    break
+                names.append(key[len(prefix):])
+        return names
+
+    # -- orphans -----------------------------------------------------------------
+
+    def mark_orphan(self, txn: lmdb.Transaction, ino: int) -> None:
+        """Record an inode whose last name is gone but which is still open or looked up."""
+        txn.put(_key(ino), b"", db=self.index.orphans)
+
+    def orphans(self, txn: lmdb.Transaction) -> list[int]:
+        with txn.cursor(db=self.index.orphans) as cur:
+            return [ix.KEY64.unpack(k)[0] for k in cur.iternext(keys=True, values=False)]
