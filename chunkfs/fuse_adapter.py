@@ -1,0 +1,346 @@
+"""The FUSE adapter: pyfuse3 requests in, one FsCore call each, errno out.
+
+This is the only module that imports pyfuse3.  Every handler maps every
+exception to ``FUSEError(errno_for(exc))``, because any other exception
+escaping a handler kills the pyfuse3 main loop.  Data calls (read, write,
+flush, fsync, release, truncate) run in worker threads so that disk IO and
+chunking never stall the trio loop; metadata calls run inline.
+
+Entry point for the daemon (``chunkfs mount``)::
+
+    run(store, mountpoint, options=frozenset(), *, debug=False, ready=None,
+        filedata_factory=None, file_id_for=None) -> None
+
+``store`` is an open, writable (or, for ``-o ro``, read-only) ChunkStore;
+run() owns it from then on and closes it before returning.  ``options`` are
+libfuse/kernel mount options (``allow_other``, ``ro``, ``noatime``,
+``fsname=...``); run() always adds ``default_permissions`` (the core leaves
+permission checks to the kernel) and defaults ``fsname`` to the store path
+and ``subtype`` to ``chunkfs``.  ``ready()`` is called once the mount exists,
+before requests are served, so a backgrounding parent can return then.
+run() blocks until the filesystem is unmounted (``fusermount3 -u``) or the
+process gets SIGTERM/SIGINT (it then unmounts itself); either way every open
+file is committed and the store closed.  Failure to mount raises MountError.
+
+For tests and debugging: ``python -m chunkfs.fuse_adapter STORE MOUNTPOINT
+[-o opt,...] [--debug]`` mounts in the foreground with logs on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from .errors import ChunkfsError, FSError, MountError, errno_for
+from .fs import Caller, FsCore, Inode, SetAttr
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 60.0  # seconds the kernel may cache entries and attributes: every change goes through it
+BLKSIZE = 128 * 1024  # preferred IO size reported in st_blksize (reads arrive as 128 KiB anyway)
+
+
+def _attributes(inode: Inode) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = inode.ino
+    attr.generation = 0  # inode numbers are never reused
+    attr.entry_timeout = TIMEOUT
+    attr.attr_timeout = TIMEOUT
+    attr.st_mode = inode.mode
+    attr.st_nlink = inode.nlink
+    attr.st_uid = inode.uid
+    attr.st_gid = inode.gid
+    attr.st_rdev = inode.rdev
+    attr.st_size = inode.size
+    attr.st_blksize = BLKSIZE
+    attr.st_blocks = (inode.size + 511) // 512
+    attr.st_atime_ns = inode.atime_ns
+    attr.st_mtime_ns = inode.mtime_ns
+    attr.st_ctime_ns = inode.ctime_ns
+    return attr
+
+
+def _caller(ctx) -> Caller:
+    return Caller(ctx.uid, ctx.gid, ctx.umask)
+
+
+def _fuse_error(exc: Exception, what: str) -> pyfuse3.FUSEError:
+    """Translate, and log whatever is not an ordinary answer like ENOENT."""
+    if isinstance(exc, FSError):
+        return pyfuse3.FUSEError(exc.errno)
+    if isinstance(exc, ChunkfsError):
+        log.error("%s: %s", what, exc)
+    else:
+        log.error("%s failed unexpectedly", what, exc_info=exc)
+    return pyfuse3.FUSEError(errno_for(exc))
+
+
+def _translated(handler: Callable) -> Callable:
+    """Wrap a handler so that only FUSEError ever leaves it."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (every failure must become an errno)
+            raise _fuse_error(exc, handler.__name__) from None
+
+    return wrapper
+
+
+async def _in_thread(fn: Callable, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers; each is one FsCore call."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False  # measured: no gain for sequential writes, extra setattrs for untar
+    enable_acl = False  # ACLs are stored and returned as system.posix_acl_* xattrs
+
+    def __init__(self, core: FsCore):
+        super().__init__()
+        self.core = core
+
+    @_translated
+    async def lookup(self, parent_inode, name, ctx):
+        return _attributes(self.core.lookup(parent_inode, name))
+
+    async def forget(self, inode_list):
+        try:
+            self.core.forget(list(inode_list))
+        except Exception:  # noqa: BLE001 (forget must not raise at all)
+            log.exception("forget failed")
+
+    @_translated
+    async def getattr(self, inode, ctx):
+        return _attributes(self.core.getattr(inode))
+
+    @_translated
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        changes = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+        )
+        if changes.size is not None:
+            return _attributes(await _in_thread(self.core.setattr, inode, changes, fh))
+        return _attributes(self.core.setattr(inode, changes, fh))
+
+    @_translated
+    async def readlink(self, inode, ctx):
+        return self.core.readlink(inode)
+
+    @_translated
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return _attributes(self.core.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+
+    @_translated
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return _attributes(self.core.mkdir(parent_inode, name, mode, _caller(ctx)))
+
+    @_translated
+    async def symlink(self, parent_inode, name, target, ctx):
+        return _attributes(self.core.symlink(parent_inode, name, target, _caller(ctx)))
+
+    @_translated
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return _attributes(self.core.link(inode, new_parent_inode, new_name))
+
+    @_translated
+    async def unlink(self, parent_inode, name, ctx):
+        self.core.unlink(parent_inode, name)
+
+    @_translated
+    async def rmdir(self, parent_inode, name, ctx):
+        self.core.rmdir(parent_inode, name)
+
+    @_translated
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_translated
+    async def open(self, inode, flags, ctx):
+        fh, keep_cache = self.core.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    @_translated
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, inode = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
+        return pyfuse3.FileInfo(fh=fh), _attributes(inode)
+
+    @_translated
+    async def read(self, fh, off, size):
+        return await _in_thread(self.core.read, fh, off, size)
+
+    @_translated
+    async def write(self, fh, off, buf):
+        return await _in_thread(self.core.write, fh, off, buf)
+
+    @_translated
+    async def flush(self, fh):
+        await _in_thread(self.core.flush, fh)
+
+    @_translated
+    async def fsync(self, fh, datasync):
+        await _in_thread(self.core.fsync, fh, datasync)
+
+    @_translated
+    async def release(self, fh):
+        await _in_thread(self.core.release, fh)
+
+    @_translated
+    async def opendir(self, inode, ctx):
+        return self.core.opendir(inode)
+
+    @_translated
+    async def readdir(self, fh, start_id, token):
+        while True:
+            batch = self.core.readdir(fh, start_id)
+            if not batch:
+                return
+            for entry in batch:
+                if not pyfuse3.readdir_reply(token, entry.name, _attributes(entry.attr), entry.next_id):
+                    return
+                if entry.counted:
+                    self.core.remember(entry.attr.ino)
+                start_id = entry.next_id
+
+    @_translated
+    async def releasedir(self, fh):
+        pass
+
+    @_translated
+    async def fsyncdir(self, fh, datasync):
+        await _in_thread(self.core.fsyncdir, fh)
+
+    @_translated
+    async def statfs(self, ctx):
+        out = pyfuse3.StatvfsData()
+        for key, value in self.core.statfs().items():
+            setattr(out, key, value)
+        return out
+
+    @_translated
+    async def setxattr(self, inode, name, value, ctx):
+        self.core.setxattr(inode, name, value)  # pyfuse3 checks XATTR_CREATE/REPLACE through getxattr
+
+    @_translated
+    async def getxattr(self, inode, name, ctx):
+        return self.core.getxattr(inode, name)
+
+    @_translated
+    async def listxattr(self, inode, ctx):
+        return self.core.listxattr(inode)
+
+    @_translated
+    async def removexattr(self, inode, name, ctx):
+        self.core.removexattr(inode, name)
+
+
+# -- running -------------------------------------------------------------------------
+
+
+def mount_options(store_path: str, options) -> set[str]:
+    """The option set for pyfuse3.init: the caller's, plus what the core relies on."""
+    opts = set(options or ())
+    opts.add("default_permissions")
+    if not any(o.startswith("fsname=") for o in opts):
+        opts.add(f"fsname={os.path.abspath(store_path)}")
+    if not any(o.startswith("subtype=") for o in opts):
+        opts.add("subtype=chunkfs")
+    return opts
+
+
+async def _serve_until_unmounted() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_terminate_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("got %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
+        ready: Callable[[], None] | None = None, filedata_factory=None, file_id_for=None) -> None:
+    """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring."""
+    opts = mount_options(store.path, options)
+    if debug:
+        opts.add("debug")
+    try:
+        core = FsCore(store, readonly="ro" in opts, atime="noatime" if "noatime" in opts else "relatime",
+                      filedata_factory=filedata_factory, file_id_for=file_id_for)
+    except BaseException:
+        store.close()
+        raise
+    try:
+        _mount(core, mountpoint, opts)
+        try:
+            if ready is not None:
+                ready()
+            trio.run(_serve_until_unmounted)
+        finally:
+            pyfuse3.close(unmount=True)
+    finally:
+        try:
+            core.close()
+        finally:
+            store.close()
+    log.info("%s unmounted; everything committed", mountpoint)
+
+
+def _mount(core: FsCore, mountpoint: str, opts: set[str]) -> None:
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"{mountpoint}: mountpoint is not a directory")
+    try:
+        pyfuse3.init(Operations(core), mountpoint, opts)
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount on {mountpoint}: {exc} (see the libfuse message above)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Foreground mount for tests and debugging: python -m chunkfs.fuse_adapter STORE MOUNTPOINT."""
+    parser = argparse.ArgumentParser(prog="python -m chunkfs.fuse_adapter")
+    parser.add_argument("store")
+    parser.add_argument("mountpoint")
+    parser.add_argument("-o", dest="options", default="", help="comma-separated mount options")
+    parser.add_argument("--debug", action="store_true", help="log every FUSE request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .store import ChunkStore  # noqa: PLC0415
+
+    options = {o for o in args.options.split(",") if o}
+    try:
+        store = ChunkStore.open(args.store, readonly="ro" in options)
+        run(store, args.mountpoint, options, debug=args.debug,
+            ready=lambda: log.info("mounted %s on %s", args.store, args.mountpoint))
+    except ChunkfsError as exc:
+        print(f"chunkfs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
