@@ -1,0 +1,148 @@
+"""chunkfs on the same workloads: through its Python API, and (once the CLI has it) through a mount.
+
+chunkfs's figure is the du of its whole store directory (packs, LMDB,
+settings, staging), exactly like the peers' repositories, never a sum of chunk
+lengths: metadata and packing overhead are part of what a user pays.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from .common import Result, Timer, ToolError, du_bytes, failed, run, skipped
+
+MOUNT_TIMEOUT = 3 * 3600
+
+
+def label(avg_size: str | None) -> str:
+    """Tool name in the tables: ``chunkfs`` at the store's default chunk size, else ``chunkfs@64K``."""
+    return "chunkfs" if avg_size is None else f"chunkfs@{avg_size}"
+
+
+def api_unavailable() -> str | None:
+    """Why the chunkfs API cannot be used here, or None if it can."""
+    try:
+        from chunkfs import ChunkStore  # noqa: F401
+    except ImportError as exc:
+        return f"chunkfs API not importable ({exc})"
+    return None
+
+
+def measure_api(workload, scratch: str, avg_size: str | None = None) -> Result:
+    """Ingest every file of the workload with ``ChunkStore.ingest`` into a fresh store; du the store.
+
+    The timed part covers ingest and the final sync/close, so the figure
+    includes making the data durable, as the peers' commits do.
+    """
+    tool = label(avg_size)
+    why = api_unavailable()
+    if why:
+        return skipped(tool, workload.name, why)
+    from chunkfs import ChunkStore
+
+    store_dir = os.path.join(scratch, f"{tool}-{workload.name}")
+    shutil.rmtree(store_dir, ignore_errors=True)
+    kwargs = {} if avg_size is None else {"avg_size": avg_size}
+    try:
+        store = ChunkStore.create(store_dir, chunker="fastcdc", **kwargs)
+        try:
+            empty = du_bytes(store_dir)
+            with Timer() as timer:
+                _ingest_all(store, workload)
+            stats = store.stats()
+        finally:
+            start = time.perf_counter()
+            store.close()
+            close_seconds = time.perf_counter() - start
+        return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
+                      disk_bytes=du_bytes(store_dir), empty_bytes=empty,
+                      seconds=timer.seconds + close_seconds, settings=_settings(stats))
+    except Exception as exc:  # noqa: BLE001 - any store failure is a failed cell, not a crashed run
+        return failed(tool, workload.name, f"{type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _ingest_all(store, workload) -> None:
+    for rel in workload.files:
+        with open(os.path.join(workload.path, rel), "rb") as fh:
+            store.ingest(rel, fh)
+    sync = getattr(store, "sync", None)
+    if sync:
+        sync()
+
+
+def _settings(stats: dict) -> dict:
+    """What the store reports about itself, kept beside the du-based figure for comparison."""
+    keys = ("chunker", "avg_chunk_size", "files", "logical_bytes", "stored_bytes", "unique_chunks",
+            "savings_pct", "disk_bytes")
+    out = {f"store_{k}": stats[k] for k in keys if k in stats}
+    if stats.get("unique_chunks"):
+        out["measured_avg_chunk_bytes"] = round(stats["stored_bytes"] / stats["unique_chunks"])
+    out["compression"] = "none (chunkfs does not compress)"
+    return out
+
+
+# -- through the mount ----------------------------------------------------------------------
+
+def _cli() -> list[str]:
+    return [shutil.which("chunkfs")] if shutil.which("chunkfs") else [sys.executable, "-m", "chunkfs.cli"]
+
+
+def mount_unavailable() -> str | None:
+    """Why ``chunkfs mount`` cannot be benchmarked here, or None if it can."""
+    if not os.path.exists("/dev/fuse"):
+        return "mount not available: no /dev/fuse"
+    try:
+        proc = subprocess.run([*_cli(), "mount", "--help"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"mount not available: {exc}"
+    if proc.returncode != 0:
+        return "mount not available: `chunkfs mount --help` failed"
+    return None
+
+
+def measure_mount(workload, scratch: str, avg_size: str | None = None) -> Result:
+    """``cp -a`` the workload into a mounted chunkfs, ``sync``, unmount; du the store.
+
+    Written against the CLI in the design brief (mkfs / mount / umount) and not
+    yet run against a real mount: it skips with "mount not available" until the
+    CLI has ``mount``.  Unmount is inside the timed part, as zfs-fuse's export
+    is, so late commits are counted.
+    """
+    tool = label(avg_size) + "-mount"
+    why = mount_unavailable()
+    if why:
+        return skipped(tool, workload.name, why)
+    store_dir = os.path.join(scratch, f"{tool}-{workload.name}")
+    mnt = store_dir + ".mnt"
+    for path in (store_dir, mnt):
+        shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(mnt)
+    mounted = False
+    try:
+        run([*_cli(), "mkfs", store_dir, *(["--avg-size", avg_size] if avg_size else [])])
+        empty = du_bytes(store_dir)
+        with Timer() as timer:
+            run([*_cli(), "mount", store_dir, mnt])
+            mounted = True
+            run(["cp", "-a", f"{workload.path}/.", mnt], timeout=MOUNT_TIMEOUT)
+            run(["sync"])
+            run([*_cli(), "umount", mnt], timeout=MOUNT_TIMEOUT)
+            mounted = False
+        return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
+                      disk_bytes=du_bytes(store_dir), empty_bytes=empty, seconds=timer.seconds,
+                      settings={"path": "cp -a into the mount, sync, umount"})
+    except (ToolError, OSError, subprocess.SubprocessError) as exc:
+        return failed(tool, workload.name, str(exc))
+    finally:
+        if mounted:
+            run([*_cli(), "umount", mnt], check=False)
+        shutil.rmtree(store_dir, ignore_errors=True)
+        if not os.path.ismount(mnt):  # never recurse into a mount that refused to go
+            shutil.rmtree(mnt, ignore_errors=True)

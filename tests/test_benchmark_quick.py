@@ -1,0 +1,97 @@
+"""The benchmark harness at tiny scale, so the one-command benchmark (issue 6) cannot rot.
+
+Runs chunkfs only (no peers): fast and network-free, as CI needs.  The
+savings checks are the issue's acceptance bar for prefix and duplicate
+(within 3 points of the ideal), measured from the store's du, so a change that
+bloats the store's metadata fails here too.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_WORKLOADS = {"pool", "versions", "prefix", "duplicate", "unique"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Run `python -m benchmarks.run --tiny --peers none` once; return (output dir, parsed JSON)."""
+    base = tmp_path_factory.mktemp("bench")
+    out = base / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--peers", "none", "--no-install",
+         "--out", str(out), "--work-dir", str(base)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with open(out / "results.json") as fh:
+        return out, json.load(fh), proc.stdout
+
+
+def test_outputs_exist(tiny_run):
+    out, doc, _ = tiny_run
+    assert (out / "results.md").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "savings.png").stat().st_size > 0
+        assert (out / "ingest.png").stat().st_size > 0
+    assert {w["name"] for w in doc["workloads"]} == TINY_WORKLOADS
+    assert doc["meta"]["scale"] == "tiny"
+
+
+def test_scratch_is_removed(tiny_run):
+    out, _, _ = tiny_run
+    leftovers = [p for p in os.listdir(out.parent) if p.startswith("chunkfs-bench-")]
+    assert leftovers == []
+
+
+def _chunkfs(doc, workload):
+    [result] = [r for r in doc["results"] if r["tool"] == "chunkfs" and r["workload"] == workload]
+    assert result["status"] == "ok", result["message"]
+    return result
+
+
+def test_every_workload_measured(tiny_run):
+    _, doc, _ = tiny_run
+    for name in TINY_WORKLOADS:
+        result = _chunkfs(doc, name)
+        assert result["disk_bytes"] > result["empty_bytes"] > 0
+        assert result["seconds"] > 0
+
+
+@pytest.mark.parametrize("workload", ["prefix", "duplicate"])
+def test_savings_near_ideal(tiny_run, workload):
+    _, doc, _ = tiny_run
+    [wl] = [w for w in doc["workloads"] if w["name"] == workload]
+    assert wl["ideal_pct"] == pytest.approx(50.0, abs=0.01)
+    savings = _chunkfs(doc, workload)["savings_pct"]
+    assert abs(savings - wl["ideal_pct"]) <= 3.0, f"{workload}: {savings}% vs ideal {wl['ideal_pct']}%"
+
+
+def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
+    """Same seed, same bytes; and the versions ideal matches a brute-force count of unique content."""
+    sys.path.insert(0, REPO)
+    try:
+        from benchmarks import workloads
+    finally:
+        sys.path.remove(REPO)
+    a = workloads.generate("versions", str(tmp_path / "a"), "tiny", 7, str(tmp_path / "cache"))
+    b = workloads.generate("versions", str(tmp_path / "b"), "tiny", 7, str(tmp_path / "cache"))
+    assert [_digest(a.path, f) for f in a.files] == [_digest(b.path, f) for f in b.files]
+    assert a.unique_bytes == b.unique_bytes
+    # Each version differs from the last by a few small edits: sizes change only by the edits' bytes.
+    sizes = [os.path.getsize(os.path.join(a.path, f)) for f in a.files]
+    assert a.logical_bytes == sum(sizes)
+    assert all(abs(s - sizes[0]) < 64 * 4 * 10 for s in sizes)
+    assert 90.0 < a.ideal_pct < 91.0
+
+
+def _digest(top, rel):
+    with open(os.path.join(top, rel), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
