@@ -1,0 +1,296 @@
+"""The ``chunkfs`` command: one verb per job, one line per mistake.
+
+Every verb is a short function over the public APIs (ChunkStore, daemon,
+mounts).  :func:`main` is the only place that turns failures into output:
+a ``ChunkfsError`` or ``OSError`` becomes ``chunkfs: <message>`` on stderr
+and exit status 1, a usage mistake becomes one such line and status 2.  A
+user never sees a traceback for something they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+
+from . import __version__, daemon, mounts
+from .errors import ChunkfsError, InvalidArgument
+from .mountopts import parse_options
+from .settings import CHUNKERS, SETTINGS_NAME, format_size, parse_size
+from .store import ChunkStore, FileId
+
+PROG = "chunkfs"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+MOUNT_EPILOG = """\
+mount options (-o, comma-separated, may be repeated):
+  ro                     read-only mount
+  allow_other            let other users access the mount (as non-root this
+                         needs user_allow_other in /etc/fuse.conf)
+  default_permissions    the kernel checks permissions (always on)
+  nonempty               allow mounting over a non-empty directory
+  log_level=LEVEL        debug, info (default), warning or error
+  log_file=PATH          daemon log (default: STORE/chunkfs.log; with -f: stderr)
+  cache_size=SIZE        verified-chunk cache, e.g. 256M (default 64M)
+  verify=MODE            xxh3 (default) or sha256: how every chunk read is checked
+  noatime, nosuid, nodev, noexec, sync, dirsync, auto_unmount, ...
+                         passed to FUSE and the kernel
+"""
+
+
+class UsageError(Exception):
+    """An argparse complaint, re-raised so main() prints it as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage block and exit
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ChunkfsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- file ids on the command line ------------------------------------------------------
+# Store file ids are str or bytes.  A bytes id is written "hex:<hex digits>"; a str
+# id that itself starts with "hex:" or "str:" is written with a "str:" prefix.
+# So every line 'chunkfs ls' prints is a valid FILE_ID argument.
+
+
+def parse_file_id(text: str) -> FileId:
+    if text.startswith("hex:"):
+        try:
+            return bytes.fromhex(text[4:])
+        except ValueError:
+            raise InvalidArgument(f"{text!r}: 'hex:' must be followed by hex digits") from None
+    return text[4:] if text.startswith("str:") else text
+
+
+def format_file_id(file_id: FileId) -> str:
+    if isinstance(file_id, bytes):
+        return "hex:" + file_id.hex()
+    return "str:" + file_id if file_id.startswith(("hex:", "str:")) else file_id
+
+
+# -- verbs ------------------------------------------------------------------------------
+
+
+def cmd_mkfs(args) -> int:
+    with ChunkStore.create(args.store, chunker=args.chunker, min_size=args.min_size,
+                           avg_size=args.avg_size, max_size=args.max_size) as store:
+        s = store.settings
+    print(f"created chunkfs store {os.path.abspath(args.store)}: {s.chunker} chunks, "
+          f"min {format_size(s.min_size)}, avg {format_size(s.avg_size)}, max {format_size(s.max_size)}")
+    return 0
+
+
+def resolve_store(target: str) -> tuple[str, list[str]]:
+    """A store directory, or a path on a mounted chunkfs: return the store and its mountpoints.
+
+    The mount table is consulted first, so a mountpoint is never stat-ed or
+    mistaken for a store directory.
+    """
+    entry = mounts.chunkfs_mount_containing(target)
+    store = entry.store if entry is not None else target
+    return store, [m.mountpoint for m in mounts.mounts_of_store(store)]
+
+
+def cmd_stats(args) -> int:
+    store_path, mounted_on = resolve_store(args.target)
+    with ChunkStore.open(store_path, readonly=True) as store:
+        stats = store.stats()
+    stats["store"] = os.path.abspath(store_path)
+    stats["mountpoints"] = mounted_on
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        print(_format_stats(stats))
+    return 0
+
+
+def _format_stats(s: dict) -> str:
+    def both(n: int) -> str:
+        return f"{format_size(n)} ({n:,} bytes)"
+
+    mounted = f" (mounted on {', '.join(s['mountpoints'])})" if s["mountpoints"] else ""
+    rows = [
+        ("store", s["store"] + mounted),
+        ("files", f"{s['files']:,}"),
+        ("logical bytes", both(s["logical_bytes"])),
+        ("stored bytes", both(s["stored_bytes"])),
+        ("savings", f"{s['savings_pct']:.1f}%"),
+        ("chunks", f"{s['unique_chunks']:,} unique, {s['chunk_refs']:,} references "
+                   f"({s['chunker']}, average {format_size(s['avg_chunk_size'])})"),
+        ("disk bytes", f"{both(s['disk_bytes'])}, savings {s['disk_savings_pct']:.1f}%"),
+        ("garbage", f"{both(s['garbage_bytes'])} (reclaim with 'chunkfs gc')"),
+    ]
+    return "\n".join(f"{name + ':':<15}{value}" for name, value in rows)
+
+
+def cmd_ingest(args) -> int:
+    file_id = parse_file_id(args.file_id)
+    with ChunkStore.open(args.store) as store:
+        if args.path == "-":
+            result = store.ingest(file_id, sys.stdin.buffer)
+        else:
+            with open(args.path, "rb") as fh:
+                result = store.ingest(file_id, fh)
+    print(f"{args.file_id}: {format_size(result.size)} in {result.chunks} chunks, "
+          f"{result.new_chunks} new ({format_size(result.new_bytes)} stored)")
+    return 0
+
+
+def cmd_cat(args) -> int:
+    file_id = parse_file_id(args.file_id)
+    with ChunkStore.open(args.store, readonly=True) as store, store.open_reader(file_id) as reader:
+        shutil.copyfileobj(reader, sys.stdout.buffer, 1024 * 1024)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_rm(args) -> int:
+    with ChunkStore.open(args.store) as store:
+        for text in args.file_ids:
+            store.delete(parse_file_id(text))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    with ChunkStore.open(args.store, readonly=True) as store:
+        for file_id in sorted(store.list_files(), key=lambda f: (isinstance(f, bytes), f)):
+            name = format_file_id(file_id)
+            print(f"{store.size(file_id):>14,}  {name}" if args.long else name)
+    return 0
+
+
+def cmd_gc(args) -> int:
+    with ChunkStore.open(args.store) as store:
+        report = store.gc()
+    print(f"gc: removed {report['packs_removed']} packs, moved {report['chunks_moved']} live chunks, "
+          f"reclaimed {format_size(report['bytes_reclaimed'])}")
+    if report.get("skipped_corrupt"):
+        print(f"gc: skipped {len(report['skipped_corrupt'])} packs with corrupt chunks: run 'chunkfs fsck'",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def cmd_mount(args) -> int:
+    opts = parse_options(args.options)
+    daemon.mount(args.store, args.mountpoint, opts, foreground=args.foreground)
+    return 0
+
+
+def cmd_umount(args) -> int:
+    mounts.unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="chunkfs: a deduplicating filesystem and chunk store.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    p = verbs.add_parser("mkfs", help="create a new store")
+    p.add_argument("store", metavar="STORE", help="directory to create (absent or empty)")
+    p.add_argument("--chunker", choices=CHUNKERS, default="fastcdc", help="chunking method (default fastcdc)")
+    p.add_argument("--avg-size", type=_size, metavar="SIZE", help="average chunk size, e.g. 32K (default 32K)")
+    p.add_argument("--min-size", type=_size, metavar="SIZE", help="minimum chunk size (default avg/4)")
+    p.add_argument("--max-size", type=_size, metavar="SIZE", help="maximum chunk size (default avg*4)")
+    p.set_defaults(func=cmd_mkfs)
+
+    p = verbs.add_parser("stats", help="show logical and stored bytes, savings and chunk counts")
+    p.add_argument("target", metavar="STORE|MOUNTPOINT", help="a store, or a mounted chunkfs")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_stats)
+
+    p = verbs.add_parser("ingest", help="store a file under a file id (replacing any previous one)")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("file_id", metavar="FILE_ID")
+    p.add_argument("path", metavar="PATH", help="file to read, or - for standard input")
+    p.set_defaults(func=cmd_ingest)
+
+    p = verbs.add_parser("cat", help="write a stored file to standard output")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("file_id", metavar="FILE_ID")
+    p.set_defaults(func=cmd_cat)
+
+    p = verbs.add_parser("rm", help="delete stored files")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("file_ids", metavar="FILE_ID", nargs="+")
+    p.set_defaults(func=cmd_rm)
+
+    p = verbs.add_parser("ls", help="list stored file ids")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("-l", "--long", action="store_true", help="show sizes too")
+    p.set_defaults(func=cmd_ls)
+
+    p = verbs.add_parser("gc", help="reclaim the space of chunks no file uses")
+    p.add_argument("store", metavar="STORE")
+    p.set_defaults(func=cmd_gc)
+
+    p = verbs.add_parser("mount", help="mount a store", epilog=MOUNT_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Mount STORE on MOUNTPOINT. Without -f, returns once the mount is ready "
+                                     "and leaves a daemon serving it.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    p.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]", help="mount options (below)")
+    p.set_defaults(func=cmd_mount)
+
+    p = verbs.add_parser("umount", help="unmount and wait until everything is committed",
+                         description="Unmount MOUNTPOINT, then wait until its daemon has committed "
+                                     "everything and exited.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-z", "--lazy", action="store_true",
+                   help="detach even if busy; the daemon exits when the last open file is closed")
+    p.add_argument("--timeout", type=float, default=mounts.DEFAULT_UMOUNT_TIMEOUT, metavar="SECONDS",
+                   help="how long to wait for the daemon to exit (default %(default).0f)")
+    p.set_defaults(func=cmd_umount)
+    return parser
+
+
+def _error(message: str, code: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def _os_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (0 ok, 1 failure, 2 usage)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # 'chunkfs cat ... | head': the reader is gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    except ChunkfsError as exc:
+        return _error(str(exc), EXIT_FAILURE)
+    except OSError as exc:
+        return _error(_os_message(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

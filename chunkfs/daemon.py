@@ -1,0 +1,394 @@
+"""The mounting lifecycle: checks, the background daemon and its readiness pipe, signals, exit.
+
+``chunkfs mount`` (without ``-f``) re-executes Python as ``python -m
+chunkfs.daemon`` in a new session; that process forks once more (so it is
+re-parented to init and never a zombie of the caller) and writes its progress
+to a pipe the caller reads:
+
+    pid <n>        the daemon's pid, first
+    ok             the mount is in the kernel's mount table: the caller returns 0
+    error <text>   mounting failed: the caller prints the text and returns 1
+
+Re-executing instead of forking the caller keeps trio, pyfuse3 and LMDB out of
+any process that forked after importing them.  If the pipe closes without
+``ok``, or nothing arrives in time, the caller removes whatever got mounted, so
+a failed ``chunkfs mount`` never leaves a mount behind.
+
+The daemon serves until the filesystem is unmounted (``chunkfs umount``,
+``fusermount3 -u``, ``umount``) or it receives SIGTERM, SIGINT or SIGHUP, which
+it turns into an unmount of its own mountpoint: the request loop then ends
+normally and every open file is committed before the store is closed.  Only
+then does the process exit, and it exits even if a library left a thread
+behind (a daemon that logs "done" and then hangs would make ``chunkfs umount``
+wait for nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import logging.handlers
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from . import mounts
+from .errors import ChunkfsError, MountError, StoreLockedError
+from .mountopts import MountOptions, parse_options
+from .settings import read_settings
+
+log = logging.getLogger("chunkfs.daemon")
+
+LOG_NAME = "chunkfs.log"
+READY_TIMEOUT = 120.0
+LOG_FORMAT = "%(asctime)s chunkfs[%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def default_log_file(store: str) -> str:
+    """Background daemons log beside their store: always writable by whoever may mount it."""
+    return os.path.join(store, LOG_NAME)
+
+
+# -- checks before mounting -----------------------------------------------------
+
+
+def check_mountable(store: str, mountpoint: str, opts: MountOptions) -> tuple[str, str]:
+    """Refuse, with one clear line, everything that would make the mount fail or misbehave.
+
+    Returns the absolute store path and the canonical mountpoint.  The store's
+    lock is checked again, authoritatively, when the daemon opens the store.
+    """
+    store = os.path.abspath(store)
+    read_settings(store)  # not a store, newer format, damaged settings
+    for entry in mounts.mounts_of_store(store):
+        raise MountError(f"{store}: already mounted on {entry.mountpoint}")
+    mountpoint = mounts.canonical_path(mountpoint)
+    _check_mountpoint(mountpoint, opts)
+    return store, mountpoint
+
+
+def _check_mountpoint(mountpoint: str, opts: MountOptions) -> None:
+    entry = mounts.mount_at(mountpoint)
+    if entry is not None:
+        raise MountError(f"{mountpoint}: already a mountpoint ({entry.fstype} from {entry.source})")
+    try:
+        if not os.path.isdir(mountpoint):
+            what = "does not exist" if not os.path.lexists(mountpoint) else "is not a directory"
+            raise MountError(f"{mountpoint}: mountpoint {what}")
+        if not opts.nonempty and os.listdir(mountpoint):
+            raise MountError(f"{mountpoint}: mountpoint is not empty (use -o nonempty to mount over it)")
+    except OSError as exc:
+        raise MountError(f"{mountpoint}: cannot use as mountpoint: {exc.strerror}") from None
+
+
+# -- the caller's side ------------------------------------------------------------
+
+
+def mount(store: str, mountpoint: str, opts: MountOptions, foreground: bool = False) -> None:
+    """Mount ``store`` on ``mountpoint``: in this process if ``foreground``, else via a daemon.
+
+    Returns once the mount is ready (background) or once it is unmounted again
+    (foreground); raises a ChunkfsError, with nothing mounted, if it cannot mount.
+    """
+    store, mountpoint = check_mountable(store, mountpoint, opts)
+    if foreground:
+        serve(store, mountpoint, opts, Reporter(None), foreground=True)
+    else:
+        _spawn(store, mountpoint, opts)
+
+
+def _spawn(store: str, mountpoint: str, opts: MountOptions) -> None:
+    log_path = os.path.abspath(opts.log_file or default_log_file(store))
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise MountError(f"{log_path}: cannot open log file: {exc.strerror}") from None
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "chunkfs.daemon", "--ready-fd", str(write_fd), "--log-file", log_path,
+           "-o", opts.as_string(), store, mountpoint]
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                pass_fds=(write_fd,), start_new_session=True, cwd="/", env=_child_env())
+    finally:
+        os.close(write_fd)
+        os.close(log_fd)
+    try:
+        pid, status, message = _read_report(read_fd, READY_TIMEOUT)
+    finally:
+        os.close(read_fd)
+        proc.wait()  # the intermediate process exits right after forking the daemon
+    if status == "ok":
+        return
+    _clean_up_failed_mount(store, mountpoint, pid, status)
+    if status == "error":
+        raise MountError(message)
+    tail = _last_line(log_path)
+    detail = f": {tail}" if tail else ""
+    if status == "timeout":
+        raise MountError(f"the daemon did not get ready within {READY_TIMEOUT:.0f} s and was stopped; see {log_path}")
+    raise MountError(f"the daemon exited before the mount was ready{detail} (log: {log_path})")
+
+
+def _child_env() -> dict[str, str]:
+    """Make the daemon import this very chunkfs, wherever it was imported from."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _read_report(fd: int, timeout: float) -> tuple[int | None, str, str]:
+    """Read the daemon's report lines until ``ok``/``error``, EOF ("died") or the deadline ("timeout")."""
+    deadline = time.monotonic() + timeout
+    buf, pid = b"", None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return pid, "timeout", ""
+        data = os.read(fd, 4096)
+        if not data:
+            return pid, "died", ""
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            word, _, rest = line.decode(errors="replace").partition(" ")
+            if word == "pid" and rest.isdigit():
+                pid = int(rest)
+            elif word in ("ok", "error"):
+                return pid, word, rest
+
+
+def _clean_up_failed_mount(store: str, mountpoint: str, pid: int | None, status: str) -> None:
+    """Stop a daemon that never got ready and remove any mount it made."""
+    if pid is not None and status == "timeout":
+        _kill(pid)
+    for entry in mounts.mounts_of_store(store):
+        if entry.mountpoint == mountpoint:
+            mounts.fusermount(mountpoint, lazy=True)
+
+
+def _kill(pid: int, grace: float = 10.0) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if not select.select([pidfd], [], [], grace)[0]:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4096))
+            lines = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+# -- the daemon's side --------------------------------------------------------------
+
+
+class Reporter:
+    """The daemon's end of the readiness pipe (or nothing, in the foreground)."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, line: str) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                os.write(self._fd, line.replace("\n", " ").encode() + b"\n")
+            except OSError:  # the caller is gone (killed): nobody to tell
+                pass
+
+    def finish(self, line: str) -> None:
+        """Send the final word and close: the caller stops reading at EOF."""
+        self.send(line)
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, foreground: bool) -> None:
+    """Open the store, mount, serve until unmounted, commit and close.  Blocks."""
+    from . import fuse_adapter  # noqa: PLC0415 (imports pyfuse3; only the daemon needs it)
+    from .store import ChunkStore  # noqa: PLC0415
+
+    _setup_logging(opts, foreground)
+    log.info("mounting %s on %s (options: %s)", store, mountpoint, opts.as_string() or "none")
+    try:
+        store_obj = ChunkStore.open(store, verify=opts.verify, cache_size=opts.cache_size)
+    except StoreLockedError as exc:
+        raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
+    with store_obj, _ReadyWatcher(mountpoint, reporter) as watcher, _unmount_on_signals(mountpoint, watcher.seen):
+        fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store))  # closes the store itself
+        if not watcher.seen.is_set():
+            raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
+    log.info("daemon done: %s closed", store)
+
+
+class _ReadyWatcher:
+    """Reports ``ok`` once the new mount shows in the kernel's mount table.
+
+    The mount table, not a callback, is the test: reading it sends the
+    filesystem no request (the daemon may not be serving yet, so stat-ing the
+    mountpoint could deadlock), and "visible in the mount table" is exactly
+    what the caller of ``chunkfs mount`` needs before it returns.
+    """
+
+    def __init__(self, mountpoint: str, reporter: Reporter):
+        self.mountpoint = mountpoint
+        self.reporter = reporter
+        self.seen = threading.Event()
+        self._stop = threading.Event()
+        self._known = mounts.mount_ids()
+        self._thread = threading.Thread(target=self._watch, name="chunkfs-ready", daemon=True)
+
+    def __enter__(self) -> "_ReadyWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        entry = mounts.wait_until_mounted(self.mountpoint, self._known, self._stop)
+        if entry is not None:
+            self.seen.set()
+            log.info("mounted %s on %s", entry.store, entry.mountpoint)
+            self.reporter.finish("ok")
+
+
+@contextlib.contextmanager
+def _unmount_on_signals(mountpoint: str, mounted: threading.Event) -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP unmount the filesystem; the request loop then ends by itself.
+
+    While it serves, the adapter replaces the SIGTERM and SIGINT handlers by
+    its own (which also unmount), so these handlers cover SIGHUP (a closed
+    terminal in the foreground) and the moments before the request loop
+    starts.  Unmounting from outside the loop means the exit path is the same
+    as for ``chunkfs umount``: every file is committed in the normal way.
+    """
+    started = threading.Event()
+
+    def handler(signum, _frame):
+        if started.is_set():
+            return
+        started.set()
+        log.info("received %s: unmounting %s", signal.Signals(signum).name, mountpoint)
+        threading.Thread(target=_detach, args=(mountpoint, mounted), name="chunkfs-unmount", daemon=True).start()
+
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _detach(mountpoint: str, mounted: threading.Event) -> None:
+    """Unmount; a busy mountpoint is detached lazily (the daemon exits when its last file closes)."""
+    mounted.wait(READY_TIMEOUT)  # a signal that came before the mount appeared unmounts it once it does
+    result = mounts.fusermount(mountpoint)
+    if result.returncode == 0:
+        return
+    if mounts.mount_at(mountpoint) is None:
+        return  # already gone (unmounted meanwhile, or never mounted)
+    log.warning("%s is busy (%s); detaching it lazily: the daemon exits when the last open file "
+                "is closed", mountpoint, result.stderr.strip())
+    result = mounts.fusermount(mountpoint, lazy=True)
+    if result.returncode != 0:
+        log.error("cannot unmount %s: %s", mountpoint, result.stderr.strip())
+
+
+def _setup_logging(opts: MountOptions, foreground: bool) -> None:
+    """Foreground: stderr unless log_file= is given.  Background: the log file (stderr goes there too)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if foreground and opts.log_file is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.handlers.WatchedFileHandler(opts.log_file)  # survives logrotate
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(opts.log_level)
+    logging.captureWarnings(True)
+
+
+# -- entry point of the re-executed daemon -------------------------------------------------
+
+
+def _daemon_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chunkfs-daemon", description="internal: started by 'chunkfs mount'")
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--log-file", required=True)
+    parser.add_argument("-o", dest="options", default="")
+    parser.add_argument("store")
+    parser.add_argument("mountpoint")
+    return parser.parse_args(argv)
+
+
+def daemon_main(argv: list[str] | None = None) -> None:
+    """Fork into the background, serve, report; never returns (exits with os._exit)."""
+    args = _daemon_args(sys.argv[1:] if argv is None else argv)
+    if os.fork():
+        os._exit(0)  # the intermediate: the caller waits for it, the daemon is re-parented
+    os.set_inheritable(args.ready_fd, False)  # fusermount3 (auto_unmount) must not hold the pipe open
+    reporter = Reporter(args.ready_fd)
+    reporter.send(f"pid {os.getpid()}")
+    code = 1
+    try:
+        opts = parse_options(args.options)
+        opts.log_file = args.log_file
+        serve(args.store, args.mountpoint, opts, reporter, foreground=False)
+        code = 0
+    except (ChunkfsError, OSError) as exc:
+        log.error("mount failed: %s", exc)
+        reporter.finish(f"error {_one_line(exc)}")
+    except BaseException as exc:  # noqa: BLE001 (report anything rather than die silently)
+        log.exception("chunkfs daemon crashed")
+        reporter.finish(f"error internal error: {exc.__class__.__name__}: {exc} (see {args.log_file})")
+    _exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, ChunkfsError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc)
+
+
+def _exit(code: int) -> None:
+    """Exit now, even if a library left a non-daemon thread running (it would block exit)."""
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        log.warning("threads still running at exit: %s", ", ".join(stuck))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    daemon_main()

@@ -1,0 +1,165 @@
+"""Mount options: parse ``-o a,b=c`` once, refuse anything unknown before mounting.
+
+Three kinds of option reach ``chunkfs mount``:
+
+* chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``,
+  ``nonempty``): consumed here, never shown to libfuse, which would reject them;
+* FUSE and kernel mount options libfuse 3 accepts (``ro``, ``allow_other``,
+  ``noatime``, ...): passed through to the adapter's ``run``;
+* everything else: an error naming the option, raised before anything is
+  mounted, because libfuse's own complaint ("fuse_session_new failed") says
+  nothing useful and arrives only after the daemon has started.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from dataclasses import dataclass, field
+
+from .errors import InvalidArgument
+from .settings import parse_size
+from .store import DEFAULT_CACHE_SIZE
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
+VERIFY_CHOICES = ("xxh3", "sha256", "off")
+
+# Kernel mount flags libfuse 3 translates itself (lib/mount.c, mount_flags[]).
+_KERNEL_FLAGS = {
+    "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "atime", "noatime",
+    "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
+    "nolazytime", "dirsync", "symfollow", "nosymfollow",
+}
+# FUSE options with no value that libfuse 3 accepts and chunkfs allows.
+_FUSE_FLAGS = {"allow_other", "allow_root", "auto_unmount", "default_permissions"}
+# FUSE options with a value (SELinux labels) that are passed through untouched.
+_FUSE_VALUED = {"context", "fscontext", "defcontext", "rootcontext"}
+# Options chunkfs sets itself, or that libfuse 3 rejects: explain instead of failing obscurely.
+_REFUSED = {
+    "fsname": "chunkfs sets fsname itself (to the store path)",
+    "subtype": "chunkfs sets subtype itself (to 'chunkfs')",
+    "max_read": "libfuse 3 does not accept max_read",
+    "max_write": "libfuse 3 does not accept max_write",
+    "nodefault_permissions": "chunkfs leaves permission checks to the kernel, so default_permissions stays on",
+    "debug": "use log_level=debug",
+}
+# Options mount(8) and fstab use for themselves; the mount helper drops these.
+MOUNT8_ONLY = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
+               "_netdev", "nofail", "loop", "remount", "bind", "silent", "loud"}
+MOUNT8_ONLY_PREFIXES = ("x-", "comment=", "X-", "helper=")
+
+
+@dataclass
+class MountOptions:
+    """Everything ``-o`` can say, with the defaults a plain ``chunkfs mount`` uses."""
+
+    readonly: bool = False
+    allow_other: bool = False
+    nonempty: bool = False
+    log_level: int = logging.INFO
+    log_file: str | None = None
+    cache_size: int = DEFAULT_CACHE_SIZE
+    verify: str = "xxh3"
+    fuse: set[str] = field(default_factory=set)
+    given: list[str] = field(default_factory=list)
+
+    def fuse_options(self, store_path: str) -> set[str]:
+        """The option set for the adapter's ``run``: passthroughs plus what chunkfs always sets."""
+        opts = set(self.fuse) | {"default_permissions", "subtype=chunkfs",
+                                 f"fsname={encode_fsname(store_path)}"}
+        if self.readonly:
+            opts.add("ro")
+        if self.allow_other:
+            opts.add("allow_other")
+        return opts
+
+    def as_string(self) -> str:
+        """The options as given, for re-executing the daemon with the same ``-o``."""
+        return ",".join(self.given)
+
+
+def split_options(text: str) -> list[str]:
+    """Split ``a,b=c,,d`` into ``['a', 'b=c', 'd']`` (empty items are harmless and dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_options(texts: list[str] | str | None) -> MountOptions:
+    """Parse one or more ``-o`` strings; later options override earlier ones, like mount(8)."""
+    if texts is None:
+        texts = []
+    if isinstance(texts, str):
+        texts = [texts]
+    opts = MountOptions()
+    for text in texts:
+        for item in split_options(text):
+            _apply(opts, item)
+            opts.given.append(item)
+    return opts
+
+
+def _apply(opts: MountOptions, item: str) -> None:
+    name, has_value, value = item.partition("=")
+    if name in _REFUSED:
+        raise InvalidArgument(f"mount option '{item}' is not supported: {_REFUSED[name]}")
+    if has_value:
+        _apply_valued(opts, name, value, item)
+        return
+    if name == "ro":
+        opts.readonly = True
+    elif name == "rw":
+        opts.readonly = False
+    elif name == "allow_other":
+        opts.allow_other = True
+    elif name == "nonempty":
+        opts.nonempty = True
+    elif name == "default_permissions":
+        pass  # always on
+    elif name in _KERNEL_FLAGS or name in _FUSE_FLAGS:
+        opts.fuse.add(name)
+    else:
+        raise InvalidArgument(f"unknown mount option '{item}' (see 'chunkfs mount --help')")
+
+
+def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
+    if name == "log_level":
+        if value.lower() not in LOG_LEVELS:
+            raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        opts.log_level = LOG_LEVELS[value.lower()]
+    elif name == "log_file":
+        if not value:
+            raise InvalidArgument("log_file needs a path (or 'stderr')")
+        opts.log_file = value
+    elif name == "cache_size":
+        try:
+            opts.cache_size = parse_size(value)
+        except Exception as exc:  # SettingsError: re-word for the mount context
+            raise InvalidArgument(f"cache_size: {exc}") from None
+    elif name == "verify":
+        if value not in VERIFY_CHOICES:
+            raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_CHOICES)}, not {value!r}")
+        opts.verify = value
+    elif name in _FUSE_VALUED:
+        opts.fuse.add(item)
+    else:
+        raise InvalidArgument(f"unknown mount option '{item}' (see 'chunkfs mount --help')")
+
+
+def is_mount8_only(item: str) -> bool:
+    """True for fstab/mount(8) bookkeeping options that mean nothing to chunkfs."""
+    return item in MOUNT8_ONLY or item.startswith(MOUNT8_ONLY_PREFIXES)
+
+
+# The store path is the mount's source (fsname) so that findmnt, mount(8) and
+# 'chunkfs stats MOUNTPOINT' can tell which store is mounted where.  pyfuse3
+# passes options as ASCII and libfuse splits them at commas, so the path is
+# percent-quoted; an ordinary path comes out unchanged.
+_FSNAME_SAFE = "/-_.~+:@"
+
+
+def encode_fsname(store_path: str) -> str:
+    return urllib.parse.quote(store_path, safe=_FSNAME_SAFE)
+
+
+def decode_fsname(fsname: str) -> str:
+    return urllib.parse.unquote(fsname)
