@@ -9,7 +9,7 @@ chunking never stall the trio loop; metadata calls run inline.
 Entry point for the daemon (``chunkfs mount``)::
 
     run(store, mountpoint, options=frozenset(), *, debug=False, ready=None,
-        filedata_factory=None, file_id_for=None) -> None
+        handle_signals=False, filedata_factory=None, file_id_for=None) -> None
 
 ``store`` is an open, writable (or, for ``-o ro``, read-only) ChunkStore;
 run() owns it from then on and closes it before returning.  ``options`` are
@@ -18,9 +18,11 @@ libfuse/kernel mount options (``allow_other``, ``ro``, ``noatime``,
 permission checks to the kernel) and defaults ``fsname`` to the store path
 and ``subtype`` to ``chunkfs``.  ``ready()`` is called once the mount exists,
 before requests are served, so a backgrounding parent can return then.
-run() blocks until the filesystem is unmounted (``fusermount3 -u``) or the
-process gets SIGTERM/SIGINT (it then unmounts itself); either way every open
-file is committed and the store closed.  Failure to mount raises MountError.
+run() blocks until the filesystem is unmounted (``fusermount3 -u``); then
+every open file is committed and the store closed.  With ``handle_signals``,
+SIGTERM/SIGINT end the request loop and run() unmounts (lazily, if busy);
+leave it off when the caller unmounts on signals itself, as the daemon does.
+Failure to mount raises MountError.
 
 For tests and debugging: ``python -m chunkfs.fuse_adapter STORE MOUNTPOINT
 [-o opt,...] [--debug]`` mounts in the foreground with logs on stderr.
@@ -176,7 +178,10 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def open(self, inode, flags, ctx):
-        fh, keep_cache = self.core.open(inode, flags)
+        if flags & os.O_TRUNC:
+            fh, keep_cache = await _in_thread(self.core.open, inode, flags)
+        else:
+            fh, keep_cache = self.core.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @_translated
@@ -267,9 +272,10 @@ def mount_options(store_path: str, options) -> set[str]:
     return opts
 
 
-async def _serve_until_unmounted() -> None:
+async def _serve_until_unmounted(handle_signals: bool) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_terminate_on_signal)
+        if handle_signals:
+            nursery.start_soon(_terminate_on_signal)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -283,7 +289,8 @@ async def _terminate_on_signal() -> None:
 
 
 def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
-        ready: Callable[[], None] | None = None, filedata_factory=None, file_id_for=None) -> None:
+        ready: Callable[[], None] | None = None, handle_signals: bool = False,
+        filedata_factory=None, file_id_for=None) -> None:
     """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring."""
     opts = mount_options(store.path, options)
     if debug:
@@ -299,7 +306,7 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         try:
             if ready is not None:
                 ready()
-            trio.run(_serve_until_unmounted)
+            trio.run(_serve_until_unmounted, handle_signals)
         finally:
             pyfuse3.close(unmount=True)
     finally:
@@ -334,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {o for o in args.options.split(",") if o}
     try:
         store = ChunkStore.open(args.store, readonly="ro" in options)
-        run(store, args.mountpoint, options, debug=args.debug,
+        run(store, args.mountpoint, options, debug=args.debug, handle_signals=True,
             ready=lambda: log.info("mounted %s on %s", args.store, args.mountpoint))
     except ChunkfsError as exc:
         print(f"chunkfs: {exc}", file=sys.stderr)

@@ -492,3 +492,15 @@ def test_forget_of_unknown_inode_is_harmless(fs):
 def test_namespace_errors_are_fserror(fs):
     with pytest.raises(FSError):
         fs.lookup(ROOT, b"nothing")
+
+
+def test_open_with_o_trunc_truncates(fs):
+    ino = write_file(fs, ROOT, b"f", b"old contents")
+    fh, _ = fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+    assert fs.getattr(ino).size == 0
+    fs.write(fh, 0, b"new")
+    fs.release(fh)
+    assert read_file(fs, ino) == b"new"
+    fh, _ = fs.open(ino, os.O_RDONLY | os.O_TRUNC)  # O_TRUNC without write access changes nothing
+    fs.release(fh)
+    assert read_file(fs, ino) == b"new"

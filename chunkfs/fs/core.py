@@ -454,7 +454,10 @@ class FsCore:
     # -- open files -----------------------------------------------------------------------
 
     def open(self, ino: int, flags: int, created: bool = False) -> tuple[int, bool]:
-        """Open a regular file: (file handle, whether the kernel may keep cached pages)."""
+        """Open a regular file: (file handle, whether the kernel may keep cached pages).
+
+        With O_TRUNC this truncates, which may block: call it from a worker thread then.
+        """
         with self._read() as txn:
             inode = self.ns.need(txn, ino)
         if inode.is_dir:
@@ -465,6 +468,13 @@ class FsCore:
         if writable and self.readonly:
             raise FSError(errno.EROFS)
         handle, keep_cache = self.files.open(ino, flags, lambda: self._committed_size(ino))
+        if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it comes here, not as setattr
+            try:
+                self.files.truncate(handle.inode, 0)
+            except BaseException:
+                self.files.release(handle.fh)
+                raise
+            keep_cache = False
         if (flags & os.O_ACCMODE) != os.O_WRONLY and not created:
             self._relatime(inode)
         return handle.fh, keep_cache
