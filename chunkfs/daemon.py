@@ -16,17 +16,16 @@ a failed ``chunkfs mount`` never leaves a mount behind.
 
 The daemon serves until the filesystem is unmounted (``chunkfs umount``,
 ``fusermount3 -u``, ``umount``) or it receives SIGTERM, SIGINT or SIGHUP, which
-it turns into an unmount of its own mountpoint: the request loop then ends
-normally and every open file is committed before the store is closed.  Only
-then does the process exit, and it exits even if a library left a thread
-behind (a daemon that logs "done" and then hangs would make ``chunkfs umount``
-wait for nothing).
+it turns into an unmount of its own mountpoint (see _SignalStopper): the
+request loop then ends normally and every open file is committed before the
+store is closed.  Only then does the process exit, and it exits even if a
+library left a thread behind (a daemon that logs "done" and then hangs would
+make ``chunkfs umount`` wait for nothing).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import logging.handlers
 import os
@@ -36,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 from . import mounts
 from .errors import ChunkfsError, MountError, StoreLockedError
@@ -237,7 +235,7 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
         store_obj = ChunkStore.open(store, verify=opts.verify, cache_size=opts.cache_size)
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
-    with store_obj, _ReadyWatcher(mountpoint, reporter) as watcher, _unmount_on_signals(mountpoint, watcher.seen):
+    with store_obj, _ReadyWatcher(mountpoint, reporter) as watcher, _SignalStopper(mountpoint, watcher):
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store))  # closes the store itself
         if not watcher.seen.is_set():
             raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
@@ -257,6 +255,7 @@ class _ReadyWatcher:
         self.mountpoint = mountpoint
         self.reporter = reporter
         self.seen = threading.Event()
+        self.entry: mounts.MountEntry | None = None
         self._stop = threading.Event()
         self._known = mounts.mount_ids()
         self._thread = threading.Thread(target=self._watch, name="chunkfs-ready", daemon=True)
@@ -272,52 +271,71 @@ class _ReadyWatcher:
     def _watch(self) -> None:
         entry = mounts.wait_until_mounted(self.mountpoint, self._known, self._stop)
         if entry is not None:
+            self.entry = entry
             self.seen.set()
             log.info("mounted %s on %s", entry.store, entry.mountpoint)
             self.reporter.finish("ok")
 
 
-@contextlib.contextmanager
-def _unmount_on_signals(mountpoint: str, mounted: threading.Event) -> Iterator[None]:
-    """SIGTERM, SIGINT and SIGHUP unmount the filesystem; the request loop then ends by itself.
+class _SignalStopper:
+    """SIGTERM, SIGINT and SIGHUP stop the filesystem in two stages.
 
-    While it serves, the adapter replaces the SIGTERM and SIGINT handlers by
-    its own (which also unmount), so these handlers cover SIGHUP (a closed
-    terminal in the foreground) and the moments before the request loop
-    starts.  Unmounting from outside the loop means the exit path is the same
-    as for ``chunkfs umount``: every file is committed in the normal way.
+    First signal: unmount, as ``chunkfs umount`` would.  If files are open
+    there, the mount is detached lazily instead: it disappears from the
+    namespace at once, the daemon keeps serving the open files, and exits
+    (committing everything) when the last one is closed, so no application
+    sees an error.  Second signal: abort the FUSE connection, so the request
+    loop ends now; files still open see ENOTCONN from then on, and everything
+    written before is committed on the normal way out.
+
+    The work runs in a thread: a signal handler must not block the loop, and
+    unmounting needs the loop to keep answering the kernel meanwhile.
     """
-    started = threading.Event()
 
-    def handler(signum, _frame):
-        if started.is_set():
-            return
-        started.set()
-        log.info("received %s: unmounting %s", signal.Signals(signum).name, mountpoint)
-        threading.Thread(target=_detach, args=(mountpoint, mounted), name="chunkfs-unmount", daemon=True).start()
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
+    def __init__(self, mountpoint: str, watcher: "_ReadyWatcher"):
+        self.mountpoint = mountpoint
+        self.watcher = watcher
+        self.count = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_SignalStopper":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._previous.items():
             signal.signal(sig, old)
 
+    def _handle(self, signum, _frame) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            log.info("received %s: unmounting %s", name, self.mountpoint)
+            work = self._unmount
+        else:
+            log.warning("received %s again: aborting the FUSE connection; files still open on %s "
+                        "fail from now on", name, self.mountpoint)
+            work = self._abort
+        threading.Thread(target=work, name="chunkfs-stop", daemon=True).start()
 
-def _detach(mountpoint: str, mounted: threading.Event) -> None:
-    """Unmount; a busy mountpoint is detached lazily (the daemon exits when its last file closes)."""
-    mounted.wait(READY_TIMEOUT)  # a signal that came before the mount appeared unmounts it once it does
-    result = mounts.fusermount(mountpoint)
-    if result.returncode == 0:
-        return
-    if mounts.mount_at(mountpoint) is None:
-        return  # already gone (unmounted meanwhile, or never mounted)
-    log.warning("%s is busy (%s); detaching it lazily: the daemon exits when the last open file "
-                "is closed", mountpoint, result.stderr.strip())
-    result = mounts.fusermount(mountpoint, lazy=True)
-    if result.returncode != 0:
-        log.error("cannot unmount %s: %s", mountpoint, result.stderr.strip())
+    def _unmount(self) -> None:
+        self.watcher.seen.wait(READY_TIMEOUT)  # a signal before the mount appeared unmounts it once it does
+        result = mounts.fusermount(self.mountpoint)
+        if result.returncode == 0 or mounts.mount_at(self.mountpoint) is None:
+            return
+        log.warning("%s is busy (%s); detached it lazily: the daemon exits when the last open file is "
+                    "closed (signal again to stop now)", self.mountpoint, result.stderr.strip())
+        result = mounts.fusermount(self.mountpoint, lazy=True)
+        if result.returncode != 0:
+            log.error("cannot unmount %s: %s", self.mountpoint, result.stderr.strip())
+
+    def _abort(self) -> None:
+        entry = self.watcher.entry
+        if entry is not None and not mounts.abort_connection(entry):
+            log.error("cannot stop now: fusectl is not mounted on %s (mount -t fusectl none %s); "
+                      "close the files open on %s instead", mounts.FUSECTL, mounts.FUSECTL, self.mountpoint)
 
 
 def _setup_logging(opts: MountOptions, foreground: bool) -> None:

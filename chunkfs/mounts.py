@@ -37,6 +37,7 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    device: str = "0:0"  # major:minor of the superblock (for FUSE: names the connection)
 
     @property
     def store(self) -> str:
@@ -57,7 +58,7 @@ def read_mounts() -> list[MountEntry]:
             fields = line.split()
             sep = fields.index("-")
             out.append(MountEntry(int(fields[0]), _unescape(fields[4]), _unescape(fields[sep + 1]),
-                                  _unescape(fields[sep + 2])))
+                                  _unescape(fields[sep + 2]), fields[2]))
     return out
 
 
@@ -212,6 +213,26 @@ def wait_until_mounted(mountpoint: str, known_ids: set[int], stop, interval: flo
                 return m
         stop.wait(interval)
     return None
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_connection(entry: MountEntry) -> bool:
+    """Abort a FUSE connection (fusectl): its daemon's request loop ends, open files get ENOTCONN.
+
+    This is how a daemon is stopped while files are still open on a mount
+    that was detached lazily, which no unmount can reach any more.  Returns
+    False if fusectl is not mounted (systemd mounts it at boot).
+    """
+    major, minor = (int(n) for n in entry.device.split(":"))
+    path = os.path.join(FUSECTL, str((major << 20) | minor), "abort")
+    try:
+        with open(path, "w") as fh:
+            fh.write("1")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def mount_ids() -> set[int]:
