@@ -123,7 +123,7 @@ class Result:
 
     def line(self) -> str:
         """One human line for the progress log."""
-        head = f"{self.workload:<14} {self.tool:<16}"
+        head = f"{self.workload:<14} {self.tool:<18}"
         if self.status != "ok":
             return f"{head} {self.status}: {self.message}"
         return (f"{head} savings {self.savings_pct:6.2f}%  ingest {self.seconds:7.2f} s"

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 
-from .common import Result, Timer, ToolError, du_bytes, failed, run, skipped
+from .common import Result, Timer, ToolError, du_bytes, failed, run
 
 INGEST_TIMEOUT = 3 * 3600
 BORG_CHUNKER = "buzhash,12,23,16,4095"  # min 4 KiB, max 8 MiB, 2^16 mask: ~64 KiB average
@@ -130,7 +130,8 @@ class Restic(Peer):
             comp = "off (--compression off, repository v2)"
         else:
             comp = "none: this restic predates compression (repository v1 stores data uncompressed)"
-        return {"chunker": "Rabin CDC, 512 KiB min / ~1 MiB avg / 8 MiB max (fixed by restic)",
+        return {"chunker": "Rabin CDC, 512 KiB min / ~1 MiB avg / 8 MiB max (fixed by restic; its polynomial "
+                           "is random per repository, so its savings vary a little between runs)",
                 "compression": comp, "encryption": "always on (restic cannot disable it)"}
 
     def prepare(self, repo: str, logical_bytes: int) -> None:
@@ -206,6 +207,14 @@ class Bup(Peer):
         run(["bup", "save", "-f", index, "-n", "bench", "--compress=0", src], env=env,
             timeout=INGEST_TIMEOUT)
 
+    def chunk_stats(self, repo: str) -> dict:
+        """bup stores chunks as git blobs: count them (a few small metadata blobs are counted too)."""
+        out = run(["git", f"--git-dir={repo}", "cat-file", "--batch-all-objects",
+                   "--batch-check=%(objecttype) %(objectsize)"]).stdout
+        sizes = [int(size) for kind, size in (ln.split() for ln in out.splitlines()) if kind == "blob"]
+        return {"unique_chunks": len(sizes),
+                "avg_chunk_bytes": round(sum(sizes) / len(sizes)) if sizes else None}
+
     def cleanup(self, repo: str) -> None:
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(repo + ".home", ignore_errors=True)
@@ -241,7 +250,7 @@ class ZfsFuse(Peer):
         if run(["zpool", "list"], check=False).returncode == 0:
             return  # a daemon is already running: use it, and leave it running afterwards
         pidfile = os.path.join(scratch, "zfs-fuse.pid")
-        run(["zfs-fuse", "--no-kstat-mount", "--pidfile", pidfile])
+        self._start_daemon(pidfile)
         deadline = time.monotonic() + 15
         while run(["zpool", "list"], check=False).returncode != 0:
             if time.monotonic() > deadline:
@@ -249,6 +258,16 @@ class ZfsFuse(Peer):
             time.sleep(0.2)
         with open(pidfile) as fh:
             self._daemon_pid = int(fh.read().strip())
+
+    @staticmethod
+    def _start_daemon(pidfile: str) -> None:
+        """Start zfs-fuse; retry while a previous daemon (which takes seconds to stop) holds its lock."""
+        for attempt in range(4):
+            if run(["zfs-fuse", "--no-kstat-mount", "--pidfile", pidfile], check=False).returncode == 0:
+                return
+            time.sleep(2 + 2 * attempt)
+        raise ToolError("the zfs-fuse daemon would not start (another zfs-fuse still running, "
+                        "holding /var/lock/zfs/zfs_lock?)")
 
     def _vdev(self, repo: str) -> str:
         return os.path.join(repo, "vdev")
@@ -296,11 +315,20 @@ class ZfsFuse(Peer):
             os.kill(self._daemon_pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        for _ in range(50):
-            if not os.path.exists(f"/proc/{self._daemon_pid}"):
+        for _ in range(300):  # it takes a few seconds to flush and exit
+            if not _alive(self._daemon_pid):
                 break
             time.sleep(0.1)
         self._daemon_pid = None
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (the daemon's parent is init, which may not reap it) is dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 PEERS: dict[str, type[Peer]] = {"borg": Borg, "restic": Restic, "casync": Casync, "bup": Bup,

@@ -27,6 +27,9 @@ NOTES = [
 ]
 
 
+NOTE_LABELS = {"whole_file_dedup_pct": "savings (%) from whole-file dedup alone (a floor, not the ideal):"}
+
+
 def tool_order(results: list) -> list[str]:
     """chunkfs variants first, then peers in the order they ran."""
     names: list[str] = []
@@ -98,7 +101,7 @@ def _problems(meta: dict, results: list) -> list[str]:
 def _workload_lines(workloads: list) -> list[str]:
     lines = []
     for wl in workloads:
-        extra = "".join(f"; {k.replace('_', ' ')} {v}" for k, v in wl.notes.items())
+        extra = "".join(f"; {NOTE_LABELS.get(k, k)} {v}" for k, v in wl.notes.items())
         unique = "unknown (real data)" if wl.unique_bytes is None else f"{wl.unique_bytes / MB:.1f} MB unique"
         lines.append(f"- **{wl.name}**: {wl.description}; {len(wl.files)} files, "
                      f"{wl.logical_bytes / MB:.1f} MB logical, {unique}{extra}")
@@ -156,7 +159,7 @@ def write_charts(out_dir: str, meta: dict, workloads: list, results: list, log=p
 
 
 def _grouped_bars(plt, workloads, results, tools, attr, ylabel, with_ideal):
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(workloads) * (len(tools) + 1) / 3), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 0.25 * len(workloads) * (len(tools) + 1))), 4.5))
     width = 0.8 / len(tools)
     for i, tool in enumerate(tools):
         values = []
