@@ -109,7 +109,7 @@ class Operations(pyfuse3.Operations):
 
     supports_dot_lookup = True
     enable_writeback_cache = False  # measured: no gain for sequential writes, extra setattrs for untar
-    enable_acl = False  # ACLs are stored and returned as system.posix_acl_* xattrs
+    enable_acl = True  # the kernel enforces POSIX ACLs; the core keeps them in step with modes (fs/acl.py)
 
     def __init__(self, core: FsCore):
         super().__init__()

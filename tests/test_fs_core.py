@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 
 import pytest
 
@@ -447,7 +448,17 @@ def test_namespace_and_data_persist_with_stable_inode_numbers(tmp_path):
     store.close()
 
 
-# -- xattrs ------------------------------------------------------------------------------
+# -- xattrs and ACLs -----------------------------------------------------------------------
+
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
+ACCESS, DEFAULT = b"system.posix_acl_access", b"system.posix_acl_default"
+
+
+def make_acl(*entries) -> bytes:
+    out = struct.pack("<I", 2)
+    for tag, perm, *ident in entries:
+        out += struct.pack("<HHI", tag, perm, ident[0] if ident else 0xFFFFFFFF)
+    return out
 
 
 def test_xattrs(fs):
@@ -456,7 +467,7 @@ def test_xattrs(fs):
     assert errno_of(fs.removexattr, ino, b"user.missing") == errno.ENODATA
     fs.setxattr(ino, b"user.a", b"1")
     fs.setxattr(ino, b"trusted.b", b"\0binary\xff")
-    acl = bytes.fromhex("02000000" "01000600ffffffff" "04000400ffffffff" "20000400ffffffff")
+    acl = make_acl((ACL_USER_OBJ, 6), (ACL_USER, 4, 99), (ACL_GROUP_OBJ, 4), (ACL_MASK, 4), (ACL_OTHER, 0))
     fs.setxattr(ino, b"system.posix_acl_access", acl)
     assert sorted(fs.listxattr(ino)) == [b"system.posix_acl_access", b"trusted.b", b"user.a"]
     assert fs.getxattr(ino, b"system.posix_acl_access") == acl
@@ -504,3 +515,38 @@ def test_open_with_o_trunc_truncates(fs):
     fh, _ = fs.open(ino, os.O_RDONLY | os.O_TRUNC)  # O_TRUNC without write access changes nothing
     fs.release(fh)
     assert read_file(fs, ino) == b"new"
+
+
+def test_access_acl_sets_mode_and_chmod_rewrites_acl(fs):
+    ino = write_file(fs, ROOT, b"f")  # 0644
+    fs.setxattr(ino, ACCESS, make_acl((ACL_USER_OBJ, 6), (ACL_USER, 7, 99), (ACL_GROUP_OBJ, 4),
+                                      (ACL_MASK, 7), (ACL_OTHER, 0)))
+    assert stat.S_IMODE(fs.getattr(ino).mode) == 0o670  # group bits are the mask
+    fs.setattr(ino, SetAttr(mode=0o640))
+    assert fs.getxattr(ino, ACCESS) == make_acl((ACL_USER_OBJ, 6), (ACL_USER, 7, 99), (ACL_GROUP_OBJ, 4),
+                                                (ACL_MASK, 4), (ACL_OTHER, 0))
+    fs.setxattr(ino, ACCESS, make_acl((ACL_USER_OBJ, 7), (ACL_GROUP_OBJ, 5), (ACL_OTHER, 1)))
+    assert stat.S_IMODE(fs.getattr(ino).mode) == 0o751
+    assert ACCESS not in fs.listxattr(ino)  # says no more than the mode: not stored
+    assert errno_of(fs.setxattr, ino, ACCESS, b"\x02\0\0\0\1") == errno.EINVAL
+    assert errno_of(fs.setxattr, ino, ACCESS, make_acl((ACL_USER_OBJ, 6), (ACL_USER, 4, 1),
+                                                       (ACL_GROUP_OBJ, 4), (ACL_OTHER, 0))) == errno.EINVAL
+    assert errno_of(fs.setxattr, ino, DEFAULT, make_acl((ACL_USER_OBJ, 6), (ACL_GROUP_OBJ, 4),
+                                                        (ACL_OTHER, 0))) == errno.EACCES
+
+
+def test_default_acl_is_inherited_without_umask(fs):
+    d = fs.mkdir(ROOT, b"shared", 0o755, USER).ino
+    default = make_acl((ACL_USER_OBJ, 7), (ACL_USER, 7, 99), (ACL_GROUP_OBJ, 5), (ACL_MASK, 7), (ACL_OTHER, 0))
+    fs.setxattr(d, DEFAULT, default)
+    f = fs.create(d, b"f", 0o666, os.O_WRONLY, Caller(1000, 1000, 0o077))[1]
+    assert stat.S_IMODE(f.mode) == 0o660  # umask ignored; the mask (rwx) limited by mode 0666 gives rw
+    assert fs.getxattr(f.ino, ACCESS) == make_acl((ACL_USER_OBJ, 6), (ACL_USER, 7, 99), (ACL_GROUP_OBJ, 5),
+                                                  (ACL_MASK, 6), (ACL_OTHER, 0))
+    sub = fs.mkdir(d, b"sub", 0o777, USER)
+    assert stat.S_IMODE(sub.mode) == 0o770
+    assert fs.getxattr(sub.ino, DEFAULT) == default and ACCESS in fs.listxattr(sub.ino)
+    link = fs.symlink(d, b"link", b"f", USER)
+    assert fs.listxattr(link.ino) == [] and stat.S_IMODE(link.mode) == 0o777
+    plain = fs.mkdir(ROOT, b"plain", 0o777, Caller(0, 0, 0o027))
+    assert stat.S_IMODE(plain.mode) == 0o750 and fs.listxattr(plain.ino) == []

@@ -326,6 +326,14 @@ def test_acl_round_trip(mounted_fs):
     assert "user:nobody:rw-" in out and "group:adm:r--" in out and "mask::rw-" in out
     out = subprocess.run(["getfacl", "-cp", str(d)], check=True, capture_output=True, text=True).stdout
     assert "default:user:nobody:r-x" in out
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o664  # group bits show the mask
+    os.chmod(path, 0o640)
+    out = subprocess.run(["getfacl", "-cp", str(path)], check=True, capture_output=True, text=True).stdout
+    assert "mask::r--" in out and "user:nobody:rw-\t#effective:r--" in out
+    write(d / "inherits", b"")
+    out = subprocess.run(["getfacl", "-cp", str(d / "inherits")], check=True, capture_output=True,
+                         text=True).stdout
+    assert "user:nobody:r-x\t#effective:r--" in out
     subprocess.run(["setfacl", "-b", str(path)], check=True)
     out = subprocess.run(["getfacl", "-cp", str(path)], check=True, capture_output=True, text=True).stdout
     assert "nobody" not in out
@@ -468,6 +476,8 @@ NOBODY_SCRIPT = textwrap.dedent("""
     attempt("unlink_own_in_sticky", os.unlink, "sticky/mine")
     attempt("setxattr_trusted", os.setxattr, "sticky", "trusted.x", b"1")
     attempt("mkdir_in_rootdir", os.mkdir, "rootdir/sub")
+    attempt("read_acl_granted", lambda: open("granted").read())
+    attempt("write_acl_granted", lambda: open("granted", "a").close())
     print(json.dumps(results))
 """)
 
@@ -484,6 +494,9 @@ def test_permissions_for_an_unprivileged_user(mount_factory):
     os.chmod(m / "sticky", 0o1777)
     write(m / "sticky" / "roots", b"")
     os.chmod(m / "sticky" / "roots", 0o666)
+    write(m / "granted", b"via ACL")
+    os.chmod(m / "granted", 0o600)
+    subprocess.run(["setfacl", "-m", "u:nobody:r", str(m / "granted")], check=True)
     script = NOBODY_SCRIPT % {"id": NOBODY}
     out = subprocess.run([sys.executable, "-c", script, str(m)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -493,5 +506,6 @@ def test_permissions_for_an_unprivileged_user(mount_factory):
         "create_in_rootdir": errno.EACCES, "chmod_not_owner": errno.EPERM, "chown_to_self": errno.EPERM,
         "utime_not_owner": errno.EPERM, "create_in_sticky": 0, "unlink_other_in_sticky": errno.EPERM,
         "unlink_own_in_sticky": 0, "setxattr_trusted": errno.EPERM, "mkdir_in_rootdir": errno.EACCES,
+        "read_acl_granted": 0, "write_acl_granted": errno.EACCES,
     }
     assert os.stat(m / "sticky").st_nlink == 2 and os.listdir(m / "sticky") == ["roots"]

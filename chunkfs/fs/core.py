@@ -8,11 +8,13 @@ it raises :class:`chunkfs.errors.FSError` with the errno the kernel should
 see, and the adapter translates.
 
 Permission checks are the kernel's: the filesystem is always mounted with
-``default_permissions``, under which the kernel checks mode bits, sticky
-directories, ownership for chmod/chown/utimens, and clears set-id bits on
-writes and chown.  What the kernel leaves to us, and this module does: name
-length (ENAMETOOLONG), existence and type errors, empty-directory checks,
-set-group-ID directory inheritance, link counts, and timestamps.
+``default_permissions`` (and FUSE_POSIX_ACL), under which the kernel checks
+mode bits and ACLs, sticky directories, ownership for chmod/chown/utimens,
+xattr namespaces, and clears set-id bits on writes and chown.  What the
+kernel leaves to us, and this package does: name length (ENAMETOOLONG),
+existence and type errors, empty-directory checks, the umask, set-group-ID
+directory inheritance, ACL inheritance and mode/ACL consistency (acl.py,
+xattrs.py), link counts, and timestamps.
 
 Lifetime of an inode: it lives while a directory entry names it.  When the
 last name goes, it is marked in the ``orphans`` database (same transaction)
@@ -40,9 +42,11 @@ from typing import NamedTuple, TypeVar
 import lmdb
 
 from ..errors import FSError
+from . import acl
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
 from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename, drop_link
+from .xattrs import XattrOps
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def _default_data_path() -> tuple[FileDataFactory, Callable[[int], bytes]]:
     return FileData, file_id_for
 
 
-class FsCore:
+class FsCore(XattrOps):
     """One mounted filesystem's logic.  Metadata calls are cheap; data calls block (use threads)."""
 
     def __init__(self, store, *, root_uid: int | None = None, root_gid: int | None = None,
@@ -242,6 +246,7 @@ class FsCore:
         inode = self.ns.need(txn, ino)
         if c.mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (c.mode & 0o7777)
+            self._chmod_acl(txn, inode)
         if c.uid is not None:
             inode.uid = c.uid
         if c.gid is not None:
@@ -285,8 +290,17 @@ class FsCore:
             if self.ns.lookup(txn, parent, name) is not None:
                 raise FSError(errno.EEXIST)
             now = _now()
-            inode = self.ns.allocate(txn, *self._ownership(directory, mode, caller), now, rdev,
-                                     parent if stat.S_ISDIR(mode) else 0)
+            new_mode, gid = self._new_mode_and_group(directory, mode, caller)
+            access = default = None
+            if target is None:
+                new_mode, access, default = self._inherit_acls(txn, parent, new_mode)
+                if default is None:
+                    new_mode &= ~caller.umask
+            inode = self.ns.allocate(txn, new_mode, caller.uid, gid, now, rdev, parent if stat.S_ISDIR(mode) else 0)
+            if access is not None:
+                self.ns.set_xattr(txn, inode.ino, acl.ACCESS, access)
+            if default is not None and inode.is_dir:
+                self.ns.set_xattr(txn, inode.ino, acl.DEFAULT, default)
             if target is not None:
                 self.ns.set_target(txn, inode.ino, target)
                 inode.size = len(target)
@@ -308,16 +322,14 @@ class FsCore:
         return directory
 
     @staticmethod
-    def _ownership(directory: Inode, mode: int, caller: Caller) -> tuple[int, int, int]:
-        """(mode, uid, gid) of a new inode: umask applied, set-group-ID directories inherited."""
-        kind = stat.S_IFMT(mode)
-        perm = 0o777 if kind == stat.S_IFLNK else mode & 0o7777 & ~caller.umask
+    def _new_mode_and_group(directory: Inode, mode: int, caller: Caller) -> tuple[int, int]:
+        """Mode (before umask or ACL) and group of a new inode: set-group-ID directories pass theirs on."""
         gid = caller.gid
         if directory.mode & stat.S_ISGID:
             gid = directory.gid
-            if kind == stat.S_IFDIR:
-                perm |= stat.S_ISGID
-        return kind | perm, caller.uid, gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return mode, gid
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
         return self._create(parent, name, stat.S_IFDIR | (mode & 0o7777), caller)
@@ -519,57 +531,6 @@ class FsCore:
         oi = self.files.release(fh)
         if oi is not None and oi.unlinked:
             self._purge_if_unreachable(oi.ino)
-
-    # -- extended attributes ------------------------------------------------------------
-
-    def getxattr(self, ino: int, name: bytes) -> bytes:
-        with self._read() as txn:
-            self.ns.need(txn, ino)
-            value = self.ns.xattr(txn, ino, name)
-        if value is None:
-            raise FSError(errno.ENODATA)
-        return value
-
-    def listxattr(self, ino: int) -> list[bytes]:
-        with self._read() as txn:
-            self.ns.need(txn, ino)
-            return self.ns.xattr_names(txn, ino)
-
-    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        """Set an attribute; ``flags`` may hold os.XATTR_CREATE or os.XATTR_REPLACE."""
-        self._check_xattr_name(name)
-
-        def put(txn: lmdb.Transaction) -> None:
-            inode = self.ns.need(txn, ino)
-            exists = self.ns.xattr(txn, ino, name) is not None
-            if flags & os.XATTR_CREATE and exists:
-                raise FSError(errno.EEXIST)
-            if flags & os.XATTR_REPLACE and not exists:
-                raise FSError(errno.ENODATA)
-            self.ns.set_xattr(txn, ino, name, value)
-            inode.ctime_ns = _now()
-            self.ns.put(txn, inode)
-
-        self._write(put)
-
-    def removexattr(self, ino: int, name: bytes) -> None:
-        self._check_xattr_name(name)
-
-        def remove(txn: lmdb.Transaction) -> None:
-            inode = self.ns.need(txn, ino)
-            if not self.ns.remove_xattr(txn, ino, name):
-                raise FSError(errno.ENODATA)
-            inode.ctime_ns = _now()
-            self.ns.put(txn, inode)
-
-        self._write(remove)
-
-    @staticmethod
-    def _check_xattr_name(name: bytes) -> None:
-        if not name:
-            raise FSError(errno.EINVAL)
-        if len(name) > 255:
-            raise FSError(errno.ERANGE)
 
     # -- the filesystem as a whole --------------------------------------------------------
 
