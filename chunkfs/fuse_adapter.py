@@ -199,7 +199,8 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def flush(self, fh):
-        await _in_thread(self.core.flush, fh)
+        if self.core.flush_may_commit(fh):
+            await _in_thread(self.core.flush, fh)
 
     @_translated
     async def fsync(self, fh, datasync):

@@ -550,3 +550,16 @@ def test_default_acl_is_inherited_without_umask(fs):
     assert fs.listxattr(link.ino) == [] and stat.S_IMODE(link.mode) == 0o777
     plain = fs.mkdir(ROOT, b"plain", 0o777, Caller(0, 0, 0o027))
     assert stat.S_IMODE(plain.mode) == 0o750 and fs.listxattr(plain.ino) == []
+
+
+def test_close_commits_files_still_open(tmp_path):
+    store = ChunkStore.create(tmp_path / "s")
+    fs = FsCore(store)
+    fh, inode = fs.create(ROOT, b"f", 0o644, os.O_WRONLY, USER)
+    fs.write(fh, 0, b"never flushed")
+    fs.close()  # unmounted with the file still open (a lazy unmount, say)
+    store.close()
+    with ChunkStore.open(tmp_path / "s") as store:
+        fs = FsCore(store)
+        assert fs.getattr(inode.ino).size == 13 and read_file(fs, inode.ino) == b"never flushed"
+        fs.close()

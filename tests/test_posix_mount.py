@@ -509,3 +509,15 @@ def test_permissions_for_an_unprivileged_user(mount_factory):
         "read_acl_granted": 0, "write_acl_granted": errno.EACCES,
     }
     assert os.stat(m / "sticky").st_nlink == 2 and os.listdir(m / "sticky") == ["roots"]
+
+
+def test_unlinked_file_reopened_through_proc(mounted_fs):
+    path = mounted_fs / "f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, b"kept alive")
+    os.unlink(path)
+    again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    os.close(fd)
+    assert os.read(again, 100) == b"kept alive"
+    os.close(again)
+    assert wait_until(lambda: mounted_fs.stats()["files"] == 0, timeout=10)

@@ -480,6 +480,8 @@ class FsCore(XattrOps):
         if writable and self.readonly:
             raise FSError(errno.EROFS)
         handle, keep_cache = self.files.open(ino, flags, lambda: self._committed_size(ino))
+        if inode.nlink == 0:
+            self.files.mark_unlinked(ino)  # reopened through /proc/PID/fd after its last name went
         if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it comes here, not as setattr
             try:
                 self.files.truncate(handle.inode, 0)
@@ -520,8 +522,13 @@ class FsCore(XattrOps):
         return self.files.write(fh, offset, data)
 
     def flush(self, fh: int) -> None:
-        """close(2) of one descriptor: commit, so ENOSPC/EIO reach the application."""
-        self.files.commit(self.files.handle(fh).inode)
+        """close(2) of a descriptor: commit, so ENOSPC/EIO reach the application that wrote."""
+        if self.flush_may_commit(fh):
+            self.files.commit(self.files.handle(fh).inode)
+
+    def flush_may_commit(self, fh: int) -> bool:
+        """False if flushing ``fh`` is a no-op (read-only handle): the adapter then skips the thread."""
+        return self.files.handle(fh).writable
 
     def fsync(self, fh: int, datasync: bool = False) -> None:
         self.flush(fh)
