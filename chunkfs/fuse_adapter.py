@@ -31,6 +31,7 @@ For tests and debugging: ``python -m chunkfs.fuse_adapter STORE MOUNTPOINT
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import os
@@ -67,6 +68,14 @@ def _attributes(inode: Inode) -> pyfuse3.EntryAttributes:
     attr.st_atime_ns = inode.atime_ns
     attr.st_mtime_ns = inode.mtime_ns
     attr.st_ctime_ns = inode.ctime_ns
+    return attr
+
+
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    """A cacheable "no such name": st_ino 0 makes the kernel remember the miss for ``entry_timeout``."""
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = 0
+    attr.entry_timeout = TIMEOUT
     return attr
 
 
@@ -117,11 +126,16 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def lookup(self, parent_inode, name, ctx):
-        return _attributes(self.core.lookup(parent_inode, name))
+        try:
+            return _attributes(self.core.lookup(parent_inode, name))
+        except FSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return _negative_entry()  # every create goes through the kernel, which drops this entry then
 
     async def forget(self, inode_list):
-        try:
-            self.core.forget(list(inode_list))
+        try:  # in a thread: forgetting an unlinked big file deletes its whole manifest
+            await _in_thread(self.core.forget, list(inode_list))
         except Exception:  # noqa: BLE001 (forget must not raise at all)
             log.exception("forget failed")
 
