@@ -85,6 +85,8 @@ def run(args: argparse.Namespace, prog: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prog = os.path.basename(sys.argv[0]) if argv is None else "mount.chunkfs"
+    if prog.endswith(".py"):  # python -m chunkfs.mount_helper
+        prog = "mount.chunkfs"
     try:
         args = build_parser(prog).parse_args(argv)
         run(args, prog)
