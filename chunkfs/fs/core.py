@@ -180,7 +180,6 @@ class FsCore(XattrOps):
         else:
             self._write_always(drop)
 
-
     def purge_orphans(self) -> int:
         """Purge every orphan no handle or lookup holds; at mount, that is all of them."""
         with self._read() as txn:
@@ -237,9 +236,9 @@ class FsCore(XattrOps):
             self._truncate(ino, changes.size, fh)
         others = (changes.mode, changes.uid, changes.gid, changes.atime_ns, changes.mtime_ns, changes.ctime_ns)
         if any(v is not None for v in others):
-            self._write(lambda txn: self._apply_attrs(txn, ino, changes))
             if changes.mtime_ns is not None:
-                self.files.forget_times(ino)
+                self.files.forget_times(ino)  # before: a write racing with this one keeps its later time
+            self._write(lambda txn: self._apply_attrs(txn, ino, changes))
         return self.getattr(ino)
 
     def _apply_attrs(self, txn: lmdb.Transaction, ino: int, c: SetAttr) -> None:
