@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-from ..errors import FSError
+from ..errors import ChunkfsError, FSError
 from .namespace import Namespace
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,8 @@ class OpenFiles:
     def _commit_logged(self, oi: OpenInode) -> None:
         try:
             self.commit(oi)
+        except ChunkfsError as exc:
+            log.error("inode %d: could not commit its data at release (%s); the changes are lost", oi.ino, exc)
         except Exception:
             log.exception("inode %d: could not commit its data at release; the changes are lost", oi.ino)
 
