@@ -77,6 +77,9 @@ class OpenFiles:
             oi = self._inodes.get(ino)
             if oi is None:
                 oi = OpenInode(ino, self.factory(self.store, ino, committed_size()))
+                # commits the FileData makes on its own (a stream broken by a random
+                # write) must store the inode's size in the same transaction too
+                oi.data.on_commit = lambda txn, oi=oi: self._persist(txn, oi, oi.changed_ns)
                 self._inodes[ino] = oi
             handle = Handle(self._next_fh, flags, oi)
             self._next_fh += 1
@@ -154,19 +157,23 @@ class OpenFiles:
             changes, changed_ns = oi.changes, oi.changed_ns
 
         def persist(txn: lmdb.Transaction) -> None:
-            inode = self.ns.get(txn, oi.ino)
-            if inode is not None:
-                inode.size = oi.data.size
-                if changed_ns is not None:
-                    inode.mtime_ns = changed_ns
-                    inode.ctime_ns = max(inode.ctime_ns, changed_ns)
-                self.ns.put(txn, inode)
+            self._persist(txn, oi, changed_ns)
 
         if not oi.data.commit(persist) and changed_ns is not None:
             self.store.write_txn(lambda txn: (persist(txn), []))
         with self.lock:
             if oi.changes == changes:
                 oi.changed_ns = None
+
+    def _persist(self, txn: lmdb.Transaction, oi: OpenInode, changed_ns: int | None) -> None:
+        """Store the inode's size and change times inside a data commit's transaction."""
+        inode = self.ns.get(txn, oi.ino)
+        if inode is not None:
+            inode.size = oi.data.size
+            if changed_ns is not None:
+                inode.mtime_ns = changed_ns
+                inode.ctime_ns = max(inode.ctime_ns, changed_ns)
+            self.ns.put(txn, inode)
 
     def release(self, fh: int) -> OpenInode | None:
         """Drop a handle after a best-effort commit; returns its OpenInode if that was the last handle.
