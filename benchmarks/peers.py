@@ -131,7 +131,7 @@ class Restic(Peer):
         else:
             comp = "none: this restic predates compression (repository v1 stores data uncompressed)"
         return {"chunker": "Rabin CDC, 512 KiB min / ~1 MiB avg / 8 MiB max (fixed by restic; its polynomial "
-                           "is random per repository, so its savings vary a little between runs)",
+                           "is random per repository, so its savings vary from run to run)",
                 "compression": comp, "encryption": "always on (restic cannot disable it)"}
 
     def prepare(self, repo: str, logical_bytes: int) -> None:
@@ -236,7 +236,7 @@ class ZfsFuse(Peer):
         self.pool = f"cfsbench{os.getpid()}"
         self._daemon_pid: int | None = None
         self._empty: dict[str, int] = {}
-        self._last_list: list[str] = []  # `zpool list` (alloc, dedupratio) just before export
+        self._last_list: list[str] = []  # `zpool list` (alloc, dedupratio) of the last ingested pool
 
     def version(self) -> str:
         proc = run(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"], check=False)
@@ -292,15 +292,19 @@ class ZfsFuse(Peer):
     def ingest(self, src: str, repo: str) -> None:
         run(["cp", "-a", f"{src}/.", self._mnt(repo)], timeout=INGEST_TIMEOUT)
         run(["sync"])
-        self._last_list = run(["zpool", "list", "-H", "-o", "alloc,dedupratio", self.pool]).stdout.split()
         run(["zpool", "export", self.pool])
 
     def footprint(self, repo: str) -> int:
-        return du_bytes(self._vdev(repo))
+        """du of the exported pool's file; then, untimed, what zfs itself counts (ALLOC) for reference."""
+        size = du_bytes(self._vdev(repo))
+        run(["zpool", "import", "-d", repo, self.pool])
+        self._last_list = run(["zpool", "list", "-H", "-o", "alloc,dedupratio", self.pool]).stdout.split()
+        run(["zpool", "export", self.pool])
+        return size
 
     def chunk_stats(self, repo: str) -> dict:
         alloc, ratio = (self._last_list or ["?", "?"])[:2]
-        return {"zpool_alloc": alloc, "zpool_dedupratio": ratio}
+        return {"zpool_alloc": alloc, "zpool_alloc_bytes": _parse_zfs_size(alloc), "zpool_dedupratio": ratio}
 
     def cleanup(self, repo: str) -> None:
         if run(["zpool", "list", self.pool], check=False).returncode == 0:
@@ -320,6 +324,18 @@ class ZfsFuse(Peer):
                 break
             time.sleep(0.1)
         self._daemon_pid = None
+
+
+def _parse_zfs_size(text: str) -> int | None:
+    """zpool's rounded human size ('130M', '1.21G', '616K') in bytes; None if unparsable."""
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text[:-1], text[-1:]
+    if unit.isdigit():
+        number, unit = text, ""
+    try:
+        return round(float(number) * units[unit.upper()])
+    except (ValueError, KeyError):
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -126,8 +126,11 @@ def _tools(args, ready: dict) -> list[tuple[str, object]]:
     return tools
 
 
-def run_all(args, scale_name: str, names: list[str], scratch: str, meta: dict):
-    """Generate each workload in turn, run every tool on it, then drop it (full scale is large)."""
+def run_all(args, scale_name: str, names: list[str], scratch: str, meta: dict, save=lambda wl, res: None):
+    """Generate each workload in turn, run every tool on it, then drop it (full scale is large).
+
+    ``save`` is called after each workload, so an interrupted long run keeps what it measured.
+    """
     ready = peers.setup_peers(_split(args.peers), scratch, install=not args.no_install,
                               log=lambda ln: (meta["skipped"].append(ln), print(ln)))
     meta["versions"].update({n: p.version_string for n, p in ready.items()})
@@ -150,6 +153,7 @@ def run_all(args, scale_name: str, names: list[str], scratch: str, meta: dict):
                 progress.log(result.line())
             if not args.keep_work:
                 shutil.rmtree(wl.path, ignore_errors=True)
+            save(done_wl, results)
     finally:
         progress.close()
         for peer in ready.values():
@@ -196,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     meta = _meta(args, scale_name)
     scratch = tempfile.mkdtemp(prefix="chunkfs-bench-", dir=args.work_dir)
+    def save(done_wl, results):
+        report.write_json(os.path.join(out, "results.json"), meta, done_wl, results)
+        report.write_markdown(os.path.join(out, "results.md"), meta, done_wl, results, [])
+
     try:
-        done_wl, results = run_all(args, scale_name, names, scratch, meta)
+        done_wl, results = run_all(args, scale_name, names, scratch, meta, save)
     finally:
         if not args.keep_work:
             shutil.rmtree(scratch, ignore_errors=True)

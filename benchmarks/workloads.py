@@ -24,17 +24,18 @@ IO_BLOCK = 1 * MiB
 ALL = ("pool", "versions", "prefix", "duplicate", "unique", "releases-tar", "releases-tree")
 
 # Scale knobs.  "full" is the reference scale; "quick" keeps every
-# workload's shape (1 MiB runs, 20-odd scattered edits per version) at a size
-# all peers get through in a few minutes on 2 cores; "tiny" is for CI.
+# workload's shape (1 MiB runs; one small edit per 2 MiB of document per
+# version, which reproduces the reference figures for borg and bup)
+# at a size all peers get through in a few minutes on 2 cores; "tiny" is for CI.
 SCALES: dict[str, dict] = {
     "full": dict(pool_files=1000, pool_blocks=200, pool_runs=(4, 12), doc_size=20 * MiB,
-                 versions=10, edits=20, pair_size=64 * MiB, unique_files=4, unique_size=64 * MiB,
+                 versions=10, edits=10, pair_size=64 * MiB, unique_files=4, unique_size=64 * MiB,
                  releases=("5.2.14", "5.2.15", "5.2.16", "5.2.17", "5.2.18")),
     "quick": dict(pool_files=30, pool_blocks=6, pool_runs=(4, 12), doc_size=8 * MiB,
-                  versions=10, edits=8, pair_size=16 * MiB, unique_files=4, unique_size=8 * MiB,
+                  versions=10, edits=4, pair_size=16 * MiB, unique_files=4, unique_size=8 * MiB,
                   releases=("5.2.16", "5.2.17", "5.2.18")),
     "tiny": dict(pool_files=10, pool_blocks=2, pool_runs=(2, 6), doc_size=4 * MiB,
-                 versions=10, edits=4, pair_size=16 * MiB, unique_files=2, unique_size=4 * MiB,
+                 versions=10, edits=2, pair_size=16 * MiB, unique_files=2, unique_size=4 * MiB,
                  releases=("5.2.17", "5.2.18")),
 }
 POOL_BLOCK = 4 * MiB  # a pool block is cut into runs; files are sequences of runs

@@ -88,7 +88,8 @@ def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
     # Each version differs from the last by a few small edits: sizes change only by the edits' bytes.
     sizes = [os.path.getsize(os.path.join(a.path, f)) for f in a.files]
     assert a.logical_bytes == sum(sizes)
-    assert all(abs(s - sizes[0]) < 64 * 4 * 10 for s in sizes)
+    scale = workloads.SCALES["tiny"]
+    assert all(abs(s - sizes[0]) <= 64 * scale["edits"] * scale["versions"] for s in sizes)  # edits <= 64 B
     assert 90.0 < a.ideal_pct < 91.0
 
 
