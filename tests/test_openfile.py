@@ -123,3 +123,18 @@ def test_discard_releases_pins_and_keeps_the_committed_version(store):
     assert store.read(file_id_for(5)) == b"committed"
     assert not store.ledger.pins
     assert check_store(store).clean
+
+
+def test_staging_left_by_a_crash_is_discarded_and_logged(store, caplog):
+    from chunkfs.fs.openfile import discard_stale_staging
+
+    fd = FileData(store, 11, 0)
+    fd.write(0, b"committed")
+    fd.commit()
+    fd.write(3, b"X" * 5000)  # overlay write, staged but never committed
+    # the process dies here: the staging file stays behind
+    found = discard_stale_staging(store)
+    assert [ino for ino, _ in found] == [11] and found[0][1] >= 5000
+    assert "inode 11: discarding" in caplog.text
+    assert os.listdir(store.staging_dir) == []
+    assert store.read(file_id_for(11)) == b"committed"
