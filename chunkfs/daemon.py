@@ -235,7 +235,7 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
         store_obj = ChunkStore.open(store, verify=opts.verify, cache_size=opts.cache_size)
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
-    with store_obj, _ReadyWatcher(mountpoint, reporter) as watcher, _SignalStopper(mountpoint, watcher):
+    with store_obj, _ReadyWatcher(store, mountpoint, reporter) as watcher, _SignalStopper(mountpoint, watcher):
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store))  # closes the store itself
         if not watcher.seen.is_set():
             raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
@@ -243,7 +243,7 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
 
 
 class _ReadyWatcher:
-    """Reports ``ok`` once the new mount shows in the kernel's mount table.
+    """Reports ``ok`` once the store's mount shows in the kernel's mount table.
 
     The mount table, not a callback, is the test: reading it sends the
     filesystem no request (the daemon may not be serving yet, so stat-ing the
@@ -251,13 +251,13 @@ class _ReadyWatcher:
     what the caller of ``chunkfs mount`` needs before it returns.
     """
 
-    def __init__(self, mountpoint: str, reporter: Reporter):
+    def __init__(self, store: str, mountpoint: str, reporter: Reporter):
+        self.store = store
         self.mountpoint = mountpoint
         self.reporter = reporter
         self.seen = threading.Event()
         self.entry: mounts.MountEntry | None = None
         self._stop = threading.Event()
-        self._known = mounts.mount_ids()
         self._thread = threading.Thread(target=self._watch, name="chunkfs-ready", daemon=True)
 
     def __enter__(self) -> "_ReadyWatcher":
@@ -269,7 +269,7 @@ class _ReadyWatcher:
         self._thread.join()
 
     def _watch(self) -> None:
-        entry = mounts.wait_until_mounted(self.mountpoint, self._known, self._stop)
+        entry = mounts.wait_until_mounted(self.mountpoint, self.store, self._stop)
         if entry is not None:
             self.entry = entry
             self.seen.set()

@@ -199,17 +199,19 @@ def _umount_failure(mountpoint: str, stderr: str) -> str:
     return f"{mountpoint}: unmount failed: {text}"
 
 
-def wait_until_mounted(mountpoint: str, known_ids: set[int], stop, interval: float = 0.02) -> MountEntry | None:
-    """Poll the mount table until a new chunkfs mount appears at ``mountpoint``.
+def wait_until_mounted(mountpoint: str, store: str, stop, interval: float = 0.02) -> MountEntry | None:
+    """Poll the mount table until ``store`` appears mounted on ``mountpoint``.
 
     Reading /proc/self/mountinfo sends no request to the filesystem, so this is
-    safe to call from the daemon before its request loop runs.  ``stop`` is a
+    safe to call from the daemon before its request loop runs.  The mount is
+    recognised by place, type and source, never by mount id: the kernel
+    reuses the ids of unmounted filesystems at once.  ``stop`` is a
     threading.Event that ends the wait early (the daemon gave up).
     """
     target = canonical_path(mountpoint)
     while not stop.is_set():
         for m in read_mounts():
-            if m.mountpoint == target and m.fstype == FSTYPE and m.mount_id not in known_ids:
+            if m.mountpoint == target and m.fstype == FSTYPE and m.store == store:
                 return m
         stop.wait(interval)
     return None
@@ -233,7 +235,3 @@ def abort_connection(entry: MountEntry) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def mount_ids() -> set[int]:
-    return {m.mount_id for m in read_mounts()}

@@ -43,7 +43,7 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args, check: bool = True, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(*args, check: bool = True, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
     """Run ``chunkfs ARGS...`` in a subprocess; with ``check``, fail the test on a non-zero exit."""
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)

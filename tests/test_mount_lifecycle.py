@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -250,17 +251,20 @@ def test_default_permissions_and_fsname_in_mount_table(mounted_fs):
     assert mount_entry(mounted_fs.mountpoint) == ("fuse.chunkfs", str(mounted_fs.store))
 
 
-def test_store_path_with_spaces_and_commas(tmp_path):
-    store, mnt = tmp_path / "my store, v2", tmp_path / "mnt dir"
+def test_store_path_with_spaces_commas_and_non_ascii(tmp_path):
+    store, mnt = tmp_path / "my store, v2 % ü", tmp_path / "mnt dir ü"
     run_cli("mkfs", store)
     mnt.mkdir()
     run_cli("mount", store, mnt)
     try:
         assert mount_entry(mnt)[0] == "fuse.chunkfs"
-        stats = __import__("json").loads(run_cli("stats", "--json", mnt).stdout)
-        assert stats["store"] == str(store)
+        (mnt / "f").write_text("odd paths")
+        stats = json.loads(run_cli("stats", "--json", mnt).stdout)
+        assert stats["store"] == str(store) and stats["mountpoints"] == [str(mnt)]
+        assert_one_line_error(run_cli("mount", store, tmp_path, check=False), contains="already mounted")
     finally:
         run_cli("umount", mnt)
+    assert store_holder(store) is None
     assert "Traceback" not in (store / "chunkfs.log").read_text()
 
 
