@@ -134,6 +134,9 @@ def test_removed_directory_refuses_new_entries(fs):
     fs.rmdir(ROOT, b"d")
     assert fs.getattr(d).nlink == 0  # still looked up, so still there
     assert errno_of(fs.create, d, b"f", 0o644, 0, USER) == errno.ENOENT
+    write_file(fs, ROOT, b"f")
+    assert errno_of(fs.rename, ROOT, b"f", d, b"f") == errno.ENOENT
+    assert errno_of(fs.link, fs.lookup(ROOT, b"f").ino, d, b"g") == errno.ENOENT
     assert names(fs, d) == [b".", b".."]
 
 

@@ -29,6 +29,8 @@ class Rename:
         self.old_parent, self.new_parent = old_parent, new_parent
         self.dirs = {old_parent: ns.need_dir(txn, old_parent)}
         self.dirs[new_parent] = self.dirs.get(new_parent) or ns.need_dir(txn, new_parent)
+        if self.dirs[new_parent].nlink == 0:
+            raise FSError(errno.ENOENT)  # the target directory was removed
         self.src = ns.lookup(txn, old_parent, old_name)
         if self.src is None:
             raise FSError(errno.ENOENT)
