@@ -64,8 +64,9 @@ def check_mountable(store: str, mountpoint: str, opts: MountOptions) -> tuple[st
     """
     store = os.path.abspath(store)
     read_settings(store)  # not a store, newer format, damaged settings
-    for entry in mounts.mounts_of_store(store):
-        raise MountError(f"{store}: already mounted on {entry.mountpoint}")
+    already = mounts.mounts_of_store(store)
+    if already:
+        raise MountError(f"{store}: already mounted on {already[0].mountpoint}")
     mountpoint = mounts.canonical_path(mountpoint)
     _check_mountpoint(mountpoint, opts)
     return store, mountpoint
