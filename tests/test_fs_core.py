@@ -566,3 +566,28 @@ def test_close_commits_files_still_open(tmp_path):
         fs = FsCore(store)
         assert fs.getattr(inode.ino).size == 13 and read_file(fs, inode.ino) == b"never flushed"
         fs.close()
+
+
+def test_explicit_mtime_survives_a_commit_that_began_before_it(fs, store):
+    """rsync --inplace: a handle's release commit races with utimensat; the explicit time must win."""
+    ino = write_file(fs, ROOT, b"f", b"old")
+    writer, _ = fs.open(ino, os.O_WRONLY)
+    reader, _ = fs.open(ino, os.O_RDONLY)
+    fs.write(writer, 0, b"new")
+    fs.flush(writer)
+    oi = fs.files.handle(reader).inode
+    real_commit = oi.data.commit
+    explicit = 1_000_000_000 * 1_234_567
+
+    def commit_with_utimens_in_between(hook=None):
+        # the release of `reader` has begun its commit; utimensat lands now
+        fs.setattr(ino, SetAttr(mtime_ns=explicit))
+        return real_commit(hook)
+
+    fs.write(writer, 0, b"NEW")  # leaves a pending write time for the release to store
+    oi.data.commit = commit_with_utimens_in_between
+    fs.release(reader)
+    oi.data.commit = real_commit
+    fs.release(writer)
+    assert fs.getattr(ino).mtime_ns == explicit
+    assert read_file(fs, ino) == b"NEW"

@@ -79,7 +79,7 @@ class OpenFiles:
                 oi = OpenInode(ino, self.factory(self.store, ino, committed_size()))
                 # commits the FileData makes on its own (a stream broken by a random
                 # write) must store the inode's size in the same transaction too
-                oi.data.on_commit = lambda txn, oi=oi: self._persist(txn, oi, oi.changed_ns)
+                oi.data.on_commit = lambda txn, oi=oi: self._persist(txn, oi)
                 self._inodes[ino] = oi
             handle = Handle(self._next_fh, flags, oi)
             self._next_fh += 1
@@ -157,7 +157,7 @@ class OpenFiles:
             changes, changed_ns = oi.changes, oi.changed_ns
 
         def persist(txn: lmdb.Transaction) -> None:
-            self._persist(txn, oi, changed_ns)
+            self._persist(txn, oi)
 
         if not oi.data.commit(persist) and changed_ns is not None:
             self.store.write_txn(lambda txn: (persist(txn), []))
@@ -165,8 +165,16 @@ class OpenFiles:
             if oi.changes == changes:
                 oi.changed_ns = None
 
-    def _persist(self, txn: lmdb.Transaction, oi: OpenInode, changed_ns: int | None) -> None:
-        """Store the inode's size and change times inside a data commit's transaction."""
+    def _persist(self, txn: lmdb.Transaction, oi: OpenInode) -> None:
+        """Store the inode's size and change times inside a data commit's transaction.
+
+        The pending write time is read here, inside the transaction, not when
+        the commit began: an explicit utimens clears it before its own
+        transaction, and transactions are serialized, so a commit that started
+        earlier (say, the release of another handle) cannot overwrite the
+        time rsync or ``cp -p`` just set.
+        """
+        changed_ns = oi.changed_ns
         inode = self.ns.get(txn, oi.ino)
         if inode is not None:
             inode.size = oi.data.size
