@@ -236,8 +236,12 @@ class ChunkStore:
 
     # -- writing chunks -------------------------------------------------------
 
-    def put_chunk(self, data: bytes | memoryview) -> ChunkRef:
-        """Store one chunk (unless already stored) and pin it until committed or released."""
+    def put_chunk(self, data: bytes | memoryview, pins: int = 1) -> ChunkRef:
+        """Store one chunk (unless already stored) and pin it until committed or released.
+
+        ``pins`` > 1 pins it that many times, for a writer that will reference
+        the same chunk repeatedly (the zero chunks of a hole).
+        """
         address = address_of(data)
         checksum = checksum_of(data)
         with self._lock:
@@ -250,6 +254,8 @@ class ChunkStore:
                     self._ensure_active_pack()
                     loc = self.packs.append(address, data)
                     self.ledger.pin_new(address, loc, checksum)
+            for _ in range(pins - 1):
+                self.ledger.add_pin(address)
         return ChunkRef(address, len(data))
 
     def release(self, refs: Iterable[ChunkRef]) -> None:

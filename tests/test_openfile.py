@@ -138,3 +138,35 @@ def test_staging_left_by_a_crash_is_discarded_and_logged(store, caplog):
     assert "inode 11: discarding" in caplog.text
     assert os.listdir(store.staging_dir) == []
     assert store.read(file_id_for(11)) == b"committed"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_holes_are_skipped_without_changing_a_single_boundary(store, seed):
+    """Big holes take the zero-chunk fast path; the result equals chunking every zero."""
+    rng = random.Random(seed)
+    fd = FileData(store, 12, 0)
+    model = bytearray()
+    for _ in range(6):
+        off = len(model) + rng.choice([0, 1, 4095, 50_000, 300_000])
+        data = rng.randbytes(rng.randint(1, 9000))
+        fd.write(off, data)
+        model += bytes(off - len(model)) + data
+        if rng.random() < 0.5:
+            fd.commit()
+            boundaries_match_full_rechunk(store, file_id_for(12), model)
+    fd.truncate(len(model) + 200_000)
+    model += bytes(200_000)
+    fd.commit()
+    boundaries_match_full_rechunk(store, file_id_for(12), model)
+    assert store.read(file_id_for(12)) == bytes(model)
+    assert check_store(store).clean
+
+
+def test_a_10_gib_sparse_file_stores_one_zero_chunk(store_dir):
+    with ChunkStore.create(store_dir) as store:
+        fd = FileData(store, 13, 0)
+        fd.write(10 << 30, b"end")
+        fd.commit()
+        fd.close()
+        assert store.stats()["stored_bytes"] < 2 * store.settings.max_size
+        assert store.read_range(file_id_for(13), (10 << 30) - 2, 10) == b"\0\0end"

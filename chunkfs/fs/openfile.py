@@ -292,6 +292,11 @@ class FileData:
         first = len(refs)
         cut = fed = start
         while fed < self._size:
+            skipped = self._skip_hole(cut, fed, refs)
+            if skipped:
+                cut = fed = cut + skipped
+                chunker = make_chunker(self.store.settings)  # what it held was zeros, now emitted
+                continue
             block = self._read_merged(fed, min(fed + READ_BLOCK, self._size))
             fed += len(block)
             for chunk in chunker.feed(block):
@@ -305,6 +310,37 @@ class FileData:
             refs.append(self.store.put_chunk(chunk))
         patches.append(Patch(start, TO_END, refs[first:]))
         return None
+
+    def _skip_hole(self, cut: int, fed: int, refs: list[ChunkRef]) -> int:
+        """Emit the zero chunks of a hole without reading or hashing them; returns bytes skipped.
+
+        Only when everything the chunker holds, ``[cut, fed)``, lies inside the
+        hole: chunking then restarts at a boundary inside a run of zeros, and
+        from a boundary every chunk that lies wholly in zeros has the same
+        length (the chunker's own cut for zeros, measured once), so the result
+        is exactly what scanning the zeros would give.  Two chunk lengths of
+        zeros are left for the ordinary path, which finds the cut where the
+        hole meets data again.
+        """
+        hole_end = self._hole_end(cut)
+        if hole_end is None or fed > hole_end:
+            return 0
+        zero_len = _zero_chunk_length(self.store.settings)
+        count = (hole_end - cut) // zero_len - 2
+        if count < 1:
+            return 0
+        ref = self.store.put_chunk(bytes(zero_len), pins=count)
+        refs.extend([ref] * count)
+        return count * zero_len
+
+    def _hole_end(self, offset: int) -> int | None:
+        """End of the run of never-written zeros containing ``offset`` (past the base, not dirty)."""
+        if offset < self._base_limit or offset >= self._size:
+            return None
+        dirty = self._dirty.first_from(offset)
+        if dirty == offset:
+            return None
+        return self._size if dirty is None else min(dirty, self._size)
 
     def _next_change(self, offset: int) -> int | None:
         """The first offset >= ``offset`` whose byte differs from the base, or None."""
@@ -380,6 +416,19 @@ class FileData:
                     os.unlink(self._staging_path)
                 except FileNotFoundError:
                     pass
+
+
+_ZERO_CHUNK_LENGTH: dict[tuple, int] = {}
+
+
+def _zero_chunk_length(settings) -> int:
+    """Length of every chunk the chunker cuts from a long run of zeros, starting at a boundary."""
+    key = (settings.chunker, settings.min_size, settings.avg_size, settings.max_size)
+    if key not in _ZERO_CHUNK_LENGTH:
+        chunker = make_chunker(settings)
+        chunks = chunker.feed(bytes(4 * settings.max_size + READ_BLOCK))
+        _ZERO_CHUNK_LENGTH[key] = len(chunks[0])
+    return _ZERO_CHUNK_LENGTH[key]
 
 
 def _index_at(offsets: list[int], pos: int) -> int:
