@@ -93,6 +93,8 @@ class Index:
         self._readers = 0
         self._resizing = False
         self._write_lock = threading.RLock()
+        self.on_disk_full: Callable[[], bool] | None = None  # frees some space; True if it did
+        self.low_space = False  # the reserve is spent: only space-freeing transactions run
         if not create and not os.path.exists(os.path.join(path, "data.mdb")):
             raise IndexCorruptError(f"{path}: the metadata index is missing")
         try:
@@ -139,10 +141,17 @@ class Index:
                 self._readers -= 1
                 self._gate.notify_all()
 
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``fn(txn)`` in one write transaction and commit it."""
+    def write(self, fn: Callable[[lmdb.Transaction], T], frees: bool = False) -> T:
+        """Run ``fn(txn)`` in one write transaction and commit it.
+
+        On a full disk, once the store's reserve has been given up, only
+        transactions that free space (``frees=True``: deletes, unlinks) are
+        tried; the rest fail with ENOSPC at once, so the reserve stays for them.
+        """
         if self.readonly:
             raise ReadOnlyError(f"{self.path}: store is open read-only")
+        if self.low_space and not frees:
+            raise StoreFullError(f"{self.path}: no space left on device (free space, or delete files)")
         with self._write_lock:
             while True:
                 try:
@@ -150,8 +159,18 @@ class Index:
                         return fn(txn)
                 except lmdb.MapFullError:
                     self._grow()
-                except lmdb.DiskError as exc:
-                    raise StoreFullError(f"{self.path}: no space left for metadata ({exc})") from None
+                except lmdb.Error as exc:
+                    # LMDB reports a failed page write (ENOSPC included) as a plain
+                    # error from commit; the transaction is aborted, the file intact.
+                    if not self._disk_full():
+                        raise IndexCorruptError(f"{self.path}: metadata write failed ({exc})") from None
+                    if not (frees and self.on_disk_full and self.on_disk_full()):
+                        raise StoreFullError(f"{self.path}: no space left on device for metadata") from None
+                    self.low_space = True
+
+    def _disk_full(self) -> bool:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize < 1024 * 1024
 
     @property
     def write_lock(self) -> threading.RLock:

@@ -86,9 +86,10 @@ def new_pack_record(txn, db, pack: int) -> None:
 
 
 class Ledger:
-    def __init__(self, index: ix.Index):
+    def __init__(self, index: ix.Index, on_dead: Callable[[Location], None] | None = None):
         self.ix = index
         self.pins: dict[bytes, Pin] = {}
+        self.on_dead = on_dead  # after commit: give a dead record's disk blocks back
 
     # -- lookups ------------------------------------------------------------
 
@@ -161,7 +162,10 @@ class Ledger:
             adjust_pack(txn, self.ix.packs, loc.pack, live=-size)
             return [_setter(pin, committed=False, registered=True)]
         adjust_pack(txn, self.ix.packs, loc.pack, live=-size, dead=size)
-        return []
+        return self._died(loc)
+
+    def _died(self, loc: Location) -> list[Action]:
+        return [lambda: self.on_dead(loc)] if self.on_dead else []
 
     # -- pins -------------------------------------------------------------------
 
@@ -194,6 +198,7 @@ class Ledger:
                 loc = pin.location
                 self._drop_pending(txn, loc)
                 adjust_pack(txn, self.ix.packs, loc.pack, dead=record_size(loc.length))
+                actions += self._died(loc)
         return actions
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import index as ix
+from .errors import StoreFullError
 from .hashing import checksum_of
 from .ledger import ChunkRecord, adjust_pack
 from .packs import HEADER_SIZE, RECORD, Location, record_size
@@ -97,6 +98,7 @@ class GCReport:
     chunks_moved: int = 0
     bytes_reclaimed: int = 0
     skipped_corrupt: list[int] = field(default_factory=list)
+    stopped_full: bool = False
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -105,14 +107,19 @@ class GCReport:
 def collect_garbage(store, min_dead_fraction: float = 0.0,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     report = GCReport()
-    candidates = _candidates(store, min_dead_fraction)
+    candidates = _candidates(store, min_dead_fraction)  # wholly dead packs first: they cost no copying
     for done, pack in enumerate(candidates, 1):
         with store._lock:
             if any(pin.location.pack == pack for pin in store.ledger.pins.values()):
                 continue  # a writer in flight may still reference records in it
             if pack == store.packs.active:
                 store.packs.retire_active()  # stop appending to it; compact it now
-            _compact(store, pack, report)
+            try:
+                _compact(store, pack, report)
+            except StoreFullError as exc:
+                log.warning("gc stopped early: %s", exc)
+                report.stopped_full = True
+                break
         if progress:
             progress(done, len(candidates))
     return report.as_dict()
@@ -125,40 +132,80 @@ def _candidates(store, min_dead_fraction: float) -> list[int]:
             end, live, dead = ix.PACK.unpack(value)
             used = end - HEADER_SIZE
             if dead and (used <= 0 or dead / used >= min_dead_fraction):
-                out.append(ix.KEYPACK.unpack(key)[0])
-    return out
+                out.append((live, ix.KEYPACK.unpack(key)[0]))
+    return [pack for _, pack in sorted(out)]
+
+
+class _CorruptLive(Exception):
+    """A live record failed verification: leave its pack alone for fsck."""
 
 
 def _compact(store, pack: int, report: GCReport) -> None:
+    """Copy a pack's live records forward, commit their new places, then remove the pack."""
     moves: list[tuple[bytes, Location]] = []
-    with store.index.read() as txn:
-        live = []
-        for loc, address in store.packs.scan(pack):
-            raw = txn.get(address, db=store.index.chunks)
-            if raw is not None and ChunkRecord.decode(raw).location == loc:
-                live.append((address, loc, ChunkRecord.decode(raw).checksum))
-    for address, loc, checksum in live:
-        data = store.packs.read(loc)
-        if len(data) != loc.length or checksum_of(data) != checksum:
-            log.error("gc: chunk %s in pack %08x fails verification; leaving the pack for fsck", address.hex(), pack)
-            report.skipped_corrupt.append(pack)
-            return
-        store._ensure_active_pack()
-        moves.append((address, store.packs.append(address, data)))
-    store.packs.sync()  # the copies are durable before the index points at them
-    old_size = store.packs.size(pack)
-
-    def relocate(txn):
-        for address, new in moves:
-            rec = ChunkRecord.decode(txn.get(address, db=store.index.chunks))
-            txn.put(address, ChunkRecord(rec.refcount, new, rec.checksum).encode(), db=store.index.chunks)
-            adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
-        txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
-        return None, []
-
-    store.write_txn(relocate)
+    try:
+        for address, loc, checksum in _live_records(store, pack):
+            data = store.packs.read(loc)
+            if len(data) != loc.length or checksum_of(data) != checksum:
+                log.error("gc: chunk %s in pack %08x fails verification; leaving the pack for fsck",
+                          address.hex(), pack)
+                raise _CorruptLive
+            store._ensure_active_pack(frees=True)  # compaction gives back more than it takes
+            moves.append((address, store.packs.append(address, data)))
+        store.packs.sync()  # the copies are durable before the index points at them
+        old_size = store.packs.size(pack)
+        store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
+    except _CorruptLive:
+        report.skipped_corrupt.append(pack)
+        _abandon_copies(store, moves)
+        return
+    except BaseException:
+        _abandon_copies(store, moves)
+        raise
     store.index.sync()
     store.packs.remove(pack)
     report.packs_removed += 1
     report.chunks_moved += len(moves)
     report.bytes_reclaimed += old_size - sum(record_size(loc.length) for _, loc in moves)
+
+
+def _live_records(store, pack: int) -> list[tuple[bytes, Location, bytes]]:
+    live = []
+    with store.index.read() as txn:
+        for loc, address in store.packs.scan(pack):
+            raw = txn.get(address, db=store.index.chunks)
+            if raw is not None and ChunkRecord.decode(raw).location == loc:
+                live.append((address, loc, ChunkRecord.decode(raw).checksum))
+    return live
+
+
+def _relocate(store, txn, pack: int, moves: list[tuple[bytes, Location]]):
+    for address, new in moves:
+        rec = ChunkRecord.decode(txn.get(address, db=store.index.chunks))
+        txn.put(address, ChunkRecord(rec.refcount, new, rec.checksum).encode(), db=store.index.chunks)
+        adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
+    txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
+    return None, []
+
+
+def _abandon_copies(store, moves: list[tuple[bytes, Location]]) -> None:
+    """Copies made by a compaction that did not commit are dead space: account for them.
+
+    The transaction also advances the active pack's indexed end over them
+    (every write transaction does), keeping each pack's accounting exact.
+    """
+    if not moves:
+        return
+
+    def account(txn):
+        for _, loc in moves:
+            adjust_pack(txn, store.index.packs, loc.pack, dead=record_size(loc.length))
+        return None, []
+
+    try:
+        store.write_txn(account, frees=True)
+    except Exception as exc:  # they lie beyond the indexed end: the next open truncates them
+        log.warning("gc: could not account for abandoned copies (%s)", exc)
+        return
+    for _, loc in moves:
+        store.packs.punch(loc)

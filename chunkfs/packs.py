@@ -18,9 +18,12 @@ Only this module opens pack files, and only the store calls it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +35,24 @@ RECORD = struct.Struct("<2sI32s")  # magic, length, address
 RECORD_MAGIC = b"CK"
 HEADER_SIZE = len(PACK_MAGIC)
 PACK_TARGET_SIZE = 64 * 1024 * 1024
+REMOVED_PACK_GRACE = 10.0  # seconds a removed pack stays readable through its open descriptor
+PUNCH_ALIGN = 4096
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02  # linux/falloc.h
+
+
+def _load_fallocate():
+    """libc's fallocate(2), which the os module does not wrap (it has only posix_fallocate)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn  # a failure (e.g. EOPNOTSUPP) returns -1: the bytes then wait for gc
+
+
+_fallocate = _load_fallocate()
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,7 @@ class PackFiles:
         self._active: int | None = None
         self._end = 0
         self._unsynced: set[int] = set()
+        self._removed: list[tuple[float, int, int]] = []  # (when, pack, fd) of removed packs, see remove()
         if not readonly:
             os.makedirs(directory, mode=0o700, exist_ok=True)
 
@@ -155,6 +177,7 @@ class PackFiles:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+        self.reap()
 
     # -- reading ------------------------------------------------------------
 
@@ -209,17 +232,54 @@ class PackFiles:
         if pack == self._active:
             self._end = end
 
+    def punch(self, loc: Location) -> None:
+        """Give the disk blocks of a dead record's bytes back to the filesystem, at once.
+
+        Only whole blocks inside the chunk bytes are punched; the record
+        header stays, so the pack can still be walked record by record.
+        Filesystems without hole punching simply keep the bytes until gc.
+        """
+        start = -(-loc.offset // PUNCH_ALIGN) * PUNCH_ALIGN
+        end = (loc.offset + loc.length) // PUNCH_ALIGN * PUNCH_ALIGN
+        if end <= start:
+            return
+        if _fallocate is None:
+            return
+        _fallocate(self._fd(loc.pack), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start)
+
     def remove(self, pack: int) -> None:
+        """Unlink a pack; its descriptor stays open for reads already on their way for a grace period.
+
+        Background gc removes packs while the filesystem serves reads, which
+        run without the store's lock: a read may have looked up a chunk's old
+        location just before gc's commit moved it.  Keeping the descriptor
+        (bytes of an unlinked file stay readable through it) lets that read
+        finish with the right bytes; closing it at once would fail it, or
+        worse, let the descriptor number be reused by another file.
+        """
         with self._lock:
-            fd = self._fds.pop(pack, None)
+            fd = self._fds.get(pack)
+            if fd is not None:
+                self._removed.append((time.monotonic(), pack, fd))
             if pack == self._active:
                 self._active = None
-        if fd is not None:
-            os.close(fd)
         try:
             os.unlink(self.path(pack))
         except FileNotFoundError:
             pass
+        self.reap()
+
+    def reap(self, grace: float = REMOVED_PACK_GRACE) -> None:
+        """Close descriptors of packs removed more than ``grace`` seconds ago (frees their space)."""
+        now = time.monotonic()
+        with self._lock:
+            old = [r for r in self._removed if now - r[0] >= grace]
+            self._removed = [r for r in self._removed if now - r[0] < grace]
+            for _, pack, fd in old:
+                if self._fds.get(pack) == fd:
+                    del self._fds[pack]
+        for _, _, fd in old:
+            os.close(fd)
 
     def disk_bytes(self) -> int:
         total = 0
@@ -234,5 +294,6 @@ class PackFiles:
         with self._lock:
             fds, self._fds = list(self._fds.values()), {}
             self._active = None
+            self._removed = []
         for fd in fds:
             os.close(fd)

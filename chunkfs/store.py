@@ -47,6 +47,7 @@ READ_BLOCK = 1024 * 1024
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
 MAX_FILE_ID = 500  # LMDB keys are at most 511 bytes
 TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
+RESERVE_MIN, RESERVE_MAX = 512 * 1024, 2 * 1024 * 1024  # LMDB copies every page a commit touches
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,14 @@ class ChunkStore:
         self._lock_fd = None if readonly else self._take_lock()
         try:
             self.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
+            self.index.on_disk_full = self._release_reserve
             self.packs = PackFiles(os.path.join(path, "packs"), readonly=readonly)
-            self.ledger = Ledger(self.index)
+            self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.cache = ChunkCache(cache_size)
             if not readonly:
                 from .maintenance import recover  # noqa: PLC0415 (maintenance imports this module)
                 self.recovery = recover(self)
+                self.ensure_reserve()
         except BaseException:
             self._release_lock()
             raise
@@ -199,6 +202,49 @@ class ChunkStore:
             self.index.close()
             self._release_lock()
 
+    # -- a little space for a full disk ------------------------------------------
+
+    @property
+    def _reserve_path(self) -> str:
+        return os.path.join(self.path, "reserve")
+
+    def ensure_reserve(self) -> None:
+        """Hold back a little disk space, so that on a full disk deletes can still commit.
+
+        LMDB needs free pages on disk to commit any transaction, even one that
+        only frees space.  The reserve (1% of the filesystem, 512 KiB to 2 MiB) is
+        given up the first time a metadata commit fails for lack of space, and
+        taken again when the store is next opened or garbage-collected with
+        room to spare.
+        """
+        if self.readonly or os.path.exists(self._reserve_path):
+            self.index.low_space = False
+            return
+        st = os.statvfs(self.path)
+        fs_size = st.f_blocks * st.f_frsize
+        size = min(max(fs_size // 100, RESERVE_MIN), RESERVE_MAX, fs_size // 10)
+        if st.f_bavail * st.f_frsize < 2 * size or size < 4096:
+            return
+        fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            os.unlink(self._reserve_path)
+            return
+        os.close(fd)
+        if self.index.low_space:
+            log.warning("%s: space is free again; writes are accepted", self.path)
+        self.index.low_space = False
+
+    def _release_reserve(self) -> bool:
+        try:
+            os.unlink(self._reserve_path)
+        except FileNotFoundError:
+            return False
+        log.warning("%s: disk full; released the space reserve so metadata can still change", self.path)
+        return True
+
     def sync(self) -> None:
         """Make everything committed so far survive power loss: packs first, then the index."""
         self.packs.sync()
@@ -206,7 +252,7 @@ class ChunkStore:
 
     # -- transactions ---------------------------------------------------------
 
-    def write_txn(self, fn: Callable[[lmdb.Transaction], tuple[object, list[Action]]]) -> object:
+    def write_txn(self, fn: Callable[[lmdb.Transaction], tuple[object, list[Action]]], frees: bool = False) -> object:
         """Run ``fn(txn) -> (result, actions)`` in one write transaction, then apply the actions.
 
         Every write transaction first registers chunks in flight and advances
@@ -218,12 +264,14 @@ class ChunkStore:
                 actions = self.ledger.register_unwritten(txn, self.packs.active, self.packs.active_end)
                 result, more = fn(txn)
                 return result, actions + more
-            result, actions = self.index.write(run)
+            result, actions = self.index.write(run, frees=frees)
             for action in actions:
                 action()
+            if frees and self.index.low_space:
+                self.ensure_reserve()  # dead records were punched out: maybe there is room again
             return result
 
-    def _ensure_active_pack(self) -> None:
+    def _ensure_active_pack(self, frees: bool = False) -> None:
         if not self.packs.needs_roll():
             return
 
@@ -232,7 +280,7 @@ class ChunkStore:
             new_pack_record(txn, self.index.packs, pack)
             return pack, []
 
-        self.packs.start(self.write_txn(allocate))
+        self.packs.start(self.write_txn(allocate, frees=frees))
 
     # -- writing chunks -------------------------------------------------------
 
@@ -262,7 +310,7 @@ class ChunkStore:
         """Drop the pins of chunks a writer will not commit after all."""
         addresses = [r.address for r in refs]
         if addresses:
-            self.write_txn(lambda txn: (None, self.ledger.unpin(txn, addresses)))
+            self.write_txn(lambda txn: (None, self.ledger.unpin(txn, addresses)), frees=True)
 
     def commit_file(self, file_id: FileId, patches: list[Patch], size: int,
                     hook: Callable[[lmdb.Transaction], None] | None = None) -> None:
@@ -409,7 +457,7 @@ class ChunkStore:
                 hook(txn)
             return True, actions
 
-        return self.write_txn(remove)
+        return self.write_txn(remove, frees=True)
 
     def exists(self, file_id: FileId) -> bool:
         return self._file_record(file_id) is not None
@@ -483,23 +531,36 @@ class ChunkStore:
         if found is None:
             raise ChunkCorruptError(address, "no such chunk in the index", file_id)
         loc, checksum = found
-        data = self._read_verified(address, loc, checksum, file_id)
+        try:
+            data = self._read_verified(address, loc, checksum, file_id, quiet=True)
+        except ChunkCorruptError:
+            # gc may have moved the chunk (or the caller's file changed) since it
+            # was located: look again, and only a failure at a stable place counts
+            with self.index.read() as txn:
+                again = self.ledger.locate(txn, address)
+            if again is None:
+                raise self._corrupt(address, "no such chunk in the index", file_id) from None
+            data = self._read_verified(address, again[0], again[1], file_id)
         self.cache.put(address, data)
         return data
 
-    def _read_verified(self, address: bytes, loc: Location, checksum: bytes, file_id) -> bytes:
+    def _read_verified(self, address: bytes, loc: Location, checksum: bytes, file_id,
+                       quiet: bool = False) -> bytes:
+        def corrupt(reason: str) -> ChunkCorruptError:
+            return ChunkCorruptError(address, reason, file_id) if quiet else self._corrupt(address, reason, file_id)
+
         try:
             data = self.packs.read(loc)
         except FileNotFoundError:
-            raise self._corrupt(address, f"pack {loc.pack:08x} is missing", file_id) from None
+            raise corrupt(f"pack {loc.pack:08x} is missing") from None
         except OSError as exc:
-            raise self._corrupt(address, f"read error in pack {loc.pack:08x}: {exc.strerror}", file_id) from None
+            raise corrupt(f"read error in pack {loc.pack:08x}: {exc.strerror}") from None
         if len(data) != loc.length:
-            raise self._corrupt(address, f"pack {loc.pack:08x} is truncated", file_id)
+            raise corrupt(f"pack {loc.pack:08x} is truncated")
         if self.verify == "xxh3" and checksum_of(data) != checksum:
-            raise self._corrupt(address, "xxh3 checksum mismatch", file_id)
+            raise corrupt("xxh3 checksum mismatch")
         if self.verify == "sha256" and address_of(data) != address:
-            raise self._corrupt(address, "SHA-256 mismatch", file_id)
+            raise corrupt("SHA-256 mismatch")
         return data
 
     def _corrupt(self, address: bytes, reason: str, file_id) -> ChunkCorruptError:
@@ -545,7 +606,9 @@ class ChunkStore:
         """Reclaim the space of unreferenced chunks by compacting packs; returns what it removed."""
         from .maintenance import collect_garbage  # noqa: PLC0415
 
-        return collect_garbage(self, min_dead_fraction, progress)
+        report = collect_garbage(self, min_dead_fraction, progress)
+        self.ensure_reserve()
+        return report
 
 
 class _StoreFileReader(io.RawIOBase):

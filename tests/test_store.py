@@ -275,3 +275,44 @@ def test_index_map_grows_when_full_instead_of_failing(store_dir, monkeypatch):
         assert store.index.env.info()["map_size"] > start
         assert all(store.read(f"file-{i}") == rand(20_000, i) for i in range(0, 300, 37))
         assert check_store(store).clean
+
+
+def test_gc_that_runs_out_of_space_midway_keeps_accounting_exact(store_dir, monkeypatch):
+    from chunkfs.errors import StoreFullError
+
+    with ChunkStore.create(store_dir, avg_size="4K", min_size=1024, max_size=16384) as store:
+        for i in range(6):
+            store.ingest(f"f{i}", rand(200_000, 100 + i))
+        for i in range(3):
+            store.delete(f"f{i}")
+        real_append, calls = store.packs.append, []
+
+        def append_then_full(address, data):
+            if len(calls) == 5:
+                raise StoreFullError("no space left for chunk data (simulated)")
+            calls.append(address)
+            return real_append(address, data)
+
+        monkeypatch.setattr(store.packs, "append", append_then_full)
+        report = store.gc()
+        assert report["stopped_full"] and report["packs_removed"] == 0
+        monkeypatch.undo()
+        check = check_store(store, verify_data=True)
+        assert check.clean, check.findings
+        assert all(store.read(f"f{i}") == rand(200_000, 100 + i) for i in range(3, 6))
+        assert store.gc()["packs_removed"] >= 1  # the old pack, and the one holding abandoned copies
+        final = check_store(store, verify_data=True)
+        assert final.clean and final.garbage_bytes == 0
+
+
+def test_dead_chunks_give_their_disk_blocks_back_at_once(store_dir):
+    with ChunkStore.create(store_dir) as store:
+        for i in range(8):
+            store.ingest(f"f{i}", rand(400_000, 200 + i))
+        pack = store.packs.path(store.packs.active)
+        before = os.stat(pack).st_blocks
+        for i in range(4):
+            store.delete(f"f{i}")
+        assert os.stat(pack).st_blocks < before * 0.6
+        assert check_store(store, verify_data=True).clean
+        assert all(store.read(f"f{i}") == rand(400_000, 200 + i) for i in range(4, 8))

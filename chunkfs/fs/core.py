@@ -125,14 +125,18 @@ class FsCore(XattrOps):
 
     # -- transactions ---------------------------------------------------------------
 
-    def _write_always(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        return self.store.write_txn(lambda txn: (fn(txn), []))
+    def _write_always(self, fn: Callable[[lmdb.Transaction], T], frees: bool = False) -> T:
+        return self.store.write_txn(lambda txn: (fn(txn), []), frees=frees)
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run a namespace change in one write transaction (EROFS on a read-only mount)."""
+    def _write(self, fn: Callable[[lmdb.Transaction], T], frees: bool = False) -> T:
+        """Run a namespace change in one write transaction (EROFS on a read-only mount).
+
+        ``frees``: the change removes something (unlink, rmdir, rename over a
+        file, removexattr), so it may still run on a full disk.
+        """
         if self.readonly:
             raise FSError(errno.EROFS)
-        return self._write_always(fn)
+        return self._write_always(fn, frees)
 
     def _read(self):
         return self.store.index.read()
@@ -416,7 +420,7 @@ class FsCore(XattrOps):
             drop_link(self.ns, txn, victim, now)
             return victim
 
-        victim = self._write(remove)
+        victim = self._write(remove, frees=True)
         if victim.nlink == 0:
             self._orphaned(victim.ino)
 
@@ -429,7 +433,7 @@ class FsCore(XattrOps):
         check_name(old_name)
         check_name(new_name)
         victim = self._write(lambda txn: Rename(self.ns, txn, old_parent, old_name, new_parent,
-                                                new_name, flags).run())
+                                                new_name, flags).run(), frees=True)
         if victim is not None and victim.nlink == 0:
             self._orphaned(victim.ino)
 

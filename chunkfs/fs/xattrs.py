@@ -73,7 +73,7 @@ class XattrOps:
             inode.ctime_ns = time.time_ns()
             self.ns.put(txn, inode)
 
-        self._write(remove)
+        self._write(remove, frees=True)
 
     # -- ACLs ------------------------------------------------------------------------
 
