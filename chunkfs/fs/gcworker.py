@@ -1,0 +1,136 @@
+"""Garbage collection in the background of a mounted filesystem.
+
+Deleting a file only drops references in one LMDB transaction, so ``rm -rf``
+returns as fast as the namespace changes; the chunks nobody references any
+more become *dead space* in their packs.  This worker gives that space back
+while the filesystem keeps serving: every ``interval`` seconds it reads the
+per-pack accounting (a handful of LMDB records, no data), and once the dead
+bytes add up to ``min_garbage`` it runs :meth:`ChunkStore.gc` on the packs at
+least ``min_dead_fraction`` dead.
+
+Why it does not block other operations: ``gc`` compacts one pack at a time,
+holding the store's lock only for that pack; between packs this worker
+pauses briefly so that waiting commits get the lock.  Reads never take the
+store's lock, and a pack that gc removes stays readable through its open
+descriptor for a grace period (see ``PackFiles.remove``), so a read that
+located a chunk just before it moved still gets its bytes.
+
+The threshold on each pack's dead fraction is lower than 1 but not 0: a pack
+that is only a little dead is not worth copying yet (its live chunks would
+be rewritten for little gain); ``chunkfs gc`` (offline) compacts everything.
+
+Stopping (at unmount) waits for the pack in progress, never abandons one
+half-way; a crash half-way is covered by the store's recovery (gc copies are
+registered only by the commit that moves them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .. import index as ix
+from ..errors import ChunkfsError, StoreFullError
+from ..packs import HEADER_SIZE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 5.0  # seconds between looks at the pack accounting
+DEFAULT_MIN_GARBAGE = 4 * 1024 * 1024  # dead bytes worth a gc run
+DEFAULT_MIN_DEAD_FRACTION = 0.3
+PAUSE_BETWEEN_PACKS = 0.02  # lets commits waiting for the store's lock run between two packs
+BACKOFF_AFTER_FAILURE = 60.0
+
+
+class _Stopped(Exception):
+    """Raised from gc's progress callback to end a run between two packs."""
+
+
+class BackgroundGC:
+    """A worker thread running :meth:`ChunkStore.gc` whenever enough space is dead."""
+
+    def __init__(self, store, interval: float = DEFAULT_INTERVAL, min_garbage: int = DEFAULT_MIN_GARBAGE,
+                 min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION):
+        self.store = store
+        self.interval = interval
+        self.min_garbage = min_garbage
+        self.min_dead_fraction = min_dead_fraction
+        self.runs = 0
+        self.reclaimed = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chunkfs-gc", daemon=True)
+
+    def start(self) -> "BackgroundGC":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the pack in progress, then end the thread (at unmount, before the store closes)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("background gc did not stop within %.0f s", timeout)
+
+    def kick(self) -> None:
+        """Look at the garbage now rather than at the next interval (after a big delete)."""
+        self._wake.set()
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        wait = self.interval
+        while not self._stop.is_set():
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            wait = self.interval if self._run_guarded() else BACKOFF_AFTER_FAILURE
+            self.store.packs.reap()  # space of packs removed a while ago goes back to the disk
+
+    def _run_guarded(self) -> bool:
+        """One run; False after a failure (the thread must survive anything and back off)."""
+        try:
+            self.run_once()
+        except _Stopped:
+            pass
+        except StoreFullError as exc:
+            log.warning("background gc paused: %s", exc)
+            return False
+        except ChunkfsError as exc:
+            log.error("background gc failed: %s", exc)
+            return False
+        except Exception:  # noqa: BLE001 (a crash here must not take the mount with it)
+            log.exception("background gc failed")
+            return False
+        return True
+
+    def run_once(self) -> dict | None:
+        """Compact if enough is dead; returns gc's report, or None if there was nothing to do."""
+        if self.garbage_bytes() < self.min_garbage:
+            return None
+        report = self.store.gc(self.min_dead_fraction, progress=self._between_packs)
+        self.runs += 1
+        self.reclaimed += report["bytes_reclaimed"]
+        if report["packs_removed"]:
+            log.debug("background gc: removed %d packs, moved %d chunks, reclaimed %d bytes",
+                      report["packs_removed"], report["chunks_moved"], report["bytes_reclaimed"])
+        return report
+
+    def garbage_bytes(self) -> int:
+        """Dead bytes in packs that gc would compact now (cheap: one record per pack)."""
+        total = 0
+        with self.store.index.read() as txn:
+            for _, value in txn.cursor(db=self.store.index.packs):
+                end, _, dead = ix.PACK.unpack(value)
+                used = end - HEADER_SIZE
+                if dead and (used <= 0 or dead / used >= self.min_dead_fraction):
+                    total += dead
+        return total
+
+    def _between_packs(self, done: int, total: int) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+        self._stop.wait(PAUSE_BETWEEN_PACKS)
