@@ -312,7 +312,7 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         opts.add("debug")
     try:
         core = FsCore(store, readonly="ro" in opts, atime="noatime" if "noatime" in opts else "relatime",
-                      filedata_factory=filedata_factory, file_id_for=file_id_for)
+                      filedata_factory=filedata_factory, file_id_for=file_id_for, background_gc=True)
     except BaseException:
         store.close()
         raise

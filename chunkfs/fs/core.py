@@ -43,8 +43,10 @@ import lmdb
 
 from ..errors import FSError
 from . import acl
+from .gcworker import BackgroundGC
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
+from .recovery import recover_at_mount
 from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename, drop_link
 from .xattrs import XattrOps
 
@@ -103,7 +105,8 @@ class FsCore(XattrOps):
     def __init__(self, store, *, root_uid: int | None = None, root_gid: int | None = None,
                  readonly: bool = False, atime: str = "relatime",
                  filedata_factory: FileDataFactory | None = None,
-                 file_id_for: Callable[[int], bytes] | None = None):
+                 file_id_for: Callable[[int], bytes] | None = None,
+                 background_gc: bool = False):
         if atime not in ("relatime", "noatime"):
             raise ValueError("atime must be 'relatime' or 'noatime'")
         if filedata_factory is None or file_id_for is None:
@@ -121,7 +124,8 @@ class FsCore(XattrOps):
         gid = os.getgid() if root_gid is None else root_gid
         if not store.readonly:
             self._write_always(lambda txn: self.ns.ensure_root(txn, uid, gid, _now()))
-            self.purge_orphans()
+        self.recovery = recover_at_mount(self)  # stale staging, orphans; one log line (fs/recovery.py)
+        self.gc_worker = BackgroundGC(store).start() if background_gc and not self.readonly else None
 
     # -- transactions ---------------------------------------------------------------
 
@@ -194,6 +198,8 @@ class FsCore(XattrOps):
 
     def close(self) -> None:
         """Unmounted: commit every open file, then purge orphans (the kernel holds nothing now)."""
+        if self.gc_worker is not None:
+            self.gc_worker.stop()  # before the final commits, and long before the store closes
         self.files.commit_all()
         with self.files.lock:
             self._lookups.clear()
