@@ -69,8 +69,8 @@ def recover(store) -> RecoveryReport:
         packs.start(last)
         if packs.needs_roll():
             packs.retire_active()  # full: the next put allocates a new pack
-    if not report.clean:
-        log.info("recovery: %s", report)
+    if not report.clean:  # debug: a mount sums recovery up in one INFO line (chunkfs/fs/recovery.py)
+        log.debug("recovery: %s", report)
     return report
 
 
