@@ -75,15 +75,23 @@ class ChunkCorruptError(ChunkfsError):
 
     errno = _errno.EIO
 
-    def __init__(self, address: bytes, reason: str, file_id: object = None):
+    def __init__(self, address: bytes, reason: str, file_id: object = None, where: str | None = None):
         self.address = address
         self.reason = reason
         self.file_id = file_id
+        self.where = where  # set by a layer that knows more than the file id, e.g. "inode 5 (/a/b)"
         super().__init__(address, reason, file_id)
 
     def __str__(self) -> str:
-        where = f" of file {self.file_id!r}" if self.file_id is not None else ""
+        if self.where:
+            where = f" of {self.where}"
+        else:
+            where = f" of file {self.file_id!r}" if self.file_id is not None else ""
         return f"chunk {self.address.hex()}{where} is corrupt: {self.reason}"
+
+    def located(self, where: str) -> "ChunkCorruptError":
+        """The same error, naming the file as ``where``."""
+        return ChunkCorruptError(self.address, self.reason, self.file_id, where)
 
 
 class InvalidArgument(ChunkfsError):

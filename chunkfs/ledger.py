@@ -39,6 +39,12 @@ from .packs import HEADER_SIZE, Location, record_size
 
 Action = Callable[[], None]
 
+# The pack of a *tombstone*: a chunk record ``chunkfs fsck --repair`` puts where a
+# chunk's data was found gone, so that files keep their size and reads of the
+# lost range fail with EIO.  Never a real pack (ids count up from 1); tombstones
+# are in no pack's accounting and no counter.
+LOST_PACK = 0xFFFFFFFF
+
 
 @dataclass
 class Pin:
@@ -153,6 +159,8 @@ class Ledger:
             return []
         loc = rec.location
         txn.delete(address, db=self.ix.chunks)
+        if loc.pack == LOST_PACK:  # a tombstone fsck left for lost data: no bytes, not counted
+            return []
         ix.add_counter(txn, counters, "unique_chunks", -1)
         ix.add_counter(txn, counters, "stored_bytes", -loc.length)
         size = record_size(loc.length)

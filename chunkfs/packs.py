@@ -199,10 +199,19 @@ class PackFiles:
         return os.pread(self._fd(loc.pack), loc.length, loc.offset)
 
     def read_record_header(self, loc: Location) -> tuple[bytes, int, bytes]:
-        raw = os.pread(self._fd(loc.pack), RECORD.size, loc.record_offset)
+        raw = self.read_record_header_bytes(loc)
         if len(raw) < RECORD.size:
             return b"", -1, b""
         return RECORD.unpack(raw)
+
+    def read_record_header_bytes(self, loc: Location) -> bytes:
+        return os.pread(self._fd(loc.pack), RECORD.size, loc.record_offset)
+
+    def write_record_header(self, loc: Location, address: bytes) -> None:
+        """Rewrite the header of the record at ``loc`` (fsck --repair, for a damaged one), durably."""
+        fd = self._fd(loc.pack)
+        self._write_all(fd, RECORD.pack(RECORD_MAGIC, loc.length, address), loc.record_offset)
+        os.fdatasync(fd)
 
     def size(self, pack: int) -> int:
         return os.fstat(self._fd(pack)).st_size

@@ -36,7 +36,7 @@ from .chunker import make_chunker
 from .errors import (ChunkCorruptError, FileNotFoundInStore, IndexCorruptError, InvalidArgument,
                      NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
 from .hashing import VERIFY_MODES, address_of, checksum_of
-from .ledger import Action, ChunkRecord, Ledger, new_pack_record
+from .ledger import LOST_PACK, Action, ChunkRecord, Ledger, new_pack_record
 from .packs import Location, PackFiles
 from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
 
@@ -549,6 +549,8 @@ class ChunkStore:
         def corrupt(reason: str) -> ChunkCorruptError:
             return ChunkCorruptError(address, reason, file_id) if quiet else self._corrupt(address, reason, file_id)
 
+        if loc.pack == LOST_PACK:
+            raise corrupt("its data was lost ('chunkfs fsck --repair' found it gone)")
         try:
             data = self.packs.read(loc)
         except FileNotFoundError:
