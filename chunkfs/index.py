@@ -105,9 +105,29 @@ class Index:
                 subdir=True, create=create, sync=False, metasync=False,
                 readahead=False, max_readers=512, lock=True,
             )
+            if not create:
+                self._check_length()
             self._open_databases()
         except lmdb.Error as exc:
             raise IndexCorruptError(f"{path}: cannot open the metadata index ({exc})") from None
+
+    def _check_length(self) -> None:
+        """Refuse a data file shorter than the pages its header says are in use.
+
+        LMDB maps the file: reading a page past its end kills the process with
+        SIGBUS, which no ``except`` catches (a mount would die without a word,
+        fsck with it).  The pages past the end may only be free ones LMDB never
+        had to write, so a short file is read through once in a child process
+        before it is called truncated.
+        """
+        data = os.path.join(self.path, "data.mdb")
+        needed = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        size = os.path.getsize(data)
+        if size >= needed or _readable_in_child(self.path):
+            return
+        self.env.close()
+        raise IndexCorruptError(f"{self.path}: the metadata index is truncated ({size} of {needed} bytes); "
+                                "restore meta/ from a backup")
 
     def _open_databases(self) -> None:
         """Open every database; only mkfs may create them (an empty index is damage, not a new store)."""
@@ -208,6 +228,28 @@ class Index:
             except FileNotFoundError:
                 pass
         return total
+
+
+_PROBE = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], readonly=True, subdir=True, max_dbs=64, lock=True)
+with env.begin(buffers=True) as txn:
+    for name in [bytes(k) for k in txn.cursor().iternext(values=False)]:
+        for _ in txn.cursor(db=env.open_db(name, txn=txn, create=False)):
+            pass
+"""
+
+
+def _readable_in_child(path: str) -> bool:
+    """Whether every record of the environment at ``path`` can be read (in a process that may die)."""
+    import subprocess  # noqa: PLC0415 (only for a damaged-looking index)
+    import sys  # noqa: PLC0415
+
+    try:
+        result = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
 
 
 # -- counters ----------------------------------------------------------------
