@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -39,6 +40,16 @@ mount options (-o, comma-separated, may be repeated):
   verify=MODE            xxh3 (default) or sha256: how every chunk read is checked
   noatime, nosuid, nodev, noexec, sync, dirsync, auto_unmount, ...
                          passed to FUSE and the kernel
+"""
+
+FSCK_EPILOG = """\
+exit status:
+  0  no damage (data lost before and already marked is still listed)
+  1  damage was found and all of it repaired
+  2  usage error
+  4  damage is left (found without --repair, or not repairable)
+  8  could not check (not a store, unreadable index, mounted while --repair)
+see docs/fsck.md for every finding and what --repair does about it
 """
 
 
@@ -182,6 +193,25 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_fsck(args) -> int:
+    """Check (and repair) a store; the exit status says what was found (see chunkfs/fsck_run.py)."""
+    from . import fsck_run  # noqa: PLC0415 (only this verb needs the checker)
+
+    logging.getLogger("chunkfs").addHandler(logging.NullHandler())  # the summary says it all, once
+    progress = None if args.json or not sys.stderr.isatty() else fsck_run.TerminalProgress(sys.stderr)
+    try:
+        result = fsck_run.run_fsck(args.store, repair=args.repair, verify_data=args.verify_data,
+                                   progress=progress)
+    except (ChunkfsError, OSError) as exc:
+        message = str(exc) if isinstance(exc, ChunkfsError) else _os_message(exc)
+        return _error(message, fsck_run.EXIT_ERROR)
+    finally:
+        if progress is not None:
+            progress.close()
+    print(json.dumps(result.as_dict(), indent=2) if args.json else fsck_run.format_result(result))
+    return result.exit_code
+
+
 def cmd_mount(args) -> int:
     opts = parse_options(args.options)
     daemon.mount(args.store, args.mountpoint, opts, foreground=args.foreground)
@@ -238,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("gc", help="reclaim the space of chunks no file uses")
     p.add_argument("store", metavar="STORE")
     p.set_defaults(func=cmd_gc)
+
+    p = verbs.add_parser("fsck", help="check a store (and repair it)", epilog=FSCK_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Check STORE's chunks, files and filesystem for damage. Without --repair "
+                                     "it changes nothing and works while the store is mounted.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--repair", action="store_true",
+                   help="fix what can be fixed (the store must not be mounted); files whose data is gone "
+                        "keep their size and fail with EIO where it is lost")
+    p.add_argument("--verify-data", action="store_true",
+                   help="also read every chunk and check its SHA-256 (reads all stored data)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_fsck)
 
     p = verbs.add_parser("mount", help="mount a store", epilog=MOUNT_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter,

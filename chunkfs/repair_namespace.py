@@ -1,0 +1,272 @@
+"""Repairing a filesystem's namespace, once the chunk level is consistent (repair.py ran first).
+
+The policy, in the order it runs (docs/fsck.md says the same for users):
+
+1. A missing root directory is recreated (mode 0755, owned by root).
+2. Entries: the lookup records (``dirents``) are the truth for names; a
+   listing record (``dirorder``) that disagrees is dropped and rewritten from
+   them, and a listing record whose lookup record is missing gives its name
+   back.  Entries in something that is not a directory, or naming an inode
+   that does not exist, are dropped.  A directory keeps only the name the
+   walk from the root finds first.
+3. Inodes the root does not reach: *orphans* (link count 0 or marked in
+   ``orphans``: unlinked while open when the filesystem stopped) are purged
+   with their contents, as the next mount would do; nobody can name them
+   again, so they are not relinked.  Any other unreachable inode lost its
+   name to damage, not to an unlink: it is moved to ``/lost+found`` as
+   ``#<ino>`` (a directory with everything below it), like e2fsck does.
+4. Link counts, directories' ``..``, orphan marks, and regular files' sizes
+   (set to the size of their stored contents) are recomputed; records of
+   inodes that do not exist and stored contents of no regular file are
+   dropped; the inode and entry counters are raised past every id in use.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections import Counter
+
+import lmdb
+
+from . import index as ix
+from .fs.namespace import FIRST_ENTRY_ID, ROOT_INO, Entry, Inode, Namespace
+from .fs.openfile import file_id_for
+from .fs.paths import Link, NamespaceTree
+from .fsck_namespace import INODE_COUNTER, inode_of_key, stored_size
+from .store import decode_file_id
+
+LOST_FOUND = b"lost+found"
+
+
+def repair_namespace(store) -> list[str]:
+    """Fix the namespace; returns one line per kind of change made."""
+
+    def fix(txn: lmdb.Transaction):
+        done: Counter = Counter()
+        result = _NamespaceRepair(store, txn, done).run()
+        return (result, done), []
+
+    (purge, stray_contents), done = store.write_txn(fix, frees=True)
+    for ino, inode in sorted(purge.items()):
+        purge_inode(store, ino, inode)
+        done["orphan inodes purged"] += 1
+    for key in stray_contents:
+        store.delete(decode_file_id(key), missing_ok=True)
+        done["stored contents of no file deleted"] += 1
+    store.sync()
+    return [f"{what}: {n}" for what, n in sorted(done.items())]
+
+
+def purge_inode(store, ino: int, inode: Inode) -> None:
+    """Delete an orphan: its entries (if a directory), records and stored contents, in one transaction."""
+    ns = Namespace(store.index)
+
+    def drop(txn: lmdb.Transaction) -> None:
+        for entry in ns.entries(txn, ino):
+            ns.unlink(txn, ino, entry)
+        ns.remove(txn, ino)
+
+    store.delete(file_id_for(ino), hook=drop, missing_ok=True)  # contents too, whatever its type
+
+
+class _NamespaceRepair:
+    def __init__(self, store, txn: lmdb.Transaction, done: Counter):
+        self.store, self.txn, self.done = store, txn, done
+        self.db = store.index
+        self.ns = Namespace(store.index)
+        self.now = time.time_ns()
+
+    def load(self) -> NamespaceTree:
+        return NamespaceTree.load(self.db, self.txn)
+
+    def run(self) -> tuple[dict[int, Inode], list[bytes]]:
+        """Returns the orphans to purge and the keys of stored contents to delete, for after the commit."""
+        self._raise_id_counters()
+        self._ensure_root()
+        self._fix_mirror()
+        self._drop_bad_entries(self.load())
+        purge = self._reconnect()
+        tree = self.load()
+        self._fix_inodes(tree, purge)
+        self._drop_strays(tree)
+        self._set_counter(INODE_COUNTER, len(tree.inodes))
+        return purge, self._stray_contents(tree, purge)
+
+    def _unlink(self, link: Link) -> None:
+        self.ns.unlink(self.txn, link.parent, Entry(link.entry_id, link.name, link.child))
+
+    # -- counters -------------------------------------------------------------------------
+
+    def _set_counter(self, name: str, value: int) -> None:
+        if ix.get_counter(self.txn, self.db.counters, name) != value:
+            self.txn.put(name.encode(), ix.U64.pack(value), db=self.db.counters)
+            self.done["counters corrected"] += 1
+
+    def _raise_id_counters(self) -> None:
+        """Before anything allocates: ids must never be handed out twice."""
+        inos = [ix.KEY64.unpack(k)[0] for k in self.txn.cursor(db=self.db.inodes).iternext(values=False)]
+        entries = [ix.KEY64x2.unpack(k)[1] for k in self.txn.cursor(db=self.db.dirorder).iternext(values=False)]
+        entries += [ix.DIRENT.unpack(v)[1] for v in self.txn.cursor(db=self.db.dirents).iternext(keys=False)]
+        for name, highest, first in (("next_ino", max(inos, default=ROOT_INO), ROOT_INO + 1),
+                                     ("next_entry", max(entries, default=0), FIRST_ENTRY_ID)):
+            if ix.get_counter(self.txn, self.db.counters, name) <= highest:
+                self._set_counter(name, max(highest + 1, first))
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def _ensure_root(self) -> None:
+        if self.ns.get(self.txn, ROOT_INO) is not None:
+            return
+        now = self.now
+        self.ns.put(self.txn, Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, now, now, now, now, ROOT_INO))
+        self.done["root directory recreated"] += 1
+
+    def _fix_mirror(self) -> None:
+        """Make ``dirorder`` mirror ``dirents`` again (see the module docstring, step 2)."""
+        head = ix.DIRORDER.size
+        for key, value in list(self.txn.cursor(db=self.db.dirorder)):
+            parent, entry_id = ix.KEY64x2.unpack(key)
+            child, name = ix.DIRORDER.unpack_from(value)[0], value[head:]
+            raw = self.txn.get(ix.KEY64.pack(parent) + name, db=self.db.dirents)
+            if raw is None:
+                self.txn.put(ix.KEY64.pack(parent) + name, ix.DIRENT.pack(child, entry_id), db=self.db.dirents)
+                self.done["names restored from listing records"] += 1
+            elif ix.DIRENT.unpack(raw) != (child, entry_id):
+                self.txn.delete(key, db=self.db.dirorder)
+        for key, value in list(self.txn.cursor(db=self.db.dirents)):
+            parent, name = ix.KEY64.unpack_from(key)[0], key[ix.KEY64.size:]
+            child, entry_id = ix.DIRENT.unpack(value)
+            want = ix.DIRORDER.pack(child) + name
+            raw = self.txn.get(ix.KEY64x2.pack(parent, entry_id), db=self.db.dirorder)
+            if raw == want:
+                continue
+            if raw is not None:  # another entry has this id: give this one a new id
+                entry_id = ix.next_id(self.txn, self.db.counters, "next_entry", first=FIRST_ENTRY_ID)
+                self.txn.put(key, ix.DIRENT.pack(child, entry_id), db=self.db.dirents)
+            self.txn.put(ix.KEY64x2.pack(parent, entry_id), want, db=self.db.dirorder)
+            self.done["listing records rewritten"] += 1
+
+    def _drop_bad_entries(self, tree: NamespaceTree) -> None:
+        for link in tree.links:
+            if not tree.valid(link):
+                self._unlink(link)
+                self.done["dangling entries dropped"] += 1
+        for ino in tree.reached:
+            if tree.is_dir(ino):
+                for link in tree.live_names(ino):
+                    if link != tree.reached[ino]:
+                        self._unlink(link)
+                        self.done["extra names of directories dropped"] += 1
+
+    # -- what the root does not reach -------------------------------------------------------------
+
+    def _reconnect(self) -> dict[int, Inode]:
+        """Purge-or-relink every unreachable inode (step 3); returns the orphans to purge."""
+        purge: dict[int, Inode] = {}
+        while True:
+            tree = self.load()
+            pending = [ino for ino in sorted(tree.inodes) if ino not in tree.reached and ino not in purge]
+            if not pending:
+                return purge
+            progressed = False
+            for ino in pending:
+                names = [lk for lk in tree.names.get(ino, ()) if tree.valid(lk) and lk.parent not in purge]
+                if names:
+                    continue  # named in an unreachable directory: resolved with that directory
+                for link in tree.names.get(ino, ()):
+                    self._unlink(link)
+                inode = tree.inodes[ino]
+                if inode.nlink == 0 or ino in tree.orphan_marks:
+                    purge[ino] = inode
+                else:
+                    self._to_lost_found(ino, inode)
+                progressed = True
+            if not progressed:  # directories naming each other, cut off from the root: cut the cycle
+                victim = next((ino for ino in pending if tree.is_dir(ino)), pending[0])
+                for link in tree.names.get(victim, ()):
+                    self._unlink(link)
+                self.done["directory cycles cut"] += 1
+
+    def _lost_found(self) -> int:
+        entry = self.ns.lookup(self.txn, ROOT_INO, LOST_FOUND)
+        if entry is not None:
+            inode = self.ns.get(self.txn, entry.ino)
+            if inode is not None and inode.is_dir:
+                return entry.ino
+        name = LOST_FOUND if entry is None else LOST_FOUND + b".fsck"
+        found = self.ns.lookup(self.txn, ROOT_INO, name)
+        if found is not None:
+            return found.ino
+        inode = self.ns.allocate(self.txn, stat.S_IFDIR | 0o700, 0, 0, self.now, parent=ROOT_INO)
+        self.ns.link(self.txn, ROOT_INO, name, inode.ino)
+        self.done["/lost+found created"] += 1
+        return inode.ino
+
+    def _to_lost_found(self, ino: int, inode: Inode) -> None:
+        directory = self._lost_found()
+        name, n = f"#{ino}".encode(), 0
+        while self.ns.lookup(self.txn, directory, name) is not None:
+            n += 1
+            name = f"#{ino}.{n}".encode()
+        self.ns.link(self.txn, directory, name, ino)
+        self.done["inodes moved to /lost+found"] += 1
+
+    # -- per inode ---------------------------------------------------------------------------------
+
+    def _fix_inodes(self, tree: NamespaceTree, purge: dict[int, Inode]) -> None:
+        for ino, inode in tree.inodes.items():
+            if ino in purge:
+                self._mark_orphan(ino, inode, tree)
+                continue
+            before = inode.encode()
+            inode.nlink = self._expected_nlink(tree, ino, inode)
+            if inode.is_dir:
+                link = tree.reached.get(ino)
+                inode.parent = ROOT_INO if link is None else link.parent
+            if inode.is_reg:
+                inode.size = stored_size(self.db, self.txn, ino)
+            if inode.encode() != before:
+                self.ns.put(self.txn, inode)
+                self.done["inodes corrected (link count, '..' or size)"] += 1
+            if ino in tree.orphan_marks:
+                self.txn.delete(ix.KEY64.pack(ino), db=self.db.orphans)
+                self.done["orphan marks of named inodes dropped"] += 1
+
+    def _mark_orphan(self, ino: int, inode: Inode, tree: NamespaceTree) -> None:
+        """Purged after the commit; if that is interrupted, the next mount purges it."""
+        if inode.nlink:
+            inode.nlink = 0
+            self.ns.put(self.txn, inode)
+        if ino not in tree.orphan_marks:
+            self.ns.mark_orphan(self.txn, ino)
+
+    @staticmethod
+    def _expected_nlink(tree: NamespaceTree, ino: int, inode: Inode) -> int:
+        if not inode.is_dir:
+            return len(tree.live_names(ino))
+        return 2 + sum(1 for lk in tree.children.get(ino, ())
+                       if tree.is_dir(lk.child) and tree.reached.get(lk.child) == lk)
+
+    # -- records of nothing --------------------------------------------------------------------------
+
+    def _drop_strays(self, tree: NamespaceTree) -> None:
+        for db_name in ("xattrs", "symlinks", "orphans"):
+            db = getattr(self.db, db_name)
+            stale = [k for k in self.txn.cursor(db=db).iternext(values=False)
+                     if ix.KEY64.unpack_from(k)[0] not in tree.inodes]
+            for key in stale:
+                self.txn.delete(key, db=db)
+            if stale:
+                self.done[f"stray {db_name} records dropped"] += len(stale)
+
+    def _stray_contents(self, tree: NamespaceTree, purge: dict[int, Inode]) -> list[bytes]:
+        out = []
+        for key in self.txn.cursor(db=self.db.files).iternext(values=False):
+            ino = inode_of_key(key)
+            if ino is None or ino in purge:
+                continue
+            inode = tree.inodes.get(ino)
+            if inode is None or not inode.is_reg:
+                out.append(key)
+        return out
