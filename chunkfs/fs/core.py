@@ -41,12 +41,12 @@ from typing import NamedTuple, TypeVar
 
 import lmdb
 
-from ..errors import FSError
+from ..errors import ChunkCorruptError, FSError
 from . import acl
 from .gcworker import BackgroundGC
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
-from .recovery import recover_at_mount
+from .recovery import recover_at_mount, resolve_paths
 from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename, drop_link
 from .xattrs import XattrOps
 
@@ -523,7 +523,12 @@ class FsCore(XattrOps):
         self._write(touch)
 
     def read(self, fh: int, offset: int, length: int) -> bytes:
-        return self.files.read(fh, offset, length)
+        try:
+            return self.files.read(fh, offset, length)
+        except ChunkCorruptError as exc:  # the store knows only the inode's file id: name the file
+            ino = self.files.handle(fh).inode.ino
+            path = resolve_paths(self.ns, self.store.index, {ino}).get(ino)
+            raise exc.located(f"inode {ino} ({path})" if path else f"inode {ino}") from None
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         if self.readonly:
