@@ -64,7 +64,7 @@ def _attributes(inode: Inode) -> pyfuse3.EntryAttributes:
     attr.st_rdev = inode.rdev
     attr.st_size = inode.size
     attr.st_blksize = BLKSIZE
-    attr.st_blocks = (inode.size + 511) // 512
+    attr.st_blocks = inode.blocks if inode.blocks is not None else (inode.size + 511) // 512
     attr.st_atime_ns = inode.atime_ns
     attr.st_mtime_ns = inode.mtime_ns
     attr.st_ctime_ns = inode.ctime_ns
@@ -205,16 +205,23 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def read(self, fh, off, size):
-        return await _in_thread(self.core.read, fh, off, size)
+        return await self._data(self.core.small_io(fh, off + size), self.core.read, fh, off, size)
 
     @_translated
     async def write(self, fh, off, buf):
-        return await _in_thread(self.core.write, fh, off, buf)
+        return await self._data(self.core.small_io(fh, off + len(buf)), self.core.write, fh, off, buf)
 
     @_translated
     async def flush(self, fh):
         if self.core.flush_may_commit(fh):
-            await _in_thread(self.core.flush, fh)
+            await self._data(self.core.small_io(fh), self.core.flush, fh)
+
+    @staticmethod
+    async def _data(small: bool, fn: Callable, *args):
+        """Small files inline (cheaper than a thread hop), everything else in a worker thread."""
+        if small:
+            return fn(*args)
+        return await _in_thread(fn, *args)
 
     @_translated
     async def fsync(self, fh, datasync):
@@ -222,7 +229,7 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def release(self, fh):
-        await _in_thread(self.core.release, fh)
+        await self._data(self.core.small_io(fh), self.core.release, fh)
 
     @_translated
     async def opendir(self, inode, ctx):

@@ -95,6 +95,8 @@ class Ledger:
     def __init__(self, index: ix.Index, on_dead: Callable[[Location], None] | None = None):
         self.ix = index
         self.pins: dict[bytes, Pin] = {}
+        self.unregistered: set[bytes] = set()  # pinned, written, not yet recorded as pending
+        self.registered_end: tuple[int | None, int] = (None, 0)  # active pack end the index knows
         self.on_dead = on_dead  # after commit: give a dead record's disk blocks back
 
     # -- lookups ------------------------------------------------------------
@@ -113,14 +115,23 @@ class Ledger:
     # -- in every write transaction ------------------------------------------
 
     def register_unwritten(self, txn, active_pack: int | None, active_end: int) -> list[Action]:
-        """Record every unregistered pinned chunk as pending, then advance the pack's indexed end."""
+        """Record every unregistered pinned chunk as pending, then advance the pack's indexed end.
+
+        Runs in every write transaction, so it touches only what changed since
+        the last one: a chmod while a huge file streams in must not walk its pins.
+        """
         actions: list[Action] = []
-        for address, pin in self.pins.items():
-            if not pin.committed and not pin.registered:
+        for address in self.unregistered:
+            pin = self.pins.get(address)
+            if pin is not None and not pin.committed and not pin.registered:
                 self._put_pending(txn, address, pin.location)
                 actions.append(_setter(pin, registered=True))
-        if active_pack is not None:
+        if self.unregistered:
+            done = set(self.unregistered)
+            actions.append(lambda: self.unregistered.difference_update(done))
+        if active_pack is not None and self.registered_end != (active_pack, active_end):
             adjust_pack(txn, self.ix.packs, active_pack, end=active_end)
+            actions.append(lambda: setattr(self, "registered_end", (active_pack, active_end)))
         return actions
 
     def _put_pending(self, txn, address: bytes, loc: Location) -> None:
@@ -182,6 +193,7 @@ class Ledger:
 
     def pin_new(self, address: bytes, loc: Location, checksum: bytes) -> None:
         self.pins[address] = Pin(loc, checksum, 1, committed=False, registered=False)
+        self.unregistered.add(address)
 
     def add_pin(self, address: bytes) -> bool:
         pin = self.pins.get(address)
