@@ -194,7 +194,8 @@ def _verdict(result: FsckResult) -> str:
         return f"result: damage found ({len(result.final.damage)} findings); {hint} (exit {code})"
     if code == EXIT_DAMAGE:
         return f"result: damage left after repair ({len(result.final.damage)} findings) (exit {code})"
-    lost = f"; {len(result.final.lost_data)} files have lost data" if result.final.lost_data else ""
+    n = len(result.final.lost_data)
+    lost = f"; {n} file{'s' if n != 1 else ''} with lost data" if n else ""
     word = "repaired" if code == EXIT_REPAIRED else "clean"
     return f"result: {word}{lost} (exit {code})"
 

@@ -33,6 +33,7 @@ from .packs import HEADER_SIZE, RECORD, RECORD_MAGIC, Location, record_size
 log = logging.getLogger(__name__)
 
 NO_CHECKSUM = bytes(16)
+MAX_TOMBSTONE = 1 << 30  # a tombstone covers at most this much: manifest lengths are 32-bit
 
 
 def tombstone_address(address: bytes) -> bytes:
@@ -43,6 +44,36 @@ def tombstone_address(address: bytes) -> bytes:
 def gap_address(fkey: int, offset: int) -> bytes:
     """A tombstone for bytes a manifest does not cover at all."""
     return hashlib.sha256(b"chunkfs lost range\0" + ix.KEY64x2.pack(fkey, offset)).digest()
+
+
+def lost_pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """``[start, end)`` as (offset, length) pieces a manifest entry can hold (lengths are 32-bit)."""
+    return [(o, min(MAX_TOMBSTONE, end - o)) for o in range(start, end, MAX_TOMBSTONE)]
+
+
+def mark_lost_tail(index: ix.Index, txn: lmdb.Transaction, key: bytes, size: int) -> bool:
+    """Grow the store file ``key`` to ``size`` bytes, the new tail a lost range (reads fail with EIO).
+
+    For a file whose recorded size says more bytes exist than its contents
+    hold: those bytes are gone, and must not read as zeros or vanish silently.
+    Returns whether it changed anything.
+    """
+    raw = txn.get(key, db=index.files)
+    if raw is None:
+        fkey, old, count = ix.next_id(txn, index.counters, "next_fkey"), 0, 0
+        ix.add_counter(txn, index.counters, "files", 1)
+    else:
+        fkey, old, count = ix.FILE.unpack(raw)
+    if size <= old:
+        return False
+    for offset, length in lost_pieces(old, size):
+        address = gap_address(fkey, offset)
+        txn.put(ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(address, length), db=index.manifests)
+        txn.put(address, ChunkRecord(1, Location(LOST_PACK, 0, length), NO_CHECKSUM).encode(), db=index.chunks)
+        count += 1
+    txn.put(key, ix.FILE.pack(fkey, size, count), db=index.files)
+    ix.add_counter(txn, index.counters, "logical_bytes", size - old)
+    return True
 
 
 def repair_store(store, bad_chunks: dict[bytes, str]) -> list[str]:
@@ -111,7 +142,7 @@ class _Repair:
                 self.done["overlapping manifest entries dropped"] += 1
                 continue
             if offset > covered:
-                new.append((covered, gap_address(fkey, covered), offset - covered))
+                new += [(o, gap_address(fkey, o), n) for o, n in lost_pieces(covered, offset)]
                 self.done["manifest gaps marked lost"] += 1
             if self._lost(address):
                 address = tombstone_address(address)
@@ -119,7 +150,7 @@ class _Repair:
             new.append((offset, address, length))
             covered = offset + length
         if covered < size:
-            new.append((covered, gap_address(fkey, covered), size - covered))
+            new += [(o, gap_address(fkey, o), n) for o, n in lost_pieces(covered, size)]
             self.done["manifest gaps marked lost"] += 1
         size = max(size, covered)
         if new != old:

@@ -33,7 +33,8 @@ from . import index as ix
 from .fs.namespace import FIRST_ENTRY_ID, ROOT_INO, Entry, Inode, Namespace
 from .fs.openfile import file_id_for
 from .fs.paths import Link, NamespaceTree
-from .fsck_namespace import INODE_COUNTER, inode_of_key, stored_size
+from .fsck_namespace import INODE_COUNTER, inode_key, inode_of_key, stored_size
+from .repair import mark_lost_tail
 from .store import decode_file_id
 
 LOST_FOUND = b"lost+found"
@@ -225,13 +226,21 @@ class _NamespaceRepair:
                 link = tree.reached.get(ino)
                 inode.parent = ROOT_INO if link is None else link.parent
             if inode.is_reg:
-                inode.size = stored_size(self.db, self.txn, ino)
+                self._fix_size(ino, inode)
             if inode.encode() != before:
                 self.ns.put(self.txn, inode)
                 self.done["inodes corrected (link count, '..' or size)"] += 1
             if ino in tree.orphan_marks:
                 self.txn.delete(ix.KEY64.pack(ino), db=self.db.orphans)
                 self.done["orphan marks of named inodes dropped"] += 1
+
+    def _fix_size(self, ino: int, inode: Inode) -> None:
+        """Contents longer than the inode says: they were committed, show them.  Shorter: mark the rest lost."""
+        stored = stored_size(self.db, self.txn, ino)
+        if inode.size > stored and mark_lost_tail(self.db, self.txn, inode_key(ino), inode.size):
+            self.done["file tails marked lost (size beyond the stored contents)"] += 1
+        else:
+            inode.size = stored
 
     def _mark_orphan(self, ino: int, inode: Inode, tree: NamespaceTree) -> None:
         """Purged after the commit; if that is interrupted, the next mount purges it."""

@@ -10,10 +10,15 @@ promises holds: lost ranges fail with EIO, everything else reads back.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import pty
 import random
 import stat
+import struct
+import subprocess
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from chunkfs.ledger import ChunkRecord
 from chunkfs.packs import RECORD
 from chunkfs.store import ChunkStore
 
-from conftest import assert_one_line_error, requires_fuse, run_cli
+from conftest import CLI, REPO, assert_one_line_error, cli_env, requires_fuse, run_cli
 
 USER = Caller(0, 0, 0o022)
 CHUNK = 16 * 1024
@@ -211,7 +216,7 @@ def test_text_summary_names_files_and_the_verdict(built, capsys):
     assert "result: damage found" in text and "chunkfs fsck --repair" in text
     assert cli.main(["fsck", "--repair", str(built.path)]) == 1
     text = capsys.readouterr().out
-    assert "[repaired]" in text and "result: repaired; 1 files have lost data (exit 1)" in text
+    assert "[repaired]" in text and "result: repaired; 1 file with lost data (exit 1)" in text
 
 
 def test_not_a_store_and_usage_errors(tmp_path, capsys):
@@ -220,6 +225,43 @@ def test_not_a_store_and_usage_errors(tmp_path, capsys):
     assert_one_line_error(result, code=8, contains="not a chunkfs store")
     result = run_cli("fsck", tmp_path / "empty", "--bogus", check=False)
     assert_one_line_error(result, code=2, contains="unrecognized arguments")
+
+
+def test_help_documents_the_exit_status():
+    out = run_cli("fsck", "--help").stdout
+    assert out.startswith("usage: chunkfs fsck")
+    for line in ("0  no damage", "1  damage was found and all of it repaired", "4  damage is left",
+                 "8  could not check", "--verify-data", "--repair", "--json"):
+        assert line in out
+
+
+def run_on_a_terminal(*args) -> str:
+    """``chunkfs ARGS`` with a pseudo-terminal (100 columns) as its stdout and stderr; returns what it shows."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    proc = subprocess.Popen(CLI + [str(a) for a in args], cwd=REPO, env=cli_env(), stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    proc.wait(timeout=60)
+    os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(built):
+    shown = run_on_a_terminal("fsck", "--verify-data", built.path)
+    assert "fsck: chunks" in shown and "fsck: verify" in shown and "result: clean" in shown
+    assert "fsck:" not in run_on_a_terminal("fsck", "--json", built.path)
+    piped = run_cli("fsck", "--verify-data", built.path)
+    assert "fsck:" not in piped.stderr and "\r" not in piped.stdout + piped.stderr
 
 
 def test_garbage_index_is_an_operational_error(built):
@@ -530,9 +572,26 @@ def test_inode_size_follows_the_stored_contents(built, capsys):
     ns_edit(built.path, damage)
     out = fsck(built.path, code=4, capsys=capsys)
     assert f"size {len(built.data_a) + 5000}" in finding(out, "inode-size-mismatch")["message"]
-    repair_cycle(built.path, {"inode-size-mismatch"}, capsys)
+    again = repair_cycle(built.path, {"inode-size-mismatch"}, capsys)
+    end = len(built.data_a)
+    assert again["unreadable_files"] == [{"name": "/dir/a", "paths": ["/dir/a"], "ranges": [[end, end + 5000]]}]
+    with Mounted(built.path) as m:  # the missing tail is lost data: EIO, not zeros and not silently cut
+        assert m.fs.getattr(built.a).size == end + 5000
+        assert m.read("/dir/a", 0, end) == built.data_a
+        assert m.read_fails("/dir/a", end, 10)
+
+
+def test_contents_longer_than_the_inode_size_become_visible(built, capsys):
+    def damage(ns, txn):
+        inode = ns.get(txn, built.b)
+        inode.size = 10
+        ns.put(txn, inode)
+
+    ns_edit(built.path, damage)
+    again = repair_cycle(built.path, {"inode-size-mismatch"}, capsys)
+    assert again["unreadable_files"] == []
     with Mounted(built.path) as m:
-        assert m.fs.getattr(built.a).size == len(built.data_a)
+        assert m.read("/b", 0, len(built.data_b)) == built.data_b
 
 
 def test_missing_root_is_recreated(built, capsys):
