@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import index as ix
+from . import packs as pack_files
 from .errors import StoreFullError
 from .hashing import checksum_of
 from .ledger import ChunkRecord, adjust_pack
@@ -143,14 +144,16 @@ class _CorruptLive(Exception):
 def _compact(store, pack: int, report: GCReport) -> None:
     """Copy a pack's live records forward, commit their new places, then remove the pack."""
     moves: list[tuple[bytes, Location]] = []
+    live = _live_records(store, pack)
+    if live:
+        _make_room(store, sum(record_size(loc.length) for _, loc, _ in live))
     try:
-        for address, loc, checksum in _live_records(store, pack):
+        for address, loc, checksum in live:
             data = store.packs.read(loc)
             if len(data) != loc.length or checksum_of(data) != checksum:
                 log.error("gc: chunk %s in pack %08x fails verification; leaving the pack for fsck",
                           address.hex(), pack)
                 raise _CorruptLive
-            store._ensure_active_pack(frees=True)  # compaction gives back more than it takes
             moves.append((address, store.packs.append(address, data)))
         store.packs.sync()  # the copies are durable before the index points at them
         old_size = store.packs.size(pack)
@@ -167,6 +170,26 @@ def _compact(store, pack: int, report: GCReport) -> None:
     report.packs_removed += 1
     report.chunks_moved += len(moves)
     report.bytes_reclaimed += old_size - sum(record_size(loc.length) for _, loc in moves)
+
+
+def _make_room(store, needed: int) -> None:
+    """Choose the one pack all copies of a compaction go to, before copying any.
+
+    Starting a new pack is a commit, and every commit advances the active
+    pack's indexed end: a roll between two copies would put the copies made
+    so far inside the old pack's indexed end while neither live, dead nor
+    pending, and a crash before the relocating commit would leave that pack's
+    accounting wrong for good (tests/test_crash.py::test_gc_killed_at_every_step).
+    Copies beyond the indexed end are harmless: recovery truncates them.
+    """
+    packs = store.packs
+    if packs.active is not None and packs.active_end > HEADER_SIZE \
+            and packs.active_end + needed > pack_files.PACK_TARGET_SIZE:
+        # Commit while it is still active, so that its indexed end covers chunks other
+        # writers appended and have not committed yet; past the end, recovery would cut them.
+        store.write_txn(lambda txn: (None, []), frees=True)
+        packs.retire_active()
+    store._ensure_active_pack(frees=True)  # compaction gives back more than it takes
 
 
 def _live_records(store, pack: int) -> list[tuple[bytes, Location, bytes]]:
