@@ -55,6 +55,7 @@ def recover(store) -> RecoveryReport:
         log.warning("removing pack %08x that no commit refers to (left by an interrupted write)", pack)
         packs.remove(pack)
         report.removed_packs.append(pack)
+    short = set()
     for pack, (end, _, _) in sorted(registered.items()):
         if pack not in on_disk:
             log.error("pack %08x is missing: run 'chunkfs fsck'", pack)
@@ -64,8 +65,11 @@ def recover(store) -> RecoveryReport:
         if size > end:
             packs.truncate(pack, end)
             report.truncated_bytes += size - end
+        elif size < end:  # appending there would write over what the index still points at
+            log.error("pack %08x is truncated (%d of %d bytes): run 'chunkfs fsck'", pack, size, end)
+            short.add(pack)
     report.pending_resolved = store.write_txn(lambda txn: (_resolve_pending(store, txn), []))
-    last = max((p for p in registered if p in on_disk), default=None)
+    last = max((p for p in registered if p in on_disk and p not in short), default=None)
     if last is not None:
         packs.start(last)
         if packs.needs_roll():

@@ -126,12 +126,18 @@ def log_names_file_and_chunk(fs, name: str, address: bytes) -> None:
 
 
 def damage_cycle(fs, lay: Layout, bad: dict[str, list[tuple[int, int]]], kind: str, verify: bool) -> None:
-    """Through the mount, then fsck, repair, fsck again, and the mount once more."""
+    """Through the mount, then fsck, repair, fsck again, and the mount once more.
+
+    While damaged, the mount also writes a new file: new chunks must not land
+    where the damage is (say, inside a truncated pack) and must survive the repair.
+    """
     addresses = [c.address for name, spans in bad.items() for c in lay.chunks[name]
                  if (c.offset, c.offset + c.length) in spans]
-    fs.expect_log(*[rf"chunk {a.hex()} .*is corrupt" for a in addresses], r"pack [0-9a-f]{8} is missing")
+    fs.expect_log(*[rf"chunk {a.hex()} .*is corrupt" for a in addresses], r"pack [0-9a-f]{8} is (missing|truncated)")
     fs.mount()
     check_reads(fs, lay, bad)
+    fresh = rand(3 * K + 7, 77)
+    (fs / "new").write_bytes(fresh)
     for name in bad:
         first = next(c for c in lay.chunks[name] if (c.offset, c.offset + c.length) in bad[name])
         log_names_file_and_chunk(fs, name, first.address)
@@ -151,6 +157,7 @@ def damage_cycle(fs, lay: Layout, bad: dict[str, list[tuple[int, int]]], kind: s
     fs.expect_log(r"is corrupt: its data was lost")  # tombstones: derived addresses
     fs.mount()
     check_reads(fs, lay, bad)  # the lost ranges still fail: EIO, never zeros
+    assert (fs / "new").read_bytes() == fresh
     fs.unmount()
 
 
@@ -176,11 +183,11 @@ def test_flipped_byte_fails_exactly_its_chunk(fs):
 
 
 def test_truncated_pack_fails_only_the_cut_chunk(fs):
-    lay = layout(fs)
-    last_in_pack1 = max((c for cs in lay.chunks.values() for c in cs if c.location.pack == 1),
-                        key=lambda c: c.location.offset)
-    os.truncate(pack_path(fs, 1), last_in_pack1.location.offset + 1000)
-    bad = {name: lay.damaged(name, lambda c: c.address == last_in_pack1.address) for name in lay.chunks}
+    lay = layout(fs)  # pack 2 is the one the mount appends to: new chunks must go elsewhere
+    last = max((c for cs in lay.chunks.values() for c in cs if c.location.pack == 2),
+               key=lambda c: c.location.offset)
+    os.truncate(pack_path(fs, 2), last.location.offset + last.length // 2)
+    bad = {name: lay.damaged(name, lambda c: c.address == last.address) for name in lay.chunks}
     damage_cycle(fs, lay, {n: s for n, s in bad.items() if s}, "truncated-chunk", verify=False)
 
 
