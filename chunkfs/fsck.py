@@ -72,9 +72,6 @@ class FileNamer:
         file_id = decode_file_id(key)
         return (file_id if isinstance(file_id, str) else "hex:" + file_id.hex()), ()
 
-    def name(self, key: bytes | None) -> str:
-        return self.describe(key)[0]
-
 
 class _StoreCheck:
     """One pass over each database; chunk damage is collected first and reported with its files last."""
