@@ -414,6 +414,26 @@ def test_pack_accounting_is_recomputed(built, capsys):
     repair_cycle(built.path, {"pack-accounting"}, capsys)
 
 
+def test_orphan_blob_in_a_pack_becomes_dead_space_gc_reclaims(built, capsys):
+    blob = rand(5000, 8)
+    end = os.path.getsize(pack_path(built.path, 1))
+
+    def damage(store, txn):  # the indexed end covers it, so recovery does not truncate it
+        _, live, dead = ix.PACK.unpack(txn.get(ix.KEYPACK.pack(1), db=store.index.packs))
+        txn.put(ix.KEYPACK.pack(1), ix.PACK.pack(end + RECORD.size + len(blob), live, dead), db=store.index.packs)
+
+    edit(built.path, damage)
+    with open(pack_path(built.path, 1), "ab") as fh:  # a whole record nothing references or accounts for
+        fh.write(RECORD.pack(b"CK", len(blob), bytes(32)) + blob)
+    out = fsck(built.path, code=4, capsys=capsys)
+    assert "dead bytes 0 recorded, 5038 found" in finding(out, "pack-accounting")["message"]
+    repair_cycle(built.path, {"pack-accounting"}, capsys)
+    with ChunkStore.open(built.path) as store:
+        assert store.stats()["garbage_bytes"] == RECORD.size + len(blob)
+        assert store.gc()["bytes_reclaimed"] >= RECORD.size + len(blob)
+    fsck(built.path, "--verify-data", code=0, capsys=capsys)
+
+
 def test_manifest_gap_reads_as_eio_not_zeros(built, capsys):
     third = manifest(built.path, built.a)[2]
     edit(built.path, lambda s, txn: txn.delete(ix.KEY64x2.pack(_fkey(s, txn, built.a), third.offset),
