@@ -43,6 +43,7 @@ import lmdb
 
 from ..errors import ChunkCorruptError, FSError
 from . import acl
+from .blocks import BlockCounter, full_blocks
 from .gcworker import BackgroundGC
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
@@ -122,6 +123,7 @@ class FsCore(XattrOps):
         self.ns = Namespace(store.index)
         self.files = OpenFiles(store, self.ns, filedata_factory)
         self.file_id_for = file_id_for
+        self.block_counter = BlockCounter(store, file_id_for)
         self._lookups: dict[int, int] = {}
         uid = os.getuid() if root_uid is None else root_uid
         gid = os.getgid() if root_gid is None else root_gid
@@ -219,7 +221,22 @@ class FsCore(XattrOps):
             if changed is not None:
                 inode.mtime_ns = changed
                 inode.ctime_ns = max(inode.ctime_ns, changed)
+        if inode.is_reg:
+            inode.blocks = self._blocks(inode)
         return inode
+
+    def _blocks(self, inode: Inode) -> int:
+        """st_blocks without holes (fs/blocks.py); uncommitted changes count in full until committed.
+
+        ``changed_ns`` is checked first: it is set while a commit may be
+        running, so ``data.dirty`` (which waits for the FileData's lock) is
+        asked only when that lock is free in practice (a utimens cleared the
+        time of writes not yet committed, as ``cp -p`` does before close).
+        """
+        oi = self.files.inode(inode.ino)
+        if oi is not None and (oi.changed_ns is not None or (oi.writers and oi.data.dirty)):
+            return full_blocks(inode.size)
+        return self.block_counter.blocks(inode)
 
     def getattr(self, ino: int) -> Inode:
         with self._read() as txn:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lmdb
 
@@ -52,6 +52,7 @@ class Inode:
     ctime_ns: int = 0
     btime_ns: int = 0
     parent: int = 0
+    blocks: int | None = field(default=None, compare=False)  # st_blocks, set by the core; not stored
 
     @property
     def is_dir(self) -> bool:

@@ -1,0 +1,98 @@
+"""``st_blocks`` of regular files: the bytes a file holds, with its holes counted as nothing.
+
+Policy (docs/filesystem.md, "Space accounting"): a file's ``st_blocks`` is
+``ceil((size - hole bytes) / 512)``, where hole bytes are the bytes covered by
+*zero-run chunks* — the chunk a run of zeros is always cut into, which is what
+a hole (a write past end of file, a truncate up) or a long run of written
+zeros commits to.  Dedup savings are not subtracted: a chunk shared by two
+files is counted in both, since neither owns it (``chunkfs stats`` reports
+what the store really holds).  So ``du`` of a 10 GiB file with one byte at
+its end shows a few hundred KiB (the zero chunks just before the byte and the
+tail are not zero-run chunks), and ``cp --sparse=auto`` and ``tar -S``
+recognise it as sparse.
+
+Cost: the count needs one scan of the file's manifest, cached per inode until
+its size or times change.  Files shorter than two zero-run chunks cannot hold
+one and are never scanned; files with more than ``MAX_SCAN`` chunks are not
+scanned either (the scan runs on the FUSE event loop: ~0.7 µs per chunk) and
+report ``ceil(size / 512)``.  An open file with uncommitted changes reports
+``ceil(size / 512)`` until its commit.  A per-file hole counter kept by the
+store at commit time would make this O(1) and lift the limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from .. import index as ix
+from ..chunker import make_chunker
+from ..hashing import address_of
+from ..store import ChunkStore, encode_file_id
+from .namespace import Inode
+
+MAX_SCAN = 128 * 1024  # chunks; ~90 ms on this machine's 2 cores, a 16 GiB hole at 128 KiB per zero chunk
+CACHE_ENTRIES = 16 * 1024
+
+
+def full_blocks(size: int) -> int:
+    return (size + 511) // 512
+
+
+def zero_run_length(store: ChunkStore) -> int:
+    """The length the chunker cuts every chunk of a long run of zeros to (its max size for FastCDC)."""
+    settings = store.settings
+    chunks = make_chunker(settings).feed(bytes(4 * settings.max_size + (1 << 20)))
+    return len(chunks[0])
+
+
+class BlockCounter:
+    """Computes and caches ``st_blocks`` for committed regular files (see the module docstring)."""
+
+    def __init__(self, store: ChunkStore, file_id_for, max_scan: int = MAX_SCAN):
+        self.store = store
+        self.file_id_for = file_id_for
+        self.max_scan = max_scan
+        self.zero_length = zero_run_length(store)
+        self._zero = ix.MANIFEST.pack(address_of(bytes(self.zero_length)), self.zero_length)
+        self._cache: OrderedDict[int, tuple[tuple[int, int, int], int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def blocks(self, inode: Inode) -> int:
+        """``st_blocks`` of a committed regular file whose record is ``inode``."""
+        if inode.size < 2 * self.zero_length:
+            return full_blocks(inode.size)
+        key = (inode.size, inode.mtime_ns, inode.ctime_ns)
+        with self._lock:
+            cached = self._cache.get(inode.ino)
+            if cached is not None and cached[0] == key:
+                self._cache.move_to_end(inode.ino)
+                return cached[1]
+        holes = self._hole_bytes(inode.ino)
+        blocks = full_blocks(max(inode.size - holes, 0)) if holes is not None else full_blocks(inode.size)
+        with self._lock:
+            self._cache[inode.ino] = (key, blocks)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return blocks
+
+    def _hole_bytes(self, ino: int) -> int | None:
+        """Bytes in zero-run chunks, by one cursor pass over the manifest; None if it is too long."""
+        index = self.store.index
+        with index.read() as txn:
+            raw = txn.get(encode_file_id(self.file_id_for(ino)), db=index.files)
+            if raw is None:
+                return 0
+            fkey, _, count = ix.FILE.unpack(raw)
+            if count > self.max_scan:
+                return None
+            end = ix.KEY64x2.pack(fkey + 1, 0)
+            zeros = 0
+            with txn.cursor(db=index.manifests) as cur:
+                if not cur.set_range(ix.KEY64x2.pack(fkey, 0)):
+                    return 0
+                for key, value in cur.iternext():
+                    if key >= end:
+                        break
+                    zeros += value == self._zero
+        return zeros * self.zero_length
