@@ -215,6 +215,7 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh):
         if self.core.flush_may_commit(fh):
             await self._data(self.core.small_io(fh), self.core.flush, fh)
+            self._refresh_blocks(fh)
 
     @staticmethod
     async def _data(small: bool, fn: Callable, *args):
@@ -226,6 +227,22 @@ class Operations(pyfuse3.Operations):
     @_translated
     async def fsync(self, fh, datasync):
         await _in_thread(self.core.fsync, fh, datasync)
+        self._refresh_blocks(fh)
+
+    def _refresh_blocks(self, fh: int) -> None:
+        """After a commit, drop the kernel's cached attributes of a file that may hold holes.
+
+        They may carry an st_blocks taken while its data was uncommitted (which
+        counts in full), say from the futimens ``cp -p`` sends before close.
+        Invalidating attributes only never waits for writeback.
+        """
+        ino = self.core.holey_inode(fh)
+        if ino is None:
+            return
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as exc:
+            log.debug("cannot invalidate the attributes of inode %d: %s", ino, exc)
 
     @_translated
     async def release(self, fh):

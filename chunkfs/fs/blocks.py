@@ -58,9 +58,13 @@ class BlockCounter:
         self._cache: OrderedDict[int, tuple[tuple[int, int, int], int]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def may_have_holes(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes can hold a zero-run chunk (else st_blocks is ceil(size/512))."""
+        return size >= 2 * self.zero_length
+
     def blocks(self, inode: Inode) -> int:
         """``st_blocks`` of a committed regular file whose record is ``inode``."""
-        if inode.size < 2 * self.zero_length:
+        if not self.may_have_holes(inode.size):
             return full_blocks(inode.size)
         key = (inode.size, inode.mtime_ns, inode.ctime_ns)
         with self._lock:

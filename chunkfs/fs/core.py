@@ -238,6 +238,16 @@ class FsCore(XattrOps):
             return full_blocks(inode.size)
         return self.block_counter.blocks(inode)
 
+    def holey_inode(self, fh: int) -> int | None:
+        """The inode of ``fh`` if its st_blocks may differ from ceil(size / 512) once committed.
+
+        The kernel caches attributes; one taken while the data was uncommitted
+        counts holes in full, so after a commit the adapter tells the kernel
+        to forget the attributes of such a file.
+        """
+        oi = self.files.handle(fh).inode
+        return oi.ino if self.block_counter.may_have_holes(oi.data.size) else None
+
     def getattr(self, ino: int) -> Inode:
         with self._read() as txn:
             inode = self.ns.need(txn, ino)
