@@ -34,13 +34,10 @@ class StreamChunker(Protocol):
         """Bytes fed but not yet returned in a chunk."""
 
 
-class FastCDCChunker:
-    # Scan at least this much at once: the per-call overhead of fastcdc is
-    # noticeable on small FUSE-sized feeds.
-    SCAN_THRESHOLD = 1024 * 1024
+class _BufferedChunker:
+    """Holds the bytes fed but not yet cut; subclasses decide where to cut."""
 
-    def __init__(self, min_size: int, avg_size: int, max_size: int):
-        self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
+    def __init__(self) -> None:
         self._buf = bytearray()
 
     @property
@@ -49,9 +46,7 @@ class FastCDCChunker:
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:
         self._buf += data
-        if len(self._buf) < max(self.SCAN_THRESHOLD, 2 * self.max_size):
-            return []
-        return self._cut(final=False)
+        return self._cut(final=False) if self._ready() else []
 
     def finish(self) -> list[bytes]:
         return self._cut(final=True)
@@ -60,51 +55,51 @@ class FastCDCChunker:
         """The bytes fed but not yet cut (for read-your-writes)."""
         return bytes(self._buf)
 
+    def _ready(self) -> bool:
+        return True
+
+    def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
     def _cut(self, final: bool) -> list[bytes]:
-        buf = self._buf
-        if not buf:
+        if not self._buf:
             return []
-        view = memoryview(buf)
-        try:
-            spans = [(c.offset, c.length) for c in fastcdc_cy(view, self.min_size, self.avg_size, self.max_size)]
-            if not final and spans[-1][1] < self.max_size:
-                spans.pop()  # cut only by the end of the buffer: not final yet
-            chunks = [bytes(view[o : o + n]) for o, n in spans]
-        finally:
-            view.release()
-        consumed = sum(len(c) for c in chunks)
-        del buf[:consumed]
-        return chunks
-
-
-class FixedChunker:
-    def __init__(self, size: int):
-        self.size = size
-        self._buf = bytearray()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-    def feed(self, data: bytes | memoryview) -> list[bytes]:
-        self._buf += data
-        return self._cut(final=False)
-
-    def finish(self) -> list[bytes]:
-        return self._cut(final=True)
-
-    def peek(self) -> bytes:
-        return bytes(self._buf)
-
-    def _cut(self, final: bool) -> list[bytes]:
-        n = len(self._buf) if final else len(self._buf) - len(self._buf) % self.size
         view = memoryview(self._buf)
         try:
-            chunks = [bytes(view[i : min(i + self.size, n)]) for i in range(0, n, self.size)]
+            chunks = [bytes(view[o : o + n]) for o, n in self._spans(view, final)]
         finally:
             view.release()
-        del self._buf[:n]
+        del self._buf[: sum(len(c) for c in chunks)]
         return chunks
+
+
+class FastCDCChunker(_BufferedChunker):
+    # Scan at least this much at once: the per-call overhead of fastcdc is
+    # noticeable on small FUSE-sized feeds.
+    SCAN_THRESHOLD = 1024 * 1024
+
+    def __init__(self, min_size: int, avg_size: int, max_size: int):
+        super().__init__()
+        self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
+
+    def _ready(self) -> bool:
+        return len(self._buf) >= max(self.SCAN_THRESHOLD, 2 * self.max_size)
+
+    def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
+        spans = [(c.offset, c.length) for c in fastcdc_cy(view, self.min_size, self.avg_size, self.max_size)]
+        if not final and spans[-1][1] < self.max_size:
+            spans.pop()  # cut only by the end of the buffer: not final yet
+        return spans
+
+
+class FixedChunker(_BufferedChunker):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
+        n = len(view) if final else len(view) - len(view) % self.size
+        return [(i, min(self.size, n - i)) for i in range(0, n, self.size)]
 
 
 def make_chunker(settings: StoreSettings) -> FastCDCChunker | FixedChunker:
