@@ -1,0 +1,195 @@
+"""Garbage collection in the background of a mount (chunkfs/fs/gcworker.py).
+
+Deleting a big tree returns about as fast as the namespace changes, and the
+dead bytes come back afterwards while the filesystem keeps answering.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from chunkfs.errors import StoreFullError
+from chunkfs.fs.gcworker import DEFAULT_MIN_GARBAGE, BackgroundGC
+from chunkfs.fsck import check_store
+from chunkfs.store import ChunkStore
+from conftest import wait_until
+
+TREE_FILES = 10_000
+
+
+# -- the worker, in-process ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ChunkStore.create(tmp_path / "store") as s:
+        yield s
+
+
+def _make_garbage(store, files: int = 60, size: int = 100_000) -> None:
+    for i in range(files):
+        store.ingest(f"f{i}", os.urandom(size))
+    for i in range(0, files, 2):
+        store.delete(f"f{i}")
+
+
+def test_worker_reclaims_dead_bytes(store):
+    _make_garbage(store)
+    gc = BackgroundGC(store, interval=0.05, min_garbage=1).start()
+    try:
+        assert wait_until(lambda: store.stats()["garbage_bytes"] == 0, timeout=20)
+    finally:
+        gc.stop()
+    assert gc.runs >= 1 and gc.reclaimed > 0
+    assert check_store(store).clean
+    for i in range(1, 60, 2):
+        assert len(store.read(f"f{i}")) == 100_000
+
+
+def test_worker_waits_for_enough_garbage(store):
+    _make_garbage(store, files=4, size=10_000)
+    gc = BackgroundGC(store, interval=0.02, min_garbage=10 * 1024 * 1024).start()
+    time.sleep(0.3)
+    gc.stop()
+    assert gc.runs == 0 and store.stats()["garbage_bytes"] > 0
+
+
+def test_worker_stops_between_packs(store, monkeypatch):
+    """stop() ends a run after the pack in progress; the store stays consistent."""
+    _make_garbage(store)
+    gc = BackgroundGC(store, interval=3600, min_garbage=1)
+    started, release = threading.Event(), threading.Event()
+    real_gc = store.gc
+
+    def slow_gc(fraction, progress=None):
+        def between(done, total):
+            started.set()
+            release.wait(5)
+            progress(done, total)
+        return real_gc(fraction, progress=between)
+
+    monkeypatch.setattr(store, "gc", slow_gc)
+    gc.start()
+    gc.kick()
+    assert started.wait(10)
+    stopper = threading.Thread(target=gc.stop)
+    stopper.start()
+    release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert check_store(store).clean
+
+
+def test_worker_survives_a_full_disk(store, monkeypatch, caplog):
+    _make_garbage(store)
+
+    def full(*args, **kwargs):
+        raise StoreFullError("no space left on device")
+
+    monkeypatch.setattr(store, "gc", full)
+    gc = BackgroundGC(store, interval=0.02, min_garbage=1).start()
+    assert wait_until(lambda: "background gc paused" in caplog.text, timeout=10)
+    gc.stop()
+    assert not any(r.levelname == "ERROR" for r in caplog.records)
+
+
+# -- through a mount ----------------------------------------------------------------------------
+
+
+def _create_tree(root, keep) -> float:
+    """10,000 small files in 100 directories, with a bigger file kept every 50, so packs hold both."""
+    payload = os.urandom(8192)
+    started = time.monotonic()
+    for d in range(100):
+        os.mkdir(root / f"d{d}")
+        for i in range(100):
+            with open(root / f"d{d}" / f"f{i}", "wb") as fh:
+                fh.write(payload[: 1000 + (d * 100 + i) * 37 % 7000] + os.urandom(64))
+            if i % 50 == 0:
+                with open(keep / f"k{d}-{i}", "wb") as fh:
+                    fh.write(os.urandom(100_000))
+    return time.monotonic() - started
+
+
+class _Prober(threading.Thread):
+    """Keeps asking the daemon (readdir, lookups of fresh names) and records the slowest answer."""
+
+    def __init__(self, directory):
+        super().__init__(daemon=True)
+        self.directory = directory
+        self.stop = threading.Event()
+        self.slowest = 0.0
+        self.count = 0
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            self._probe()
+        except OSError as exc:
+            self.error = exc
+
+    def _probe(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            t = time.monotonic()
+            names = os.listdir(self.directory)
+            try:
+                os.stat(self.directory / f"absent-{n}")  # a new name: the kernel has to ask
+            except OSError as exc:
+                assert exc.errno == errno.ENOENT
+            os.stat(self.directory / names[0])
+            self.slowest = max(self.slowest, time.monotonic() - t)
+            self.count += 1
+            time.sleep(0.005)
+
+
+@pytest.mark.mount
+@pytest.mark.slow
+def test_rm_rf_of_10000_files_returns_promptly_and_space_comes_back(mounted_fs, capsys):
+    tree, keep = mounted_fs / "tree", mounted_fs / "keep"
+    tree.mkdir()
+    keep.mkdir()
+    created = _create_tree(tree, keep)
+    before = mounted_fs.stats()
+    assert before["files"] == TREE_FILES + 200
+    started = time.monotonic()
+    subprocess.run(["rm", "-rf", str(tree)], check=True, timeout=600)
+    removed = time.monotonic() - started
+    prober = _Prober(keep)  # while the background gc compacts
+    prober.start()
+    try:
+        assert wait_until(lambda: mounted_fs.stats()["files"] == 200, timeout=60)
+        # what stays dead is below the worker's threshold: not worth copying packs for
+        assert wait_until(lambda: mounted_fs.stats()["garbage_bytes"] < DEFAULT_MIN_GARBAGE, timeout=120,
+                          interval=0.5), f"background gc left {mounted_fs.stats()['garbage_bytes']} dead bytes"
+        reclaimed = time.monotonic() - started
+    finally:
+        prober.stop.set()
+        prober.join(10)
+    assert prober.error is None, prober.error
+    after = mounted_fs.stats()
+    with capsys.disabled():
+        print(f"\nbackground gc: created {TREE_FILES} files in {created:.1f} s, rm -rf took {removed:.1f} s "
+              f"({removed / created:.2f} of creating), dead bytes reclaimed {reclaimed:.1f} s after rm began; "
+              f"store {before['disk_bytes'] >> 20} -> {after['disk_bytes'] >> 20} MiB "
+              f"({after['garbage_bytes']} B left dead); slowest of "
+              f"{prober.count} readdir+lookup probes meanwhile: {prober.slowest * 1000:.0f} ms")
+    assert removed < created, "deleting should cost less than creating"
+    assert after["disk_bytes"] < before["disk_bytes"] * 0.75
+    assert prober.count > 10 and prober.slowest < 2.0
+    for name in sorted(os.listdir(keep))[:20]:
+        assert len((keep / name).read_bytes()) == 100_000
+    mounted_fs.unmount()
+    with ChunkStore.open(mounted_fs.store, readonly=True) as store:
+        report = check_store(store)
+    assert report.clean, report.findings
+    with ChunkStore.open(mounted_fs.store) as store:
+        store.gc()
+        assert check_store(store).garbage_bytes == 0
