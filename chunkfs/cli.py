@@ -10,6 +10,7 @@ user never sees a traceback for something they can fix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ mount options (-o, comma-separated, may be repeated):
   log_file=PATH          daemon log (default: STORE/chunkfs.log; with -f: stderr)
   cache_size=SIZE        verified-chunk cache, e.g. 256M (default 64M)
   verify=MODE            xxh3 (default) or sha256: how every chunk read is checked
+  read_ahead_kb=N        the mount's read-ahead in KiB (default: the kernel's 128)
+  writeback_cache        let the kernel cache writes (off by default; see
+                         docs/tuning.md before turning it on)
   noatime, nosuid, nodev, noexec, sync, dirsync, auto_unmount, ...
                          passed to FUSE and the kernel
 """
@@ -182,10 +186,13 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    with ChunkStore.open(args.store) as store:
-        report = store.gc()
+    with ChunkStore.open(args.store) as store, _pack_progress("gc") as progress:
+        report = store.gc(progress=progress)
     print(f"gc: removed {report['packs_removed']} packs, moved {report['chunks_moved']} live chunks, "
           f"reclaimed {format_size(report['bytes_reclaimed'])}")
+    if report.get("stopped_full"):
+        print("gc: stopped early: not enough free space to copy live chunks; free some and run it again",
+              file=sys.stderr)
     if report.get("skipped_corrupt"):
         print(f"gc: skipped {len(report['skipped_corrupt'])} packs with corrupt chunks: run 'chunkfs fsck'",
               file=sys.stderr)
@@ -210,6 +217,26 @@ def cmd_fsck(args) -> int:
             progress.close()
     print(json.dumps(result.as_dict(), indent=2) if args.json else fsck_run.format_result(result))
     return result.exit_code
+
+
+@contextlib.contextmanager
+def _pack_progress(verb: str):
+    """A tqdm bar of packs done on standard error if it is a terminal (else None: quiet in scripts)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm  # noqa: PLC0415 (only a terminal needs it)
+
+    bar = tqdm(desc=f"{verb}: packs", unit="pack", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def cmd_mount(args) -> int:

@@ -39,7 +39,7 @@ import time
 from . import mounts
 from .errors import ChunkfsError, MountError, StoreLockedError
 from .mountopts import MountOptions, parse_options
-from .settings import read_settings
+from .settings import format_size, read_settings
 
 log = logging.getLogger("chunkfs.daemon")
 
@@ -236,8 +236,13 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
         store_obj = ChunkStore.open(store, verify=opts.verify, cache_size=opts.cache_size)
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
-    with store_obj, _ReadyWatcher(store, mountpoint, reporter) as watcher, _SignalStopper(mountpoint, watcher):
-        fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store))  # closes the store itself
+    log.info("chunk cache %s, verify %s, writeback cache %s, read-ahead %s", format_size(store_obj.cache.capacity),
+             store_obj.verify, "on" if opts.writeback_cache else "off",
+             "kernel default" if opts.read_ahead_kb is None else f"{opts.read_ahead_kb} KiB")
+    with store_obj, _ReadyWatcher(store, mountpoint, reporter, opts.read_ahead_kb) as watcher, \
+            _SignalStopper(mountpoint, watcher):
+        fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store),  # closes the store itself
+                         writeback_cache=opts.writeback_cache)
         if not watcher.seen.is_set():
             raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
     log.info("daemon done: %s closed", store)
@@ -252,10 +257,11 @@ class _ReadyWatcher:
     what the caller of ``chunkfs mount`` needs before it returns.
     """
 
-    def __init__(self, store: str, mountpoint: str, reporter: Reporter):
+    def __init__(self, store: str, mountpoint: str, reporter: Reporter, read_ahead_kb: int | None = None):
         self.store = store
         self.mountpoint = mountpoint
         self.reporter = reporter
+        self.read_ahead_kb = read_ahead_kb
         self.seen = threading.Event()
         self.entry: mounts.MountEntry | None = None
         self._stop = threading.Event()
@@ -273,9 +279,25 @@ class _ReadyWatcher:
         entry = mounts.wait_until_mounted(self.mountpoint, self.store, self._stop)
         if entry is not None:
             self.entry = entry
+            if self.read_ahead_kb is not None:
+                set_read_ahead(entry, self.read_ahead_kb)  # before "ok": the caller's next read gets it
             self.seen.set()
             log.info("mounted %s on %s", entry.store, entry.mountpoint)
             self.reporter.finish("ok")
+
+
+def set_read_ahead(entry: mounts.MountEntry, kb: int) -> None:
+    """Set the mount's read-ahead through its backing device info in sysfs (root only; else a warning).
+
+    The kernel reads ahead ``read_ahead_kb`` on sequential reads and sends
+    reads of up to that size; FUSE mounts start at 128 KiB.
+    """
+    path = f"/sys/class/bdi/{entry.device}/read_ahead_kb"
+    try:
+        with open(path, "w") as fh:
+            fh.write(f"{kb}\n")
+    except OSError as exc:
+        log.warning("cannot set read_ahead_kb=%d (%s: %s); the kernel's default stays", kb, path, exc.strerror)
 
 
 class _SignalStopper:

@@ -9,7 +9,8 @@ chunking never stall the trio loop; metadata calls run inline.
 Entry point for the daemon (``chunkfs mount``)::
 
     run(store, mountpoint, options=frozenset(), *, debug=False, ready=None,
-        handle_signals=False, filedata_factory=None, file_id_for=None) -> None
+        handle_signals=False, filedata_factory=None, file_id_for=None,
+        writeback_cache=False) -> None
 
 ``store`` is an open, writable (or, for ``-o ro``, read-only) ChunkStore;
 run() owns it from then on and closes it before returning.  ``options`` are
@@ -22,7 +23,8 @@ run() blocks until the filesystem is unmounted (``fusermount3 -u``); then
 every open file is committed and the store closed.  With ``handle_signals``,
 SIGTERM/SIGINT end the request loop and run() unmounts (lazily, if busy);
 leave it off when the caller unmounts on signals itself, as the daemon does.
-Failure to mount raises MountError.
+``writeback_cache`` asks the kernel for its writeback cache (off by default,
+see docs/tuning.md).  Failure to mount raises MountError.
 
 For tests and debugging: ``python -m chunkfs.fuse_adapter STORE MOUNTPOINT
 [-o opt,...] [--debug]`` mounts in the foreground with logs on stderr.
@@ -117,12 +119,13 @@ class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers; each is one FsCore call."""
 
     supports_dot_lookup = True
-    enable_writeback_cache = False  # measured: no gain for sequential writes, extra setattrs for untar
     enable_acl = True  # the kernel enforces POSIX ACLs; the core keeps them in step with modes (fs/acl.py)
 
-    def __init__(self, core: FsCore):
+    def __init__(self, core: FsCore, writeback_cache: bool = False):
         super().__init__()
         self.core = core
+        # off by default: measured no gain for sequential writes, extra setattrs for untar (docs/tuning.md)
+        self.enable_writeback_cache = writeback_cache
 
     @_translated
     async def lookup(self, parent_inode, name, ctx):
@@ -329,7 +332,7 @@ async def _terminate_on_signal() -> None:
 
 def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         ready: Callable[[], None] | None = None, handle_signals: bool = False,
-        filedata_factory=None, file_id_for=None) -> None:
+        filedata_factory=None, file_id_for=None, writeback_cache: bool = False) -> None:
     """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring."""
     opts = mount_options(store.path, options)
     if debug:
@@ -341,7 +344,7 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         store.close()
         raise
     try:
-        _mount(core, mountpoint, opts)
+        _mount(Operations(core, writeback_cache), mountpoint, opts)
         try:
             if ready is not None:
                 ready()
@@ -356,11 +359,11 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
     log.info("%s unmounted; everything committed", mountpoint)
 
 
-def _mount(core: FsCore, mountpoint: str, opts: set[str]) -> None:
+def _mount(operations: Operations, mountpoint: str, opts: set[str]) -> None:
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: mountpoint is not a directory")
     try:
-        pyfuse3.init(Operations(core), mountpoint, opts)
+        pyfuse3.init(operations, mountpoint, opts)
     except RuntimeError as exc:
         raise MountError(f"cannot mount on {mountpoint}: {exc} (see the libfuse message above)") from None
 

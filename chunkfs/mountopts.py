@@ -3,7 +3,10 @@
 Three kinds of option reach ``chunkfs mount``:
 
 * chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``,
-  ``nonempty``): consumed here, never shown to libfuse, which would reject them;
+  ``writeback_cache``, ``read_ahead_kb=``, ``nonempty``): consumed here, never
+  shown to libfuse, which would reject them (the writeback cache is asked for
+  in FUSE's init reply, read-ahead is set through sysfs after mounting; see
+  docs/tuning.md);
 * FUSE and kernel mount options libfuse 3 accepts (``ro``, ``allow_other``,
   ``noatime``, ...): passed through to the adapter's ``run``;
 * everything else: an error naming the option, raised before anything is
@@ -61,6 +64,8 @@ class MountOptions:
     log_file: str | None = None
     cache_size: int = DEFAULT_CACHE_SIZE
     verify: str = "xxh3"
+    writeback_cache: bool = False
+    read_ahead_kb: int | None = None  # None: the kernel's default (128 KiB)
     fuse: set[str] = field(default_factory=set)
     given: list[str] = field(default_factory=list)
 
@@ -113,6 +118,8 @@ def _apply(opts: MountOptions, item: str) -> None:
         opts.allow_other = True
     elif name == "nonempty":
         opts.nonempty = True
+    elif name in ("writeback_cache", "nowriteback_cache"):
+        opts.writeback_cache = name == "writeback_cache"
     elif name == "default_permissions":
         pass  # always on
     elif name in _KERNEL_FLAGS or name in _FUSE_FLAGS:
@@ -139,10 +146,22 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
         if value not in VERIFY_CHOICES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_CHOICES)}, not {value!r}")
         opts.verify = value
+    elif name == "read_ahead_kb":
+        opts.read_ahead_kb = _read_ahead(value)
     elif name in _FUSE_VALUED:
         opts.fuse.add(item)
     else:
         raise InvalidArgument(f"unknown mount option '{item}' (see 'chunkfs mount --help')")
+
+
+MAX_READ_AHEAD_KB = 1024 * 1024  # 1 GiB: beyond that a typo, not a tuning
+
+
+def _read_ahead(value: str) -> int:
+    """KiB of read-ahead, as the kernel's read_ahead_kb takes it (a plain number)."""
+    if not value.isdigit() or int(value) > MAX_READ_AHEAD_KB:
+        raise InvalidArgument(f"read_ahead_kb must be a number of KiB from 0 to {MAX_READ_AHEAD_KB}, not {value!r}")
+    return int(value)
 
 
 def is_mount8_only(item: str) -> bool:
