@@ -7,8 +7,12 @@ dead bytes come back afterwards while the filesystem keeps answering.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
+import struct
 import subprocess
+import termios
 import threading
 import time
 
@@ -18,7 +22,7 @@ from chunkfs.errors import StoreFullError
 from chunkfs.fs.gcworker import DEFAULT_MIN_GARBAGE, BackgroundGC
 from chunkfs.fsck import check_store
 from chunkfs.store import ChunkStore
-from conftest import wait_until
+from conftest import CLI, REPO, cli_env, run_cli, wait_until
 
 TREE_FILES = 10_000
 
@@ -193,3 +197,43 @@ def test_rm_rf_of_10000_files_returns_promptly_and_space_comes_back(mounted_fs, 
     with ChunkStore.open(mounted_fs.store) as store:
         store.gc()
         assert check_store(store).garbage_bytes == 0
+
+
+# -- chunkfs gc ----------------------------------------------------------------------------------
+
+
+def _garbage_store(path) -> None:
+    with ChunkStore.create(path) as s:
+        _make_garbage(s, files=20, size=50_000)
+
+
+def test_gc_command_prints_one_line(tmp_path):
+    _garbage_store(tmp_path / "store")
+    result = run_cli("gc", tmp_path / "store")
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"gc: removed 1 packs, moved \d+ live chunks, reclaimed [\d.]+ KiB",
+                                            lines[0]), lines
+
+
+def test_gc_command_shows_progress_on_a_terminal(tmp_path):
+    _garbage_store(tmp_path / "store")
+    main, tty = os.openpty()
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # tqdm draws nothing 0 wide
+    proc = subprocess.Popen(CLI + ["gc", str(tmp_path / "store")], cwd=REPO, env=cli_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=tty)
+    os.close(tty)
+    shown = b""
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not data:
+            break
+        shown += data
+    out = proc.communicate(timeout=60)[0].decode()
+    os.close(main)
+    assert proc.returncode == 0
+    assert b"gc: packs" in shown and b"pack" in shown
+    assert out.startswith("gc: removed 1 packs")
