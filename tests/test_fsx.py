@@ -446,3 +446,10 @@ def test_fsx_random_seed(mount_factory):
     print(f"fsx random seed: {seed} (repeat with {SEED_ENV}={seed})")
     layout = list(LAYOUTS)[seed % len(LAYOUTS)]
     _exercise(mount_factory, layout, seed, _ops())
+
+
+@pytest.mark.slow
+def test_fsx_writeback_cache(mount_factory):
+    """The same exerciser with the kernel's writeback cache on (-o writeback_cache)."""
+    seed = int(os.environ.get(SEED_ENV) or FIXED_SEED + 1)
+    _exercise(mount_factory, "fastcdc-4k", seed, _ops() // 4, options=["writeback_cache"])
