@@ -48,6 +48,8 @@ def parse_args(argv):
     ap.add_argument("--no-throughput", action="store_true", help="savings and overhead only")
     ap.add_argument("--savings-json", help="reuse this results.json of an earlier `benchmarks.run "
                                            "--chunkfs-avg` run instead of running it again")
+    ap.add_argument("--reuse", action="store_true",
+                    help="only rebuild the report from the throughput-SIZE/ results already in --out")
     ap.add_argument("--out", help="results directory (default benchmarks/results/<date>-chunk-study)")
     ap.add_argument("--work-dir")
     return ap.parse_args(argv)
@@ -78,9 +80,21 @@ def savings_rows(doc: dict, sizes: list[int]) -> dict[int, dict]:
             "overhead_pct": round(100 * (data - stored) / stored, 2) if stored else None,
             "overhead_bytes_per_chunk": round((data - stored) / chunks) if chunks else None,
             "unique_chunks": chunks,
+            "unique_wl_overhead_pct": _overhead_pct(per_wl.get("unique")),
+            "unique_wl_overhead_bytes_per_chunk": _overhead_per_chunk(per_wl.get("unique")),
             "ingest_mb_s": {wl: r["mb_per_s"] for wl, r in per_wl.items()},
         }
     return rows
+
+
+def _overhead_pct(r: dict | None) -> float | None:
+    stored = r and r["settings"].get("store_stored_bytes")
+    return round(100 * (r["data_bytes"] - stored) / stored, 2) if stored else None
+
+
+def _overhead_per_chunk(r: dict | None) -> int | None:
+    chunks = r and r["settings"].get("store_unique_chunks")
+    return round((r["data_bytes"] - r["settings"]["store_stored_bytes"]) / chunks) if chunks else None
 
 
 def _label(size: int) -> str:
@@ -109,6 +123,10 @@ def markdown(meta: dict, workloads: list[dict], rows: dict, tp: dict) -> str:
               + " |",
               "| overhead per chunk (bytes) | " + " | ".join(str(rows[s]["overhead_bytes_per_chunk"]) for s in sizes)
               + " |",
+              "| overhead on the unique-data workload (%) | "
+              + " | ".join(str(rows[s]["unique_wl_overhead_pct"]) for s in sizes) + " |",
+              "| overhead per chunk on the unique-data workload (bytes) | "
+              + " | ".join(str(rows[s]["unique_wl_overhead_bytes_per_chunk"]) for s in sizes) + " |",
               "| unique chunks (all workloads) | " + " | ".join(str(rows[s]["unique_chunks"]) for s in sizes) + " |",
               "| API ingest MB/s, unique data | "
               + " | ".join(str(rows[s]["ingest_mb_s"].get("unique", "")) for s in sizes) + " |"]
@@ -123,6 +141,19 @@ def markdown(meta: dict, workloads: list[dict], rows: dict, tp: dict) -> str:
                 row = tp[s]["summary"].get(op)
                 cells.append("" if row is None else f"{row['ratio_median']:.2f} ({', '.join(f'{x:.2f}' for x in row['ratios'])})")
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
+        absolute = [("seq_write", "chunkfs_mb_s", "chunkfs seq write MB/s"),
+                    ("cold_read", "chunkfs_mb_s", "chunkfs cold read MB/s"),
+                    ("random_read", "chunkfs_iops", "chunkfs random 4 KiB read IOPS"),
+                    ("untar", "chunkfs_seconds", "chunkfs untar seconds (median)")]
+        for op, key, label in absolute:
+            cells = []
+            for s in tsizes:
+                row = tp[s]["summary"].get(op)
+                value = None if row is None else row.get(key)
+                if isinstance(value, list):
+                    value = round(sorted(value)[len(value) // 2], 2)
+                cells.append("" if value is None else str(value))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("| daemon peak RSS (MiB) | " + " | ".join(str(tp[s]["summary"]["rss"]["peak_mib"]) for s in tsizes)
                      + " |")
         lines.append("| append 4 KiB: store growth (bytes) | "
@@ -183,6 +214,8 @@ def main(argv=None) -> int:
     work = ["--work-dir", args.work_dir] if args.work_dir else []
     savings_cmd = [f"--{scale}", "--peers", "none", "--no-install", "--chunkfs-avg", ",".join(size_texts),
                    "--out", os.path.join(out, "savings"), *work]
+    if args.reuse and not args.savings_json:
+        args.savings_json = os.path.join(out, "savings", "results.json")
     if args.savings_json:
         savings_json = args.savings_json
         savings_command = f"(reused {savings_json})"
@@ -198,7 +231,8 @@ def main(argv=None) -> int:
     if not args.no_throughput:
         for text, size in zip(size_texts, sizes):
             tp_out = os.path.join(out, f"throughput-{text}")
-            throughput.main([*tp_args, "--avg-size", text, "--out", tp_out])
+            if not args.reuse:
+                throughput.main([*tp_args, "--avg-size", text, "--out", tp_out])
             with open(os.path.join(tp_out, "throughput.json")) as fh:
                 tp[size] = json.load(fh)
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work-dir", help="where workloads and repositories are written (default: $TMPDIR)")
     ap.add_argument("--keep-work", action="store_true", help="keep generated workloads afterwards")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
+    ap.add_argument("--throughput", action="store_true",
+                    help="afterwards also run the mount throughput benchmark (benchmarks/throughput.py) at the "
+                         "matching scale (tiny -> --tiny, quick -> --quick, full -> --huge) into OUT/throughput/; "
+                         "needs root and /dev/fuse")
+    ap.add_argument("--throughput-runs", type=int, default=3, help="runs of the throughput benchmark (default 3)")
     return ap.parse_args(argv)
 
 
@@ -215,7 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(os.path.join(out, "results.json"), meta, done_wl, results)
     report.write_markdown(os.path.join(out, "results.md"), meta, done_wl, results, charts)
     print(f"results: {out}/results.md")
+    if args.throughput:
+        return _throughput(args, scale_name, out)
     return 0
+
+
+def _throughput(args, scale_name: str, out: str) -> int:
+    """The mount throughput benchmark at the scale matching this run (see benchmarks/throughput.py)."""
+    from benchmarks import throughput
+    flag = {"tiny": "--tiny", "quick": "--quick", "full": "--huge"}[scale_name]
+    argv = [flag, "--runs", str(args.throughput_runs), "--out", os.path.join(out, "throughput"),
+            *(["--work-dir", args.work_dir] if args.work_dir else [])]
+    print(f"throughput: python -m benchmarks.throughput {' '.join(argv)}")
+    return throughput.main(argv)
 
 
 if __name__ == "__main__":
