@@ -20,7 +20,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, cli_env, wait_until
+from conftest import wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -521,74 +521,3 @@ def test_unlinked_file_reopened_through_proc(mounted_fs):
     assert os.read(again, 100) == b"kept alive"
     os.close(again)
     assert wait_until(lambda: mounted_fs.stats()["files"] == 0, timeout=10)
-
-
-# -- a full disk ------------------------------------------------------------------------------------
-
-
-def _unlink_all(directory) -> bool:
-    try:
-        for name in os.listdir(directory):
-            os.unlink(directory / name)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        return False
-    return True
-
-
-@pytest.fixture
-def small_disk_mount(tmp_path):
-    """The foreground adapter over a store on a 6 MiB tmpfs; always unmounted and cleaned up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk, mnt = tmp_path / "disk", tmp_path / "mnt"
-    disk.mkdir()
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", str(disk)], check=True)
-    proc = None
-    try:
-        subprocess.run([sys.executable, "-m", "chunkfs.cli", "mkfs", str(disk / "store")], check=True,
-                       capture_output=True, cwd=REPO, env=cli_env())
-        with open(tmp_path / "daemon.log", "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "chunkfs.fuse_adapter", str(disk / "store"),
-                                     str(mnt)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=cli_env())
-        assert wait_until(lambda: os.path.ismount(mnt) or proc.poll() is not None, timeout=20)
-        assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-        yield mnt, tmp_path / "daemon.log"
-    finally:
-        for flags in (["-u"], ["-u", "-z"]):
-            if os.path.ismount(mnt):
-                subprocess.run(["fusermount3", *flags, str(mnt)], capture_output=True)
-        if proc is not None:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        subprocess.run(["umount", str(disk)], check=False)
-
-
-def test_full_disk_reaches_write_and_close(small_disk_mount):
-    mnt, log = small_disk_mount
-    fd = os.open(mnt / "big", os.O_CREAT | os.O_WRONLY, 0o644)
-    errors = set()
-    try:
-        for i in reversed(range(12)):  # backwards: staged, not streamed, so it fills the staging area
-            os.pwrite(fd, os.urandom(1 << 20), i << 20)
-    except OSError as exc:
-        errors.add(exc.errno)
-    try:
-        os.close(fd)
-    except OSError as exc:
-        errors.add(exc.errno)
-    assert errors == {errno.ENOSPC}
-    # The kernel sends RELEASE after close() returns; until the daemon has dropped the staged bytes
-    # the disk is still full, and even an unlink cannot commit its LMDB transaction.
-    assert wait_until(lambda: _unlink_all(mnt), timeout=10), "space did not come back after deleting"
-    write(mnt / "after", b"space again")
-    assert read(mnt / "after") == b"space again"
-    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
-    assert wait_until(lambda: "unmounted; everything committed" in log.read_text(), timeout=20)
-    text = log.read_text()
-    assert "Traceback" not in text and "No space left" in text

@@ -41,7 +41,7 @@ from typing import NamedTuple, TypeVar
 
 import lmdb
 
-from ..errors import ChunkCorruptError, FSError
+from ..errors import ChunkCorruptError, FSError, StoreFullError
 from . import acl
 from .blocks import BlockCounter, full_blocks
 from .gcworker import BackgroundGC
@@ -550,7 +550,10 @@ class FsCore(XattrOps):
                 current.atime_ns = now
                 self.ns.put(txn, current)
 
-        self._write(touch)
+        try:
+            self._write(touch)
+        except StoreFullError:  # best effort: on a full disk, reading must still work
+            log.debug("inode %d: atime not updated, the disk is full", inode.ino)
 
     def small_io(self, fh: int, end: int = 0) -> bool:
         """Whether a data call on ``fh`` is cheap enough to run on the event loop.
