@@ -361,6 +361,14 @@ class _SignalStopper:
                       "close the files open on %s instead", mounts.FUSECTL, mounts.FUSECTL, self.mountpoint)
 
 
+class _PrivateLogHandler(logging.handlers.WatchedFileHandler):
+    """Reopens a rotated log as 0600, whatever the umask: it names users' files and paths."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def _setup_logging(opts: MountOptions, foreground: bool) -> None:
     """Foreground: stderr unless log_file= is given.  Background: the log file (stderr goes there too)."""
     root = logging.getLogger()
@@ -369,7 +377,7 @@ def _setup_logging(opts: MountOptions, foreground: bool) -> None:
     if foreground and opts.log_file is None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
-        handler = logging.handlers.WatchedFileHandler(opts.log_file)  # survives logrotate
+        handler = _PrivateLogHandler(opts.log_file)  # survives logrotate
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(opts.log_level)

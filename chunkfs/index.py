@@ -104,6 +104,7 @@ class Index:
                 path, map_size=map_size or INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 1, readonly=readonly,
                 subdir=True, create=create, sync=False, metasync=False,
                 readahead=False, max_readers=512, lock=True,
+                mode=0o700,  # data.mdb and lock.mdb get 0600: the index names every user's files
             )
             if not create:
                 self._check_length()

@@ -109,7 +109,8 @@ def write_settings(store_dir: str, settings: StoreSettings) -> None:
     """Write atomically (temp + fsync + rename) so a crash never leaves half a file."""
     path = os.path.join(store_dir, SETTINGS_NAME)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # private, like the store
+    with open(fd, "w", encoding="utf-8") as fh:
         fh.write(settings.to_json())
         fh.flush()
         os.fsync(fh.fileno())
