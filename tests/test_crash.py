@@ -288,3 +288,34 @@ def test_gc_killed_at_every_step(tmp_path, where):
         if proc.returncode == 0:  # gc finished before the nth step: every step was covered
             break
     assert nth > 3
+
+
+# -- truncate by path racing the last release -------------------------------------------------------
+
+
+def test_truncate_by_path_during_the_last_release_is_committed(tmp_path):
+    """close() returns before the kernel's RELEASE is handled; a truncate(2) arriving meanwhile must stick.
+
+    It used to land in the open file's staged data just before the release
+    dropped that data as uncommitted: the truncate returned 0 and was lost.
+    """
+    from chunkfs.fs import Caller, FsCore, SetAttr  # noqa: PLC0415
+    from chunkfs.fs.namespace import ROOT_INO  # noqa: PLC0415
+
+    with ChunkStore.create(tmp_path / "store") as store:
+        core = FsCore(store)
+        fh, inode = core.create(ROOT_INO, b"f", 0o644, os.O_WRONLY, Caller(0, 0))
+        core.write(fh, 0, b"x" * 100_000)
+        core.flush(fh)  # close(2): committed
+        commit_logged = core.files._commit_logged
+
+        def then_truncate(oi):  # the release's backstop commit has run; truncate(2) comes in now
+            commit_logged(oi)
+            core.files._commit_logged = commit_logged
+            core.setattr(inode.ino, SetAttr(size=10))
+
+        core.files._commit_logged = then_truncate
+        core.release(fh)
+        assert store.size(file_id_for(inode.ino)) == 10
+        assert core.getattr(inode.ino).size == 10
+        core.close()

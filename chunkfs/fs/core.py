@@ -302,11 +302,14 @@ class FsCore(XattrOps):
             raise FSError(errno.EROFS)
         if size < 0:
             raise FSError(errno.EINVAL)
-        oi = self.files.handle(fh).inode if fh is not None else self.files.inode(ino)
-        if oi is not None and oi.ino == ino:
+        oi = self.files.handle(fh).inode if fh is not None else None
+        if oi is not None and oi.ino == ino:  # ftruncate: part of that open file's data, committed with it
             self.files.truncate(oi, size)
             return
-        fh = self.open(ino, os.O_WRONLY)[0]  # nobody has it open: a private handle, committed now
+        # truncate(2) by path: through a private handle (sharing the file's data if it is open), committed
+        # now.  Holding a handle also keeps a release racing with us (close() returns before the kernel's
+        # RELEASE) from dropping the truncation as uncommitted data.
+        fh = self.open(ino, os.O_WRONLY)[0]
         try:
             oi = self.files.handle(fh).inode
             self.files.truncate(oi, size)
