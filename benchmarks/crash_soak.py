@@ -134,8 +134,8 @@ class Summary:
         total = sum(r.seconds for r in self.rounds)
         checks = ", ".join(CHECKS + (("chunkfs fsck clean",) if self.fsck_cli else ()))
         return (f"crash test: {n} rounds of SIGKILL in {total:.0f} s; each round checked: {checks}; "
-                f"{durable} durable path states verified, {uncertain} uncertain ones within their allowed "
-                f"states; the mount logged recovery in {recovered} rounds")
+                f"{durable} checks of a durable path (exact contents) and {uncertain} of an uncertain one "
+                f"(an allowed state) passed; the remount logged a recovery in {recovered} rounds")
 
 
 class CrashRig:
