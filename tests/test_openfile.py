@@ -170,3 +170,33 @@ def test_a_10_gib_sparse_file_stores_one_zero_chunk(store_dir):
         fd.close()
         assert store.stats()["stored_bytes"] < 2 * store.settings.max_size
         assert store.read_range(file_id_for(13), (10 << 30) - 2, 10) == b"\0\0end"
+
+
+def test_a_full_disk_while_streaming_loses_no_accepted_byte(store, monkeypatch):
+    """ENOSPC while a stream puts chunks: accepted writes are kept, the error comes next write or at commit."""
+    from chunkfs.errors import StoreFullError
+
+    fd = FileData(store, 14, 0)
+    blocks = [random.Random(i).randbytes(1 << 20) for i in range(4)]
+    fd.write(0, blocks[0])
+    real_put, full = store.put_chunk, [True]
+
+    def put_on_a_full_disk(data, pins=1):
+        if full[0]:
+            raise StoreFullError("no space left for chunk data (simulated)")
+        return real_put(data, pins)
+
+    monkeypatch.setattr(store, "put_chunk", put_on_a_full_disk)
+    assert fd.write(len(blocks[0]), blocks[1]) == len(blocks[1])  # cut chunks wait in the backlog
+    assert fd.read(0, 2 << 20) == blocks[0] + blocks[1]  # read-your-writes includes them
+    with pytest.raises(StoreFullError):
+        fd.write(2 << 20, blocks[2])  # nothing of this write is accepted
+    with pytest.raises(StoreFullError):
+        fd.commit()
+    assert fd.size == 2 << 20
+    full[0] = False  # space freed
+    fd.write(2 << 20, blocks[3])
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(14)) == blocks[0] + blocks[1] + blocks[3]
+    assert not store.ledger.pins and check_store(store).clean

@@ -55,29 +55,45 @@ def file_id_for(ino: int) -> bytes:
 
 
 class _Stream:
-    """Chunks of an append-only run ``[start, ...)``, put and pinned as they complete."""
+    """Chunks of an append-only run ``[start, ...)``, put and pinned as they complete.
+
+    Chunks the chunker has cut but the store could not take yet (a full
+    disk) wait in ``backlog``, at most one feed's worth: the bytes were
+    accepted, so they must not be lost, and the error surfaces at the next
+    write or at commit, like delayed allocation in any filesystem.
+    """
 
     def __init__(self, store: ChunkStore, start: int):
         self.start = start
         self.refs: list[ChunkRef] = []
-        self.chunked_end = start  # end of the last finished chunk
+        self.chunked_end = start  # end of the last chunk put in the store
         self.chunker = make_chunker(store.settings)
         self.offsets: list[int] = []  # start offset of each ref, for reads
-
-    @property
-    def end(self) -> int:
-        return self.chunked_end + (self.chunker.pending if self.chunker else 0)
+        self.backlog: list[bytes] = []
 
     def add(self, store: ChunkStore, chunks: list[bytes]) -> None:
-        for chunk in chunks:
+        self.backlog.extend(chunks)
+        self.drain(store)
+
+    def drain(self, store: ChunkStore) -> None:
+        """Put backlogged chunks in order; on failure the rest stay for the next try."""
+        while self.backlog:
+            ref = store.put_chunk(self.backlog[0])
+            chunk = self.backlog.pop(0)
             self.offsets.append(self.chunked_end)
-            self.refs.append(store.put_chunk(chunk))
+            self.refs.append(ref)
             self.chunked_end += len(chunk)
+
+    def unput(self) -> bytes:
+        """Bytes accepted but not yet in the store, in file order (for reads)."""
+        tail = self.chunker.peek() if self.chunker is not None else b""
+        return b"".join(self.backlog) + tail
 
     def finish(self, store: ChunkStore) -> None:
         if self.chunker is not None:
-            self.add(store, self.chunker.finish())
+            self.backlog.extend(self.chunker.finish())
             self.chunker = None
+        self.drain(store)
 
 
 class FileData:
@@ -164,7 +180,7 @@ class FileData:
                 pos += len(piece)
                 i += 1
         if pos < end:
-            tail = stream.chunker.peek()
+            tail = stream.unput()
             out += tail[pos - stream.chunked_end : end - stream.chunked_end]
         return bytes(out)
 
@@ -179,12 +195,21 @@ class FileData:
                 self._start_stream()
             if self._stream is not None:
                 if offset == self._size:
-                    self._stream.add(self.store, self._stream.chunker.feed(data))
-                    self._size += len(data)
-                    return len(data)
+                    return self._append_to_stream(data)
                 self._materialize_stream()
             self._write_overlay(offset, data)
             return len(data)
+
+    def _append_to_stream(self, data: bytes) -> int:
+        stream = self._stream
+        stream.drain(self.store)  # a full disk fails this write before it accepts anything
+        chunks = stream.chunker.feed(data)
+        self._size += len(data)  # accepted: from here on the bytes are kept
+        try:
+            stream.add(self.store, chunks)
+        except StoreFullError:
+            log.info("inode %d: %d chunks wait for disk space", self.ino, len(stream.backlog))
+        return len(data)
 
     def _can_stream(self) -> bool:
         """Streaming needs the file to equal its (possibly truncated) base: no overlay."""
@@ -397,8 +422,7 @@ class FileData:
     def discard(self) -> None:
         """Drop uncommitted changes and their pins (the file is being deleted)."""
         with self._lock:
-            if self._stream is not None:
-                self._stream.finish(self.store)
+            if self._stream is not None:  # nothing more is put: just let go of what was
                 self.store.release(self._stream.refs)
                 self._stream = None
             self._dirty.clear()
