@@ -39,7 +39,7 @@ mount options (-o, comma-separated, may be repeated):
   log_file=PATH          daemon log (default: STORE/chunkfs.log; with -f: stderr)
   cache_size=SIZE        verified-chunk cache, e.g. 256M (default 64M)
   verify=MODE            xxh3 (default) or sha256: how every chunk read is checked
-  read_ahead_kb=N        the mount's read-ahead in KiB (default: the kernel's 128)
+  read_ahead_kb=N        the mount's read-ahead in KiB (default 1024)
   writeback_cache        let the kernel cache writes (off by default; see
                          docs/tuning.md before turning it on)
   noatime, nosuid, nodev, noexec, sync, dirsync, auto_unmount, ...

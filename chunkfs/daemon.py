@@ -38,7 +38,7 @@ import time
 
 from . import mounts
 from .errors import ChunkfsError, MountError, StoreLockedError
-from .mountopts import MountOptions, parse_options
+from .mountopts import DEFAULT_READ_AHEAD_KB, MountOptions, parse_options
 from .settings import format_size, read_settings
 
 log = logging.getLogger("chunkfs.daemon")
@@ -236,10 +236,10 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
         store_obj = ChunkStore.open(store, verify=opts.verify, cache_size=opts.cache_size)
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
-    log.info("chunk cache %s, verify %s, writeback cache %s, read-ahead %s", format_size(store_obj.cache.capacity),
-             store_obj.verify, "on" if opts.writeback_cache else "off",
-             "kernel default" if opts.read_ahead_kb is None else f"{opts.read_ahead_kb} KiB")
-    with store_obj, _ReadyWatcher(store, mountpoint, reporter, opts.read_ahead_kb) as watcher, \
+    read_ahead = opts.read_ahead_kb if opts.read_ahead_kb is not None else DEFAULT_READ_AHEAD_KB
+    log.info("chunk cache %s, verify %s, writeback cache %s, read-ahead %d KiB", format_size(store_obj.cache.capacity),
+             store_obj.verify, "on" if opts.writeback_cache else "off", read_ahead)
+    with store_obj, _ReadyWatcher(store, mountpoint, reporter, read_ahead, opts.read_ahead_kb is not None) as watcher, \
             _SignalStopper(mountpoint, watcher):
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store),  # closes the store itself
                          writeback_cache=opts.writeback_cache)
@@ -257,11 +257,13 @@ class _ReadyWatcher:
     what the caller of ``chunkfs mount`` needs before it returns.
     """
 
-    def __init__(self, store: str, mountpoint: str, reporter: Reporter, read_ahead_kb: int | None = None):
+    def __init__(self, store: str, mountpoint: str, reporter: Reporter, read_ahead_kb: int | None = None,
+                 read_ahead_asked: bool = False):
         self.store = store
         self.mountpoint = mountpoint
         self.reporter = reporter
         self.read_ahead_kb = read_ahead_kb
+        self.read_ahead_asked = read_ahead_asked
         self.seen = threading.Event()
         self.entry: mounts.MountEntry | None = None
         self._stop = threading.Event()
@@ -280,24 +282,27 @@ class _ReadyWatcher:
         if entry is not None:
             self.entry = entry
             if self.read_ahead_kb is not None:
-                set_read_ahead(entry, self.read_ahead_kb)  # before "ok": the caller's next read gets it
+                set_read_ahead(entry, self.read_ahead_kb, self.read_ahead_asked)  # before "ok": reads get it
             self.seen.set()
             log.info("mounted %s on %s", entry.store, entry.mountpoint)
             self.reporter.finish("ok")
 
 
-def set_read_ahead(entry: mounts.MountEntry, kb: int) -> None:
-    """Set the mount's read-ahead through its backing device info in sysfs (root only; else a warning).
+def set_read_ahead(entry: mounts.MountEntry, kb: int, asked: bool) -> None:
+    """Set the mount's read-ahead through its backing device info in sysfs (writable by root only).
 
     The kernel reads ahead ``read_ahead_kb`` on sequential reads and sends
-    reads of up to that size; FUSE mounts start at 128 KiB.
+    reads of up to that size; FUSE mounts start at 128 KiB.  Failing to set
+    the default is not worth a warning at every mount by a user; failing to
+    set what the user asked for is.
     """
     path = f"/sys/class/bdi/{entry.device}/read_ahead_kb"
     try:
         with open(path, "w") as fh:
             fh.write(f"{kb}\n")
     except OSError as exc:
-        log.warning("cannot set read_ahead_kb=%d (%s: %s); the kernel's default stays", kb, path, exc.strerror)
+        log.log(logging.WARNING if asked else logging.DEBUG,
+                "cannot set read_ahead_kb=%d (%s: %s); the kernel's default stays", kb, path, exc.strerror)
 
 
 class _SignalStopper:

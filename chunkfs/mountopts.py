@@ -65,7 +65,7 @@ class MountOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     verify: str = "xxh3"
     writeback_cache: bool = False
-    read_ahead_kb: int | None = None  # None: the kernel's default (128 KiB)
+    read_ahead_kb: int | None = None  # None: DEFAULT_READ_AHEAD_KB, and no warning if it cannot be set
     fuse: set[str] = field(default_factory=set)
     given: list[str] = field(default_factory=list)
 
@@ -154,6 +154,9 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
         raise InvalidArgument(f"unknown mount option '{item}' (see 'chunkfs mount --help')")
 
 
+# 1 MiB read-ahead: cold sequential reads ~1.9x faster than the kernel's 128 KiB, 4 KiB random reads
+# unchanged (docs/tuning.md has the figures).
+DEFAULT_READ_AHEAD_KB = 1024
 MAX_READ_AHEAD_KB = 1024 * 1024  # 1 GiB: beyond that a typo, not a tuning
 
 

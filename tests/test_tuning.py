@@ -70,13 +70,18 @@ def test_parse_tunables():
 # -- each option's effect through a real mount ----------------------------------------------
 
 
+def read_ahead_of(fs) -> int:
+    dev = os.stat(fs.mountpoint).st_dev
+    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as fh:
+        return int(fh.read())
+
+
 @pytest.mark.mount
-def test_read_ahead_kb_is_set_in_sysfs(mount_factory):
-    fs = mount_factory(options=["read_ahead_kb=1024"])
-    device = f"{os.major(os.stat(fs.mountpoint).st_dev)}:{os.minor(os.stat(fs.mountpoint).st_dev)}"
-    with open(f"/sys/class/bdi/{device}/read_ahead_kb") as fh:
-        assert fh.read().strip() == "1024"
-    assert "read-ahead 1024 KiB" in fs.log_text()
+@pytest.mark.parametrize("option, expected", [(None, 1024), ("read_ahead_kb=128", 128), ("read_ahead_kb=4096", 4096)])
+def test_read_ahead_kb_is_set_in_sysfs(mount_factory, option, expected):
+    fs = mount_factory(options=[option] if option else [])
+    assert read_ahead_of(fs) == expected
+    assert f"read-ahead {expected} KiB" in fs.log_text()
     data = os.urandom(8 * MiB)
     (fs / "f").write_bytes(data)
     assert read_all(fs / "f") == data
