@@ -139,7 +139,8 @@ def markdown(meta: dict, workloads: list[dict], rows: dict, tp: dict) -> str:
             cells = []
             for s in tsizes:
                 row = tp[s]["summary"].get(op)
-                cells.append("" if row is None else f"{row['ratio_median']:.2f} ({', '.join(f'{x:.2f}' for x in row['ratios'])})")
+                runs = ", ".join(f"{x:.2f}" for x in row["ratios"]) if row else ""
+                cells.append("" if row is None else f"{row['ratio_median']:.2f} ({runs})")
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
         absolute = [("seq_write", "chunkfs_mb_s", "chunkfs seq write MB/s"),
                     ("cold_read", "chunkfs_mb_s", "chunkfs cold read MB/s"),
@@ -172,8 +173,8 @@ def chart(path: str, workloads: list[dict], rows: dict, tp: dict) -> bool:
         return False
     sizes = sorted(rows)
     xs = [s / 1024 for s in sizes]
-    panels = 3 if tp else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
+    panels = 4 if tp else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.8 * panels, 3.4))
     ax = axes[0]
     for w in workloads:
         ys = [rows[s]["savings_pct"].get(w["name"], float("nan")) for s in sizes]
@@ -190,7 +191,13 @@ def chart(path: str, workloads: list[dict], rows: dict, tp: dict) -> bool:
             ys = [tp[s]["summary"].get(op, {}).get("ratio_median", float("nan")) for s in tsizes]
             if any(y == y for y in ys):
                 ax.plot([s / 1024 for s in tsizes], ys, "o-", markersize=3, label=op)
-        ax.set_title("throughput vs plain dir (ratio)", fontsize=9)
+        ax.set_title("throughput vs plain dir (ratio, median)", fontsize=9)
+        ax.legend(fontsize=6)
+        ax = axes[3]
+        for op, label in (("seq_write", "seq write"), ("cold_read", "cold read")):
+            ys = [tp[s]["summary"].get(op, {}).get("chunkfs_mb_s", float("nan")) for s in tsizes]
+            ax.plot([s / 1024 for s in tsizes], ys, "o-", markersize=3, label=label)
+        ax.set_title("chunkfs through the mount (MB/s)", fontsize=9)
         ax.legend(fontsize=6)
     for ax in axes:
         ax.set_xscale("log", base=2)
