@@ -34,6 +34,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.line())
     if args.json:
         print(json.dumps([r.__dict__ for r in summary.rounds], indent=1))
+    if args.dir is None:  # a failure keeps it for diagnosis; a success leaves nothing behind
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
