@@ -29,6 +29,7 @@ from .. import index as ix
 from ..chunker import make_chunker
 from ..hashing import address_of
 from ..store import ChunkStore, encode_file_id
+from .handles import OpenFiles
 from .namespace import Inode
 
 MAX_SCAN = 128 * 1024  # chunks; ~90 ms on this machine's 2 cores, a 16 GiB hole at 128 KiB per zero chunk
@@ -49,14 +50,38 @@ def zero_run_length(store: ChunkStore) -> int:
 class BlockCounter:
     """Computes and caches ``st_blocks`` for committed regular files (see the module docstring)."""
 
-    def __init__(self, store: ChunkStore, file_id_for, max_scan: int = MAX_SCAN):
+    def __init__(self, store: ChunkStore, file_id_for, files: OpenFiles, max_scan: int = MAX_SCAN):
         self.store = store
         self.file_id_for = file_id_for
+        self.files = files
         self.max_scan = max_scan
         self.zero_length = zero_run_length(store)
         self._zero = ix.MANIFEST.pack(address_of(bytes(self.zero_length)), self.zero_length)
         self._cache: OrderedDict[int, tuple[tuple[int, int, int], int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def of(self, inode: Inode) -> int:
+        """``st_blocks`` of a regular file; uncommitted changes count in full until committed.
+
+        ``changed_ns`` is checked first: it is set while a commit may be
+        running, so ``data.dirty`` (which waits for the FileData's lock) is
+        asked only when that lock is free in practice (a utimens cleared the
+        time of writes not yet committed, as ``cp -p`` does before close).
+        """
+        oi = self.files.inode(inode.ino)
+        if oi is not None and (oi.changed_ns is not None or (oi.writers and oi.data.dirty)):
+            return full_blocks(inode.size)
+        return self.blocks(inode)
+
+    def holey_inode(self, fh: int) -> int | None:
+        """The inode of ``fh`` if its st_blocks may differ from ceil(size / 512) once committed.
+
+        The kernel caches attributes; one taken while the data was uncommitted
+        counts holes in full, so after a commit the adapter tells the kernel
+        to forget the attributes of such a file.
+        """
+        oi = self.files.handle(fh).inode
+        return oi.ino if self.may_have_holes(oi.data.size) else None
 
     def may_have_holes(self, size: int) -> bool:
         """Whether a file of ``size`` bytes can hold a zero-run chunk (else st_blocks is ceil(size/512))."""

@@ -43,7 +43,7 @@ import lmdb
 
 from ..errors import ChunkCorruptError, FSError, StoreFullError
 from . import acl
-from .blocks import BlockCounter, full_blocks
+from .blocks import BlockCounter
 from .gcworker import BackgroundGC
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
@@ -123,7 +123,7 @@ class FsCore(XattrOps):
         self.ns = Namespace(store.index)
         self.files = OpenFiles(store, self.ns, filedata_factory)
         self.file_id_for = file_id_for
-        self.block_counter = BlockCounter(store, file_id_for)
+        self.block_counter = BlockCounter(store, file_id_for, self.files)
         self._lookups: dict[int, int] = {}
         uid = os.getuid() if root_uid is None else root_uid
         gid = os.getgid() if root_gid is None else root_gid
@@ -222,31 +222,12 @@ class FsCore(XattrOps):
                 inode.mtime_ns = changed
                 inode.ctime_ns = max(inode.ctime_ns, changed)
         if inode.is_reg:
-            inode.blocks = self._blocks(inode)
+            inode.blocks = self.block_counter.of(inode)
         return inode
 
-    def _blocks(self, inode: Inode) -> int:
-        """st_blocks without holes (fs/blocks.py); uncommitted changes count in full until committed.
-
-        ``changed_ns`` is checked first: it is set while a commit may be
-        running, so ``data.dirty`` (which waits for the FileData's lock) is
-        asked only when that lock is free in practice (a utimens cleared the
-        time of writes not yet committed, as ``cp -p`` does before close).
-        """
-        oi = self.files.inode(inode.ino)
-        if oi is not None and (oi.changed_ns is not None or (oi.writers and oi.data.dirty)):
-            return full_blocks(inode.size)
-        return self.block_counter.blocks(inode)
-
     def holey_inode(self, fh: int) -> int | None:
-        """The inode of ``fh`` if its st_blocks may differ from ceil(size / 512) once committed.
-
-        The kernel caches attributes; one taken while the data was uncommitted
-        counts holes in full, so after a commit the adapter tells the kernel
-        to forget the attributes of such a file.
-        """
-        oi = self.files.handle(fh).inode
-        return oi.ino if self.block_counter.may_have_holes(oi.data.size) else None
+        """The inode of ``fh`` if the kernel must forget its attributes after a commit (fs/blocks.py)."""
+        return self.block_counter.holey_inode(fh)
 
     def getattr(self, ino: int) -> Inode:
         with self._read() as txn:

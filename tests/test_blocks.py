@@ -1,0 +1,62 @@
+"""st_blocks policy in-process (chunkfs/fs/blocks.py): holes are not counted, and the count follows commits."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from chunkfs.fs import Caller, FsCore, SetAttr
+from chunkfs.fs.blocks import full_blocks
+from chunkfs.store import ChunkStore
+
+ROOT = 1
+USER = Caller(0, 0, 0o022)
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def fs(tmp_path):
+    store = ChunkStore.create(tmp_path / "store")  # 32 KiB average: zero-run chunks of 128 KiB
+    core = FsCore(store, root_uid=0, root_gid=0)
+    yield core
+    core.close()
+    store.close()
+
+
+def write(fs: FsCore, ino: int, pieces: dict[int, bytes], utime: bool = False) -> None:
+    fh = fs.open(ino, os.O_WRONLY)[0]
+    try:
+        for offset, data in pieces.items():
+            fs.write(fh, offset, data)
+        assert fs.getattr(ino).blocks == full_blocks(fs.getattr(ino).size)  # uncommitted: in full
+        if utime:
+            fs.setattr(ino, SetAttr(mtime_ns=1, atime_ns=1))
+        fs.flush(fh)
+    finally:
+        fs.release(fh)
+
+
+def test_holes_are_not_counted_and_counts_follow_commits(fs):
+    ino = fs.create(ROOT, b"f", 0o644, os.O_WRONLY, USER)[1].ino
+    write(fs, ino, {0: os.urandom(MiB), 64 * MiB: b"x"})
+    assert MiB // 512 <= fs.getattr(ino).blocks <= 2 * MiB // 512
+    write(fs, ino, {10 * MiB: os.urandom(4 * MiB)}, utime=True)  # times set before the commit, as cp -p does
+    assert 5 * MiB // 512 <= fs.getattr(ino).blocks <= 6 * MiB // 512
+    fs.setattr(ino, SetAttr(size=MiB // 2))
+    assert fs.getattr(ino).blocks == full_blocks(MiB // 2)  # too small to hold a zero-run chunk
+
+
+def test_written_zeros_count_as_holes(fs):
+    ino = fs.create(ROOT, b"z", 0o644, os.O_WRONLY, USER)[1].ino
+    write(fs, ino, {0: bytes(8 * MiB) + b"end"})
+    assert fs.getattr(ino).blocks * 512 <= 512 * 1024
+
+
+def test_files_with_too_many_chunks_are_not_scanned(fs):
+    ino = fs.create(ROOT, b"big", 0o644, os.O_WRONLY, USER)[1].ino
+    write(fs, ino, {32 * MiB: b"x"})
+    assert fs.getattr(ino).blocks < 1024
+    fs.block_counter.max_scan = 10
+    fs.block_counter._cache.clear()
+    assert fs.getattr(ino).blocks == full_blocks(32 * MiB + 1)
