@@ -14,9 +14,10 @@ filesystem is unmounted and mounted again, and every file is verified whole.
 Reproducing a failure: the failure message names the seed and the number of
 operations; run ::
 
-    CHUNKFS_FSX_SEED=<seed> CHUNKFS_FSX_OPS=<n> pytest tests/test_fsx.py -k random_seed
+    CHUNKFS_FSX_SEED=<seed> CHUNKFS_FSX_OPS=<n> CHUNKFS_FSX_LAYOUT=<layout> pytest tests/test_fsx.py -k random_seed
 
-``CHUNKFS_FSX_OPS`` also makes runs longer (the CI default is small enough to
+(the same number of operations matters: the remounts happen at a third and two
+thirds of them).  ``CHUNKFS_FSX_OPS`` also makes runs longer (the CI default is small enough to
 keep this file to about a minute and a half).
 """
 
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.mount
 
 SEED_ENV = "CHUNKFS_FSX_SEED"
 OPS_ENV = "CHUNKFS_FSX_OPS"
+LAYOUT_ENV = "CHUNKFS_FSX_LAYOUT"
 FIXED_SEED = 20251121
 DEFAULT_OPS = 4000
 MAX_SIZE = 6 * 1024 * 1024  # beyond this, truncates go down and holes stay small
@@ -106,9 +108,12 @@ def _truncate(shadow: bytearray, size: int) -> None:
 class Fsx:
     """The exerciser: random operations on ``nfiles`` files under ``fs``, checked after each."""
 
-    def __init__(self, fs, seed: int, nfiles: int = 3):
+    def __init__(self, fs, seed: int, layout: str, test: str = "random_seed", nfiles: int = 3):
         self.fs = fs
         self.seed = seed
+        self.layout = layout
+        self.test = test  # the test that repeats a run from the environment variables
+        self.ops = 0
         self.rng = random.Random(seed)
         self.files = [FsxFile(str(fs / f"fsx{i}")) for i in range(nfiles)]
         self.log: list[str] = []
@@ -121,12 +126,16 @@ class Fsx:
 
     def run(self, ops: int, remount_at: tuple[int, ...] = ()) -> None:
         names, weights = zip(*WEIGHTS.items())
+        self.ops = ops
         for self.step in range(1, ops + 1):
             if self.step in remount_at:
                 self.remount()
             name = self.rng.choices(names, weights)[0]
             f = self.rng.choice(self.files)
-            getattr(self, f"op_{name}")(f)
+            try:
+                getattr(self, f"op_{name}")(f)
+            except OSError as exc:  # an errno the shadow cannot explain: report it with the history
+                self.fail(f"{name} on {f.path} failed: {exc!r}")
             self.counts[name] = self.counts.get(name, 0) + 1
             self._check_size(f)
         self.close_everything()
@@ -137,9 +146,9 @@ class Fsx:
 
     def fail(self, what: str) -> None:
         tail = "\n  ".join(self.log[-LOG_TAIL:])
-        raise FsxMismatch(f"fsx seed {self.seed}, operation {self.step}: {what}\n"
-                          f"reproduce: {SEED_ENV}={self.seed} {OPS_ENV}={self.step} "
-                          f"pytest tests/test_fsx.py -k random_seed\nlast operations:\n  {tail}")
+        raise FsxMismatch(f"fsx seed {self.seed}, layout {self.layout}, operation {self.step} of {self.ops}: "
+                          f"{what}\nreproduce: {SEED_ENV}={self.seed} {OPS_ENV}={self.ops} {LAYOUT_ENV}={self.layout} "
+                          f"pytest tests/test_fsx.py -k {self.test}\nlast operations:\n  {tail}")
 
     def compare(self, f: FsxFile, offset: int, got: bytes, expected: bytes, how: str) -> None:
         if got == expected:
@@ -418,13 +427,13 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
     return bytes(out)
 
 
-def _ops() -> int:
-    return int(os.environ.get(OPS_ENV, DEFAULT_OPS))
+def _ops(default: int = DEFAULT_OPS) -> int:
+    return int(os.environ.get(OPS_ENV, default))
 
 
-def _exercise(mount_factory, layout: str, seed: int, ops: int, options=()) -> Fsx:
+def _exercise(mount_factory, layout: str, seed: int, ops: int, options=(), test: str = "random_seed") -> Fsx:
     fs = mount_factory(mkfs_args=LAYOUTS[layout], options=options)
-    fsx = Fsx(fs, seed)
+    fsx = Fsx(fs, seed, layout, test)
     started = time.monotonic()
     fsx.run(ops, remount_at=(ops // 3, 2 * ops // 3))
     elapsed = time.monotonic() - started
@@ -444,7 +453,7 @@ def test_fsx_random_seed(mount_factory):
     """A new seed every run (printed; set CHUNKFS_FSX_SEED to repeat one)."""
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
     print(f"fsx random seed: {seed} (repeat with {SEED_ENV}={seed})")
-    layout = list(LAYOUTS)[seed % len(LAYOUTS)]
+    layout = os.environ.get(LAYOUT_ENV) or list(LAYOUTS)[seed % len(LAYOUTS)]
     _exercise(mount_factory, layout, seed, _ops())
 
 
@@ -452,4 +461,6 @@ def test_fsx_random_seed(mount_factory):
 def test_fsx_writeback_cache(mount_factory):
     """The same exerciser with the kernel's writeback cache on (-o writeback_cache)."""
     seed = int(os.environ.get(SEED_ENV) or FIXED_SEED + 1)
-    _exercise(mount_factory, "fastcdc-4k", seed, _ops() // 4, options=["writeback_cache"])
+    layout = os.environ.get(LAYOUT_ENV) or "fastcdc-4k"
+    _exercise(mount_factory, layout, seed, _ops(DEFAULT_OPS // 4), options=["writeback_cache"],
+              test="writeback_cache")
