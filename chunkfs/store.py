@@ -24,7 +24,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, NamedTuple
 
@@ -36,18 +36,18 @@ from .chunker import make_chunker
 from .errors import (ChunkCorruptError, FileNotFoundInStore, IndexCorruptError, InvalidArgument,
                      NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
 from .hashing import VERIFY_MODES, address_of, checksum_of
-from .ledger import LOST_PACK, Action, ChunkRecord, Ledger, new_pack_record
+from . import reserve
+from .filestream import StoreFileReader, blocks_of
+from .ledger import LOST_PACK, Action, Ledger, new_pack_record
 from .packs import Location, PackFiles
 from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
 
 log = logging.getLogger(__name__)
 
 FileId = str | bytes
-READ_BLOCK = 1024 * 1024
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
 MAX_FILE_ID = 500  # LMDB keys are at most 511 bytes
 TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
-RESERVE_MIN, RESERVE_MAX = 512 * 1024, 2 * 1024 * 1024  # LMDB copies every page a commit touches
 
 
 class ChunkRef(NamedTuple):
@@ -208,43 +208,17 @@ class ChunkStore:
 
     # -- a little space for a full disk ------------------------------------------
 
-    @property
-    def _reserve_path(self) -> str:
-        return os.path.join(self.path, "reserve")
-
     def ensure_reserve(self) -> None:
-        """Hold back a little disk space, so that on a full disk deletes can still commit.
-
-        LMDB needs free pages on disk to commit any transaction, even one that
-        only frees space.  The reserve (1% of the filesystem, 512 KiB to 2 MiB) is
-        given up the first time a metadata commit fails for lack of space, and
-        taken again when the store is next opened or garbage-collected with
-        room to spare.
-        """
-        if self.readonly or os.path.exists(self._reserve_path):
+        """Take the space reserve back if there is room (see reserve.py); leaves low-space mode."""
+        if self.readonly:
+            return
+        if reserve.take(self.path):
+            if self.index.low_space:
+                log.warning("%s: space is free again; writes are accepted", self.path)
             self.index.low_space = False
-            return
-        st = os.statvfs(self.path)
-        fs_size = st.f_blocks * st.f_frsize
-        size = min(max(fs_size // 100, RESERVE_MIN), RESERVE_MAX, fs_size // 10)
-        if st.f_bavail * st.f_frsize < 2 * size or size < 4096:
-            return
-        fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError:
-            os.close(fd)
-            os.unlink(self._reserve_path)
-            return
-        os.close(fd)
-        if self.index.low_space:
-            log.warning("%s: space is free again; writes are accepted", self.path)
-        self.index.low_space = False
 
     def _release_reserve(self) -> bool:
-        try:
-            os.unlink(self._reserve_path)
-        except FileNotFoundError:
+        if not reserve.release(self.path):
             return False
         log.warning("%s: disk full; released the space reserve so metadata can still change", self.path)
         return True
@@ -411,7 +385,7 @@ class ChunkStore:
         refs: list[ChunkRef] = []
         before = self._unique_and_stored()
         try:
-            for block in _blocks(data):
+            for block in blocks_of(data):
                 refs.extend(self.put_chunk(c) for c in chunker.feed(block))
             refs.extend(self.put_chunk(c) for c in chunker.finish())
             size = sum(r.length for r in refs)
@@ -521,7 +495,7 @@ class ChunkStore:
 
     def open_reader(self, file_id: FileId) -> io.BufferedReader:
         """A seekable, read-only binary file object over one stored file."""
-        return io.BufferedReader(_StoreFileReader(self, file_id), buffer_size=self.settings.avg_size)
+        return io.BufferedReader(StoreFileReader(self, file_id), buffer_size=self.settings.avg_size)
 
     # -- reading chunks ---------------------------------------------------------
 
@@ -615,49 +589,3 @@ class ChunkStore:
         report = collect_garbage(self, min_dead_fraction, progress)
         self.ensure_reserve()
         return report
-
-
-class _StoreFileReader(io.RawIOBase):
-    def __init__(self, store: ChunkStore, file_id: FileId):
-        self._store, self._id = store, file_id
-        self._size = store.size(file_id)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise OSError(errno.EINVAL, "negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        data = self._store.read_range(self._id, self._pos, len(buffer))
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-def _blocks(data) -> Iterator[bytes | memoryview]:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        view = memoryview(data)
-        for i in range(0, len(view), READ_BLOCK):
-            yield view[i : i + READ_BLOCK]
-        return
-    if not hasattr(data, "read"):
-        raise InvalidArgument(f"ingest takes bytes or a binary file object, not {type(data).__name__}")
-    while True:
-        block = data.read(READ_BLOCK)
-        if not block:
-            return
-        if isinstance(block, str):
-            raise InvalidArgument("ingest needs a binary file object (opened with 'rb')")
-        yield block
