@@ -49,6 +49,25 @@ from .fs import Caller, FsCore, Inode, SetAttr
 
 log = logging.getLogger(__name__)
 
+
+def _demote_vanished_replies(record: logging.LogRecord) -> bool:
+    """pyfuse3 logs every failed reply as an error; one failing with ENOENT is not.
+
+    The kernel answers a reply with ENOENT when it no longer waits for it:
+    the request was interrupted, or the filesystem was unmounted or aborted
+    while a RELEASE was still on its way (every unmount by signal races with
+    the kernel's asynchronous releases).  Nothing is lost: the data was
+    committed at flush.  Other reply failures stay errors.
+    """
+    message = record.getMessage()
+    if "fuse_reply_* failed" in message and os.strerror(errno.ENOENT) in message:
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = f"{message} (the kernel had stopped waiting for it)", ()
+    return True
+
+
+logging.getLogger("pyfuse3").addFilter(_demote_vanished_replies)
+
 TIMEOUT = 60.0  # seconds the kernel may cache entries and attributes: every change goes through it
 BLKSIZE = 128 * 1024  # preferred IO size reported in st_blksize (reads arrive as 128 KiB anyway)
 
