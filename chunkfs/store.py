@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import itertools
 import logging
 import os
 import threading
@@ -268,6 +269,11 @@ class ChunkStore:
         ``pins`` > 1 pins it that many times, for a writer that will reference
         the same chunk repeatedly (the zero chunks of a hole).
         """
+        return self._put(data, pins)[0]
+
+    def _put(self, data: bytes | memoryview, pins: int = 1) -> tuple[ChunkRef, bool]:
+        """put_chunk, also saying whether its bytes were new to the store."""
+        written = False
         address = address_of(data)
         checksum = checksum_of(data)
         with self._lock:
@@ -280,9 +286,10 @@ class ChunkStore:
                     self._ensure_active_pack()
                     loc = self.packs.append(address, data)
                     self.ledger.pin_new(address, loc, checksum)
+                    written = True
             for _ in range(pins - 1):
                 self.ledger.add_pin(address)
-        return ChunkRef(address, len(data))
+        return ChunkRef(address, len(data)), written
 
     def release(self, refs: Iterable[ChunkRef]) -> None:
         """Drop the pins of chunks a writer will not commit after all."""
@@ -383,23 +390,19 @@ class ChunkStore:
         encode_file_id(file_id)
         chunker = make_chunker(self.settings)
         refs: list[ChunkRef] = []
-        before = self._unique_and_stored()
+        new_chunks = new_bytes = 0
         try:
-            for block in blocks_of(data):
-                refs.extend(self.put_chunk(c) for c in chunker.feed(block))
-            refs.extend(self.put_chunk(c) for c in chunker.finish())
+            for block in itertools.chain(blocks_of(data), [None]):  # None: the end, finish()
+                for chunk in chunker.feed(block) if block is not None else chunker.finish():
+                    ref, written = self._put(chunk)
+                    refs.append(ref)
+                    new_chunks, new_bytes = new_chunks + written, new_bytes + written * ref.length
             size = sum(r.length for r in refs)
             self.commit_file(file_id, [Patch(0, TO_END, refs)], size)
         except BaseException:
             self.release(refs)
             raise
-        after = self._unique_and_stored()
-        return IngestResult(file_id, size, len(refs), after[0] - before[0], after[1] - before[1])
-
-    def _unique_and_stored(self) -> tuple[int, int]:
-        with self.index.read() as txn:
-            c = self.index.counters
-            return ix.get_counter(txn, c, "unique_chunks"), ix.get_counter(txn, c, "stored_bytes")
+        return IngestResult(file_id, size, len(refs), new_chunks, new_bytes)
 
     def _file_record(self, file_id: FileId) -> tuple[int, int, int] | None:
         with self.index.read() as txn:
