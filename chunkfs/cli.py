@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
-from .settings import CHUNKERS, SETTINGS_NAME, format_size, parse_size
+from .settings import CHUNKERS, format_size, parse_size
 from .store import ChunkStore, FileId
 
 PROG = "chunkfs"

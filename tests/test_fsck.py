@@ -28,7 +28,7 @@ from chunkfs import cli
 from chunkfs import index as ix
 from chunkfs.errors import ChunkCorruptError
 from chunkfs.fs import ROOT_INO, Caller, FsCore
-from chunkfs.fs.namespace import Entry, Namespace
+from chunkfs.fs.namespace import Namespace
 from chunkfs.fs.openfile import file_id_for
 from chunkfs.ledger import ChunkRecord
 from chunkfs.packs import RECORD
