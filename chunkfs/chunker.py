@@ -55,8 +55,13 @@ class _BufferedChunker:
         """The bytes fed but not yet cut (for read-your-writes)."""
         return bytes(self._buf)
 
+    @property
+    def ready_at(self) -> int:
+        """Buffered bytes from which a feed may cut chunks; below it, feeding only buffers."""
+        return 1
+
     def _ready(self) -> bool:
-        return True
+        return len(self._buf) >= self.ready_at
 
     def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
         raise NotImplementedError
@@ -82,8 +87,9 @@ class FastCDCChunker(_BufferedChunker):
         super().__init__()
         self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
 
-    def _ready(self) -> bool:
-        return len(self._buf) >= max(self.SCAN_THRESHOLD, 2 * self.max_size)
+    @property
+    def ready_at(self) -> int:
+        return max(self.SCAN_THRESHOLD, 2 * self.max_size)
 
     def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
         spans = [(c.offset, c.length) for c in fastcdc_cy(view, self.min_size, self.avg_size, self.max_size)]
@@ -96,6 +102,10 @@ class FixedChunker(_BufferedChunker):
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+
+    @property
+    def ready_at(self) -> int:
+        return self.size
 
     def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
         n = len(view) if final else len(view) - len(view) % self.size

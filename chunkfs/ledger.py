@@ -98,6 +98,40 @@ class Ledger:
         self.unregistered: set[bytes] = set()  # pinned, written, not yet recorded as pending
         self.registered_end: tuple[int | None, int] = (None, 0)  # active pack end the index knows
         self.on_dead = on_dead  # after commit: give a dead record's disk blocks back
+        self._tally: _Tally | None = None
+
+    # -- per-transaction totals ----------------------------------------------------
+
+    def begin_tally(self) -> None:
+        """Sum pack and counter changes in memory until :meth:`flush_tally` (same transaction).
+
+        A commit of a big file changes the same few pack records and counters
+        once per chunk; writing each sum once makes such a commit several
+        times cheaper.
+        """
+        self._tally = _Tally()
+
+    def flush_tally(self, txn) -> None:
+        tally, self._tally = self._tally, None
+        if tally is not None:
+            tally.write(txn, self.ix)
+
+    def drop_tally(self) -> None:
+        self._tally = None
+
+    def _adjust(self, txn, pack: int, live: int = 0, dead: int = 0) -> None:
+        if self._tally is not None:
+            sums = self._tally.packs.setdefault(pack, [0, 0])
+            sums[0] += live
+            sums[1] += dead
+        else:
+            adjust_pack(txn, self.ix.packs, pack, live=live, dead=dead)
+
+    def _count(self, txn, name: str, delta: int) -> None:
+        if self._tally is not None:
+            self._tally.counters[name] = self._tally.counters.get(name, 0) + delta
+        else:
+            ix.add_counter(txn, self.ix.counters, name, delta)
 
     # -- lookups ------------------------------------------------------------
 
@@ -114,16 +148,19 @@ class Ledger:
 
     # -- in every write transaction ------------------------------------------
 
-    def register_unwritten(self, txn, active_pack: int | None, active_end: int) -> list[Action]:
+    def register_unwritten(self, txn, active_pack: int | None, active_end: int,
+                           committing: frozenset = frozenset()) -> list[Action]:
         """Record every unregistered pinned chunk as pending, then advance the pack's indexed end.
 
         Runs in every write transaction, so it touches only what changed since
         the last one: a chmod while a huge file streams in must not walk its pins.
+        Chunks in ``committing`` get a chunk record in this same transaction,
+        so a pending record for them would only be deleted again.
         """
         actions: list[Action] = []
         for address in self.unregistered:
             pin = self.pins.get(address)
-            if pin is not None and not pin.committed and not pin.registered:
+            if pin is not None and not pin.committed and not pin.registered and address not in committing:
                 self._put_pending(txn, address, pin.location)
                 actions.append(_setter(pin, registered=True))
         if self.unregistered:
@@ -135,6 +172,8 @@ class Ledger:
         return actions
 
     def _put_pending(self, txn, address: bytes, loc: Location) -> None:
+        if self._tally is not None:
+            self._tally.pending_put.add(address)
         key = ix.KEYPENDING.pack(loc.pack, loc.record_offset)
         txn.put(key, ix.PENDING.pack(address, loc.length), db=self.ix.pending)
 
@@ -143,7 +182,7 @@ class Ledger:
 
     # -- reference counting ---------------------------------------------------
 
-    def incref(self, txn, address: bytes, counters) -> list[Action]:
+    def incref(self, txn, address: bytes) -> list[Action]:
         rec = self.record(txn, address)
         if rec is not None:
             rec.refcount += 1
@@ -154,13 +193,14 @@ class Ledger:
             raise IndexCorruptError(f"chunk {address.hex()} referenced without being stored or pinned")
         loc = pin.location
         txn.put(address, ChunkRecord(1, loc, pin.checksum).encode(), db=self.ix.chunks)
-        self._drop_pending(txn, loc)
-        adjust_pack(txn, self.ix.packs, loc.pack, live=record_size(loc.length))
-        ix.add_counter(txn, counters, "unique_chunks", 1)
-        ix.add_counter(txn, counters, "stored_bytes", loc.length)
+        if pin.registered or self._tally is None or address in self._tally.pending_put:
+            self._drop_pending(txn, loc)  # else there is none to drop (a big commit skips the search)
+        self._adjust(txn, loc.pack, live=record_size(loc.length))
+        self._count(txn, "unique_chunks", 1)
+        self._count(txn, "stored_bytes", loc.length)
         return [_setter(pin, committed=True, registered=False)]
 
-    def decref(self, txn, address: bytes, counters) -> list[Action]:
+    def decref(self, txn, address: bytes) -> list[Action]:
         rec = self.record(txn, address)
         if rec is None or rec.refcount <= 0:
             raise IndexCorruptError(f"refcount of chunk {address.hex()} would go below zero")
@@ -172,15 +212,15 @@ class Ledger:
         txn.delete(address, db=self.ix.chunks)
         if loc.pack == LOST_PACK:  # a tombstone fsck left for lost data: no bytes, not counted
             return []
-        ix.add_counter(txn, counters, "unique_chunks", -1)
-        ix.add_counter(txn, counters, "stored_bytes", -loc.length)
+        self._count(txn, "unique_chunks", -1)
+        self._count(txn, "stored_bytes", -loc.length)
         size = record_size(loc.length)
         pin = self.pins.get(address)
         if pin is not None:  # a writer is about to reference it again: keep the bytes
             self._put_pending(txn, address, loc)
-            adjust_pack(txn, self.ix.packs, loc.pack, live=-size)
+            self._adjust(txn, loc.pack, live=-size)
             return [_setter(pin, committed=False, registered=True)]
-        adjust_pack(txn, self.ix.packs, loc.pack, live=-size, dead=size)
+        self._adjust(txn, loc.pack, live=-size, dead=size)
         return self._died(loc)
 
     def _died(self, loc: Location) -> list[Action]:
@@ -208,18 +248,37 @@ class Ledger:
         for a in addresses:
             counts[a] = counts.get(a, 0) + 1
         actions: list[Action] = []
+        gone = []
         for address, n in counts.items():
             pin = self.pins[address]
             if pin.pins > n:
                 actions.append(_decrement(pin, n))
                 continue
-            actions.append(_remover(self.pins, address))
-            if self.record(txn, address) is None:
+            gone.append(address)
+            if txn.get(address, db=self.ix.chunks) is None:
                 loc = pin.location
                 self._drop_pending(txn, loc)
-                adjust_pack(txn, self.ix.packs, loc.pack, dead=record_size(loc.length))
+                self._adjust(txn, loc.pack, dead=record_size(loc.length))
                 actions += self._died(loc)
+        actions.append(_remover(self.pins, gone))
         return actions
+
+
+class _Tally:
+    """Pack and counter changes of one transaction, written once at its end."""
+
+    def __init__(self) -> None:
+        self.packs: dict[int, list[int]] = {}  # pack -> [live delta, dead delta]
+        self.counters: dict[str, int] = {}
+        self.pending_put: set[bytes] = set()  # pending records written in this transaction
+
+    def write(self, txn, index: ix.Index) -> None:
+        for pack, (live, dead) in self.packs.items():
+            if live or dead:
+                adjust_pack(txn, index.packs, pack, live=live, dead=dead)
+        for name, delta in self.counters.items():
+            if delta:
+                ix.add_counter(txn, index.counters, name, delta)
 
 
 def _setter(pin: Pin, **fields) -> Action:
@@ -235,5 +294,8 @@ def _decrement(pin: Pin, n: int) -> Action:
     return apply
 
 
-def _remover(table: dict, key: bytes) -> Action:
-    return lambda: table.pop(key, None)
+def _remover(table: dict, keys: list[bytes]) -> Action:
+    def apply() -> None:
+        for key in keys:
+            table.pop(key, None)
+    return apply

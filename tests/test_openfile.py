@@ -179,14 +179,14 @@ def test_a_full_disk_while_streaming_loses_no_accepted_byte(store, monkeypatch):
     fd = FileData(store, 14, 0)
     blocks = [random.Random(i).randbytes(1 << 20) for i in range(4)]
     fd.write(0, blocks[0])
-    real_put, full = store.put_chunk, [True]
+    real_put, full = store.put_chunks, [True]
 
-    def put_on_a_full_disk(data, pins=1):
+    def put_on_a_full_disk(chunks):
         if full[0]:
             raise StoreFullError("no space left for chunk data (simulated)")
-        return real_put(data, pins)
+        return real_put(chunks)
 
-    monkeypatch.setattr(store, "put_chunk", put_on_a_full_disk)
+    monkeypatch.setattr(store, "put_chunks", put_on_a_full_disk)
     assert fd.write(len(blocks[0]), blocks[1]) == len(blocks[1])  # cut chunks wait in the backlog
     assert fd.read(0, 2 << 20) == blocks[0] + blocks[1]  # read-your-writes includes them
     with pytest.raises(StoreFullError):

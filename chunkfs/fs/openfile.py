@@ -31,6 +31,8 @@ must only write LMDB records and must not wait for any other lock.
 from __future__ import annotations
 
 import bisect
+import collections
+import concurrent.futures
 import logging
 import os
 import threading
@@ -57,43 +59,117 @@ def file_id_for(ino: int) -> bytes:
 class _Stream:
     """Chunks of an append-only run ``[start, ...)``, put and pinned as they complete.
 
+    A write only hands its bytes over (``submit``): chunking, hashing and the
+    pack append run in a background *pump*, so the kernel can already copy
+    the next write request while this one is being stored, and a writer of
+    a big file pays roughly the slower of the two, not their sum.  At most
+    ``INBOX_LIMIT`` bytes wait for the pump; a writer that gets further ahead
+    waits for it.
+
     Chunks the chunker has cut but the store could not take yet (a full
-    disk) wait in ``backlog``, at most one feed's worth: the bytes were
-    accepted, so they must not be lost, and the error surfaces at the next
-    write or at commit, like delayed allocation in any filesystem.
+    disk) wait in ``backlog``: the bytes were accepted, so they must not be
+    lost, and the error surfaces at the next write or at commit, like delayed
+    allocation in any filesystem.  Whoever looks at or changes the stream's
+    state other than by ``submit`` calls ``quiesce`` first, which waits until
+    the pump is idle.
     """
 
+    INBOX_LIMIT = 8 * 1024 * 1024
+
     def __init__(self, store: ChunkStore, start: int):
+        self.store = store
         self.start = start
         self.refs: list[ChunkRef] = []
         self.chunked_end = start  # end of the last chunk put in the store
         self.chunker = make_chunker(store.settings)
         self.offsets: list[int] = []  # start offset of each ref, for reads
         self.backlog: list[bytes] = []
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._inbox_bytes = 0
+        self._pumping = False
+        self._cond = threading.Condition()
 
-    def add(self, store: ChunkStore, chunks: list[bytes]) -> None:
-        self.backlog.extend(chunks)
-        self.drain(store)
+    # -- the writer's side ------------------------------------------------------
 
-    def drain(self, store: ChunkStore) -> None:
-        """Put backlogged chunks in order; on failure the rest stay for the next try."""
-        while self.backlog:
-            ref = store.put_chunk(self.backlog[0])
-            chunk = self.backlog.pop(0)
-            self.offsets.append(self.chunked_end)
-            self.refs.append(ref)
-            self.chunked_end += len(chunk)
+    def submit(self, data: bytes) -> None:
+        """Accept ``data`` (the next bytes of the run); store it now or in the pump."""
+        with self._cond:
+            idle = not self._pumping and not self.backlog and not self._inbox
+            if idle and self.chunker.pending + len(data) < self.chunker.ready_at:
+                self.chunker.feed(data)  # it only buffers: cheaper than a hand-over
+                return
+            while self._inbox_bytes >= self.INBOX_LIMIT and self._pumping:
+                self._cond.wait()
+            self._inbox.append(data)
+            self._inbox_bytes += len(data)
+            if not self._pumping:
+                self._pumping = True
+                _pump_pool().submit(self._pump)
+
+    def quiesce(self) -> None:
+        """Wait until everything submitted has been chunked (and put, unless the disk is full)."""
+        with self._cond:
+            while self._pumping:
+                self._cond.wait()
+
+    def _pump(self) -> None:
+        """Feed and put what the writer submitted, in order, until the inbox is empty.
+
+        A failure (a full disk, an IO error) stops it with the unput chunks
+        kept in ``backlog``; the writer's next call retries them itself and
+        gets the error if it persists (``check``).
+        """
+        while True:
+            with self._cond:
+                if not self._inbox or self.backlog:
+                    self._pumping = False
+                    self._cond.notify_all()
+                    return
+                data = self._inbox.popleft()  # readers and committers wait for the pump: none sees it gone
+                self._inbox_bytes -= len(data)
+                self._cond.notify_all()
+            try:
+                self.backlog.extend(self.chunker.feed(data))
+                self.drain()
+            except StoreFullError:
+                log.info("%d streamed chunks wait for disk space", len(self.backlog))
+            except Exception:  # noqa: BLE001 (the chunks stay in backlog; check() raises it again)
+                log.debug("storing streamed chunks failed; retried at the next call", exc_info=True)
+
+    def check(self) -> None:
+        """Before accepting more: if the pump stopped on a failure, retry now and raise if it persists."""
+        with self._cond:
+            if not self._pumping and self.backlog:
+                self.drain()
+
+    # -- under quiesce ------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Put backlogged chunks, then chunk and put what still waits in the inbox; raises on failure."""
+        while True:
+            if self.backlog:
+                self.refs += self.store.put_chunks(self.backlog)
+                for chunk in self.backlog:
+                    self.offsets.append(self.chunked_end)
+                    self.chunked_end += len(chunk)
+                self.backlog = []
+            if self._pumping or not self._inbox:
+                return
+            data = self._inbox.popleft()
+            self._inbox_bytes -= len(data)
+            self.backlog.extend(self.chunker.feed(data))
 
     def unput(self) -> bytes:
         """Bytes accepted but not yet in the store, in file order (for reads)."""
         tail = self.chunker.peek() if self.chunker is not None else b""
-        return b"".join(self.backlog) + tail
+        return b"".join(self.backlog) + tail + b"".join(self._inbox)
 
-    def finish(self, store: ChunkStore) -> None:
+    def finish(self) -> None:
+        self.drain()
         if self.chunker is not None:
             self.backlog.extend(self.chunker.finish())
             self.chunker = None
-        self.drain(store)
+        self.drain()
 
 
 class FileData:
@@ -168,6 +244,7 @@ class FileData:
 
     def _read_streamed(self, start: int, end: int) -> bytes:
         stream = self._stream
+        stream.quiesce()
         out = bytearray(self._read_merged(start, min(end, stream.start)) if start < stream.start else b"")
         pos = max(start, stream.start)
         if pos < min(end, stream.chunked_end):
@@ -202,13 +279,9 @@ class FileData:
 
     def _append_to_stream(self, data: bytes) -> int:
         stream = self._stream
-        stream.drain(self.store)  # a full disk fails this write before it accepts anything
-        chunks = stream.chunker.feed(data)
+        stream.check()  # a full disk fails this write before it accepts anything
+        stream.submit(bytes(data))  # a caller's reusable buffer must not change under the pump
         self._size += len(data)  # accepted: from here on the bytes are kept
-        try:
-            stream.add(self.store, chunks)
-        except StoreFullError:
-            log.info("inode %d: %d chunks wait for disk space", self.ino, len(stream.backlog))
         return len(data)
 
     def _can_stream(self) -> bool:
@@ -220,10 +293,11 @@ class FileData:
         start = 0
         if self._base_limit:
             start = self._entry_at(self._base_limit - 1).offset
-        self._stream = _Stream(self.store, start)
+        stream = self._stream = _Stream(self.store, start)
         for pos in range(start, self._base_limit, READ_BLOCK):
             block = self._read_base(pos, min(pos + READ_BLOCK, self._base_limit))
-            self._stream.add(self.store, self._stream.chunker.feed(block))
+            stream.backlog.extend(stream.chunker.feed(block))
+            stream.drain()
 
     def _materialize_stream(self) -> None:
         """A non-sequential change ends a stream: commit what streamed, then use the overlay."""
@@ -288,7 +362,8 @@ class FileData:
 
     def _commit_stream(self, hook: Hook | None) -> None:
         stream = self._stream
-        stream.finish(self.store)
+        stream.quiesce()
+        stream.finish()
         self.store.commit_file(self.file_id, [Patch(stream.start, TO_END, stream.refs)], self._size, hook)
         self._stream = None
 
@@ -324,15 +399,17 @@ class FileData:
                 continue
             block = self._read_merged(fed, min(fed + READ_BLOCK, self._size))
             fed += len(block)
-            for chunk in chunker.feed(block):
-                refs.append(self.store.put_chunk(chunk))
+            chunks = chunker.feed(block)
+            put = self.store.put_chunks(chunks)
+            for k, chunk in enumerate(chunks):
+                refs.append(put[k])
                 cut += len(chunk)
                 resume = self._reusable_run_end(cut)
                 if resume is not None:
+                    self.store.release(put[k + 1:])  # cut, hashed and pinned, but the base has them
                     patches.append(Patch(start, cut, refs[first:]))
                     return self._restart_point(self._next_change(resume))
-        for chunk in chunker.finish():
-            refs.append(self.store.put_chunk(chunk))
+        refs += self.store.put_chunks(chunker.finish())
         patches.append(Patch(start, TO_END, refs[first:]))
         return None
 
@@ -423,6 +500,7 @@ class FileData:
         """Drop uncommitted changes and their pins (the file is being deleted)."""
         with self._lock:
             if self._stream is not None:  # nothing more is put: just let go of what was
+                self._stream.quiesce()
                 self.store.release(self._stream.refs)
                 self._stream = None
             self._dirty.clear()
@@ -453,6 +531,19 @@ def _zero_chunk_length(settings) -> int:
         chunks = chunker.feed(bytes(4 * settings.max_size + READ_BLOCK))
         _ZERO_CHUNK_LENGTH[key] = len(chunks[0])
     return _ZERO_CHUNK_LENGTH[key]
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pump_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that store streamed writes (shared by all files; made on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkfs-stream")
+        return _POOL
 
 
 def _index_at(offsets: list[int], pos: int) -> int:
