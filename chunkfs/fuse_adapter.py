@@ -4,7 +4,9 @@ This is the only module that imports pyfuse3.  Every handler maps every
 exception to ``FUSEError(errno_for(exc))``, because any other exception
 escaping a handler kills the pyfuse3 main loop.  Data calls (read, write,
 flush, fsync, release, truncate) run in worker threads so that disk IO and
-chunking never stall the trio loop; metadata calls run inline.
+chunking never stall the trio loop, except where they are cheaper than the
+thread hop: small files, and short reads (``FsCore.read_now``); metadata
+calls run inline.
 
 Entry point for the daemon (``chunkfs mount``)::
 
@@ -227,7 +229,11 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def read(self, fh, off, size):
-        return await self._data(self.core.small_io(fh, off + size), self.core.read, fh, off, size)
+        """Inline when FsCore.read_now says the read is short (most random reads), else in a thread."""
+        data = self.core.read_now(fh, off, size)
+        if data is None:
+            data = await _in_thread(self.core.read, fh, off, size)
+        return data
 
     @_translated
     async def write(self, fh, off, buf):

@@ -591,3 +591,48 @@ def test_explicit_mtime_survives_a_commit_that_began_before_it(fs, store):
     fs.release(writer)
     assert fs.getattr(ino).mtime_ns == explicit
     assert read_file(fs, ino) == b"NEW"
+
+
+def test_read_now_serves_short_reads_of_clean_big_files(fs, store):
+    """Short reads run on the event loop (read_now); long reads of big files are left to a thread (None)."""
+    data = os.urandom(600 * 1024)  # above the small-file limit
+    ino = write_file(fs, ROOT, b"big", data)
+    fh, _ = fs.open(ino, os.O_RDONLY)
+    try:
+        short = store.settings.min_size
+        assert fs.read_now(fh, 300_001, short) == data[300_001:300_001 + short]
+        assert fs.read_now(fh, len(data) - 10, 4096) == data[-10:]
+        assert fs.read_now(fh, 0, short + 1) is None
+        assert fs.read(fh, 0, short + 1) == data[:short + 1]
+    finally:
+        fs.release(fh)
+
+
+def test_read_now_never_waits_for_another_thread(fs):
+    """A file held by another thread (say a long commit) or being streamed answers None, not a stall."""
+    import threading
+    ino = write_file(fs, ROOT, b"f", b"x" * 5000)
+    fh, _ = fs.open(ino, os.O_RDWR)
+    try:
+        data = fs.files.handle(fh).inode.data
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with data._lock:
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait(10)
+        try:
+            assert fs.read_now(fh, 0, 100) is None
+        finally:
+            release.set()
+            t.join()
+        assert fs.read_now(fh, 0, 100) == b"x" * 100
+        fs.write(fh, 5000, b"y" * 100)  # an append: the file streams until committed
+        assert fs.read_now(fh, 4950, 100) is None
+        assert fs.read(fh, 4950, 100) == b"x" * 50 + b"y" * 50
+    finally:
+        fs.release(fh)

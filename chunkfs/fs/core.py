@@ -555,10 +555,34 @@ class FsCore(XattrOps):
     def read(self, fh: int, offset: int, length: int) -> bytes:
         try:
             return self.files.read(fh, offset, length)
-        except ChunkCorruptError as exc:  # the store knows only the inode's file id: name the file
-            ino = self.files.handle(fh).inode.ino
-            path = resolve_paths(self.ns, self.store.index, {ino}).get(ino)
-            raise exc.located(f"inode {ino} ({path})" if path else f"inode {ino}") from None
+        except ChunkCorruptError as exc:
+            raise self._located(fh, exc) from None
+
+    def read_now(self, fh: int, offset: int, length: int) -> bytes | None:
+        """``read`` if it is short enough for the event loop, else None: then call ``read`` in a thread.
+
+        Short means a small file (``small_io``), or a request of at most the
+        store's minimum chunk size: it touches at most two chunks, so it costs a
+        cache hit or one or two chunk preads and their xxh3 check, tens of
+        microseconds, while the hop to a worker thread and back cost more than
+        the read itself (cold 4 KiB random reads of a 1 GiB file, 3 runs:
+        daemon CPU per read 216 us with the hop, 144 us without).  The loop
+        may wait for the disk during those preads; bigger reads (the kernel's
+        128 KiB and read-ahead requests) still go to a thread.  Never waits
+        for another thread: a file busy in a commit or a stream gives None.
+        """
+        if length > self.store.settings.min_size and not self.small_io(fh, offset + length):
+            return None
+        try:
+            return self.files.read_nowait(fh, offset, length)
+        except ChunkCorruptError as exc:
+            raise self._located(fh, exc) from None
+
+    def _located(self, fh: int, exc: ChunkCorruptError) -> ChunkCorruptError:
+        """The store knows only the inode's file id: name the file, by path if it has one."""
+        ino = self.files.handle(fh).inode.ino
+        path = resolve_paths(self.ns, self.store.index, {ino}).get(ino)
+        return exc.located(f"inode {ino} ({path})" if path else f"inode {ino}")
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         if self.readonly:

@@ -221,6 +221,21 @@ class FileData:
                 return self._read_streamed(offset, end)
             return self._read_merged(offset, end)
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        """``read``, or None where it could wait on another thread.
+
+        For callers on the event loop: a commit, a truncate or a write in a
+        worker thread may hold this file for seconds, and a stream's reads
+        may wait until its chunks are stored, so both answer None (read in a
+        thread instead) rather than stall every other request.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return None if self._stream is not None else self.read(offset, length)
+        finally:
+            self._lock.release()
+
     def _read_merged(self, start: int, end: int) -> bytes:
         out = bytearray()
         for lo, hi, dirty in self._dirty.split(start, end):
