@@ -316,3 +316,23 @@ def test_dead_chunks_give_their_disk_blocks_back_at_once(store_dir):
         assert os.stat(pack).st_blocks < before * 0.6
         assert check_store(store, verify_data=True).clean
         assert all(store.read(f"f{i}") == rand(400_000, 200 + i) for i in range(4, 8))
+
+
+def test_read_range_fetches_a_repeated_chunk_once(store_dir, monkeypatch):
+    """A range that holds one chunk many times (zeros, say) reads it from its pack once, even with no cache."""
+    ChunkStore.create(store_dir, avg_size="16K").close()
+    store = ChunkStore.open(store_dir, cache_size=0)  # nothing is cached: only read_range itself can share
+    try:
+        block = rand(store.settings.max_size, seed=7)
+        data = b"\0" * (4 * store.settings.max_size) + block
+        store.ingest("f", data)
+        zero_chunks = {e.address for e in store.manifest("f") if e.offset < 4 * store.settings.max_size}
+        assert len(zero_chunks) == 1
+        reads = []
+        real = PackFiles.read
+        monkeypatch.setattr(PackFiles, "read", lambda self, loc: reads.append(loc) or real(self, loc))
+        assert store.read_range("f", 5, len(data)) == data[5:]
+        assert len(reads) == len({loc for loc in reads}) == len(store.manifest("f")) - 3
+        assert store.read_range("f", len(data) - 100, 1000) == block[-100:]
+    finally:
+        store.close()
