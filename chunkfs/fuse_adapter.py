@@ -150,12 +150,10 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def lookup(self, parent_inode, name, ctx):
-        try:
-            return _attributes(self.core.lookup(parent_inode, name))
-        except FSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        inode = self.core.find(parent_inode, name)
+        if inode is None:
             return _negative_entry()  # every create goes through the kernel, which drops this entry then
+        return _attributes(inode)
 
     async def forget(self, inode_list):
         try:  # in a thread: forgetting an unlinked big file deletes its whole manifest
@@ -314,7 +312,10 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def getxattr(self, inode, name, ctx):
-        return self.core.getxattr(inode, name)
+        value = self.core.find_xattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
 
     @_translated
     async def listxattr(self, inode, ctx):

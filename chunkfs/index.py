@@ -39,8 +39,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import lmdb
@@ -89,7 +88,8 @@ class Index:
         self.path = path
         self.create = create
         self.readonly = readonly
-        self._gate = threading.Condition()
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
         self._readers = 0
         self._resizing = False
         self._write_lock = threading.RLock()
@@ -143,24 +143,28 @@ class Index:
 
     # -- transactions -------------------------------------------------------
 
-    @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        with self._gate:
+    def read(self) -> "_Reading":
+        """``with index.read() as txn``: a read transaction a map resize waits for."""
+        return _Reading(self)
+
+    def _enter_read(self) -> None:
+        with self._gate_lock:
             while self._resizing:
                 self._gate.wait()
             self._readers += 1
-        try:
-            try:
-                txn = self.env.begin(buffers=False)
-            except lmdb.MapResizedError:
-                self.env.set_mapsize(0)  # another process grew the map; adopt its size
-                txn = self.env.begin(buffers=False)
-            with txn:
-                yield txn
-        finally:
-            with self._gate:
-                self._readers -= 1
+
+    def _leave_read(self) -> None:
+        with self._gate_lock:
+            self._readers -= 1
+            if self._resizing:
                 self._gate.notify_all()
+
+    def _begin_read(self) -> lmdb.Transaction:
+        try:
+            return self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)  # another process grew the map; adopt its size
+            return self.env.begin(buffers=False)
 
     def write(self, fn: Callable[[lmdb.Transaction], T], frees: bool = False) -> T:
         """Run ``fn(txn)`` in one write transaction and commit it.
@@ -229,6 +233,37 @@ class Index:
             except FileNotFoundError:
                 pass
         return total
+
+
+class _Reading:
+    """The context manager behind :meth:`Index.read`.
+
+    A class, not a generator: the filesystem opens a read transaction or two
+    for nearly every FUSE request, and a generator-based context manager
+    costs about as much again as the transaction itself.
+    """
+
+    __slots__ = ("index", "txn")
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> lmdb.Transaction:
+        index = self.index
+        index._enter_read()
+        try:
+            self.txn = index._begin_read()
+        except BaseException:
+            index._leave_read()
+            raise
+        return self.txn
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.txn.abort()  # a read-only transaction has nothing to commit
+        finally:
+            self.index._leave_read()
 
 
 _PROBE = """

@@ -235,18 +235,29 @@ class FsCore(XattrOps):
         return self._current(inode)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
+        inode = self.find(parent, name)
+        if inode is None:
+            raise FSError(errno.ENOENT)
+        return inode
+
+    def find(self, parent: int, name: bytes) -> Inode | None:
+        """lookup() with None for a missing name: the kernel asks before every create, so no exception."""
+        if name == b"." or name == b"..":
+            return self._dot_lookup(parent, name)
+        check_name(name)
+        with self._read() as txn:
+            entry = self.ns.lookup(txn, parent, name)
+            if entry is None:
+                self.ns.need_dir(txn, parent)  # ENOENT or ENOTDIR for a bad parent
+                return None
+            inode = self.ns.need(txn, entry.ino)  # an entry exists only in a directory: no parent check
+        self.remember(inode.ino)
+        return self._current(inode)
+
+    def _dot_lookup(self, parent: int, name: bytes) -> Inode:
         with self._read() as txn:
             directory = self.ns.need_dir(txn, parent)
-            if name == b".":
-                ino = parent
-            elif name == b"..":
-                ino = directory.parent or ROOT_INO
-            else:
-                check_name(name)
-                entry = self.ns.lookup(txn, parent, name)
-                if entry is None:
-                    raise FSError(errno.ENOENT)
-                ino = entry.ino
+            ino = parent if name == b"." else directory.parent or ROOT_INO
             inode = self.ns.need(txn, ino)
         self.remember(ino)
         return self._current(inode)
@@ -255,14 +266,14 @@ class FsCore(XattrOps):
         """chmod/chown/utimens/truncate; a size change blocks (call from a worker thread)."""
         if changes.size is not None:
             self._truncate(ino, changes.size, fh)
-        others = (changes.mode, changes.uid, changes.gid, changes.atime_ns, changes.mtime_ns, changes.ctime_ns)
-        if any(v is not None for v in others):
-            if changes.mtime_ns is not None:
-                self.files.forget_times(ino)  # before: a write racing with this one keeps its later time
-            self._write(lambda txn: self._apply_attrs(txn, ino, changes))
-        return self.getattr(ino)
+        if (changes.mode is None and changes.uid is None and changes.gid is None and changes.atime_ns is None
+                and changes.mtime_ns is None and changes.ctime_ns is None):
+            return self.getattr(ino)
+        if changes.mtime_ns is not None:
+            self.files.forget_times(ino)  # before: a write racing with this one keeps its later time
+        return self._current(self._write(lambda txn: self._apply_attrs(txn, ino, changes)))
 
-    def _apply_attrs(self, txn: lmdb.Transaction, ino: int, c: SetAttr) -> None:
+    def _apply_attrs(self, txn: lmdb.Transaction, ino: int, c: SetAttr) -> Inode:
         inode = self.ns.need(txn, ino)
         if c.mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (c.mode & 0o7777)
@@ -277,6 +288,7 @@ class FsCore(XattrOps):
             inode.mtime_ns = c.mtime_ns
         inode.ctime_ns = c.ctime_ns if c.ctime_ns is not None else _now()
         self.ns.put(txn, inode)
+        return inode
 
     def _truncate(self, ino: int, size: int, fh: int | None) -> None:
         if self.readonly:
@@ -377,7 +389,7 @@ class FsCore(XattrOps):
     def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Inode]:
         """Create and open a regular file: (file handle, attributes)."""
         inode = self._create(parent, name, stat.S_IFREG | (mode & 0o7777), caller)
-        fh = self.open(inode.ino, flags, created=True)[0]
+        fh = self._open_inode(inode, flags, lambda: 0, created=True)[0]  # nothing to read back: it is new
         return fh, inode
 
     def link(self, ino: int, parent: int, name: bytes) -> Inode:
@@ -488,13 +500,19 @@ class FsCore(XattrOps):
 
     # -- open files -----------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int, created: bool = False) -> tuple[int, bool]:
+    def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a regular file: (file handle, whether the kernel may keep cached pages).
 
         With O_TRUNC this truncates, which may block: call it from a worker thread then.
         """
         with self._read() as txn:
             inode = self.ns.need(txn, ino)
+        return self._open_inode(inode, flags, lambda: self._committed_size(ino))
+
+    def _open_inode(self, inode: Inode, flags: int, committed_size: Callable[[], int],
+                    created: bool = False) -> tuple[int, bool]:
+        """open() of an inode record in hand; ``committed_size`` is asked only if the file is not open yet."""
+        ino = inode.ino
         if inode.is_dir:
             raise FSError(errno.EISDIR)
         if not inode.is_reg:
@@ -502,7 +520,7 @@ class FsCore(XattrOps):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable and self.readonly:
             raise FSError(errno.EROFS)
-        handle, keep_cache = self.files.open(ino, flags, lambda: self._committed_size(ino))
+        handle, keep_cache = self.files.open(ino, flags, committed_size)
         if inode.nlink == 0:
             self.files.mark_unlinked(ino)  # reopened through /proc/PID/fd after its last name went
         if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it comes here, not as setattr

@@ -115,6 +115,9 @@ class Namespace:
         raw = txn.get(_key(ino), db=self.index.inodes)
         return None if raw is None else Inode.decode(ino, raw)
 
+    def exists(self, txn: lmdb.Transaction, ino: int) -> bool:
+        return txn.get(_key(ino), db=self.index.inodes) is not None
+
     def need(self, txn: lmdb.Transaction, ino: int) -> Inode:
         """The inode, or ENOENT (the kernel may ask about an inode already purged)."""
         inode = self.get(txn, ino)
