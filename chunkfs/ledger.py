@@ -46,7 +46,7 @@ Action = Callable[[], None]
 LOST_PACK = 0xFFFFFFFF
 
 
-@dataclass
+@dataclass(slots=True)
 class Pin:
     location: Location
     checksum: bytes
@@ -66,7 +66,7 @@ class Pin:
         self.committed, self.registered = False, True
 
 
-@dataclass
+@dataclass(slots=True)
 class ChunkRecord:
     refcount: int
     location: Location

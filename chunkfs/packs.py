@@ -61,7 +61,7 @@ SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 WRITEBACK_STEP = 8 * 1024 * 1024  # start writeback of every this many appended bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     pack: int
     offset: int  # of the chunk bytes, just after the record header
