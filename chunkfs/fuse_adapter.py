@@ -39,7 +39,9 @@ import errno
 import functools
 import logging
 import os
+import re
 import signal
+import stat
 import sys
 from collections.abc import Callable
 
@@ -132,6 +134,16 @@ def _translated(handler: Callable) -> Callable:
     return wrapper
 
 
+def kernel_keeps_direct_writes_coherent(release: str | None = None) -> bool:
+    """Linux 6.6 and later drop the cached pages a FUSE direct write overwrites; older kernels keep them.
+
+    On an older kernel, a file written through a direct handle while another
+    handle has its pages cached would read stale bytes, so direct writes stay off.
+    """
+    match = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return bool(match) and (int(match.group(1)), int(match.group(2))) >= (6, 6)
+
+
 async def _in_thread(fn: Callable, *args):
     return await trio.to_thread.run_sync(fn, *args)
 
@@ -142,11 +154,14 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_acl = True  # the kernel enforces POSIX ACLs; the core keeps them in step with modes (fs/acl.py)
 
-    def __init__(self, core: FsCore, writeback_cache: bool = False):
+    def __init__(self, core: FsCore, writeback_cache: bool = False, direct_writes: bool | None = None):
         super().__init__()
         self.core = core
         # off by default: measured no gain for sequential writes, extra setattrs for untar (docs/tuning.md)
         self.enable_writeback_cache = writeback_cache
+        if direct_writes is None:
+            direct_writes = not writeback_cache and kernel_keeps_direct_writes_coherent()
+        self.direct_writes = direct_writes
 
     @_translated
     async def lookup(self, parent_inode, name, ctx):
@@ -218,12 +233,25 @@ class Operations(pyfuse3.Operations):
             fh, keep_cache = await _in_thread(self.core.open, inode, flags)
         else:
             fh, keep_cache = self.core.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        direct = self._direct(flags) and not self.core.write_clears_privileges(inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct)
 
     @_translated
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, inode = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
-        return pyfuse3.FileInfo(fh=fh), _attributes(inode)
+        direct = self._direct(flags) and not inode.mode & (stat.S_ISUID | stat.S_ISGID)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct), _attributes(inode)
+
+    def _direct(self, flags: int) -> bool:
+        """Write-only handles bypass the page cache (FOPEN_DIRECT_IO) where that is safe.
+
+        Their data goes to the daemon once instead of also through the page
+        cache, and the kernel has no written pages to drop when the file's
+        mtime changes (which made the next open of a just-written 1 GiB file
+        take ~150 ms; docs/tuning.md).  A write-only handle cannot be read or
+        mmap'ed, so nothing is lost.
+        """
+        return self.direct_writes and flags & os.O_ACCMODE == os.O_WRONLY
 
     @_translated
     async def read(self, fh, off, size):

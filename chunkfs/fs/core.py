@@ -534,6 +534,19 @@ class FsCore(XattrOps):
             self._relatime(inode)
         return handle.fh, keep_cache
 
+    def write_clears_privileges(self, ino: int) -> bool:
+        """Whether a write to ``ino`` must clear setuid/setgid bits or file capabilities.
+
+        The kernel clears them itself on a write through its page cache, but
+        leaves it to the filesystem on a direct write (FUSE_WRITE_KILL_SUIDGID,
+        which pyfuse3 does not pass on): such files must not be written directly.
+        """
+        with self._read() as txn:
+            inode = self.ns.need(txn, ino)
+            if inode.mode & (stat.S_ISUID | stat.S_ISGID):
+                return True
+            return self.ns.xattr(txn, ino, b"security.capability") is not None
+
     def _committed_size(self, ino: int) -> int:
         with self._read() as txn:
             return self.ns.need(txn, ino).size
