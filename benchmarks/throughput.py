@@ -407,7 +407,9 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
         out = {}
         for side in order:
             if cold:
-                cold_ok &= drop_caches()
+                cold_ok &= drop_caches()  # syncs first
+            else:
+                os.sync()  # untimed: neither side meets writeback the step before left dirty
             value = fn(side, targets[side])
             if isinstance(value, dict):
                 res["extra"].setdefault(op, {})[side] = value
@@ -651,7 +653,9 @@ NOTES = [
     "the target (for chunkfs also of the store's filesystem, so its packs reach the disk as the plain files "
     "do). rsync: `rsync -a` of the unpacked tree (page cache warm) into an empty directory, same syncs. "
     "syncfs flushes everything dirty on that filesystem, other users' writes too, so the rows 'alone' give "
-    "the ratio of the commands without it.",
+    "the ratio of the commands without it. Before each side of every timed operation that is not cold, an "
+    "untimed `sync` writes back what earlier steps left dirty (the 1 GiB files, the other side's tree), so "
+    "neither side pays for the other's writeback.",
     "find + stat: `find DIR -printf '%i %s %m %T@\\n'` (one lstat per entry) over the untarred tree, cold.",
     "append: open with O_APPEND, write 4 KiB, fsync, close (all timed, and each step apart); the store's growth is "
     "the change of `chunkfs stats --json` disk_bytes (du of the store directory) across the append.",
