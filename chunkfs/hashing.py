@@ -9,13 +9,13 @@ Both hash functions release the GIL on large buffers.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
-import threading
 from collections.abc import Sequence
 
 import xxhash
+
+from .pools import LazyPool
 
 ADDRESS_SIZE = 32
 CHECKSUM_SIZE = 16
@@ -33,8 +33,7 @@ def checksum_of(data: bytes | memoryview) -> bytes:
 # A batch at least this big is hashed by two threads at once (SHA-256 runs
 # outside the GIL); below it the hand-over costs more than it saves.
 PARALLEL_BATCH = 256 * 1024
-_helper: concurrent.futures.ThreadPoolExecutor | None = None
-_helper_lock = threading.Lock()
+_HELPER = LazyPool(1, "chunkfs-hash")
 
 
 def addresses_of(chunks: Sequence[bytes | memoryview]) -> list[bytes]:
@@ -46,14 +45,7 @@ def addresses_of(chunks: Sequence[bytes | memoryview]) -> list[bytes]:
     if len(chunks) < 2 or sum(len(c) for c in chunks) < PARALLEL_BATCH or (os.cpu_count() or 1) < 2:
         return [address_of(c) for c in chunks]
     half = len(chunks) // 2
-    other = _helper_pool().submit(lambda: [address_of(c) for c in chunks[half:]])
+    other = _HELPER.submit(lambda: [address_of(c) for c in chunks[half:]])
     mine = [address_of(c) for c in chunks[:half]]
     return mine + other.result()
 
-
-def _helper_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _helper
-    with _helper_lock:
-        if _helper is None:
-            _helper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkfs-hash")
-        return _helper

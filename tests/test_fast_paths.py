@@ -15,31 +15,9 @@ import threading
 
 import pytest
 
-from chunkfs.errors import ChunkfsError
-from chunkfs.fs import ROOT_INO, Caller, FsCore, SetAttr
-from chunkfs.store import ChunkStore
+from chunkfs.fs import ROOT_INO, FsCore, SetAttr
 
-USER = Caller(uid=1000, gid=1000, umask=0o022)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = ChunkStore.create(tmp_path / "store")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def fs(store):
-    core = FsCore(store, root_uid=0, root_gid=0)
-    yield core
-    core.close()
-
-
-def errno_of(fn, *args) -> int:
-    with pytest.raises(ChunkfsError) as info:
-        fn(*args)
-    return info.value.errno
+from test_fs_core import USER, errno_of, fs, store  # noqa: F401 (the core tests' fixtures and helpers)
 
 
 def new_file(fs: FsCore, parent: int, name: bytes) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import concurrent.futures
 import logging
 import os
 import threading
@@ -42,6 +41,7 @@ import lmdb
 
 from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, StoreFullError
+from ..pools import LazyPool
 from ..store import TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
 from .intervals import IntervalSet
 
@@ -104,7 +104,7 @@ class _Stream:
             self._inbox_bytes += len(data)
             if not self._pumping:
                 self._pumping = True
-                _pump_pool().submit(self._pump)
+                _PUMPS.submit(self._pump)
 
     def quiesce(self) -> None:
         """Wait until everything submitted has been chunked (and put, unless the disk is full)."""
@@ -548,17 +548,7 @@ def _zero_chunk_length(settings) -> int:
     return _ZERO_CHUNK_LENGTH[key]
 
 
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pump_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that store streamed writes (shared by all files; made on first use)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkfs-stream")
-        return _POOL
+_PUMPS = LazyPool(2, "chunkfs-stream")  # the threads that store streamed writes, shared by all files
 
 
 def _index_at(offsets: list[int], pos: int) -> int:
