@@ -7,6 +7,7 @@ incremental re-chunking safe for dedup.
 
 import os
 import random
+import time
 
 import pytest
 
@@ -199,4 +200,73 @@ def test_a_full_disk_while_streaming_loses_no_accepted_byte(store, monkeypatch):
     fd.commit()
     fd.close()
     assert store.read(file_id_for(14)) == blocks[0] + blocks[1] + blocks[3]
+    assert not store.ledger.pins and check_store(store).clean
+
+
+def test_a_stream_pumped_in_the_background_reads_back_and_commits_exactly(store, monkeypatch):
+    """Big appends are chunked by the pump thread while the writer goes on; a small inbox makes it wait."""
+    from chunkfs.fs import openfile
+
+    monkeypatch.setattr(openfile._Stream, "INBOX_LIMIT", 256 * 1024)
+    real_make = openfile.make_chunker
+
+    class SlowFeed:
+        """Holds each block a moment between the inbox and the chunker: a read must wait for the pump."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def feed(self, data):
+            time.sleep(0.002)
+            return self.inner.feed(data)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(openfile, "make_chunker", lambda settings: SlowFeed(real_make(settings)))
+    rng = random.Random(5)
+    fd = FileData(store, 21, 0)
+    model = bytearray()
+    for i in range(96):
+        block = rng.randbytes(rng.choice([4096, 65536, 300_000]))
+        assert fd.write(len(model), block) == len(block)
+        model += block
+        if i % 7 == 0:  # reads while the pump works: streamed, backlogged, buffered and waiting bytes
+            time.sleep(0.001)  # let the pump take a block it then holds (SlowFeed)
+            off = max(0, len(model) - rng.randrange(1, 1_500_000))  # the tail: what the pump still holds
+            n = rng.randrange(1, 2_000_000)
+            assert fd.read(off, n) == bytes(model[off:off + n])
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(21)) == bytes(model)
+    boundaries_match_full_rechunk(store, file_id_for(21), model)
+    assert not store.ledger.pins and check_store(store).clean
+
+
+def test_an_io_error_in_the_pump_reaches_the_next_write_and_loses_nothing(store, monkeypatch):
+    """The pump runs after the write returned: its failure must surface at the next call, bytes kept."""
+    import errno
+
+    fd = FileData(store, 22, 0)
+    blocks = [random.Random(i).randbytes(1 << 20) for i in range(4)]
+    fd.write(0, blocks[0])
+    assert fd.read(0, 1) == blocks[0][:1]  # waits for the pump: it is idle before put_chunks breaks
+    real_put, broken = store.put_chunks, [True]
+
+    def put_on_a_broken_disk(chunks, *args):
+        if broken[0]:
+            raise OSError(errno.EIO, "simulated IO error")
+        return real_put(chunks, *args)
+
+    monkeypatch.setattr(store, "put_chunks", put_on_a_broken_disk)
+    assert fd.write(1 << 20, blocks[1]) == len(blocks[1])  # accepted; the pump fails behind it
+    assert fd.read(0, 2 << 20) == blocks[0] + blocks[1]
+    with pytest.raises(OSError) as info:
+        fd.write(2 << 20, blocks[2])  # the failure surfaces; nothing of this write is accepted
+    assert info.value.errno == errno.EIO and fd.size == 2 << 20
+    broken[0] = False
+    fd.write(2 << 20, blocks[3])
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(22)) == blocks[0] + blocks[1] + blocks[3]
     assert not store.ledger.pins and check_store(store).clean
