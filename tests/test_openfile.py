@@ -270,3 +270,37 @@ def test_an_io_error_in_the_pump_reaches_the_next_write_and_loses_nothing(store,
     fd.close()
     assert store.read(file_id_for(22)) == blocks[0] + blocks[1] + blocks[3]
     assert not store.ledger.pins and check_store(store).clean
+
+
+def test_more_streaming_files_than_pump_threads_are_all_stored_exactly(store, monkeypatch):
+    """Three files stream at once through two pump threads that take turns (TURN) and wait on small inboxes."""
+    import threading
+
+    from chunkfs.fs import openfile
+
+    monkeypatch.setattr(openfile._Stream, "INBOX_LIMIT", 128 * 1024)
+    monkeypatch.setattr(openfile._Stream, "TURN", 2)
+    files = [FileData(store, 30 + i, 0) for i in range(3)]
+    data = [random.Random(i).randbytes(6 << 20) for i in range(3)]
+    progress = [0, 0, 0]
+    stop = threading.Event()
+
+    def writer(k):
+        for off in range(0, len(data[k]), 64 * 1024):
+            if stop.is_set():
+                return
+            files[k].write(off, data[k][off:off + 64 * 1024])
+            progress[k] = off
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop.set()
+    assert not any(t.is_alive() for t in threads), progress
+    for k, fd in enumerate(files):
+        fd.commit()
+        fd.close()
+        assert store.read(file_id_for(30 + k)) == data[k]
+    assert not store.ledger.pins and check_store(store).clean

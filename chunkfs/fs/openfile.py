@@ -75,6 +75,7 @@ class _Stream:
     """
 
     INBOX_LIMIT = 8 * 1024 * 1024
+    TURN = 8  # blocks a pump stores before it lets other files' pumps have the thread
 
     def __init__(self, store: ChunkStore, start: int):
         self.store = store
@@ -117,9 +118,11 @@ class _Stream:
 
         A failure (a full disk, an IO error) stops it with the unput chunks
         kept in ``backlog``; the writer's next call retries them itself and
-        gets the error if it persists (``check``).
+        gets the error if it persists (``check``).  After ``TURN`` blocks it
+        queues itself again behind the other files' pumps, so that a writer
+        that never pauses cannot keep a pool thread from every other file.
         """
-        while True:
+        for _ in range(self.TURN):
             with self._cond:
                 if not self._inbox or self.backlog:
                     self._pumping = False
@@ -135,6 +138,7 @@ class _Stream:
                 log.info("%d streamed chunks wait for disk space", len(self.backlog))
             except Exception:  # noqa: BLE001 (the chunks stay in backlog; check() raises it again)
                 log.debug("storing streamed chunks failed; retried at the next call", exc_info=True)
+        _PUMPS.submit(self._pump)  # still pumping: its turn ended
 
     def check(self) -> None:
         """Before accepting more: if the pump stopped on a failure, retry now and raise if it persists."""
