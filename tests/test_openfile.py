@@ -5,6 +5,7 @@ from-scratch chunking of the whole content would give: that is what makes
 incremental re-chunking safe for dedup.
 """
 
+import errno
 import os
 import random
 import time
@@ -14,6 +15,7 @@ import pytest
 from chunkfs import ChunkStore
 from chunkfs.chunker import chunk_stream
 from chunkfs.fs.openfile import FileData, file_id_for
+from chunkfs.errors import StoreFullError
 from chunkfs.fsck import check_store
 
 SEEDS = [1, 2, 3, int(os.environ.get("CHUNKFS_TEST_SEED", random.randrange(1 << 30)))]
@@ -173,36 +175,6 @@ def test_a_10_gib_sparse_file_stores_one_zero_chunk(store_dir):
         assert store.read_range(file_id_for(13), (10 << 30) - 2, 10) == b"\0\0end"
 
 
-def test_a_full_disk_while_streaming_loses_no_accepted_byte(store, monkeypatch):
-    """ENOSPC while a stream puts chunks: accepted writes are kept, the error comes next write or at commit."""
-    from chunkfs.errors import StoreFullError
-
-    fd = FileData(store, 14, 0)
-    blocks = [random.Random(i).randbytes(1 << 20) for i in range(4)]
-    fd.write(0, blocks[0])
-    real_put, full = store.put_chunks, [True]
-
-    def put_on_a_full_disk(chunks):
-        if full[0]:
-            raise StoreFullError("no space left for chunk data (simulated)")
-        return real_put(chunks)
-
-    monkeypatch.setattr(store, "put_chunks", put_on_a_full_disk)
-    assert fd.write(len(blocks[0]), blocks[1]) == len(blocks[1])  # cut chunks wait in the backlog
-    assert fd.read(0, 2 << 20) == blocks[0] + blocks[1]  # read-your-writes includes them
-    with pytest.raises(StoreFullError):
-        fd.write(2 << 20, blocks[2])  # nothing of this write is accepted
-    with pytest.raises(StoreFullError):
-        fd.commit()
-    assert fd.size == 2 << 20
-    full[0] = False  # space freed
-    fd.write(2 << 20, blocks[3])
-    fd.commit()
-    fd.close()
-    assert store.read(file_id_for(14)) == blocks[0] + blocks[1] + blocks[3]
-    assert not store.ledger.pins and check_store(store).clean
-
-
 def test_a_stream_pumped_in_the_background_reads_back_and_commits_exactly(store, monkeypatch):
     """Big appends are chunked by the pump thread while the writer goes on; a small inbox makes it wait."""
     from chunkfs.fs import openfile
@@ -243,32 +215,42 @@ def test_a_stream_pumped_in_the_background_reads_back_and_commits_exactly(store,
     assert not store.ledger.pins and check_store(store).clean
 
 
-def test_an_io_error_in_the_pump_reaches_the_next_write_and_loses_nothing(store, monkeypatch):
-    """The pump runs after the write returned: its failure must surface at the next call, bytes kept."""
-    import errno
+@pytest.mark.parametrize("failure", [
+    lambda: StoreFullError("no space left for chunk data (simulated)"),
+    lambda: OSError(errno.EIO, "simulated IO error"),
+], ids=["full-disk", "io-error"])
+def test_a_failure_while_streaming_loses_no_accepted_byte(store, monkeypatch, failure):
+    """The pump stores chunks after the write returned: its failure surfaces at the next write and at commit.
 
-    fd = FileData(store, 22, 0)
+    Like delayed allocation: accepted bytes are kept (and read back), the
+    write that meets the failure accepts nothing, and once the cause is gone
+    everything commits.
+    """
+    fd = FileData(store, 14, 0)
     blocks = [random.Random(i).randbytes(1 << 20) for i in range(4)]
     fd.write(0, blocks[0])
     assert fd.read(0, 1) == blocks[0][:1]  # waits for the pump: it is idle before put_chunks breaks
     real_put, broken = store.put_chunks, [True]
 
-    def put_on_a_broken_disk(chunks, *args):
+    def put_failing(chunks, *args):
         if broken[0]:
-            raise OSError(errno.EIO, "simulated IO error")
+            raise failure()
         return real_put(chunks, *args)
 
-    monkeypatch.setattr(store, "put_chunks", put_on_a_broken_disk)
+    monkeypatch.setattr(store, "put_chunks", put_failing)
+    error = type(failure())
     assert fd.write(1 << 20, blocks[1]) == len(blocks[1])  # accepted; the pump fails behind it
-    assert fd.read(0, 2 << 20) == blocks[0] + blocks[1]
-    with pytest.raises(OSError) as info:
-        fd.write(2 << 20, blocks[2])  # the failure surfaces; nothing of this write is accepted
-    assert info.value.errno == errno.EIO and fd.size == 2 << 20
-    broken[0] = False
+    assert fd.read(0, 2 << 20) == blocks[0] + blocks[1]  # read-your-writes includes the waiting chunks
+    with pytest.raises(error):
+        fd.write(2 << 20, blocks[2])  # nothing of this write is accepted
+    with pytest.raises(error):
+        fd.commit()
+    assert fd.size == 2 << 20
+    broken[0] = False  # space freed, disk repaired
     fd.write(2 << 20, blocks[3])
     fd.commit()
     fd.close()
-    assert store.read(file_id_for(22)) == blocks[0] + blocks[1] + blocks[3]
+    assert store.read(file_id_for(14)) == blocks[0] + blocks[1] + blocks[3]
     assert not store.ledger.pins and check_store(store).clean
 
 
