@@ -40,7 +40,10 @@ def addresses_of(chunks: Sequence[bytes | memoryview]) -> list[bytes]:
     """The address of every chunk; a large batch is split between this thread and a helper.
 
     SHA-256 is the most expensive step of storing new data (about 1.8 GB/s
-    on one core here), and a writer's batch of chunks can use a second core.
+    on one core here), and a writer's batch of chunks can use a second core:
+    1 GiB through the mount took 2.09-2.34 s against 2.22-2.36 s hashed on
+    one thread (three interleaved runs).  Hashing one block while the next
+    is cut, as a second stage, did not help (2.35-2.58 s against 2.04-2.48 s).
     """
     if len(chunks) < 2 or sum(len(c) for c in chunks) < PARALLEL_BATCH or (os.cpu_count() or 1) < 2:
         return [address_of(c) for c in chunks]
