@@ -41,20 +41,20 @@ from typing import NamedTuple, TypeVar
 
 import lmdb
 
-from ..errors import ChunkCorruptError, FSError, StoreFullError
+from ..errors import FSError
 from . import acl
 from .blocks import BlockCounter
 from .gcworker import BackgroundGC
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
-from .recovery import recover_at_mount, resolve_paths
+from .recovery import recover_at_mount
 from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename, drop_link
+from .fileops import FileOps
 from .xattrs import XattrOps
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RELATIME_WINDOW_NS = 24 * 3600 * 10**9
 READDIR_BATCH = 128
 S_IFMT_KNOWN = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK)
 
@@ -90,9 +90,6 @@ class DirEntry:
     counted: bool = True
 
 
-SMALL_FILE = 256 * 1024
-
-
 def _now() -> int:
     return time.time_ns()
 
@@ -103,7 +100,7 @@ def _default_data_path() -> tuple[FileDataFactory, Callable[[int], bytes]]:
     return FileData, file_id_for
 
 
-class FsCore(XattrOps):
+class FsCore(FileOps, XattrOps):
     """One mounted filesystem's logic.  Metadata calls are cheap; data calls block (use threads)."""
 
     def __init__(self, store, *, root_uid: int | None = None, root_gid: int | None = None,
@@ -497,146 +494,6 @@ class FsCore(XattrOps):
 
     def fsyncdir(self, ino: int) -> None:
         self.store.sync()
-
-    # -- open files -----------------------------------------------------------------------
-
-    def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a regular file: (file handle, whether the kernel may keep cached pages).
-
-        With O_TRUNC this truncates, which may block: call it from a worker thread then.
-        """
-        with self._read() as txn:
-            inode = self.ns.need(txn, ino)
-        return self._open_inode(inode, flags, lambda: self._committed_size(ino))
-
-    def _open_inode(self, inode: Inode, flags: int, committed_size: Callable[[], int],
-                    created: bool = False) -> tuple[int, bool]:
-        """open() of an inode record in hand; ``committed_size`` is asked only if the file is not open yet."""
-        ino = inode.ino
-        if inode.is_dir:
-            raise FSError(errno.EISDIR)
-        if not inode.is_reg:
-            raise FSError(errno.EINVAL)  # FIFOs and devices are opened by the kernel itself
-        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if writable and self.readonly:
-            raise FSError(errno.EROFS)
-        handle, keep_cache = self.files.open(ino, flags, committed_size)
-        if inode.nlink == 0:
-            self.files.mark_unlinked(ino)  # reopened through /proc/PID/fd after its last name went
-        if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it comes here, not as setattr
-            try:
-                self.files.truncate(handle.inode, 0)
-            except BaseException:
-                self.files.release(handle.fh)
-                raise
-            keep_cache = False
-        if (flags & os.O_ACCMODE) != os.O_WRONLY and not created:
-            self._relatime(inode)
-        return handle.fh, keep_cache
-
-    def write_clears_privileges(self, ino: int) -> bool:
-        """Whether a write to ``ino`` must clear setuid/setgid bits or file capabilities.
-
-        The kernel clears them itself on a write through its page cache, but
-        leaves it to the filesystem on a direct write (FUSE_WRITE_KILL_SUIDGID,
-        which pyfuse3 does not pass on): such files must not be written directly.
-        """
-        with self._read() as txn:
-            inode = self.ns.need(txn, ino)
-            if inode.mode & (stat.S_ISUID | stat.S_ISGID):
-                return True
-            return self.ns.xattr(txn, ino, b"security.capability") is not None
-
-    def _committed_size(self, ino: int) -> int:
-        with self._read() as txn:
-            return self.ns.need(txn, ino).size
-
-    def _relatime(self, inode: Inode) -> None:
-        if self.atime != "relatime":
-            return
-        now = _now()
-        atime = inode.atime_ns
-        if atime > inode.mtime_ns and atime > inode.ctime_ns and now - atime < RELATIME_WINDOW_NS:
-            return
-
-        def touch(txn: lmdb.Transaction) -> None:
-            current = self.ns.get(txn, inode.ino)
-            if current is not None:
-                current.atime_ns = now
-                self.ns.put(txn, current)
-
-        try:
-            self._write(touch)
-        except StoreFullError:  # best effort: on a full disk, reading must still work
-            log.debug("inode %d: atime not updated, the disk is full", inode.ino)
-
-    def small_io(self, fh: int, end: int = 0) -> bool:
-        """Whether a data call on ``fh`` is cheap enough to run on the event loop.
-
-        A file of at most 256 KiB costs microseconds to read, write or commit,
-        less than handing the call to a worker thread and back; untar and
-        rsync of many small files spend most of their requests here.
-        """
-        try:
-            size = self.files.handle(fh).inode.data.size
-        except FSError:
-            return True  # the call itself reports the bad handle
-        return max(size, end) <= SMALL_FILE
-
-    def read(self, fh: int, offset: int, length: int) -> bytes:
-        try:
-            return self.files.read(fh, offset, length)
-        except ChunkCorruptError as exc:
-            raise self._located(fh, exc) from None
-
-    def read_now(self, fh: int, offset: int, length: int) -> bytes | None:
-        """``read`` if it is short enough for the event loop, else None: then call ``read`` in a thread.
-
-        Short means a small file (``small_io``), or a request of at most the
-        store's minimum chunk size: it touches at most two chunks, so it costs a
-        cache hit or one or two chunk preads and their xxh3 check, tens of
-        microseconds, while the hop to a worker thread and back cost more than
-        the read itself (cold 4 KiB random reads of a 1 GiB file, 3 runs:
-        daemon CPU per read 216 us with the hop, 144 us without).  The loop
-        may wait for the disk during those preads; bigger reads (the kernel's
-        128 KiB and read-ahead requests) still go to a thread.  Never waits
-        for another thread: a file busy in a commit or a stream gives None.
-        """
-        if length > self.store.settings.min_size and not self.small_io(fh, offset + length):
-            return None
-        try:
-            return self.files.read_nowait(fh, offset, length)
-        except ChunkCorruptError as exc:
-            raise self._located(fh, exc) from None
-
-    def _located(self, fh: int, exc: ChunkCorruptError) -> ChunkCorruptError:
-        """The store knows only the inode's file id: name the file, by path if it has one."""
-        ino = self.files.handle(fh).inode.ino
-        path = resolve_paths(self.ns, self.store.index, {ino}).get(ino)
-        return exc.located(f"inode {ino} ({path})" if path else f"inode {ino}")
-
-    def write(self, fh: int, offset: int, data: bytes) -> int:
-        if self.readonly:
-            raise FSError(errno.EROFS)
-        return self.files.write(fh, offset, data)
-
-    def flush(self, fh: int) -> None:
-        """close(2) of a descriptor: commit, so ENOSPC/EIO reach the application that wrote."""
-        if self.flush_may_commit(fh):
-            self.files.commit(self.files.handle(fh).inode)
-
-    def flush_may_commit(self, fh: int) -> bool:
-        """False if flushing ``fh`` is a no-op (read-only handle): the adapter then skips the thread."""
-        return self.files.handle(fh).writable
-
-    def fsync(self, fh: int, datasync: bool = False) -> None:
-        self.flush(fh)
-        self.store.sync()
-
-    def release(self, fh: int) -> None:
-        oi = self.files.release(fh)
-        if oi is not None and oi.unlinked:
-            self._purge_if_unreachable(oi.ino)
 
     # -- the filesystem as a whole --------------------------------------------------------
 

@@ -42,7 +42,8 @@ import lmdb
 from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, StoreFullError
 from ..pools import LazyPool
-from ..store import TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
+from ..manifests import TO_END, ChunkRef, ManifestEntry, Patch
+from ..store import ChunkStore
 from .intervals import IntervalSet
 
 log = logging.getLogger(__name__)
