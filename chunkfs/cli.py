@@ -42,6 +42,8 @@ mount options (-o, comma-separated, may be repeated):
   read_ahead_kb=N        the mount's read-ahead in KiB (default 1024)
   writeback_cache        let the kernel cache writes (off by default; see
                          docs/tuning.md before turning it on)
+  noreadaround           do not push the rest of a chunk a short read fetched
+                         into the kernel's page cache (on by default)
   noatime, nosuid, nodev, noexec, sync, dirsync, auto_unmount, ...
                          passed to FUSE and the kernel
 """

@@ -237,12 +237,13 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
     read_ahead = opts.read_ahead_kb if opts.read_ahead_kb is not None else DEFAULT_READ_AHEAD_KB
-    log.info("chunk cache %s, verify %s, writeback cache %s, read-ahead %d KiB", format_size(store_obj.cache.capacity),
-             store_obj.verify, "on" if opts.writeback_cache else "off", read_ahead)
+    log.info("chunk cache %s, verify %s, writeback cache %s, read-around %s, read-ahead %d KiB",
+             format_size(store_obj.cache.capacity), store_obj.verify, "on" if opts.writeback_cache else "off",
+             "on" if opts.read_around else "off", read_ahead)
     with store_obj, _ReadyWatcher(store, mountpoint, reporter, read_ahead, opts.read_ahead_kb is not None) as watcher, \
             _SignalStopper(mountpoint, watcher):
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store),  # closes the store itself
-                         writeback_cache=opts.writeback_cache)
+                         writeback_cache=opts.writeback_cache, read_around=opts.read_around)
         if not watcher.seen.is_set():
             raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
     log.info("daemon done: %s closed", store)

@@ -26,7 +26,9 @@ every open file is committed and the store closed.  With ``handle_signals``,
 SIGTERM/SIGINT end the request loop and run() unmounts (lazily, if busy);
 leave it off when the caller unmounts on signals itself, as the daemon does.
 ``writeback_cache`` asks the kernel for its writeback cache (off by default,
-see docs/tuning.md).  Failure to mount raises MountError.
+see docs/tuning.md); ``read_around`` pushes the rest of a chunk a short read
+fetched into the kernel's page cache (on by default, readaround.py).
+Failure to mount raises MountError.
 
 For tests and debugging: ``python -m chunkfs.fuse_adapter STORE MOUNTPOINT
 [-o opt,...] [--debug]`` mounts in the foreground with logs on stderr.
@@ -35,6 +37,7 @@ For tests and debugging: ``python -m chunkfs.fuse_adapter STORE MOUNTPOINT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import logging
@@ -50,6 +53,7 @@ import trio
 
 from .errors import ChunkfsError, FSError, MountError, errno_for
 from .fs import Caller, FsCore, Inode, SetAttr
+from .readaround import PagePusher
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ def _demote_vanished_replies(record: logging.LogRecord) -> bool:
 
 logging.getLogger("pyfuse3").addFilter(_demote_vanished_replies)
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TIMEOUT = 60.0  # seconds the kernel may cache entries and attributes: every change goes through it
 BLKSIZE = 128 * 1024  # preferred IO size reported in st_blksize (reads arrive as 128 KiB anyway)
 
@@ -154,9 +159,11 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_acl = True  # the kernel enforces POSIX ACLs; the core keeps them in step with modes (fs/acl.py)
 
-    def __init__(self, core: FsCore, writeback_cache: bool = False, direct_writes: bool | None = None):
+    def __init__(self, core: FsCore, writeback_cache: bool = False, direct_writes: bool | None = None,
+                 read_around: bool = True):
         super().__init__()
         self.core = core
+        self.pusher = PagePusher(pyfuse3.notify_store) if read_around else None
         # off by default: measured no gain for sequential writes, extra setattrs for untar (docs/tuning.md)
         self.enable_writeback_cache = writeback_cache
         if direct_writes is None:
@@ -192,7 +199,8 @@ class Operations(pyfuse3.Operations):
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
         )
         if changes.size is not None:
-            return _attributes(await _in_thread(self.core.setattr, inode, changes, fh))
+            async with self._writing(inode):
+                return _attributes(await _in_thread(self.core.setattr, inode, changes, fh))
         return _attributes(self.core.setattr(inode, changes, fh))
 
     @_translated
@@ -229,10 +237,14 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def open(self, inode, flags, ctx):
-        if flags & os.O_TRUNC:
-            fh, keep_cache = await _in_thread(self.core.open, inode, flags)
-        else:
+        if flags & os.O_ACCMODE == os.O_RDONLY:
             fh, keep_cache = self.core.open(inode, flags)
+        else:
+            async with self._writing(inode):
+                if flags & os.O_TRUNC:
+                    fh, keep_cache = await _in_thread(self.core.open, inode, flags)
+                else:
+                    fh, keep_cache = self.core.open(inode, flags)
         direct = self._direct(flags) and not self.core.write_clears_privileges(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct)
 
@@ -256,10 +268,18 @@ class Operations(pyfuse3.Operations):
     @_translated
     async def read(self, fh, off, size):
         """Inline when FsCore.read_now says the read is short (most random reads), else in a thread."""
-        data = self.core.read_now(fh, off, size)
-        if data is None:
-            data = await _in_thread(self.core.read, fh, off, size)
+        found = self.core.read_now_around(fh, off, size)
+        if found is None:
+            return await _in_thread(self.core.read, fh, off, size)
+        data, run = found
+        if run is not None and self.pusher is not None:
+            ino = self.core.files.handle(fh).inode.ino
+            self.pusher.offer(ino, functools.partial(run.pages, PAGE_SIZE, off, off + len(data)))
         return data
+
+    def _writing(self, ino: int) -> contextlib.AbstractAsyncContextManager:
+        """Around anything that lets ``ino``'s bytes change: no read-around push lands meanwhile."""
+        return self.pusher.hold(ino) if self.pusher is not None else contextlib.nullcontext()
 
     @_translated
     async def write(self, fh, off, buf):
@@ -386,7 +406,8 @@ async def _terminate_on_signal() -> None:
 
 def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         ready: Callable[[], None] | None = None, handle_signals: bool = False,
-        filedata_factory=None, file_id_for=None, writeback_cache: bool = False) -> None:
+        filedata_factory=None, file_id_for=None, writeback_cache: bool = False,
+        read_around: bool = True) -> None:
     """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring."""
     opts = mount_options(store.path, options)
     if debug:
@@ -398,12 +419,15 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         store.close()
         raise
     try:
-        _mount(Operations(core, writeback_cache), mountpoint, opts)
+        operations = Operations(core, writeback_cache, read_around=read_around)
+        _mount(operations, mountpoint, opts)
         try:
             if ready is not None:
                 ready()
             trio.run(_serve_until_unmounted, handle_signals)
         finally:
+            if operations.pusher is not None:
+                operations.pusher.close()
             pyfuse3.close(unmount=True)
     finally:
         try:
@@ -435,9 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     from .store import ChunkStore  # noqa: PLC0415
 
     options = {o for o in args.options.split(",") if o}
+    read_around = "noreadaround" not in options
+    options.discard("noreadaround")
     try:
         store = ChunkStore.open(args.store, readonly="ro" in options)
-        run(store, args.mountpoint, options, debug=args.debug, handle_signals=True,
+        run(store, args.mountpoint, options, debug=args.debug, handle_signals=True, read_around=read_around,
             ready=lambda: log.info("mounted %s on %s", args.store, args.mountpoint))
     except ChunkfsError as exc:
         print(f"chunkfs: {exc}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Three kinds of option reach ``chunkfs mount``:
 
 * chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``,
-  ``writeback_cache``, ``read_ahead_kb=``, ``nonempty``): consumed here, never
+  ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``): consumed here, never
   shown to libfuse, which would reject them (the writeback cache is asked for
   in FUSE's init reply, read-ahead is set through sysfs after mounting; see
   docs/tuning.md);
@@ -65,6 +65,7 @@ class MountOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     verify: str = "xxh3"
     writeback_cache: bool = False
+    read_around: bool = True
     read_ahead_kb: int | None = None  # None: DEFAULT_READ_AHEAD_KB, and no warning if it cannot be set
     fuse: set[str] = field(default_factory=set)
     given: list[str] = field(default_factory=list)
@@ -120,6 +121,8 @@ def _apply(opts: MountOptions, item: str) -> None:
         opts.nonempty = True
     elif name in ("writeback_cache", "nowriteback_cache"):
         opts.writeback_cache = name == "writeback_cache"
+    elif name in ("readaround", "noreadaround"):
+        opts.read_around = name == "readaround"
     elif name == "default_permissions":
         pass  # always on
     elif name in _KERNEL_FLAGS or name in _FUSE_FLAGS:

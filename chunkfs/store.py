@@ -418,25 +418,34 @@ class ChunkStore:
         return self.read_range(file_id, 0, self.size(file_id))
 
     def read_range(self, file_id: FileId, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset+length)`` (short at end of file), fetching only the chunks needed.
+        """Bytes ``[offset, offset+length)`` (short at end of file), fetching only the chunks needed."""
+        start, chunks = self.read_chunks(file_id, offset, length)
+        end, out = offset + length, []
+        for data in chunks:
+            out.append(memoryview(data)[max(offset - start, 0) : min(end - start, len(data))])
+            start += len(data)
+        return bytes(out[0]) if len(out) == 1 else b"".join(out)
+
+    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
+        """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
 
         One read transaction finds the chunks and where they lie (a fresh one
-        costs microseconds, a good part of a 4 KiB random read's CPU).
+        costs microseconds, a good part of a 4 KiB random read's CPU).  The
+        whole chunks are what the FUSE adapter pushes into the kernel's page
+        cache after a short read (readaround.py).
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
-        end = offset + length
         with self.index.read() as txn:
-            entries = self._manifest_in(txn, file_id, offset, end)
+            entries = self._manifest_in(txn, file_id, offset, offset + length)
             chunks = [self.cache.get(e.address) for e in entries]
             places = [None if c is not None else self.ledger.locate(txn, e.address) for e, c in zip(entries, chunks)]
-        out, fetched = [], {}
-        for entry, data, found in zip(entries, chunks, places):
-            if data is None:  # fetched once even where the range repeats a chunk (zeros, say)
-                data = fetched.get(entry.address) or self._fetch(entry.address, found, file_id)
-                fetched[entry.address] = data
-            out.append(memoryview(data)[max(offset - entry.offset, 0) : min(end - entry.offset, entry.length)])
-        return bytes(out[0]) if len(out) == 1 else b"".join(out)
+        fetched: dict[bytes, bytes] = {}
+        for i, (entry, found) in enumerate(zip(entries, places)):
+            if chunks[i] is None:  # fetched once even where the range repeats a chunk (zeros, say)
+                chunks[i] = fetched.get(entry.address) or self._fetch(entry.address, found, file_id)
+                fetched[entry.address] = chunks[i]
+        return (entries[0].offset if entries else offset), chunks
 
     def open_reader(self, file_id: FileId) -> io.BufferedReader:
         """A seekable, read-only binary file object over one stored file."""

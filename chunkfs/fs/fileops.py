@@ -21,6 +21,7 @@ import lmdb
 from ..errors import ChunkCorruptError, FSError, StoreFullError
 from .handles import OpenFiles
 from .namespace import Inode, Namespace
+from .chunkrun import ChunkRun
 from .recovery import resolve_paths
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,12 @@ class FileOps:
             raise self._located(fh, exc) from None
 
     def read_now(self, fh: int, offset: int, length: int) -> bytes | None:
-        """``read`` if it is short enough for the event loop, else None: then call ``read`` in a thread.
+        """``read`` if it is short enough for the event loop, else None: then call ``read`` in a thread."""
+        found = self.read_now_around(fh, offset, length)
+        return None if found is None else found[0]
+
+    def read_now_around(self, fh: int, offset: int, length: int) -> tuple[bytes, ChunkRun | None] | None:
+        """``read_now``, with the whole verified chunks the bytes came from if the kernel may cache them.
 
         Short means a small file (``small_io``), or a request of at most the
         store's minimum chunk size: it touches at most two chunks, so it costs a
@@ -138,13 +144,22 @@ class FileOps:
         may wait for the disk during those preads; bigger reads (the kernel's
         128 KiB and read-ahead requests) still go to a thread.  Never waits
         for another thread: a file busy in a commit or a stream gives None.
+
+        The chunks come only for a file nobody can write (no writable handle,
+        no uncommitted change), so they are its contents; the adapter pushes
+        their other pages into the kernel's cache (readaround.py), which
+        keeps writers out while a push is under way.
         """
         if length > self.store.settings.min_size and not self.small_io(fh, offset + length):
             return None
+        oi = self.files.handle(fh).inode
         try:
-            return self.files.read_nowait(fh, offset, length)
+            found = oi.data.read_nowait(offset, length)
         except ChunkCorruptError as exc:
             raise self._located(fh, exc) from None
+        if found is None or found[1] is None or not (oi.writers or oi.unlinked):
+            return found
+        return found[0], None
 
     def _located(self, fh: int, exc: ChunkCorruptError) -> ChunkCorruptError:
         """The store knows only the inode's file id: name the file, by path if it has one."""

@@ -44,6 +44,7 @@ from ..errors import FileNotFoundInStore, StoreFullError
 from ..pools import LazyPool
 from ..manifests import TO_END, ChunkRef, ManifestEntry, Patch
 from ..store import ChunkStore
+from .chunkrun import ChunkRun
 from .intervals import IntervalSet
 
 log = logging.getLogger(__name__)
@@ -226,18 +227,31 @@ class FileData:
                 return self._read_streamed(offset, end)
             return self._read_merged(offset, end)
 
-    def read_nowait(self, offset: int, length: int) -> bytes | None:
-        """``read``, or None where it could wait on another thread.
+    def read_nowait(self, offset: int, length: int) -> tuple[bytes, ChunkRun | None] | None:
+        """``read``, or None where it could wait on another thread; with the chunks of a clean file.
 
         For callers on the event loop: a commit, a truncate or a write in a
         worker thread may hold this file for seconds, and a stream's reads
         may wait until its chunks are stored, so both answer None (read in a
-        thread instead) rather than stall every other request.
+        thread instead) rather than stall every other request.  A file with
+        no uncommitted change also gives the whole chunks the bytes came from
+        (for read-around), else None in their place.
         """
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            return None if self._stream is not None else self.read(offset, length)
+            if self._stream is not None:
+                return None
+            if self._is_dirty():
+                return self.read(offset, length), None
+            end = min(offset + length, self._size)
+            if offset >= end:
+                return b"", None
+            run = ChunkRun(*self.store.read_chunks(self.file_id, offset, end - offset), self._size)
+            data = run.slice(offset, end)
+            if len(data) != end - offset:
+                raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
+            return data, run
         finally:
             self._lock.release()
 
