@@ -273,8 +273,7 @@ class Operations(pyfuse3.Operations):
             return await _in_thread(self.core.read, fh, off, size)
         data, run = found
         if run is not None and self.pusher is not None:
-            ino = self.core.files.handle(fh).inode.ino
-            self.pusher.offer(ino, functools.partial(run.pages, PAGE_SIZE, off, off + len(data)))
+            self.pusher.offer(run.ino, functools.partial(run.pages, PAGE_SIZE, off, off + len(data)))
         return data
 
     def _writing(self, ino: int) -> contextlib.AbstractAsyncContextManager:

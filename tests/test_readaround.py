@@ -16,10 +16,12 @@ import threading
 import pytest
 import trio
 
+from chunkfs.fs import ROOT_INO
 from chunkfs.fs.chunkrun import ChunkRun
 from chunkfs.readaround import BATCH, MAX_QUEUED, PagePusher
 
 from conftest import wait_until
+from test_fs_core import USER, fs, store  # noqa: F401 (the core tests' fixtures)
 
 PAGE = 4096
 
@@ -131,7 +133,7 @@ def test_a_failed_push_is_counted_and_later_ones_still_run(caplog):
     (0, [5000], 4000, (0, 4000), None),  # truncated below the run's end: only the page read
 ])
 def test_chunk_run_pages(start, sizes, file_size, skip, expected):
-    run = ChunkRun(start, [bytes([i + 1]) * n for i, n in enumerate(sizes)], file_size)
+    run = ChunkRun(1, start, [bytes([i + 1]) * n for i, n in enumerate(sizes)], file_size)
     found = run.pages(PAGE, *skip)
     if expected is None:
         assert found is None
@@ -139,6 +141,25 @@ def test_chunk_run_pages(start, sizes, file_size, skip, expected):
     lo, hi = expected
     whole = b"".join(run.chunks)[: file_size - start]
     assert found == (lo, whole[lo - start : hi - start])
+
+
+def test_the_core_offers_chunks_only_of_files_nobody_can_write(fs):
+    data = random.Random(4).randbytes(1024 * 1024)
+    fh, inode = fs.create(ROOT_INO, b"f", 0o644, os.O_WRONLY, USER)
+    fs.write(fh, 0, data)
+    fs.flush(fh)
+    reader = fs.open(inode.ino, os.O_RDONLY)[0]
+    assert fs.read_now_around(reader, 5000, PAGE)[1] is None  # the writer is still open
+    fs.release(fh)
+    got, run = fs.read_now_around(reader, 500_000, PAGE)
+    assert got == data[500_000 : 500_000 + PAGE]
+    assert run.ino == inode.ino and run.start <= 500_000 < run.start + sum(map(len, run.chunks))
+    assert b"".join(run.chunks) == data[run.start : run.start + len(b"".join(run.chunks))]
+    writer = fs.open(inode.ino, os.O_RDWR)[0]
+    fs.write(writer, 10, b"new")
+    assert fs.read_now_around(reader, 0, PAGE) == (data[:10] + b"new" + data[13:PAGE], None)
+    fs.release(writer)
+    fs.release(reader)
 
 
 # -- real mounts ---------------------------------------------------------------------

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class ChunkRun:
-    """Whole verified chunks of a committed file, from ``start``, and the file's size then."""
+    """Whole verified chunks of inode ``ino``'s committed contents, from ``start``, and its size then."""
 
+    ino: int
     start: int
     chunks: list[bytes]
     file_size: int

@@ -247,7 +247,7 @@ class FileData:
             end = min(offset + length, self._size)
             if offset >= end:
                 return b"", None
-            run = ChunkRun(*self.store.read_chunks(self.file_id, offset, end - offset), self._size)
+            run = ChunkRun(self.ino, *self.store.read_chunks(self.file_id, offset, end - offset), self._size)
             data = run.slice(offset, end)
             if len(data) != end - offset:
                 raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
