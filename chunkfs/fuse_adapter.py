@@ -237,7 +237,7 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def open(self, inode, flags, ctx):
-        if flags & os.O_ACCMODE == os.O_RDONLY:
+        if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC:
             fh, keep_cache = self.core.open(inode, flags)
         else:
             async with self._writing(inode):

@@ -77,6 +77,18 @@ def test_file_contents_and_attributes(mounted_fs):
     assert read(path) == b"short" and os.stat(path).st_blocks == 1
 
 
+def test_read_only_open_with_o_trunc_truncates_as_on_ext4(mounted_fs):
+    path = mounted_fs / "f"
+    write(path, os.urandom(100_000))
+    assert read(path)[:10]  # its pages are in the page cache now
+    fd = os.open(path, os.O_RDONLY | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0 and os.read(fd, 100) == b""
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_size == 0 and read(path) == b""
+
+
 def test_truncate_extends_with_zeros_and_shrinks(mounted_fs):
     path = mounted_fs / "t"
     write(path, b"0123456789")

@@ -56,21 +56,31 @@ class FileOps:
         if not inode.is_reg:
             raise FSError(errno.EINVAL)  # FIFOs and devices are opened by the kernel itself
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if writable and self.readonly:
+        if (writable or flags & os.O_TRUNC) and self.readonly:
             raise FSError(errno.EROFS)
         handle, keep_cache = self.files.open(ino, flags, committed_size)
         if inode.nlink == 0:
             self.files.mark_unlinked(ino)  # reopened through /proc/PID/fd after its last name went
-        if writable and flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it comes here, not as setattr
-            try:
-                self.files.truncate(handle.inode, 0)
-            except BaseException:
-                self.files.release(handle.fh)
-                raise
+        if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it comes here, not as setattr
+            self._truncate_at_open(handle, writable)
             keep_cache = False
         if (flags & os.O_ACCMODE) != os.O_WRONLY and not created:
             self._relatime(inode)
         return handle.fh, keep_cache
+
+    def _truncate_at_open(self, handle, writable: bool) -> None:
+        """O_TRUNC: empty the file, as Linux does even for O_RDONLY | O_TRUNC (the kernel checked write access).
+
+        A read-only handle never commits at flush, so its truncate is
+        committed here, and its errors reach open().
+        """
+        try:
+            self.files.truncate(handle.inode, 0)
+            if not writable:
+                self.files.commit(handle.inode)
+        except BaseException:
+            self.files.release(handle.fh)
+            raise
 
     def write_clears_privileges(self, ino: int) -> bool:
         """Whether a write to ``ino`` must clear setuid/setgid bits or file capabilities.
