@@ -19,9 +19,9 @@ from collections.abc import Callable
 import lmdb
 
 from ..errors import ChunkCorruptError, FSError, StoreFullError
+from .chunkrun import ChunkRun
 from .handles import OpenFiles
 from .namespace import Inode, Namespace
-from .chunkrun import ChunkRun
 from .recovery import resolve_paths
 
 log = logging.getLogger(__name__)

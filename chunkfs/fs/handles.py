@@ -131,10 +131,6 @@ class OpenFiles:
     def read(self, fh: int, offset: int, length: int) -> bytes:
         return self.handle(fh).inode.data.read(offset, length)
 
-    def read_nowait(self, fh: int, offset: int, length: int):
-        """``read`` for the event loop: None where it would wait for another thread (FileData.read_nowait)."""
-        return self.handle(fh).inode.data.read_nowait(offset, length)
-
     def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handle(fh)
         if not handle.writable:
