@@ -137,11 +137,27 @@ def test_throughput_every_operation_measured(throughput_run):
     for op in THROUGHPUT_OPS:
         row = doc["summary"][op]
         assert len(row["ratios"]) == 2 and all(r > 0 for r in row["ratios"]), (op, row)
+    sessions = {"write", "cold_read", "cold_read_ra", "random_read", "find_stat"}
     for run in doc["runs"]:
-        assert set(run["order"]) == {"plain", "chunkfs"}
-        # the daemon's peak RSS was read in every mount session
-        assert set(run["rss_peak_bytes"]) == {"write", "cold_read", "cold_read_ra", "random_read", "find_stat"}
+        assert set(run["order"]) == {"plain", "chunkfs", "passthrough"}
+        # the daemons' peak RSS was read in every mount session
+        assert set(run["rss_peak_bytes"]) == sessions
+        assert set(run["passthrough_rss_peak_bytes"]) == sessions
         assert all(v > 0 for v in run["rss_peak_bytes"].values())
+        # the read-ahead variant was set on both FUSE mounts alike
+        assert len(set(run["extra"]["readahead_variant_kb_by_side"].values())) == 1
+    assert [r["order"][0] for r in doc["runs"]] == ["plain", "chunkfs"]  # the order rotates
+
+
+def test_throughput_passthrough_measured_beside_chunkfs(throughput_run):
+    """Every operation also ran on the plain pyfuse3 passthrough, and the report compares chunkfs with it."""
+    _, out, doc = throughput_run
+    for op in THROUGHPUT_OPS:
+        row = doc["summary"][op]
+        for key in ("passthrough", "vs_passthrough"):
+            assert len(row[key]["ratios"]) == 2 and all(r > 0 for r in row[key]["ratios"]), (op, key, row)
+    assert doc["summary"]["untar"]["target_share_of_passthrough"] == round(0.4 / 0.47, 3)
+    assert "chunkfs ÷ passthrough" in (out / "throughput.md").read_text()
 
 
 def test_throughput_append_grows_store_by_few_chunks(throughput_run):
