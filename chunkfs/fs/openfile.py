@@ -256,13 +256,9 @@ class FileData:
             self._lock.release()
 
     def _read_merged(self, start: int, end: int) -> bytes:
-        out = bytearray()
-        for lo, hi, dirty in self._dirty.split(start, end):
-            if dirty:
-                out += self._read_staging(lo, hi)
-            else:
-                out += self._read_base(lo, hi)
-        return bytes(out)
+        pieces = [self._read_staging(lo, hi) if dirty else self._read_base(lo, hi)
+                  for lo, hi, dirty in self._dirty.split(start, end)]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)  # a clean file's read: no copy of a copy
 
     def _read_base(self, start: int, end: int) -> bytes:
         """Committed bytes below the base limit, zeros beyond (holes, truncated tails)."""
@@ -270,7 +266,7 @@ class FileData:
         data = self.store.read_range(self.file_id, start, split - start) if split > start else b""
         if len(data) != split - start:
             raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
-        return data + bytes(end - split)
+        return data + bytes(end - split) if end > split else data
 
     def _read_staging(self, start: int, end: int) -> bytes:
         data = os.pread(self._staging_fd, end - start, start)
