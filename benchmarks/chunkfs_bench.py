@@ -11,10 +11,9 @@ import importlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 
-from .common import Result, Timer, ToolError, du_bytes, failed, run, skipped
+from .common import Result, Timer, ToolError, checkout_env, chunkfs_cli, du_bytes, failed, run, skipped
 
 MOUNT_TIMEOUT = 3 * 3600
 
@@ -90,17 +89,6 @@ def _settings(stats: dict) -> dict:
 
 # -- through the mount ----------------------------------------------------------------------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli() -> list[str]:
-    """This checkout's CLI (run with this interpreter), not whatever `chunkfs` is first on PATH."""
-    return [sys.executable, "-m", "chunkfs.cli"]
-
-
-def _env() -> dict:
-    path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": REPO + (os.pathsep + path if path else "")}
 
 
 def mount_unavailable() -> str | None:
@@ -108,8 +96,8 @@ def mount_unavailable() -> str | None:
     if not os.path.exists("/dev/fuse"):
         return "mount not available: no /dev/fuse"
     try:
-        proc = subprocess.run([*_cli(), "mount", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=60, env={**os.environ, **_env()})
+        proc = subprocess.run([*chunkfs_cli(), "mount", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env={**os.environ, **checkout_env()})
     except (OSError, subprocess.SubprocessError) as exc:
         return f"mount not available: {exc}"
     if proc.returncode != 0:
@@ -136,14 +124,14 @@ def measure_mount(workload, scratch: str, avg_size: str | None = None) -> Result
     os.makedirs(mnt)
     mounted = False
     try:
-        run([*_cli(), "mkfs", store_dir, *(["--avg-size", avg_size] if avg_size else [])], env=_env())
+        run([*chunkfs_cli(), "mkfs", store_dir, *(["--avg-size", avg_size] if avg_size else [])], env=checkout_env())
         empty = du_bytes(store_dir)
-        run([*_cli(), "mount", store_dir, mnt], env=_env())  # daemon start-up is not ingest: untimed
+        run([*chunkfs_cli(), "mount", store_dir, mnt], env=checkout_env())  # daemon start-up is not ingest: untimed
         mounted = True
         with Timer() as timer:
             run(["cp", "-a", f"{workload.path}/.", mnt], timeout=MOUNT_TIMEOUT)
             run(["sync"])
-            run([*_cli(), "umount", mnt], env=_env(), timeout=MOUNT_TIMEOUT)
+            run([*chunkfs_cli(), "umount", mnt], env=checkout_env(), timeout=MOUNT_TIMEOUT)
             mounted = False
         return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
                       disk_bytes=du_bytes(store_dir), empty_bytes=empty, seconds=timer.seconds,
@@ -152,7 +140,7 @@ def measure_mount(workload, scratch: str, avg_size: str | None = None) -> Result
         return failed(tool, workload.name, str(exc))
     finally:
         if mounted:
-            run([*_cli(), "umount", mnt], env=_env(), check=False)
+            run([*chunkfs_cli(), "umount", mnt], env=checkout_env(), check=False)
         shutil.rmtree(store_dir, ignore_errors=True)
         if not os.path.ismount(mnt):  # never recurse into a mount that refused to go
             shutil.rmtree(mnt, ignore_errors=True)

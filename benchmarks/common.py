@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 MB = 1_000_000  # throughput is reported in MB/s (10^6 bytes), as disk tools do
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def chunkfs_cli() -> list[str]:
+    """This checkout's CLI, run with this interpreter (not whatever `chunkfs` is first on PATH)."""
+    return [sys.executable, "-m", "chunkfs.cli"]
+
+
+def checkout_env() -> dict:
+    """Environment additions that make a child Python import this checkout's chunkfs first."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": REPO + (os.pathsep + path if path else "")}
 
 
 def du_bytes(path: str | os.PathLike) -> int:

@@ -15,19 +15,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import ToolError, run
+from benchmarks.common import REPO, ToolError, checkout_env, chunkfs_cli, run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli() -> list[str]:
-    """This checkout's CLI, run with this interpreter (not whatever `chunkfs` is first on PATH)."""
-    return [sys.executable, "-m", "chunkfs.cli"]
-
-
-def _env() -> dict:
-    path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": REPO + (os.pathsep + path if path else "")}
 
 
 def vmhwm(pid: int) -> int | None:
@@ -93,13 +82,13 @@ class ChunkfsMount(FuseMount):
         super().__init__(mnt)
         self.store, self.mount_opts = store, mount_opts
         shutil.rmtree(store, ignore_errors=True)
-        run([*_cli(), "mkfs", store, *(["--avg-size", avg_size] if avg_size else [])], env=_env())
+        run([*chunkfs_cli(), "mkfs", store, *(["--avg-size", avg_size] if avg_size else [])], env=checkout_env())
         with open(os.path.join(store, "chunkfs.json")) as fh:
             self.avg_size = json.load(fh)["avg_size"]
 
     def mount(self) -> None:
         opts = ["-o", self.mount_opts] if self.mount_opts else []
-        run([*_cli(), "mount", self.store, self.mnt, *opts], env=_env(), timeout=300)
+        run([*chunkfs_cli(), "mount", self.store, self.mnt, *opts], env=checkout_env(), timeout=300)
         self.pid = self._daemon_pid()
 
     def _daemon_pid(self) -> int | None:
@@ -118,16 +107,16 @@ class ChunkfsMount(FuseMount):
 
     def umount(self, session: str) -> None:
         self._record_peak(session)
-        run([*_cli(), "umount", self.mnt, "--timeout", "600"], env=_env(), timeout=700)
+        run([*chunkfs_cli(), "umount", self.mnt, "--timeout", "600"], env=checkout_env(), timeout=700)
         self.pid = None
 
     def stats(self) -> dict:
-        return json.loads(run([*_cli(), "stats", self.mnt, "--json"], env=_env()).stdout)
+        return json.loads(run([*chunkfs_cli(), "stats", self.mnt, "--json"], env=checkout_env()).stdout)
 
     def cleanup(self) -> None:
         """Unmount if still mounted (never leave a daemon), then remove the store."""
         if os.path.ismount(self.mnt):
-            subprocess.run([*_cli(), "umount", self.mnt, "--timeout", "600"], env={**os.environ, **_env()},
+            subprocess.run([*chunkfs_cli(), "umount", self.mnt, "--timeout", "600"], env={**os.environ, **checkout_env()},
                            capture_output=True, timeout=700)
         self._force_unmount()
         shutil.rmtree(self.store, ignore_errors=True)
@@ -147,7 +136,7 @@ class PassthroughMount(FuseMount):
 
     def mount(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.passthrough", self.backing, self.mnt],
-                                     cwd=REPO, env={**os.environ, **_env()}, stdin=subprocess.DEVNULL,
+                                     cwd=REPO, env={**os.environ, **checkout_env()}, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         deadline = time.monotonic() + self.MOUNT_WAIT

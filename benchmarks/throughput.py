@@ -368,8 +368,9 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
 
 
 class _Session:
-    """Mount every FUSE side for one cold session and, for the read-ahead variant (``variant``: chunkfs's
-    default read-ahead -> the one to set), set it on all of them.  Records what each read-ahead really was."""
+    """Mount every FUSE side for one cold session, all at one read-ahead: chunkfs's default, or for the
+    variant session (``variant``: chunkfs's default -> the one to set) that one.  Records what each
+    mount's read-ahead really was."""
 
     def __init__(self, mounts: dict, name: str, variant, extra: dict):
         self.mounts, self.name, self.variant, self.extra = mounts, name, variant, extra
@@ -377,14 +378,14 @@ class _Session:
     def __enter__(self):
         for m in self.mounts.values():
             m.mount()
-        chunkfs = self.mounts["chunkfs"]
-        default_kb = chunkfs.readahead()
+        default_kb = self.mounts["chunkfs"].readahead()
         self.extra["readahead_default_kb"] = default_kb
+        want = default_kb if self.variant is None else self.variant(default_kb)
+        got = {side: (m.readahead() if want is None or (side == "chunkfs" and self.variant is None)
+                      else m.set_readahead(want)) for side, m in self.mounts.items()}
+        self.extra[f"readahead_{'variant' if self.variant else 'default'}_kb_by_side"] = got
         if self.variant is not None:
-            want = self.variant(default_kb)
-            got = {side: m.set_readahead(want) for side, m in self.mounts.items()}
             self.extra["readahead_variant_kb"] = got["chunkfs"]
-            self.extra["readahead_variant_kb_by_side"] = got
         return self
 
     def __exit__(self, *exc):

@@ -144,8 +144,10 @@ def test_throughput_every_operation_measured(throughput_run):
         assert set(run["rss_peak_bytes"]) == sessions
         assert set(run["passthrough_rss_peak_bytes"]) == sessions
         assert all(v > 0 for v in run["rss_peak_bytes"].values())
-        # the read-ahead variant was set on both FUSE mounts alike
-        assert len(set(run["extra"]["readahead_variant_kb_by_side"].values())) == 1
+        # both FUSE mounts read at the same read-ahead in both sequential sessions, and the two sessions differ
+        default, variant = (run["extra"][f"readahead_{s}_kb_by_side"] for s in ("default", "variant"))
+        assert len(set(default.values())) == 1 and len(set(variant.values())) == 1
+        assert set(default.values()) != set(variant.values())
     assert [r["order"][0] for r in doc["runs"]] == ["plain", "chunkfs"]  # the order rotates
 
 
