@@ -10,8 +10,9 @@ through this checkout's CLI) and on a plain pyfuse3 passthrough
 (benchmarks/passthrough.py: the floor of any Python FUSE filesystem here), one
 right after the other (the order rotates between runs), and the figure is the
 ratio plain time / chunkfs time (1.0 = as fast as the plain disk), with
-passthrough time / chunkfs time beside it (throughput_report.py).  Each run uses a fresh store; the headline is the
-median of the per-run ratios, and every run is kept in throughput.json.  Cold
+passthrough time / chunkfs time beside it (throughput_report.py).  Each run
+uses a fresh store; the headline is the median of the per-run ratios, and
+every run is kept in throughput.json.  Cold
 operations drop the page cache (``echo 3 > /proc/sys/vm/drop_caches``) and run
 on a freshly mounted chunkfs, so neither the kernel nor the daemon's chunk cache
 holds the data.  Needs root (drop_caches) and /dev/fuse.
@@ -74,7 +75,6 @@ def syncfs(path: str) -> None:
     run(["sync", "-f", path])
 
 
-
 def machine() -> dict:
     """What the figures were taken on: cores, memory, disk, kernel, FUSE versions."""
     info = {"kernel": platform.release(), "nproc": os.cpu_count(), "python": platform.python_version(),
@@ -117,7 +117,6 @@ def git_commit() -> str:
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "chunkfs"], capture_output=True,
                            text=True).stdout.strip()
     return (out.stdout.strip() or "unknown") + (" + uncommitted changes in chunkfs/" if dirty else "")
-
 
 
 # -- the operations (each returns seconds, or a dict with "seconds") -------------------------------
@@ -381,8 +380,10 @@ class _Session:
         default_kb = self.mounts["chunkfs"].readahead()
         self.extra["readahead_default_kb"] = default_kb
         want = default_kb if self.variant is None else self.variant(default_kb)
-        got = {side: (m.readahead() if want is None or (side == "chunkfs" and self.variant is None)
-                      else m.set_readahead(want)) for side, m in self.mounts.items()}
+        got = {}
+        for side, m in self.mounts.items():
+            keep = want is None or (side == "chunkfs" and self.variant is None)  # chunkfs's default stays
+            got[side] = m.readahead() if keep else m.set_readahead(want)
         self.extra[f"readahead_{'variant' if self.variant else 'default'}_kb_by_side"] = got
         if self.variant is not None:
             self.extra["readahead_variant_kb"] = got["chunkfs"]
@@ -433,7 +434,6 @@ def _append_line(a: dict) -> str:
     return (f"chunkfs {a['chunkfs_seconds'] * 1000:.1f} ms ({steps}; {100 * a['fraction_of_seq_write']:.2f}% of "
             f"the write), plain {a['plain_seconds'] * 1000:.1f} ms; store du +{a.get('disk_bytes_growth', 0)} B "
             f"({a['growth_avg_chunks']} avg chunks), unique chunk bytes +{a.get('stored_bytes_growth', 0)} B")
-
 
 
 # -- main ----------------------------------------------------------------------------------

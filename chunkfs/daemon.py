@@ -283,10 +283,26 @@ class _ReadyWatcher:
         if entry is not None:
             self.entry = entry
             if self.read_ahead_kb is not None:
+                wait_for_init(entry)
                 set_read_ahead(entry, self.read_ahead_kb, self.read_ahead_asked)  # before "ok": reads get it
             self.seen.set()
             log.info("mounted %s on %s", entry.store, entry.mountpoint)
             self.reporter.finish("ok")
+
+
+def wait_for_init(entry: mounts.MountEntry) -> None:
+    """Return once the kernel has processed the daemon's FUSE INIT reply.
+
+    The mount shows in mountinfo before that, and processing the reply
+    lowers the mount's read-ahead to the max_readahead libfuse agreed to
+    (128 KiB): a read-ahead set earlier is lost.  Every request waits for
+    INIT, so a stat of the mountpoint returning (answered by the loop in the
+    main thread) means it is done.
+    """
+    try:
+        os.stat(entry.mountpoint)
+    except OSError as exc:
+        log.debug("stat of %s before setting read-ahead: %s", entry.mountpoint, exc.strerror)
 
 
 def set_read_ahead(entry: mounts.MountEntry, kb: int, asked: bool) -> None:
