@@ -90,7 +90,6 @@ def _settings(stats: dict) -> dict:
 # -- through the mount ----------------------------------------------------------------------
 
 
-
 def mount_unavailable() -> str | None:
     """Why ``chunkfs mount`` cannot be benchmarked here, or None if it can."""
     if not os.path.exists("/dev/fuse"):

@@ -18,7 +18,6 @@ import time
 from benchmarks.common import REPO, ToolError, checkout_env, chunkfs_cli, run
 
 
-
 def vmhwm(pid: int) -> int | None:
     """Peak resident set size (VmHWM) of a live process, in bytes."""
     try:
