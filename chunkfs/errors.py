@@ -94,6 +94,16 @@ class ChunkCorruptError(ChunkfsError):
         return ChunkCorruptError(self.address, self.reason, self.file_id, where)
 
 
+class WouldBlock(ChunkfsError):
+    """A read asked not to wait for the disk found bytes that are not in memory yet.
+
+    Never a failure: the event loop reads what the page cache holds and hands
+    the rest of the request to a worker thread (FileData.read_nowait).
+    """
+
+    errno = _errno.EAGAIN
+
+
 class InvalidArgument(ChunkfsError):
     errno = _errno.EINVAL
 

@@ -5,8 +5,8 @@ exception to ``FUSEError(errno_for(exc))``, because any other exception
 escaping a handler kills the pyfuse3 main loop.  Data calls (read, write,
 flush, fsync, release, truncate) run in worker threads so that disk IO and
 chunking never stall the trio loop, except where they are cheaper than the
-thread hop: small files, and short reads (``FsCore.read_now``); metadata
-calls run inline.
+thread hop: small files, short reads, and long reads whose chunks are all in
+memory (``FsCore.read_now``); metadata calls run inline.
 
 Entry point for the daemon (``chunkfs mount``)::
 
@@ -267,7 +267,7 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def read(self, fh, off, size):
-        """Inline when FsCore.read_now says the read is short (most random reads), else in a thread."""
+        """Inline when FsCore.read_now can (short reads, long ones from memory), else in a thread."""
         found = self.core.read_now_around(fh, off, size)
         if found is None:
             return await _in_thread(self.core.read, fh, off, size)

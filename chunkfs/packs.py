@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import struct
 import threading
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import StoreFullError
+from .errors import StoreFullError, WouldBlock
 
 PACK_MAGIC = b"CHUNKFS-PACK\x00\x00\x01\n"
 assert len(PACK_MAGIC) == 16
@@ -249,6 +250,37 @@ class PackFiles:
     def read(self, loc: Location) -> bytes:
         """The bytes at ``loc``; short if the pack is truncated, FileNotFoundError if gone."""
         return os.pread(self._fd(loc.pack), loc.length, loc.offset)
+
+    def read_run(self, locs: Sequence[Location], into: Sequence[memoryview], nowait: bool = False) -> bool:
+        """Read records that lie back to back in one pack, each chunk into its buffer, with one ``preadv``.
+
+        The record headers between the chunks land in a scratch buffer.  At
+        most IOV_BATCH records.  False if the pack ends early (truncated: the
+        caller reads the chunks one by one to find out which); FileNotFoundError
+        if it is gone.  With ``nowait``, only bytes the page cache already
+        holds (RWF_NOWAIT): WouldBlock if any would have to come from the disk.
+        """
+        header = memoryview(bytearray(RECORD.size))
+        iov: list[memoryview] = []
+        for loc, view in zip(locs, into):
+            if iov:
+                iov.append(header)
+            iov.append(view)
+        want = sum(len(v) for v in iov)
+        fd = self._fd(locs[0].pack)
+        if not nowait:
+            return os.preadv(fd, iov, locs[0].offset) == want
+        try:
+            got = os.preadv(fd, iov, locs[0].offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            got = -1
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # EINVAL, EOPNOTSUPP: no RWF_NOWAIT here
+                raise
+            got = -1
+        if got != want:  # part of it is not in memory (or the pack is short: a waiting read tells)
+            raise WouldBlock(f"pack {locs[0].pack:08x} at {locs[0].offset}: not all in the page cache")
+        return True
 
     def read_record_header(self, loc: Location) -> tuple[bytes, int, bytes]:
         raw = self.read_record_header_bytes(loc)

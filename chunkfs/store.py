@@ -42,6 +42,7 @@ from .filestream import StoreFileReader, blocks_of
 from .ledger import LOST_PACK, Action, ChunkRecord, Ledger, new_pack_record
 from .manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch
 from .packs import Location, PackFiles
+from .spans import read_span
 from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
 
 log = logging.getLogger(__name__)
@@ -425,6 +426,16 @@ class ChunkStore:
             out.append(memoryview(data)[max(offset - start, 0) : min(end - start, len(data))])
             start += len(data)
         return bytes(out[0]) if len(out) == 1 else b"".join(out)
+
+    def read_view(self, file_id: FileId, offset: int, length: int, nowait: bool = False) -> memoryview:
+        """``read_range`` for long reads: the bytes in one new buffer, no chunk objects, no cache (spans.py).
+
+        With ``nowait``, WouldBlock rather than wait for the disk: for the
+        event loop, which hands the read to a thread then.
+        """
+        if offset < 0 or length < 0:
+            raise InvalidArgument("offset and length must not be negative")
+        return read_span(self, file_id, offset, length, nowait)
 
     def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.

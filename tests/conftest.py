@@ -111,6 +111,29 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02) -> bool
     return True
 
 
+def drop_pack_pages(store) -> bool:
+    """Evict a store's pack files from the page cache, as after a reboot; False where that is not possible.
+
+    ``posix_fadvise(DONTNEED)`` drops clean pages only (hence the fsync); a
+    filesystem that keeps file pages as its storage (tmpfs) drops nothing,
+    which the ``RWF_NOWAIT`` probe of each pack's first page finds.
+    """
+    packs = Path(store) / "packs"
+    for pack in packs.iterdir():
+        fd = os.open(pack, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            try:
+                os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+                return False
+            except BlockingIOError:
+                pass
+        finally:
+            os.close(fd)
+    return True
+
+
 def store_holder(store) -> int | None:
     from chunkfs import mounts  # noqa: PLC0415
 

@@ -9,12 +9,15 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from chunkfs import ChunkCorruptError, ChunkStore, StoreLockedError
 from chunkfs.errors import (FileNotFoundInStore, FormatVersionError, IndexCorruptError, InvalidArgument,
-                            NotAStoreError, SettingsError, StoreExistsError)
+                            NotAStoreError, SettingsError, StoreExistsError, WouldBlock)
 from chunkfs.fsck import check_store
 from chunkfs.packs import PackFiles
+
+from conftest import drop_pack_pages
 
 
 def rand(n: int, seed: int = 0) -> bytes:
@@ -51,6 +54,23 @@ def test_open_reader_is_seekable(store):
         assert fh.read() == data[-5:]
         fh.seek(0)
         assert fh.read() == data
+
+
+def test_a_nowait_read_never_waits_for_the_disk(store_dir):
+    """The event loop's reads: what memory holds, or WouldBlock, never a wait and never wrong bytes."""
+    data = rand(2 << 20, 7)
+    mib = 1 << 20
+    with ChunkStore.create(store_dir, avg_size="16K") as s:
+        s.ingest("f", data)
+    with ChunkStore.open(store_dir) as s:
+        if not drop_pack_pages(store_dir):
+            pytest.skip("this filesystem keeps its files' pages in memory")
+        with pytest.raises(WouldBlock):
+            s.read_view("f", 0, mib, nowait=True)
+        assert s.read_view("f", 1, mib) == data[1:mib + 1]  # waits for the disk
+        assert s.read_view("f", 2, mib, nowait=True) == data[2:mib + 2]  # the packs' pages are cached now
+        assert s.read_view("f", mib, 2 * mib, nowait=True) == data[mib:]  # the file ends
+        assert s.read_view("f", 2 * mib, 10, nowait=True) == b""
 
 
 def test_empty_file(store):
@@ -129,8 +149,14 @@ def flip_byte_in_chunk(store_dir, store, address: bytes) -> None:
         fh.write(bytes([byte[0] ^ 0xFF]))
 
 
+def read_with(store, reader: str, file_id) -> bytes:
+    """The whole file through the chunk-by-chunk path (read_range) or the long-read one (read_view)."""
+    return bytes(getattr(store, reader)(file_id, 0, store.size(file_id)))
+
+
+@pytest.mark.parametrize("reader", ["read_range", "read_view"])
 @pytest.mark.parametrize("verify", ["xxh3", "sha256"])
-def test_flipped_byte_raises_for_files_using_it_only(store_dir, verify, caplog):
+def test_flipped_byte_raises_for_files_using_it_only(store_dir, verify, reader, caplog):
     shared, other = rand(64_000, 7), rand(200_000, 8)
     with ChunkStore.create(store_dir, avg_size="16K") as store:
         store.ingest("uses", shared + other[:50_000])
@@ -142,16 +168,19 @@ def test_flipped_byte_raises_for_files_using_it_only(store_dir, verify, caplog):
     with ChunkStore.open(store_dir, verify=verify) as store:
         for name in ("uses", "also"):
             with pytest.raises(ChunkCorruptError) as info:
-                store.read(name)
+                read_with(store, reader, name)
             assert info.value.address == victim and info.value.file_id == name
             assert victim.hex() in str(info.value)
-        assert store.read("clean") == other
+        assert read_with(store, reader, "clean") == other
+        after = max(e.offset + e.length for e in store.manifest("uses") if e.address == victim)
+        assert bytes(getattr(store, reader)("uses", after, 10**6)) == (shared + other[:50_000])[after:]
         report = check_store(store, verify_data=True)
         assert [f.kind for f in report.findings] == ["corrupt-chunk"]
     assert victim.hex() in caplog.text  # the log names the chunk
 
 
-def test_truncated_and_missing_packs_raise_corrupt(store_dir, caplog):
+@pytest.mark.parametrize("reader", ["read_range", "read_view"])
+def test_truncated_and_missing_packs_raise_corrupt(store_dir, reader, caplog):
     with ChunkStore.create(store_dir) as store:
         store.ingest("f", rand(300_000, 9))
         pack = store.packs.active
@@ -159,11 +188,13 @@ def test_truncated_and_missing_packs_raise_corrupt(store_dir, caplog):
     os.truncate(path, os.path.getsize(path) - 1000)
     with ChunkStore.open(store_dir) as store:
         with pytest.raises(ChunkCorruptError, match="truncated"):
-            store.read("f")
+            read_with(store, reader, "f")
+        last = store.manifest("f")[-1]
+        assert bytes(getattr(store, reader)("f", 0, last.offset)) == rand(300_000, 9)[:last.offset]
     os.unlink(path)
     with ChunkStore.open(store_dir) as store:
         with pytest.raises(ChunkCorruptError, match="missing"):
-            store.read("f")
+            read_with(store, reader, "f")
         assert "missing-pack" in {f.kind for f in check_store(store).findings}
 
 
@@ -336,3 +367,38 @@ def test_read_range_fetches_a_repeated_chunk_once(store_dir, monkeypatch):
         assert store.read_range("f", len(data) - 100, 1000) == block[-100:]
     finally:
         store.close()
+
+
+def test_read_view_reads_each_record_once_and_back_to_back_records_together(store_dir, monkeypatch):
+    """A long read takes a run of records lying back to back in one preadv, and a repeated chunk once."""
+    with ChunkStore.create(store_dir, avg_size="16K") as store:
+        block = rand(store.settings.max_size, seed=7)
+        data = b"\0" * (4 * store.settings.max_size) + block + rand(500_000, 8)
+        store.ingest("f", data)
+        entries = store.manifest("f")
+        runs = []
+        real = PackFiles.read_run
+        monkeypatch.setattr(PackFiles, "read_run", lambda self, locs, into, nowait=False:
+                            runs.append(list(locs)) or real(self, locs, into, nowait))
+        assert store.read_view("f", 5, len(data)) == data[5:]
+        records = [loc for run in runs for loc in run]
+        assert len(records) == len(set(records)) == len({e.address for e in entries})
+        assert len(runs) <= 2  # the zero chunk, then everything after it in one pack
+        assert store.read_view("f", len(data) - 100, 1000) == data[-100:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_read_view_equals_the_bytes_ingested(tmp_path_factory, data):
+    """Any range of any file, with repeats, zeros and a tail, reads back as written."""
+    pieces = data.draw(st.lists(st.sampled_from(["rand", "zeros", "repeat"]), min_size=1, max_size=6))
+    content, seed = b"", data.draw(st.integers(0, 1000))
+    for i, kind in enumerate(pieces):
+        size = 1 + (seed * (i + 7)) % 90_000
+        content += {"rand": rand(size, seed + i), "zeros": bytes(size), "repeat": content[:size]}[kind]
+    offset = data.draw(st.integers(0, len(content) + 10))
+    length = data.draw(st.integers(0, len(content) + 10))
+    with ChunkStore.create(tmp_path_factory.mktemp("s") / "store", avg_size="8K") as store:
+        store.ingest("f", content)
+        assert store.read_view("f", offset, length) == content[offset:offset + length]
+        assert store.read_view("f", offset, length, nowait=True) == content[offset:offset + length]

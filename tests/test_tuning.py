@@ -43,6 +43,19 @@ def read_all(path) -> bytes:
         return bytes(out)
 
 
+def read_in_pages(path) -> bytes:
+    """The file 4 KiB at a time with the kernel's read-ahead off, as a random reader sends short reads."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        out = bytearray()
+        while page := os.pread(fd, 4096, len(out)):
+            out += page
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
 def drop_page_cache(path) -> None:
     """Forget the kernel's cached pages of one file (not the whole machine's)."""
     fd = os.open(path, os.O_RDONLY)
@@ -151,9 +164,9 @@ def test_cache_size_decides_what_a_reread_costs(mount_factory, cache_size, cache
     path = fs / "f"
     path.write_bytes(data)
     fs.remount()
-    assert read_all(path) == data  # fills the chunk cache, as far as it holds
+    assert read_in_pages(path) == data  # short reads fill the chunk cache, as far as it holds
     drop_page_cache(path)
-    io = io_of(fs, lambda: read_all(path))
+    io = io_of(fs, lambda: read_in_pages(path))
     if cached:
         assert io["rchar"] < 2 * MiB, io  # from the chunk cache: no pack reads
     else:
@@ -170,7 +183,7 @@ def test_keep_cache_serves_a_second_read_from_the_page_cache(mounted_fs):
     path.write_bytes(data)
     first = io_of(mounted_fs, lambda: read_all(path))  # written since the last open: pages dropped
     second = io_of(mounted_fs, lambda: read_all(path))
-    assert first["syscr"] >= 32 * MiB // (128 * KiB), first
+    assert first["rchar"] >= 32 * MiB, first  # every chunk read from its pack
     assert second["syscr"] < 20, second  # open, flush, release: no READ requests
     with open(path, "r+b") as fh:  # a change through the kernel keeps its cache right ...
         fh.seek(5 * MiB)

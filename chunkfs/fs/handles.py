@@ -128,7 +128,7 @@ class OpenFiles:
 
     # -- data (blocking: call from worker threads) ---------------------------------
 
-    def read(self, fh: int, offset: int, length: int) -> bytes:
+    def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
         return self.handle(fh).inode.data.read(offset, length)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import lmdb
 
 from ..chunker import make_chunker
-from ..errors import FileNotFoundInStore, StoreFullError
+from ..errors import FileNotFoundInStore, StoreFullError, WouldBlock
 from ..pools import LazyPool
 from ..manifests import TO_END, ChunkRef, ManifestEntry, Patch
 from ..store import ChunkStore
@@ -218,7 +218,7 @@ class FileData:
 
     # -- reading ----------------------------------------------------------------
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | memoryview:
         with self._lock:
             end = min(offset + length, self._size)
             if offset >= end:
@@ -227,7 +227,8 @@ class FileData:
                 return self._read_streamed(offset, end)
             return self._read_merged(offset, end)
 
-    def read_nowait(self, offset: int, length: int) -> tuple[bytes, ChunkRun | None] | None:
+    def read_nowait(self, offset: int, length: int,
+                    wait_for_disk: bool = True) -> tuple[bytes | memoryview, ChunkRun | None] | None:
         """``read``, or None where it could wait on another thread; with the chunks of a clean file.
 
         For callers on the event loop: a commit, a truncate or a write in a
@@ -235,7 +236,10 @@ class FileData:
         may wait until its chunks are stored, so both answer None (read in a
         thread instead) rather than stall every other request.  A file with
         no uncommitted change also gives the whole chunks the bytes came from
-        (for read-around), else None in their place.
+        (for read-around), else None in their place.  Without
+        ``wait_for_disk`` (long reads) the bytes come from memory or not at
+        all: None if any chunk would have to come from the disk, or if the
+        file is dirty (its staging file may have to); never with the chunks.
         """
         if not self._lock.acquire(blocking=False):
             return None
@@ -243,30 +247,39 @@ class FileData:
             if self._stream is not None:
                 return None
             if self._is_dirty():
-                return self.read(offset, length), None
+                return (self.read(offset, length), None) if wait_for_disk else None
             end = min(offset + length, self._size)
             if offset >= end:
                 return b"", None
+            if not wait_for_disk:
+                try:
+                    return self._checked(self.store.read_view(self.file_id, offset, end - offset, nowait=True),
+                                         end - offset), None
+                except WouldBlock:
+                    return None
             run = ChunkRun(self.ino, *self.store.read_chunks(self.file_id, offset, end - offset), self._size)
-            data = run.slice(offset, end)
-            if len(data) != end - offset:
-                raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
-            return data, run
+            return self._checked(run.slice(offset, end), end - offset), run
         finally:
             self._lock.release()
 
-    def _read_merged(self, start: int, end: int) -> bytes:
+    def _read_merged(self, start: int, end: int) -> bytes | memoryview:
         pieces = [self._read_staging(lo, hi) if dirty else self._read_base(lo, hi)
                   for lo, hi, dirty in self._dirty.split(start, end)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)  # a clean file's read: no copy of a copy
 
-    def _read_base(self, start: int, end: int) -> bytes:
+    def _read_base(self, start: int, end: int) -> bytes | memoryview:
         """Committed bytes below the base limit, zeros beyond (holes, truncated tails)."""
         split = min(max(self._base_limit, start), end)
-        data = self.store.read_range(self.file_id, start, split - start) if split > start else b""
-        if len(data) != split - start:
+        if split == start:
+            return bytes(end - start)
+        data = self._checked(self.store.read_view(self.file_id, start, split - start), split - start)
+        return b"".join((data, bytes(end - split))) if end > split else data
+
+    def _checked(self, data, length: int):
+        """``data`` if the store gave all ``length`` bytes asked for (the file's size says it has them)."""
+        if len(data) != length:
             raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
-        return data + bytes(end - split) if end > split else data
+        return data
 
     def _read_staging(self, start: int, end: int) -> bytes:
         data = os.pread(self._staging_fd, end - start, start)
