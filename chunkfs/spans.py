@@ -51,38 +51,37 @@ def read_span(store: "ChunkStore", file_id: "FileId", offset: int, length: int,
         return memoryview(b"")
     base = entries[0].offset
     buf = memoryview(bytearray(entries[-1].offset + entries[-1].length - base))
-    first_seen: dict[bytes, int] = {}  # address -> index of its first entry: a repeated chunk is copied
-    for run in _runs(entries, places, first_seen):
-        views = [buf[entries[i].offset - base : entries[i].offset - base + entries[i].length] for i in run]
+
+    def view(i: int) -> memoryview:
+        return buf[entries[i].offset - base : entries[i].offset - base + entries[i].length]
+
+    first: dict[bytes, int] = {}  # address -> index of its first entry: a repeated chunk is read once
+    for i, entry in enumerate(entries):
+        first.setdefault(entry.address, i)
+    for run in _runs([i for i, e in enumerate(entries) if first[e.address] == i], places):
+        views = [view(i) for i in run]
         if not _read_run(store, [entries[i] for i in run], [places[i] for i in run], views, nowait):
             if nowait:
                 raise WouldBlock(f"file {file_id!r}: a chunk needs a second look")
-            for i, view in zip(run, views):
-                view[:] = store._fetch(entries[i].address, places[i], file_id)
+            for i, dst in zip(run, views):
+                dst[:] = store._fetch(entries[i].address, places[i], file_id)
     for i, entry in enumerate(entries):
-        first = first_seen[entry.address]
-        if first != i:
-            src = entries[first].offset - base
-            buf[entry.offset - base : entry.offset - base + entry.length] = buf[src : src + entry.length]
+        if first[entry.address] != i:
+            view(i)[:] = view(first[entry.address])
     end = min(offset + length, entries[-1].offset + entries[-1].length)
     return buf[offset - base : end - base]
 
 
-def _runs(entries: list[ManifestEntry], places: list[Place | None], first_seen: dict[bytes, int]):
-    """Indices of the entries to read, grouped into runs of records back to back in one pack.
+def _runs(indices: list[int], places: list[Place | None]):
+    """``indices`` (entries to read, in file order) grouped into runs of records back to back in one pack.
 
-    An entry whose chunk came earlier in the range is left out (filled in by
-    copying) and so is recorded in ``first_seen``; an entry the index does
-    not know, or whose pack was lost, is a run of its own (the one-chunk path
-    reports it).
+    An entry the index does not know, or whose pack was lost, is a run of its
+    own (the one-chunk path reports it).
     """
     run: list[int] = []
     last: Location | None = None
-    for i, (entry, place) in enumerate(zip(entries, places)):
-        if entry.address in first_seen:
-            continue
-        first_seen[entry.address] = i
-        loc = place[0] if place is not None else None
+    for i in indices:
+        loc = places[i][0] if places[i] is not None else None
         follows = (loc is not None and last is not None and loc.pack == last.pack
                    and loc.record_offset == last.offset + last.length and len(run) < IOV_BATCH)
         if run and not follows:

@@ -275,7 +275,7 @@ class FileData:
         data = self._checked(self.store.read_view(self.file_id, start, split - start), split - start)
         return b"".join((data, bytes(end - split))) if end > split else data
 
-    def _checked(self, data, length: int):
+    def _checked(self, data: bytes | memoryview, length: int) -> bytes | memoryview:
         """``data`` if the store gave all ``length`` bytes asked for (the file's size says it has them)."""
         if len(data) != length:
             raise StoreFullError(f"inode {self.ino}: stored contents shorter than expected")
