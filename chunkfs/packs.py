@@ -128,22 +128,31 @@ class PackFiles:
     def needs_roll(self) -> bool:
         return self._active is None or self._end >= PACK_TARGET_SIZE
 
-    def start(self, pack: int) -> None:
-        """Make ``pack`` the active pack, creating it if it does not exist."""
+    def create(self, pack: int) -> int:
+        """Give ``pack`` a file holding at least its header; return the file's size.
+
+        The store calls this inside the transaction that registers a new pack,
+        before it commits (blob before index): a crash in between leaves a
+        pack no record names, which recovery removes, never a record naming a
+        pack that has no header.  Calling it again is harmless.
+        """
         with self._lock:
-            path = self.path(pack)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = self._fds.get(pack)
+            if fd is None:
+                fd = self._fds[pack] = os.open(self.path(pack), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             size = os.fstat(fd).st_size
             if size == 0:
                 self._write_all(fd, PACK_MAGIC, 0)
                 size = HEADER_SIZE
-            if pack in self._fds:
-                os.close(fd)
-            else:
-                self._fds[pack] = fd
+            self._unsynced.add(pack)
+            return size
+
+    def start(self, pack: int) -> None:
+        """Make ``pack`` the active pack, creating it if it does not exist."""
+        size = self.create(pack)
+        with self._lock:
             self._active, self._end = pack, size
             self._written_back = size
-            self._unsynced.add(pack)
 
     def retire_active(self) -> None:
         """Stop appending to the active pack; the next append needs :meth:`start`."""

@@ -239,6 +239,7 @@ class ChunkStore:
         def allocate(txn):
             pack = ix.next_id(txn, self.index.counters, "next_pack", first=1)
             new_pack_record(txn, self.index.packs, pack)
+            self.packs.create(pack)  # its header on disk before the record commits
             return pack, []
 
         self.packs.start(self.write_txn(allocate, frees=frees))

@@ -15,7 +15,8 @@ from chunkfs import ChunkCorruptError, ChunkStore, StoreLockedError
 from chunkfs.errors import (FileNotFoundInStore, FormatVersionError, IndexCorruptError, InvalidArgument,
                             NotAStoreError, SettingsError, StoreExistsError, WouldBlock)
 from chunkfs.fsck import check_store
-from chunkfs.packs import PackFiles
+from chunkfs import index as ix
+from chunkfs.packs import HEADER_SIZE, PACK_MAGIC, PackFiles
 
 from conftest import drop_pack_pages
 
@@ -402,3 +403,22 @@ def test_read_view_equals_the_bytes_ingested(tmp_path_factory, data):
         store.ingest("f", content)
         assert store.read_view("f", offset, length) == content[offset:offset + length]
         assert store.read_view("f", offset, length, nowait=True) == content[offset:offset + length]
+
+
+def test_a_new_pack_has_its_header_before_the_index_names_it(store_dir, monkeypatch):
+    """A crash right after the commit that registers a new pack leaves a valid empty pack, not a missing one."""
+    with ChunkStore.create(store_dir) as store:
+        store.ingest("a", rand(100_000, 1))
+        store.packs.retire_active()  # the next put allocates a new pack
+        with monkeypatch.context() as m:
+            m.setattr(PackFiles, "start", lambda self, pack: (_ for _ in ()).throw(RuntimeError("killed")))
+            with pytest.raises(RuntimeError, match="killed"):
+                store.ingest("b", rand(100_000, 2))
+    with ChunkStore.open(store_dir, readonly=True) as store:  # as the next mount finds it, before recovery
+        with store.index.read() as txn:
+            registered = [ix.KEYPACK.unpack(k)[0] for k in txn.cursor(db=store.index.packs).iternext(values=False)]
+        assert len(registered) == 2
+        for pack in registered:
+            with open(os.path.join(store_dir, "packs", f"{pack:08x}.pack"), "rb") as fh:
+                assert fh.read(HEADER_SIZE) == PACK_MAGIC
+        assert check_store(store).clean and store.read("a") == rand(100_000, 1)
