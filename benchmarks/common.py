@@ -123,6 +123,16 @@ class Result:
         return savings_pct(self.disk_bytes, self.logical_bytes) if self.status == "ok" else None
 
     @property
+    def chunking_alone_pct(self) -> float | None:
+        """chunkfs only: the savings in unique chunk bytes, before any byte of index, pack header
+        or block rounding.  The on-disk figure can only be lower, so this bounds what any
+        metadata layout could reach with the same chunks."""
+        stored = self.settings.get("store_stored_bytes")
+        if self.status != "ok" or stored is None:
+            return None
+        return savings_pct(stored, self.logical_bytes)
+
+    @property
     def mb_per_s(self) -> float | None:
         if self.status != "ok" or self.seconds <= 0:
             return None
@@ -131,7 +141,8 @@ class Result:
     def to_json(self) -> dict:
         out = asdict(self)
         out.update(data_bytes=self.data_bytes, savings_pct=self.savings_pct,
-                   raw_savings_pct=self.raw_savings_pct, mb_per_s=self.mb_per_s)
+                   raw_savings_pct=self.raw_savings_pct, chunking_alone_pct=self.chunking_alone_pct,
+                   mb_per_s=self.mb_per_s)
         return out
 
     def line(self) -> str:

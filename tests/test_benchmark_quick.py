@@ -74,6 +74,24 @@ def test_savings_near_ideal(tiny_run, workload):
     assert abs(savings - wl["ideal_pct"]) <= 3.0, f"{workload}: {savings}% vs ideal {wl['ideal_pct']}%"
 
 
+def test_chunking_alone_bounds_the_on_disk_savings(tiny_run):
+    """The report splits chunkfs's savings into what the chunker found and what metadata cost:
+    chunking alone comes from the store's unique chunk bytes, and du can only add to those."""
+    out, doc, _ = tiny_run
+    for name in TINY_WORKLOADS:
+        result = _chunkfs(doc, name)
+        stored = result["settings"]["store_stored_bytes"]
+        assert result["chunking_alone_pct"] == pytest.approx(100 * (1 - stored / result["logical_bytes"]), abs=0.01)
+        assert result["data_bytes"] > stored
+        assert result["chunking_alone_pct"] > result["savings_pct"]
+    [duplicate] = [r for r in doc["results"] if r["tool"] == "chunkfs" and r["workload"] == "duplicate"]
+    assert duplicate["chunking_alone_pct"] == pytest.approx(50.0, abs=0.01)  # the same chunks twice
+    text = (out / "results.md").read_text()
+    assert "## chunkfs against the best peer (%)" in text
+    row = f"| duplicate | 50.00 | {duplicate['chunking_alone_pct']:.2f} / {duplicate['savings_pct']:.2f} | – |"
+    assert row in text, text
+
+
 def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
     """Same seed, same bytes; and the versions ideal matches a brute-force count of unique content."""
     sys.path.insert(0, REPO)
@@ -91,6 +109,29 @@ def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
     scale = workloads.SCALES["tiny"]
     assert all(abs(s - sizes[0]) <= 64 * scale["edits"] * scale["versions"] for s in sizes)  # edits <= 64 B
     assert 90.0 < a.ideal_pct < 91.0
+
+
+def test_chunk_study_savings_at_tiny_scale(tmp_path):
+    """The chunk-size study's savings half (issue 6 item 5) end to end: one store per size, both tables."""
+    out = tmp_path / "study"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.chunk_study", "--tiny", "--no-throughput", "--sizes", "16K,64K",
+         "--out", str(out), "--work-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with open(out / "chunk-study.json") as fh:
+        savings = json.load(fh)["savings"]
+    assert set(savings) == {str(16 * 1024), str(64 * 1024)}
+    for row in savings.values():
+        assert row["chunking_alone_pct"]["duplicate"] == pytest.approx(50.0, abs=0.01)
+        assert row["savings_pct"]["duplicate"] < row["chunking_alone_pct"]["duplicate"]
+    # bigger chunks: fewer of them, so less metadata per byte stored, and a lower pool figure from chunking
+    small, big = savings[str(16 * 1024)], savings[str(64 * 1024)]
+    assert big["unique_chunks"] < small["unique_chunks"]
+    assert big["chunking_alone_pct"]["pool"] < small["chunking_alone_pct"]["pool"]
+    text = (out / "chunk-study.md").read_text()
+    assert "## Savings from chunking alone (%)" in text
+    assert "| duplicate | 50.0 | 50.00 | 50.00 |" in text, text
 
 
 def _digest(top, rel):
