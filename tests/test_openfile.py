@@ -177,10 +177,10 @@ def test_a_10_gib_sparse_file_stores_one_zero_chunk(store_dir):
 
 def test_a_stream_pumped_in_the_background_reads_back_and_commits_exactly(store, monkeypatch):
     """Big appends are chunked by the pump thread while the writer goes on; a small inbox makes it wait."""
-    from chunkfs.fs import openfile
+    from chunkfs.fs import stream
 
-    monkeypatch.setattr(openfile._Stream, "INBOX_LIMIT", 256 * 1024)
-    real_make = openfile.make_chunker
+    monkeypatch.setattr(stream.ChunkStream, "INBOX_LIMIT", 256 * 1024)
+    real_make = stream.make_chunker
 
     class SlowFeed:
         """Holds each block a moment between the inbox and the chunker: a read must wait for the pump."""
@@ -195,7 +195,7 @@ def test_a_stream_pumped_in_the_background_reads_back_and_commits_exactly(store,
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    monkeypatch.setattr(openfile, "make_chunker", lambda settings: SlowFeed(real_make(settings)))
+    monkeypatch.setattr(stream, "make_chunker", lambda settings: SlowFeed(real_make(settings)))
     rng = random.Random(5)
     fd = FileData(store, 21, 0)
     model = bytearray()
@@ -258,10 +258,10 @@ def test_more_streaming_files_than_pump_threads_are_all_stored_exactly(store, mo
     """Three files stream at once through two pump threads that take turns (TURN) and wait on small inboxes."""
     import threading
 
-    from chunkfs.fs import openfile
+    from chunkfs.fs import stream
 
-    monkeypatch.setattr(openfile._Stream, "INBOX_LIMIT", 128 * 1024)
-    monkeypatch.setattr(openfile._Stream, "TURN", 2)
+    monkeypatch.setattr(stream.ChunkStream, "INBOX_LIMIT", 128 * 1024)
+    monkeypatch.setattr(stream.ChunkStream, "TURN", 2)
     files = [FileData(store, 30 + i, 0) for i in range(3)]
     data = [random.Random(i).randbytes(6 << 20) for i in range(3)]
     progress = [0, 0, 0]
