@@ -54,6 +54,9 @@ def _blocks_once(path: str, seen: set) -> int:
     return st.st_blocks * 512
 
 
+ADDRESS_BYTES = 32  # a chunk's SHA-256 address (docs/store-format.md)
+
+
 def savings_pct(data_bytes: int, logical_bytes: int) -> float | None:
     """1 − stored / logical, in percent; None when nothing was stored."""
     if not logical_bytes:
@@ -133,6 +136,15 @@ class Result:
         return savings_pct(stored, self.logical_bytes)
 
     @property
+    def address_floor_pct(self) -> float | None:
+        """chunkfs only: chunking alone less one 32-byte SHA-256 address per unique chunk, the one
+        record any layout of this design must keep per chunk; no index format can do better."""
+        stored, chunks = self.settings.get("store_stored_bytes"), self.settings.get("store_unique_chunks")
+        if self.status != "ok" or stored is None or chunks is None:
+            return None
+        return savings_pct(stored + ADDRESS_BYTES * chunks, self.logical_bytes)
+
+    @property
     def mb_per_s(self) -> float | None:
         if self.status != "ok" or self.seconds <= 0:
             return None
@@ -142,7 +154,7 @@ class Result:
         out = asdict(self)
         out.update(data_bytes=self.data_bytes, savings_pct=self.savings_pct,
                    raw_savings_pct=self.raw_savings_pct, chunking_alone_pct=self.chunking_alone_pct,
-                   mb_per_s=self.mb_per_s)
+                   address_floor_pct=self.address_floor_pct, mb_per_s=self.mb_per_s)
         return out
 
     def line(self) -> str:
