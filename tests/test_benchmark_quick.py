@@ -26,13 +26,18 @@ def tiny_run(tmp_path_factory):
     """Run `python -m benchmarks.run --tiny --peers none` once; return (output dir, parsed JSON)."""
     base = tmp_path_factory.mktemp("bench")
     out = base / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--tiny", "--peers", "none", "--no-install",
-         "--out", str(out), "--work-dir", str(base)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    stdout = _run_module("benchmarks.run", "--tiny", "--peers", "none", "--no-install",
+                         "--out", str(out), "--work-dir", str(base))
     with open(out / "results.json") as fh:
-        return out, json.load(fh), proc.stdout
+        return out, json.load(fh), stdout
+
+
+def _run_module(module, *args, timeout=300):
+    """``python -m module args`` from the repository root; its output, after asserting it succeeded."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
 
 
 def test_outputs_exist(tiny_run):
@@ -119,11 +124,8 @@ def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
 def test_chunk_study_savings_at_tiny_scale(tmp_path):
     """The chunk-size study's savings half (issue 6 item 5) end to end: one store per size, both tables."""
     out = tmp_path / "study"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.chunk_study", "--tiny", "--no-throughput", "--sizes", "16K,64K",
-         "--out", str(out), "--work-dir", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    _run_module("benchmarks.chunk_study", "--tiny", "--no-throughput", "--sizes", "16K,64K",
+                "--out", str(out), "--work-dir", str(tmp_path))
     with open(out / "chunk-study.json") as fh:
         savings = json.load(fh)["savings"]
     assert set(savings) == {str(16 * 1024), str(64 * 1024)}
@@ -156,11 +158,8 @@ def throughput_run(tmp_path_factory):
         pytest.skip("/dev/fuse is absent: the throughput benchmark needs a real mount")
     base = tmp_path_factory.mktemp("throughput")
     out = base / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.throughput", "--tiny", "--runs", "2",
-         "--out", str(out), "--work-dir", str(base)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    _run_module("benchmarks.throughput", "--tiny", "--runs", "2", "--out", str(out), "--work-dir", str(base),
+                timeout=240)
     with open(out / "throughput.json") as fh:
         return base, out, json.load(fh)
 
