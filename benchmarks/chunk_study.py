@@ -26,6 +26,7 @@ if REPO not in sys.path:
 
 from benchmarks import run as dedup_run  # noqa: E402
 from benchmarks import throughput  # noqa: E402
+from benchmarks.common import savings_pct  # noqa: E402
 
 DEFAULT_SIZES = "8K,16K,32K,64K,128K,1M"
 DEFAULT_OPS = "seq_write,cold_read,random_read,untar"
@@ -89,9 +90,9 @@ def savings_rows(doc: dict, sizes: list[int]) -> dict[int, dict]:
 
 
 def _chunking_alone(r: dict) -> float | None:
-    """1 − unique chunk bytes / logical bytes (results.json from before the field had none)."""
+    """Result.chunking_alone_pct from a results.json entry (older files do not hold the field)."""
     stored = r["settings"].get("store_stored_bytes")
-    return round(100 * (1 - stored / r["logical_bytes"]), 2) if stored is not None and r["logical_bytes"] else None
+    return None if stored is None else savings_pct(stored, r["logical_bytes"])
 
 
 def _overhead_pct(r: dict | None) -> float | None:
