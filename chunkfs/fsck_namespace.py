@@ -22,12 +22,10 @@ import stat
 
 import lmdb
 
-from . import index as ix
-from .fs.namespace import ROOT_INO, Inode
-from .fs.paths import Link, NamespaceTree
-from .fsck_report import CheckReport, FileDamage, Progress
+from .fs.namespace import DIRENT, DIRORDER, KEY64, KEY64x2, ROOT_INO, Inode
 from .fs.openfile import file_id_for
-from .store import decode_file_id, encode_file_id
+from .fs.paths import Link, NamespaceTree
+from .store import CheckReport, ChunkStore, FileDamage, FileId, Progress
 
 INODE_COUNTER = "fs_inodes"
 
@@ -35,7 +33,7 @@ INODE_COUNTER = "fs_inodes"
 def check_namespace(store, txn: lmdb.Transaction, tree: NamespaceTree, report: CheckReport,
                     progress: Progress, in_use: bool = False) -> None:
     """Add every namespace finding to ``report``; ``in_use``: a daemon has the store mounted."""
-    _NamespaceCheck(store.index, txn, tree, report, in_use).run(progress)
+    _NamespaceCheck(store, txn, tree, report, in_use).run(progress)
 
 
 def kind_of(inode: Inode) -> str:
@@ -43,28 +41,23 @@ def kind_of(inode: Inode) -> str:
         stat.S_IFMT(inode.mode), "special file")
 
 
-def inode_key(ino: int) -> bytes:
-    """The ``files`` key of the store file holding an inode's contents."""
-    return encode_file_id(file_id_for(ino))
-
-
-def inode_of_key(key: bytes) -> int | None:
-    """The inode whose contents a ``files`` key holds, if it has that shape."""
-    if len(key) == 9 and key[:1] == b"b":
-        return int.from_bytes(key[1:], "big")
+def inode_of_file_id(file_id: FileId | None) -> int | None:
+    """The inode whose contents a store file holds, if its id has that shape (see ``file_id_for``)."""
+    if isinstance(file_id, bytes) and len(file_id) == 8:
+        return int.from_bytes(file_id, "big")
     return None
 
 
-def stored_size(index: ix.Index, txn: lmdb.Transaction, ino: int) -> int:
+def stored_size(store: ChunkStore, txn: lmdb.Transaction, ino: int) -> int:
     """Size of an inode's stored contents (0 if it has none)."""
-    raw = txn.get(inode_key(ino), db=index.files)
-    return ix.FILE.unpack(raw)[1] if raw else 0
+    return store.size(file_id_for(ino), txn=txn, default=0)
 
 
 class _NamespaceCheck:
-    def __init__(self, index: ix.Index, txn: lmdb.Transaction, tree: NamespaceTree, report: CheckReport,
+    def __init__(self, store: ChunkStore, txn: lmdb.Transaction, tree: NamespaceTree, report: CheckReport,
                  in_use: bool):
-        self.db, self.txn, self.tree, self.report, self.in_use = index, txn, tree, report, in_use
+        self.store, self.db = store, store.fs_tables
+        self.txn, self.tree, self.report, self.in_use = txn, tree, report, in_use
 
     def run(self, progress: Progress) -> None:
         total = len(self.tree.inodes)
@@ -105,16 +98,16 @@ class _NamespaceCheck:
     def _mirror_mismatches(self) -> set[tuple[int, bytes]]:
         """(parent, name) of entries whose ``dirents`` and ``dirorder`` records do not mirror each other."""
         bad = set()
-        head = ix.DIRORDER.size
+        head = DIRORDER.size
         for key, value in self.txn.cursor(db=self.db.dirorder):
-            parent, entry_id = ix.KEY64x2.unpack(key)
-            child, name = ix.DIRORDER.unpack_from(value)[0], value[head:]
-            raw = self.txn.get(ix.KEY64.pack(parent) + name, db=self.db.dirents)
-            if raw is None or ix.DIRENT.unpack(raw) != (child, entry_id):
+            parent, entry_id = KEY64x2.unpack(key)
+            child, name = DIRORDER.unpack_from(value)[0], value[head:]
+            raw = self.txn.get(KEY64.pack(parent) + name, db=self.db.dirents)
+            if raw is None or DIRENT.unpack(raw) != (child, entry_id):
                 bad.add((parent, name))
         for link in self.tree.links:
-            raw = self.txn.get(ix.KEY64x2.pack(link.parent, link.entry_id), db=self.db.dirorder)
-            if raw is None or raw != ix.DIRORDER.pack(link.child) + link.name:
+            raw = self.txn.get(KEY64x2.pack(link.parent, link.entry_id), db=self.db.dirorder)
+            if raw is None or raw != DIRORDER.pack(link.child) + link.name:
                 bad.add((link.parent, link.name))
         return bad
 
@@ -165,7 +158,7 @@ class _NamespaceCheck:
                             "repair moves it to /lost+found", f"ino:{ino}")
 
     def _check_size(self, ino: int, inode: Inode) -> None:
-        size = stored_size(self.db, self.txn, ino)
+        size = stored_size(self.store, self.txn, ino)
         if inode.size != size:
             self.report.add("inode-size-mismatch", f"file {self.tree.describe(ino)[0]}: size {inode.size}, its "
                             f"stored contents are {size} bytes", f"ino:{ino}", [self._file(ino)])
@@ -174,36 +167,35 @@ class _NamespaceCheck:
 
     def _check_contents(self) -> None:
         """Stored contents keyed like an inode's must belong to an existing regular file."""
-        for key in self.txn.cursor(db=self.db.files).iternext(values=False):
-            ino = inode_of_key(key)
+        for file_id in self.store.list_files(txn=self.txn):
+            ino = inode_of_file_id(file_id)
             if ino is None:
                 continue
             inode = self.tree.inodes.get(ino)
             if inode is None or not inode.is_reg:
                 what = "no inode" if inode is None else f"a {kind_of(inode)}"
-                self.report.add("orphan-contents", f"stored file hex:{decode_file_id(key).hex()} holds the "
+                self.report.add("orphan-contents", f"stored file hex:{file_id.hex()} holds the "
                                 f"contents of inode {ino}, which is {what}", f"contents:{ino}")
 
     def _check_strays(self) -> None:
         for db_name in ("xattrs", "symlinks", "orphans"):
             seen = set()
             for key in self.txn.cursor(db=getattr(self.db, db_name)).iternext(values=False):
-                ino = ix.KEY64.unpack_from(key)[0]
+                ino = KEY64.unpack_from(key)[0]
                 if ino not in self.tree.inodes and ino not in seen:
                     seen.add(ino)
                     self.report.add("stray-record", f"{db_name} record(s) of inode {ino}, which does not exist",
                                     f"{db_name}:{ino}")
 
     def _check_counters(self) -> None:
-        counters = self.db.counters
-        recorded = ix.get_counter(self.txn, counters, INODE_COUNTER)
+        recorded = self.db.counter(self.txn, INODE_COUNTER)
         if recorded != len(self.tree.inodes):
             self.report.add("counter-mismatch", f"counter {INODE_COUNTER} is {recorded}, there are "
                             f"{len(self.tree.inodes)} inodes", f"counter:{INODE_COUNTER}")
         highest_ino = max(self.tree.inodes, default=0)
         highest_entry = max(self._entry_ids(), default=0)
         for name, highest in (("next_ino", highest_ino), ("next_entry", highest_entry)):
-            value = ix.get_counter(self.txn, counters, name)
+            value = self.db.counter(self.txn, name)
             if highest > ROOT_INO and value <= highest:
                 self.report.add("counter-mismatch", f"counter {name} is {value} but {highest} is already in "
                                 "use", f"counter:{name}")
@@ -211,4 +203,4 @@ class _NamespaceCheck:
     def _entry_ids(self):
         yield from (lk.entry_id for lk in self.tree.links)
         for key in self.txn.cursor(db=self.db.dirorder).iternext(values=False):
-            yield ix.KEY64x2.unpack(key)[1]
+            yield KEY64x2.unpack(key)[1]

@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 
 from .errors import StoreLockedError
 from .fsck import check_store
-from .fsck_report import CheckReport, FileDamage, Finding, Progress, merge_ranges
 from .mounts import lock_holder, mounts_of_store
-from .repair import repair_store
 from .repair_namespace import repair_namespace
 from .settings import format_size
-from .store import ChunkStore
+from .store import CheckReport, ChunkStore, FileDamage, Finding, Progress, merge_ranges
 
 EXIT_CLEAN, EXIT_REPAIRED, EXIT_USAGE, EXIT_DAMAGE, EXIT_ERROR = 0, 1, 2, 4, 8
 SHOWN_PER_KIND = 50
@@ -111,7 +109,7 @@ def run_fsck(path: str, repair: bool = False, verify_data: bool = False,
         result = FsckResult(path, [m.mountpoint for m in mounts_of_store(path)], in_use, repair, verify_data,
                             _check(store, verify_data, progress, in_use))
         if repair and result.before.damage:
-            result.repairs = repair_store(store, result.before.bad_chunks)
+            result.repairs = store.repair_records(result.before.bad_chunks)
             result.repairs += repair_namespace(store)
             result.after = check_store(store, False, progress, in_use=False)  # data was just verified
     return result

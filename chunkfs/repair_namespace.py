@@ -1,4 +1,4 @@
-"""Repairing a filesystem's namespace, once the chunk level is consistent (repair.py ran first).
+"""Repairing a filesystem's namespace, once the chunk level is consistent (ChunkStore.repair_records ran first).
 
 The policy, in the order it runs (docs/fsck.md says the same for users):
 
@@ -29,13 +29,11 @@ from collections import Counter
 
 import lmdb
 
-from . import index as ix
-from .fs.namespace import FIRST_ENTRY_ID, ROOT_INO, Entry, Inode, Namespace
+from .fs.namespace import DIRENT, DIRORDER, FIRST_ENTRY_ID, KEY64, KEY64x2, ROOT_INO, Entry, Inode, Namespace
 from .fs.openfile import file_id_for
 from .fs.paths import Link, NamespaceTree
-from .fsck_namespace import INODE_COUNTER, inode_key, inode_of_key, stored_size
-from .repair import mark_lost_tail
-from .store import decode_file_id
+from .fsck_namespace import INODE_COUNTER, inode_of_file_id, stored_size
+from .store import ChunkStore, FileId
 
 LOST_FOUND = b"lost+found"
 
@@ -52,16 +50,16 @@ def repair_namespace(store) -> list[str]:
     for ino, inode in sorted(purge.items()):
         purge_inode(store, ino, inode)
         done["orphan inodes purged"] += 1
-    for key in stray_contents:
-        store.delete(decode_file_id(key), missing_ok=True)
+    for file_id in stray_contents:
+        store.delete(file_id, missing_ok=True)
         done["stored contents of no file deleted"] += 1
     store.sync()
     return [f"{what}: {n}" for what, n in sorted(done.items())]
 
 
-def purge_inode(store, ino: int, inode: Inode) -> None:
+def purge_inode(store: ChunkStore, ino: int, inode: Inode) -> None:
     """Delete an orphan: its entries (if a directory), records and stored contents, in one transaction."""
-    ns = Namespace(store.index)
+    ns = Namespace(store.fs_tables)
 
     def drop(txn: lmdb.Transaction) -> None:
         for entry in ns.entries(txn, ino):
@@ -72,17 +70,17 @@ def purge_inode(store, ino: int, inode: Inode) -> None:
 
 
 class _NamespaceRepair:
-    def __init__(self, store, txn: lmdb.Transaction, done: Counter):
+    def __init__(self, store: ChunkStore, txn: lmdb.Transaction, done: Counter):
         self.store, self.txn, self.done = store, txn, done
-        self.db = store.index
-        self.ns = Namespace(store.index)
+        self.db = store.fs_tables
+        self.ns = Namespace(self.db)
         self.now = time.time_ns()
 
     def load(self) -> NamespaceTree:
         return NamespaceTree.load(self.db, self.txn)
 
-    def run(self) -> tuple[dict[int, Inode], list[bytes]]:
-        """Returns the orphans to purge and the keys of stored contents to delete, for after the commit."""
+    def run(self) -> tuple[dict[int, Inode], list[FileId]]:
+        """Returns the orphans to purge and the ids of stored contents to delete, for after the commit."""
         self._raise_id_counters()
         self._ensure_root()
         self._fix_mirror()
@@ -100,18 +98,18 @@ class _NamespaceRepair:
     # -- counters -------------------------------------------------------------------------
 
     def _set_counter(self, name: str, value: int) -> None:
-        if ix.get_counter(self.txn, self.db.counters, name) != value:
-            self.txn.put(name.encode(), ix.U64.pack(value), db=self.db.counters)
+        if self.db.counter(self.txn, name) != value:
+            self.db.set_counter(self.txn, name, value)
             self.done["counters corrected"] += 1
 
     def _raise_id_counters(self) -> None:
         """Before anything allocates: ids must never be handed out twice."""
-        inos = [ix.KEY64.unpack(k)[0] for k in self.txn.cursor(db=self.db.inodes).iternext(values=False)]
-        entries = [ix.KEY64x2.unpack(k)[1] for k in self.txn.cursor(db=self.db.dirorder).iternext(values=False)]
-        entries += [ix.DIRENT.unpack(v)[1] for v in self.txn.cursor(db=self.db.dirents).iternext(keys=False)]
+        inos = [KEY64.unpack(k)[0] for k in self.txn.cursor(db=self.db.inodes).iternext(values=False)]
+        entries = [KEY64x2.unpack(k)[1] for k in self.txn.cursor(db=self.db.dirorder).iternext(values=False)]
+        entries += [DIRENT.unpack(v)[1] for v in self.txn.cursor(db=self.db.dirents).iternext(keys=False)]
         for name, highest, first in (("next_ino", max(inos, default=ROOT_INO), ROOT_INO + 1),
                                      ("next_entry", max(entries, default=0), FIRST_ENTRY_ID)):
-            if ix.get_counter(self.txn, self.db.counters, name) <= highest:
+            if self.db.counter(self.txn, name) <= highest:
                 self._set_counter(name, max(highest + 1, first))
 
     # -- entries ------------------------------------------------------------------------------
@@ -125,27 +123,27 @@ class _NamespaceRepair:
 
     def _fix_mirror(self) -> None:
         """Make ``dirorder`` mirror ``dirents`` again (see the module docstring, step 2)."""
-        head = ix.DIRORDER.size
+        head = DIRORDER.size
         for key, value in list(self.txn.cursor(db=self.db.dirorder)):
-            parent, entry_id = ix.KEY64x2.unpack(key)
-            child, name = ix.DIRORDER.unpack_from(value)[0], value[head:]
-            raw = self.txn.get(ix.KEY64.pack(parent) + name, db=self.db.dirents)
+            parent, entry_id = KEY64x2.unpack(key)
+            child, name = DIRORDER.unpack_from(value)[0], value[head:]
+            raw = self.txn.get(KEY64.pack(parent) + name, db=self.db.dirents)
             if raw is None:
-                self.txn.put(ix.KEY64.pack(parent) + name, ix.DIRENT.pack(child, entry_id), db=self.db.dirents)
+                self.txn.put(KEY64.pack(parent) + name, DIRENT.pack(child, entry_id), db=self.db.dirents)
                 self.done["names restored from listing records"] += 1
-            elif ix.DIRENT.unpack(raw) != (child, entry_id):
+            elif DIRENT.unpack(raw) != (child, entry_id):
                 self.txn.delete(key, db=self.db.dirorder)
         for key, value in list(self.txn.cursor(db=self.db.dirents)):
-            parent, name = ix.KEY64.unpack_from(key)[0], key[ix.KEY64.size:]
-            child, entry_id = ix.DIRENT.unpack(value)
-            want = ix.DIRORDER.pack(child) + name
-            raw = self.txn.get(ix.KEY64x2.pack(parent, entry_id), db=self.db.dirorder)
+            parent, name = KEY64.unpack_from(key)[0], key[KEY64.size:]
+            child, entry_id = DIRENT.unpack(value)
+            want = DIRORDER.pack(child) + name
+            raw = self.txn.get(KEY64x2.pack(parent, entry_id), db=self.db.dirorder)
             if raw == want:
                 continue
             if raw is not None:  # another entry has this id: give this one a new id
-                entry_id = ix.next_id(self.txn, self.db.counters, "next_entry", first=FIRST_ENTRY_ID)
-                self.txn.put(key, ix.DIRENT.pack(child, entry_id), db=self.db.dirents)
-            self.txn.put(ix.KEY64x2.pack(parent, entry_id), want, db=self.db.dirorder)
+                entry_id = self.db.next_id(self.txn, "next_entry", first=FIRST_ENTRY_ID)
+                self.txn.put(key, DIRENT.pack(child, entry_id), db=self.db.dirents)
+            self.txn.put(KEY64x2.pack(parent, entry_id), want, db=self.db.dirorder)
             self.done["listing records rewritten"] += 1
 
     def _drop_bad_entries(self, tree: NamespaceTree) -> None:
@@ -231,13 +229,13 @@ class _NamespaceRepair:
                 self.ns.put(self.txn, inode)
                 self.done["inodes corrected (link count, '..' or size)"] += 1
             if ino in tree.orphan_marks:
-                self.txn.delete(ix.KEY64.pack(ino), db=self.db.orphans)
+                self.txn.delete(KEY64.pack(ino), db=self.db.orphans)
                 self.done["orphan marks of named inodes dropped"] += 1
 
     def _fix_size(self, ino: int, inode: Inode) -> None:
         """Contents longer than the inode says: they were committed, show them.  Shorter: mark the rest lost."""
-        stored = stored_size(self.db, self.txn, ino)
-        if inode.size > stored and mark_lost_tail(self.db, self.txn, inode_key(ino), inode.size):
+        stored = stored_size(self.store, self.txn, ino)
+        if inode.size > stored and self.store.mark_lost_tail(self.txn, file_id_for(ino), inode.size):
             self.done["file tails marked lost (size beyond the stored contents)"] += 1
         else:
             inode.size = stored
@@ -263,19 +261,19 @@ class _NamespaceRepair:
         for db_name in ("xattrs", "symlinks", "orphans"):
             db = getattr(self.db, db_name)
             stale = [k for k in self.txn.cursor(db=db).iternext(values=False)
-                     if ix.KEY64.unpack_from(k)[0] not in tree.inodes]
+                     if KEY64.unpack_from(k)[0] not in tree.inodes]
             for key in stale:
                 self.txn.delete(key, db=db)
             if stale:
                 self.done[f"stray {db_name} records dropped"] += len(stale)
 
-    def _stray_contents(self, tree: NamespaceTree, purge: dict[int, Inode]) -> list[bytes]:
+    def _stray_contents(self, tree: NamespaceTree, purge: dict[int, Inode]) -> list[FileId]:
         out = []
-        for key in self.txn.cursor(db=self.db.files).iternext(values=False):
-            ino = inode_of_key(key)
+        for file_id in self.store.list_files(txn=self.txn):
+            ino = inode_of_file_id(file_id)
             if ino is None or ino in purge:
                 continue
             inode = tree.inodes.get(ino)
             if inode is None or not inode.is_reg:
-                out.append(key)
+                out.append(file_id)
         return out

@@ -19,9 +19,9 @@ import time
 import pytest
 
 from chunkfs.errors import StoreFullError
-from chunkfs import index as ix
-from chunkfs.fs.gcworker import DEFAULT_MIN_DEAD_FRACTION, DEFAULT_MIN_GARBAGE, BackgroundGC
-from chunkfs.packs import HEADER_SIZE
+from chunkfs.store import _index as ix
+from chunkfs.store._gcworker import DEFAULT_MIN_DEAD_FRACTION, DEFAULT_MIN_GARBAGE, BackgroundGC
+from chunkfs.store._packs import HEADER_SIZE
 from chunkfs.fsck import check_store
 from chunkfs.store import ChunkStore
 from conftest import CLI, REPO, cli_env, run_cli, wait_until

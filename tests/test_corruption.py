@@ -24,8 +24,8 @@ import pytest
 
 from chunkfs.fs.namespace import ROOT_INO, Namespace
 from chunkfs.fs.openfile import file_id_for
-from chunkfs.ledger import ChunkRecord
-from chunkfs.packs import Location
+from chunkfs.store._ledger import ChunkRecord
+from chunkfs.store._packs import Location
 from chunkfs.store import ChunkStore
 from conftest import assert_one_line_error, is_mounted, run_cli, store_holder
 
@@ -89,7 +89,7 @@ def layout(fs) -> Layout:
 
 
 def _inodes(store, txn) -> dict[str, int]:
-    return {e.name.decode(): e.ino for e in Namespace(store.index).entries(txn, ROOT_INO)}
+    return {e.name.decode(): e.ino for e in Namespace(store.fs_tables).entries(txn, ROOT_INO)}
 
 
 def pack_path(fs, pack: int) -> Path:

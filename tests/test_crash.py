@@ -216,9 +216,9 @@ def test_store_survives_kill_in_ingest_delete_gc_loop(tmp_path, capsys):
 
 GC_CRASH = textwrap.dedent("""
     import os, sys
-    import chunkfs.packs
+    import chunkfs.store._packs
     from chunkfs.store import TO_END, ChunkStore, Patch
-    chunkfs.packs.PACK_TARGET_SIZE = 150_000  # small packs, so gc has to start new ones
+    chunkfs.store._packs.PACK_TARGET_SIZE = 150_000  # small packs, so gc has to start new ones
     where, nth = sys.argv[2], int(sys.argv[3])
     with ChunkStore.create(sys.argv[1], chunker="fixed", avg_size="16K") as store:
         for i in range(12):

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from chunkfs import index as ix
+from chunkfs.fs import namespace as nsrec
+from chunkfs.store import _index as ix
 from chunkfs.errors import FSError
 from chunkfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Caller, FsCore
 from chunkfs.store import ChunkStore
@@ -212,9 +213,9 @@ def check_namespace_records(fs: FsCore) -> None:
     """Cross-check every namespace database of a store against the others."""
     db = fs.store.index
     with db.read() as txn:
-        dirents = {(ix.KEY64.unpack(k[:8])[0], k[8:]): ix.DIRENT.unpack(v) for k, v in txn.cursor(db=db.dirents)}
-        order = {ix.KEY64x2.unpack(k): (ix.DIRORDER.unpack_from(v)[0], v[8:]) for k, v in txn.cursor(db=db.dirorder)}
-        inodes = {ix.KEY64.unpack(k)[0]: fs.ns.get(txn, ix.KEY64.unpack(k)[0]) for k in txn.cursor(db=db.inodes).iternext(values=False)}
+        dirents = {(nsrec.KEY64.unpack(k[:8])[0], k[8:]): nsrec.DIRENT.unpack(v) for k, v in txn.cursor(db=db.dirents)}
+        order = {nsrec.KEY64x2.unpack(k): (nsrec.DIRORDER.unpack_from(v)[0], v[8:]) for k, v in txn.cursor(db=db.dirorder)}
+        inodes = {nsrec.KEY64.unpack(k)[0]: fs.ns.get(txn, nsrec.KEY64.unpack(k)[0]) for k in txn.cursor(db=db.inodes).iternext(values=False)}
         orphans = set(fs.ns.orphans(txn))
         assert fs.ns.count(txn) == len(inodes)
     assert {(p, eid): (child, name) for (p, name), (child, eid) in dirents.items()} == order

@@ -25,13 +25,14 @@ from pathlib import Path
 import pytest
 
 from chunkfs import cli
-from chunkfs import index as ix
+from chunkfs.fs import namespace as nsrec
+from chunkfs.store import _index as ix
 from chunkfs.errors import ChunkCorruptError
 from chunkfs.fs import ROOT_INO, Caller, FsCore
 from chunkfs.fs.namespace import Namespace
 from chunkfs.fs.openfile import file_id_for
-from chunkfs.ledger import ChunkRecord
-from chunkfs.packs import RECORD
+from chunkfs.store._ledger import ChunkRecord
+from chunkfs.store._packs import RECORD
 from chunkfs.store import ChunkStore
 
 from conftest import CLI, REPO, assert_one_line_error, cli_env, requires_fuse, run_cli
@@ -394,7 +395,7 @@ def test_refcounts_orphan_chunks_and_counters_are_recomputed(built, capsys):
         def drop(txn):
             fkey = ix.FILE.unpack(txn.pop(b"sorphan-chunks", db=store.index.files))[0]
             for offset in range(0, 3 * CHUNK, CHUNK):
-                txn.delete(ix.KEY64x2.pack(fkey, offset), db=store.index.manifests)
+                txn.delete(nsrec.KEY64x2.pack(fkey, offset), db=store.index.manifests)
             txn.delete(b"sorphan-manifest", db=store.index.files)
 
         store.index.write(drop)
@@ -436,7 +437,7 @@ def test_orphan_blob_in_a_pack_becomes_dead_space_gc_reclaims(built, capsys):
 
 def test_manifest_gap_reads_as_eio_not_zeros(built, capsys):
     third = manifest(built.path, built.a)[2]
-    edit(built.path, lambda s, txn: txn.delete(ix.KEY64x2.pack(_fkey(s, txn, built.a), third.offset),
+    edit(built.path, lambda s, txn: txn.delete(nsrec.KEY64x2.pack(_fkey(s, txn, built.a), third.offset),
                                                 db=s.index.manifests))
     out = fsck(built.path, code=4, capsys=capsys)
     assert "broken-manifest" in kinds(out)
@@ -453,7 +454,7 @@ def _fkey(store, txn, ino: int) -> int:
 
 
 def ns_edit(path, fn) -> None:
-    edit(path, lambda store, txn: fn(Namespace(store.index), txn))
+    edit(path, lambda store, txn: fn(Namespace(store.fs_tables), txn))
 
 
 def test_dangling_entry_is_dropped(built, capsys):
@@ -468,9 +469,9 @@ def test_dangling_entry_is_dropped(built, capsys):
 def test_listing_record_missing_or_wrong_is_rewritten(built, capsys):
     def damage(ns, txn):
         entry = ns.lookup(txn, built.dir, b"a")
-        txn.delete(ix.KEY64x2.pack(built.dir, entry.entry_id), db=ns.index.dirorder)
+        txn.delete(nsrec.KEY64x2.pack(built.dir, entry.entry_id), db=ns.index.dirorder)
         other = ns.lookup(txn, ROOT_INO, b"b")
-        txn.put(ix.KEY64x2.pack(ROOT_INO, other.entry_id), ix.DIRORDER.pack(built.a) + b"b", db=ns.index.dirorder)
+        txn.put(nsrec.KEY64x2.pack(ROOT_INO, other.entry_id), nsrec.DIRORDER.pack(built.a) + b"b", db=ns.index.dirorder)
 
     ns_edit(built.path, damage)
     out = fsck(built.path, code=4, capsys=capsys)
@@ -482,7 +483,7 @@ def test_listing_record_missing_or_wrong_is_rewritten(built, capsys):
 
 
 def test_entry_lost_from_lookup_records_comes_back_from_the_listing(built, capsys):
-    ns_edit(built.path, lambda ns, txn: txn.delete(ix.KEY64.pack(built.dir) + b"a", db=ns.index.dirents))
+    ns_edit(built.path, lambda ns, txn: txn.delete(nsrec.KEY64.pack(built.dir) + b"a", db=ns.index.dirents))
     repair_cycle(built.path, {"dirorder-mismatch"}, capsys)
     with Mounted(built.path) as m:
         assert m.read("/dir/a", 0, 100) == built.data_a[:100]
@@ -615,7 +616,7 @@ def test_contents_longer_than_the_inode_size_become_visible(built, capsys):
 
 
 def test_missing_root_is_recreated(built, capsys):
-    ns_edit(built.path, lambda ns, txn: txn.delete(ix.KEY64.pack(ROOT_INO), db=ns.index.inodes))
+    ns_edit(built.path, lambda ns, txn: txn.delete(nsrec.KEY64.pack(ROOT_INO), db=ns.index.inodes))
     out = fsck(built.path, code=4, capsys=capsys)
     assert {"missing-root", "dangling-dirent"} <= kinds(out)
     repair_cycle(built.path, {"missing-root"}, capsys)

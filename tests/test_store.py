@@ -15,8 +15,8 @@ from chunkfs import ChunkCorruptError, ChunkStore, StoreLockedError
 from chunkfs.errors import (FileNotFoundInStore, FormatVersionError, IndexCorruptError, InvalidArgument,
                             NotAStoreError, SettingsError, StoreExistsError, WouldBlock)
 from chunkfs.fsck import check_store
-from chunkfs import index as ix
-from chunkfs.packs import HEADER_SIZE, PACK_MAGIC, PackFiles
+from chunkfs.store import _index as ix
+from chunkfs.store._packs import HEADER_SIZE, PACK_MAGIC, PackFiles
 
 from conftest import drop_pack_pages
 
@@ -297,9 +297,9 @@ def test_second_writer_process_is_refused_first_keeps_working(store_dir):
 
 
 def test_index_map_grows_when_full_instead_of_failing(store_dir, monkeypatch):
-    import chunkfs.index
+    import chunkfs.store._index
 
-    monkeypatch.setattr(chunkfs.index, "INITIAL_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(chunkfs.store._index, "INITIAL_MAP_SIZE", 1 << 20)
     with ChunkStore.create(store_dir, avg_size="1K", min_size=256, max_size=4096) as store:
         start = store.index.env.info()["map_size"]
         for i in range(300):

@@ -25,10 +25,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from .. import index as ix
-from ..chunker import make_chunker
-from ..hashing import address_of
-from ..store import ChunkStore, encode_file_id
+from ..store import ChunkStore
 from .handles import OpenFiles
 from .namespace import Inode
 
@@ -40,13 +37,6 @@ def full_blocks(size: int) -> int:
     return (size + 511) // 512
 
 
-def zero_run_length(store: ChunkStore) -> int:
-    """The length the chunker cuts every chunk of a long run of zeros to (its max size for FastCDC)."""
-    settings = store.settings
-    chunks = make_chunker(settings).feed(bytes(4 * settings.max_size + (1 << 20)))
-    return len(chunks[0])
-
-
 class BlockCounter:
     """Computes and caches ``st_blocks`` for committed regular files (see the module docstring)."""
 
@@ -55,8 +45,7 @@ class BlockCounter:
         self.file_id_for = file_id_for
         self.files = files
         self.max_scan = max_scan
-        self.zero_length = zero_run_length(store)
-        self._zero = ix.MANIFEST.pack(address_of(bytes(self.zero_length)), self.zero_length)
+        self.zero_length = store.zero_run_length()
         self._cache: OrderedDict[int, tuple[tuple[int, int, int], int]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -106,22 +95,5 @@ class BlockCounter:
         return blocks
 
     def _hole_bytes(self, ino: int) -> int | None:
-        """Bytes in zero-run chunks, by one cursor pass over the manifest; None if it is too long."""
-        index = self.store.index
-        with index.read() as txn:
-            raw = txn.get(encode_file_id(self.file_id_for(ino)), db=index.files)
-            if raw is None:
-                return 0
-            fkey, _, count = ix.FILE.unpack(raw)
-            if count > self.max_scan:
-                return None
-            end = ix.KEY64x2.pack(fkey + 1, 0)
-            zeros = 0
-            with txn.cursor(db=index.manifests) as cur:
-                if not cur.set_range(ix.KEY64x2.pack(fkey, 0)):
-                    return 0
-                for key, value in cur.iternext():
-                    if key >= end:
-                        break
-                    zeros += value == self._zero
-        return zeros * self.zero_length
+        """Bytes in zero-run chunks; None if the manifest is too long to scan here."""
+        return self.store.zero_run_bytes(self.file_id_for(ino), self.max_scan)

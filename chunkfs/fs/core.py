@@ -44,7 +44,6 @@ import lmdb
 from ..errors import FSError
 from . import acl
 from .blocks import BlockCounter
-from .gcworker import BackgroundGC
 from .handles import FileDataFactory, OpenFiles
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
 from .recovery import recover_at_mount
@@ -117,7 +116,7 @@ class FsCore(FileOps, XattrOps):
         self.store = store
         self.readonly = readonly or store.readonly
         self.atime = "noatime" if self.readonly else atime
-        self.ns = Namespace(store.index)
+        self.ns = Namespace(store.fs_tables)
         self.files = OpenFiles(store, self.ns, filedata_factory)
         self.file_id_for = file_id_for
         self.block_counter = BlockCounter(store, file_id_for, self.files)
@@ -127,7 +126,7 @@ class FsCore(FileOps, XattrOps):
         if not store.readonly:
             self._write_always(lambda txn: self.ns.ensure_root(txn, uid, gid, _now()))
         self.recovery = recover_at_mount(self)  # stale staging, orphans; one log line (fs/recovery.py)
-        self.gc_worker = BackgroundGC(store).start() if background_gc and not self.readonly else None
+        self.gc_worker = store.start_background_gc() if background_gc and not self.readonly else None
 
     # -- transactions ---------------------------------------------------------------
 
@@ -145,7 +144,7 @@ class FsCore(FileOps, XattrOps):
         return self._write_always(fn, frees)
 
     def _read(self):
-        return self.store.index.read()
+        return self.store.read_txn()
 
     # -- lookup counts and inode lifetime -----------------------------------------
 

@@ -182,7 +182,7 @@ class FileOps:
     def _located(self, fh: int, exc: ChunkCorruptError) -> ChunkCorruptError:
         """The store knows only the inode's file id: name the file, by path if it has one."""
         ino = self.files.handle(fh).inode.ino
-        path = resolve_paths(self.ns, self.store.index, {ino}).get(ino)
+        path = resolve_paths(self.ns, self.store.fs_tables, {ino}).get(ino)
         return exc.located(f"inode {ino} ({path})" if path else f"inode {ino}")
 
     def write(self, fh: int, offset: int, data: bytes) -> int:

@@ -4,7 +4,7 @@ Every function here works inside a transaction the caller opened, so that one
 filesystem operation (say, a rename over an existing file) changes all the
 records it touches atomically.  Nothing here keeps state in memory or knows
 about open files: that is the core's job (core.py, handles.py).  Record
-layouts are defined in ``chunkfs.index``.
+layouts are defined below.
 
 Directory entries live in two databases that mirror each other:
 
@@ -16,6 +16,26 @@ stable readdir cookie: a listing resumed after id N sees exactly the entries
 with larger ids that still exist.  Entries created meanwhile get larger ids
 (listed later, never twice); removed ones simply vanish (nothing shifts, so
 nothing is skipped).
+
+Record layouts (the store keeps these databases but never reads them):
+
+=========  ==========================================  ===================================================
+database   key                                         value
+=========  ==========================================  ===================================================
+inodes     ino (u64 BE)                                INODE: mode, nlink, uid, gid, rdev, size, times, parent
+dirents    parent ino (u64 BE) + name                  DIRENT: child ino, entry id
+dirorder   parent ino (u64 BE) + entry id (u64 BE)     DIRORDER (child ino) + name
+xattrs     ino (u64 BE) + name                         value
+symlinks   ino (u64 BE)                                target
+orphans    ino (u64 BE)                                empty: nlink 0 but still open or looked up
+=========  ==========================================  ===================================================
+
+``INODE`` times are nanoseconds since the epoch (signed); ``parent`` is the
+containing directory of a directory (for ``..``), 0 for other types, whose
+parents are the dirents naming them.  A regular file's contents are the store
+file ``chunkfs.fs.openfile.file_id_for(ino)``.  Entry ids come from the
+``next_entry`` counter, inode numbers from ``next_ino`` (neither is ever
+reused); ``fs_inodes`` counts live inode records.
 """
 
 from __future__ import annotations
@@ -25,15 +45,23 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import struct
+
 import lmdb
 
-from .. import index as ix
 from ..errors import FSError, IndexCorruptError
+from ..store import FsTables
 
 ROOT_INO = 1
 NAME_MAX = 255
 FIRST_ENTRY_ID = 3  # 1 and 2 are the cookies after "." and ".."
 INODE_COUNTER = "fs_inodes"
+
+INODE = struct.Struct("<IIIIQQqqqqQ")  # mode, nlink, uid, gid, rdev, size, atime/mtime/ctime/btime ns, parent
+DIRENT = struct.Struct("<QQ")  # child ino, entry id
+DIRORDER = struct.Struct("<Q")  # child ino; the entry's name follows
+KEY64 = struct.Struct(">Q")
+KEY64x2 = struct.Struct(">QQ")
 
 
 @dataclass
@@ -67,13 +95,13 @@ class Inode:
         return stat.S_ISLNK(self.mode)
 
     def encode(self) -> bytes:
-        return ix.INODE.pack(self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, self.atime_ns,
+        return INODE.pack(self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, self.atime_ns,
                              self.mtime_ns, self.ctime_ns, self.btime_ns, self.parent)
 
     @classmethod
     def decode(cls, ino: int, raw: bytes) -> "Inode":
         try:
-            return cls(ino, *ix.INODE.unpack(raw))
+            return cls(ino, *INODE.unpack(raw))
         except Exception:
             raise IndexCorruptError(f"inode {ino}: malformed record") from None
 
@@ -100,14 +128,14 @@ def check_name(name: bytes) -> None:
 
 
 def _key(ino: int, tail: bytes = b"") -> bytes:
-    return ix.KEY64.pack(ino) + tail
+    return KEY64.pack(ino) + tail
 
 
 class Namespace:
-    """Typed access to the filesystem databases of one :class:`chunkfs.index.Index`."""
+    """Typed access to the filesystem databases the store keeps for us (:class:`chunkfs.store.FsTables`)."""
 
-    def __init__(self, index: ix.Index):
-        self.index = index
+    def __init__(self, tables: FsTables):
+        self.index = tables
 
     # -- inodes ------------------------------------------------------------------
 
@@ -137,11 +165,11 @@ class Namespace:
     def allocate(self, txn: lmdb.Transaction, mode: int, uid: int, gid: int, now: int,
                  rdev: int = 0, parent: int = 0) -> Inode:
         """A new inode with nlink 1 (2 for a directory), not yet linked anywhere."""
-        ino = ix.next_id(txn, self.index.counters, "next_ino", first=ROOT_INO + 1)
+        ino = self.index.next_id(txn, "next_ino", first=ROOT_INO + 1)
         nlink = 2 if stat.S_ISDIR(mode) else 1
         inode = Inode(ino, mode, nlink, uid, gid, rdev, 0, now, now, now, now, parent)
         self.put(txn, inode)
-        ix.add_counter(txn, self.index.counters, INODE_COUNTER, 1)
+        self.index.add_counter(txn, INODE_COUNTER, 1)
         return inode
 
     def ensure_root(self, txn: lmdb.Transaction, uid: int, gid: int, now: int) -> bool:
@@ -150,20 +178,20 @@ class Namespace:
             return False
         root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, uid, gid, 0, 0, now, now, now, now, ROOT_INO)
         self.put(txn, root)
-        ix.add_counter(txn, self.index.counters, INODE_COUNTER, 1)
+        self.index.add_counter(txn, INODE_COUNTER, 1)
         return True
 
     def remove(self, txn: lmdb.Transaction, ino: int) -> None:
         """Delete an inode record with its xattrs, symlink target and orphan mark."""
         if txn.delete(_key(ino), db=self.index.inodes):
-            ix.add_counter(txn, self.index.counters, INODE_COUNTER, -1)
+            self.index.add_counter(txn, INODE_COUNTER, -1)
         txn.delete(_key(ino), db=self.index.symlinks)
         txn.delete(_key(ino), db=self.index.orphans)
         for name in self.xattr_names(txn, ino):
             txn.delete(_key(ino, name), db=self.index.xattrs)
 
     def count(self, txn: lmdb.Transaction) -> int:
-        return ix.get_counter(txn, self.index.counters, INODE_COUNTER)
+        return self.index.counter(txn, INODE_COUNTER)
 
     # -- directory entries ---------------------------------------------------------
 
@@ -171,24 +199,24 @@ class Namespace:
         raw = txn.get(_key(parent, name), db=self.index.dirents)
         if raw is None:
             return None
-        child, entry_id = ix.DIRENT.unpack(raw)
+        child, entry_id = DIRENT.unpack(raw)
         return Entry(entry_id, name, child)
 
     def link(self, txn: lmdb.Transaction, parent: int, name: bytes, child: int) -> Entry:
         """Add the entry ``name`` -> ``child``; the caller checked it does not exist."""
-        entry_id = ix.next_id(txn, self.index.counters, "next_entry", first=FIRST_ENTRY_ID)
-        txn.put(_key(parent, name), ix.DIRENT.pack(child, entry_id), db=self.index.dirents)
-        txn.put(ix.KEY64x2.pack(parent, entry_id), ix.DIRORDER.pack(child) + name, db=self.index.dirorder)
+        entry_id = self.index.next_id(txn, "next_entry", first=FIRST_ENTRY_ID)
+        txn.put(_key(parent, name), DIRENT.pack(child, entry_id), db=self.index.dirents)
+        txn.put(KEY64x2.pack(parent, entry_id), DIRORDER.pack(child) + name, db=self.index.dirorder)
         return Entry(entry_id, name, child)
 
     def unlink(self, txn: lmdb.Transaction, parent: int, entry: Entry) -> None:
         txn.delete(_key(parent, entry.name), db=self.index.dirents)
-        txn.delete(ix.KEY64x2.pack(parent, entry.entry_id), db=self.index.dirorder)
+        txn.delete(KEY64x2.pack(parent, entry.entry_id), db=self.index.dirorder)
 
     def retarget(self, txn: lmdb.Transaction, parent: int, entry: Entry, child: int) -> None:
         """Point an existing entry at another inode, keeping its place in the listing."""
-        txn.put(_key(parent, entry.name), ix.DIRENT.pack(child, entry.entry_id), db=self.index.dirents)
-        txn.put(ix.KEY64x2.pack(parent, entry.entry_id), ix.DIRORDER.pack(child) + entry.name,
+        txn.put(_key(parent, entry.name), DIRENT.pack(child, entry.entry_id), db=self.index.dirents)
+        txn.put(KEY64x2.pack(parent, entry.entry_id), DIRORDER.pack(child) + entry.name,
                 db=self.index.dirorder)
 
     def entries(self, txn: lmdb.Transaction, parent: int, after: int = 0, limit: int = -1) -> list[Entry]:
@@ -204,15 +232,15 @@ class Namespace:
         return not self.entries(txn, ino, limit=1)
 
     def _iter_entries(self, txn: lmdb.Transaction, parent: int, after: int) -> Iterator[Entry]:
-        head = ix.DIRORDER.size
+        head = DIRORDER.size
         with txn.cursor(db=self.index.dirorder) as cur:
-            if not cur.set_range(ix.KEY64x2.pack(parent, after + 1)):
+            if not cur.set_range(KEY64x2.pack(parent, after + 1)):
                 return
             for key, value in cur:
-                key_parent, entry_id = ix.KEY64x2.unpack(key)
+                key_parent, entry_id = KEY64x2.unpack(key)
                 if key_parent != parent:
                     return
-                yield Entry(entry_id, value[head:], ix.DIRORDER.unpack_from(value)[0])
+                yield Entry(entry_id, value[head:], DIRORDER.unpack_from(value)[0])
 
     # -- symlinks ------------------------------------------------------------------
 
@@ -256,4 +284,4 @@ class Namespace:
 
     def orphans(self, txn: lmdb.Transaction) -> list[int]:
         with txn.cursor(db=self.index.orphans) as cur:
-            return [ix.KEY64.unpack(k)[0] for k in cur.iternext(keys=True, values=False)]
+            return [KEY64.unpack(k)[0] for k in cur.iternext(keys=True, values=False)]

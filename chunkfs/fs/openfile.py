@@ -40,8 +40,7 @@ import lmdb
 
 from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, StoreFullError, WouldBlock
-from ..manifests import TO_END, ChunkRef, ManifestEntry, Patch
-from ..store import ChunkStore
+from ..store import TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
 from .chunkrun import ChunkRun
 from .intervals import IntervalSet
 from .stream import ChunkStream

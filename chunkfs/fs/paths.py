@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import lmdb
 
-from .. import index as ix
-from .namespace import ROOT_INO, Inode
+from ..store import FsTables
+from .namespace import DIRENT, KEY64, ROOT_INO, Inode
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,19 @@ class NamespaceTree:
         self.walk()
 
     @classmethod
-    def load(cls, index: ix.Index, txn: lmdb.Transaction) -> "NamespaceTree | None":
+    def load(cls, index: FsTables, txn: lmdb.Transaction) -> "NamespaceTree | None":
         """The store's namespace, or None if the store has never been mounted (no inodes)."""
         if not txn.stat(index.inodes)["entries"] and not txn.stat(index.dirents)["entries"]:
             return None
         inodes = {}
         for key, value in txn.cursor(db=index.inodes):
-            ino = ix.KEY64.unpack(key)[0]
+            ino = KEY64.unpack(key)[0]
             inodes[ino] = Inode.decode(ino, value)
         links = []
         for key, value in txn.cursor(db=index.dirents):
-            child, entry_id = ix.DIRENT.unpack(value)
-            links.append(Link(ix.KEY64.unpack_from(key)[0], key[ix.KEY64.size:], child, entry_id))
-        marks = {ix.KEY64.unpack(k)[0] for k in txn.cursor(db=index.orphans).iternext(values=False)}
+            child, entry_id = DIRENT.unpack(value)
+            links.append(Link(KEY64.unpack_from(key)[0], key[KEY64.size:], child, entry_id))
+        marks = {KEY64.unpack(k)[0] for k in txn.cursor(db=index.orphans).iternext(values=False)}
         return cls(inodes, links, marks)
 
     # -- reachability -------------------------------------------------------------

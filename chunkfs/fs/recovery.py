@@ -7,7 +7,7 @@ brief, "closed means committed; fsync means durable":
   before ``close()``/``fsync()`` returned, so it is in LMDB and the packs.
   Opening the store already repaired the store's own crash windows (pack
   tails beyond the indexed end, packs no commit refers to, pending records:
-  ``chunkfs.maintenance.recover``), without scanning chunk data.
+  ``chunkfs/store/_recovery.py``), without scanning chunk data.
 * A staging file left in ``STORE/staging`` holds only writes that were never
   committed: nobody was promised they would survive.  They are discarded, and
   the log names each inode, how many bytes went, and its path when it can be
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-from .. import index as ix
-from .namespace import ROOT_INO, Namespace
+from ..store import FsTables
+from .namespace import DIRENT, KEY64, ROOT_INO, Namespace
 from .openfile import discard_stale_staging
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,12 @@ class MountRecovery:
 
 def recover_at_mount(core) -> MountRecovery:
     """Discard stale staging, purge orphans, and log one summary line; call before serving."""
-    result = MountRecovery(store_repairs=describe_store_recovery(getattr(core.store, "recovery", None)))
+    result = MountRecovery(store_repairs=core.store.recovery.describe() if core.store.recovery else "")
     if core.store.readonly:
         return result
     found = discard_stale_staging(core.store)
     staged = {ino: size for ino, size in found if size}
-    paths = resolve_paths(core.ns, core.store.index, set(staged)) if staged else {}
+    paths = resolve_paths(core.ns, core.store.fs_tables, set(staged)) if staged else {}
     for ino, size in sorted(staged.items()):
         path = paths.get(ino)
         if path is not None:  # discard_stale_staging logged inode and size; this names the file
@@ -79,23 +79,7 @@ def recover_at_mount(core) -> MountRecovery:
     return result
 
 
-def describe_store_recovery(report) -> str:
-    """One phrase for what ``ChunkStore.open`` repaired (a ``RecoveryReport``), "" if nothing."""
-    if report is None or report.clean:
-        return ""
-    parts = []
-    if report.truncated_bytes:
-        parts.append(f"truncated {report.truncated_bytes} unreferenced bytes from pack tails")
-    if report.removed_packs:
-        parts.append(f"removed {len(report.removed_packs)} unregistered pack(s)")
-    if report.pending_resolved:
-        parts.append(f"released {report.pending_resolved} chunk(s) written but never committed")
-    if report.missing_packs:
-        parts.append(f"{len(report.missing_packs)} pack(s) MISSING (run 'chunkfs fsck')")
-    return ", ".join(parts)
-
-
-def resolve_paths(ns: Namespace, index: ix.Index, inos: set[int],
+def resolve_paths(ns: Namespace, index: FsTables, inos: set[int],
                   budget: int = PATH_SCAN_BUDGET) -> dict[int, str]:
     """Paths (from the mount's root) of the inodes in ``inos``, as far as a bounded scan finds them.
 
@@ -110,9 +94,9 @@ def resolve_paths(ns: Namespace, index: ix.Index, inos: set[int],
             for n, (key, value) in enumerate(cur):
                 if n >= budget or len(names) == len(inos):
                     break
-                child = ix.DIRENT.unpack(value)[0]
+                child = DIRENT.unpack(value)[0]
                 if child in inos and child not in names:
-                    names[child] = (ix.KEY64.unpack(key[:ix.KEY64.size])[0], key[ix.KEY64.size:])
+                    names[child] = (KEY64.unpack(key[:KEY64.size])[0], key[KEY64.size:])
         return {ino: _join(ns, txn, parent, name, budget) for ino, (parent, name) in names.items()}
 
 

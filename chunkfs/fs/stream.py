@@ -13,9 +13,8 @@ import threading
 
 from ..chunker import make_chunker
 from ..errors import StoreFullError
-from ..manifests import ChunkRef
 from ..pools import LazyPool
-from ..store import ChunkStore
+from ..store import ChunkRef, ChunkStore
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import lmdb
 
-from . import index as ix
-from .errors import IndexCorruptError
-from .packs import HEADER_SIZE, Location, record_size
+from . import _index as ix
+from ..errors import IndexCorruptError
+from ._packs import HEADER_SIZE, Location, record_size
 
 Action = Callable[[], None]
 

@@ -25,10 +25,10 @@ from collections import Counter
 
 import lmdb
 
-from . import index as ix
-from .hashing import address_of
-from .ledger import LOST_PACK, ChunkRecord
-from .packs import HEADER_SIZE, RECORD, RECORD_MAGIC, Location, record_size
+from . import _index as ix
+from ..hashing import address_of
+from ._ledger import LOST_PACK, ChunkRecord
+from ._packs import HEADER_SIZE, RECORD, RECORD_MAGIC, Location, record_size
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,10 @@
-"""Recovery at open and garbage collection: the two places that repair packs.
+"""Garbage collection: compact packs that hold dead space.
 
-Recovery runs every time a store is opened for writing.  It relies on the
-ledger's accounting (see ledger.py) so that it never scans chunk data:
-
-1. A pack file the index does not know is the leftover of a crash while a pack
-   was being created or compacted: remove it.
-2. Bytes beyond a pack's indexed end were appended after the last commit and
-   nothing refers to them: truncate them away.
-3. Every ``pending`` record names a chunk that was in flight when the previous
-   owner died: it is dead space now (or, if a chunk record points at it, live).
-
-Garbage collection compacts packs: it copies the live records of packs that
-hold dead space into the active pack, makes the copies durable, commits their
-new locations, and only then removes the old pack (invariant 3).  A crash at
-any point leaves either the old pack (still referenced) or an unregistered
-new one that recovery step 1 removes.
+It copies the live records of packs that hold dead space into the active
+pack, makes the copies durable, commits their new locations, and only then
+removes the old pack (invariant 3).  A crash at any point leaves either the
+old pack (still referenced) or an unregistered new one that recovery
+(_recovery.py, step 1) removes.
 """
 
 from __future__ import annotations
@@ -23,78 +13,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import index as ix
-from . import packs as pack_files
-from .errors import StoreFullError
-from .hashing import checksum_of
-from .ledger import ChunkRecord, adjust_pack
-from .packs import HEADER_SIZE, RECORD, Location, record_size
+from . import _index as ix
+from . import _packs as pack_files
+from ..errors import StoreFullError
+from ..hashing import checksum_of
+from ._ledger import ChunkRecord, adjust_pack
+from ._packs import HEADER_SIZE, Location, record_size
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RecoveryReport:
-    removed_packs: list[int] = field(default_factory=list)
-    truncated_bytes: int = 0
-    missing_packs: list[int] = field(default_factory=list)
-    pending_resolved: int = 0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.removed_packs or self.truncated_bytes or self.missing_packs or self.pending_resolved)
-
-
-def recover(store) -> RecoveryReport:
-    report = RecoveryReport()
-    packs = store.packs
-    with store.index.read() as txn:
-        registered = {ix.KEYPACK.unpack(k)[0]: ix.PACK.unpack(v) for k, v in txn.cursor(db=store.index.packs)}
-    on_disk = set(packs.existing())
-    for pack in sorted(on_disk - registered.keys()):
-        log.warning("removing pack %08x that no commit refers to (left by an interrupted write)", pack)
-        packs.remove(pack)
-        report.removed_packs.append(pack)
-    short = set()
-    for pack, (end, _, _) in sorted(registered.items()):
-        if pack not in on_disk:
-            log.error("pack %08x is missing: run 'chunkfs fsck'", pack)
-            report.missing_packs.append(pack)
-            continue
-        size = packs.size(pack)
-        if size > end:
-            packs.truncate(pack, end)
-            report.truncated_bytes += size - end
-        elif size < end:  # appending there would write over what the index still points at
-            log.error("pack %08x is truncated (%d of %d bytes): run 'chunkfs fsck'", pack, size, end)
-            short.add(pack)
-    report.pending_resolved = store.write_txn(lambda txn: (_resolve_pending(store, txn), []))
-    last = max((p for p in registered if p in on_disk and p not in short), default=None)
-    if last is not None:
-        packs.start(last)
-        if packs.needs_roll():
-            packs.retire_active()  # full: the next put allocates a new pack
-    if not report.clean:  # debug: a mount sums recovery up in one INFO line (chunkfs/fs/recovery.py)
-        log.debug("recovery: %s", report)
-    return report
-
-
-def _resolve_pending(store, txn) -> int:
-    """Turn every pending record into dead space (or drop it, if it did get committed)."""
-    resolved = 0
-    with txn.cursor(db=store.index.pending) as cur:
-        items = list(cur)
-    for key, value in items:
-        pack, rec_offset = ix.KEYPENDING.unpack(key)
-        address, length = ix.PENDING.unpack(value)
-        loc = Location(pack, rec_offset + RECORD.size, length)
-        raw = txn.get(address, db=store.index.chunks)
-        committed = raw is not None and ChunkRecord.decode(raw).location == loc
-        if not committed and txn.get(ix.KEYPACK.pack(pack), db=store.index.packs) is not None:
-            adjust_pack(txn, store.index.packs, pack, dead=record_size(length))
-        txn.delete(key, db=store.index.pending)
-        resolved += 1
-    return resolved
 
 
 @dataclass
@@ -130,15 +56,25 @@ def collect_garbage(store, min_dead_fraction: float = 0.0,
     return report.as_dict()
 
 
-def _candidates(store, min_dead_fraction: float) -> list[int]:
+def _dead_packs(store, min_dead_fraction: float) -> list[tuple[int, int, int]]:
+    """(live bytes, dead bytes, pack) of every pack at least ``min_dead_fraction`` dead."""
     out = []
     with store.index.read() as txn:
         for key, value in txn.cursor(db=store.index.packs):
             end, live, dead = ix.PACK.unpack(value)
             used = end - HEADER_SIZE
             if dead and (used <= 0 or dead / used >= min_dead_fraction):
-                out.append((live, ix.KEYPACK.unpack(key)[0]))
-    return [pack for _, pack in sorted(out)]
+                out.append((live, dead, ix.KEYPACK.unpack(key)[0]))
+    return out
+
+
+def _candidates(store, min_dead_fraction: float) -> list[int]:
+    return [pack for _, _, pack in sorted(_dead_packs(store, min_dead_fraction))]
+
+
+def garbage_bytes(store, min_dead_fraction: float) -> int:
+    """Dead bytes that a gc at ``min_dead_fraction`` would reclaim (cheap: one record per pack)."""
+    return sum(dead for _, dead, _ in _dead_packs(store, min_dead_fraction))
 
 
 class _CorruptLive(Exception):

@@ -25,12 +25,11 @@ symlinks       ino (u64 BE)                                target
 orphans        ino (u64 BE)                                empty: nlink 0 but still open or looked up
 =============  ==========================================  ===========================================
 
-Filesystem records: ``INODE`` times are nanoseconds since the epoch (signed);
-``parent`` is the containing directory of a directory (for ``..``), 0 for
-other types, whose parents are the dirents naming them.  A regular file's
-contents are the store file ``chunkfs.fs.openfile.file_id_for(ino)``.  Entry
-ids come from the ``next_entry`` counter, inode numbers from ``next_ino``
-(neither is ever reused); ``fs_inodes`` counts live inode records.
+The six filesystem databases (inodes ... orphans) belong to the layer above:
+the store keeps them in its environment, so that one transaction can change a
+file's contents and its inode together, and hands them out through
+:class:`FsTables`; their record layouts are defined and documented in
+``chunkfs.fs.namespace``, and nothing in the store reads them.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from typing import TypeVar
 
 import lmdb
 
-from .errors import IndexCorruptError, ReadOnlyError, StoreFullError
+from ..errors import IndexCorruptError, ReadOnlyError, StoreFullError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -65,10 +64,7 @@ KEY64x2 = struct.Struct(">QQ")
 KEYPACK = struct.Struct(">I")
 KEYPENDING = struct.Struct(">IQ")
 
-# filesystem layer (chunkfs.fs.namespace reads and writes these)
-INODE = struct.Struct("<IIIIQQqqqqQ")  # mode, nlink, uid, gid, rdev, size, atime/mtime/ctime/btime ns, parent
-DIRENT = struct.Struct("<QQ")  # child ino, entry id
-DIRORDER = struct.Struct("<Q")  # child ino; the entry's name follows
+FS_DATABASES = ("inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans")  # layouts: chunkfs.fs.namespace
 
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
 MAX_MAP_SIZE = 1 << 44
@@ -233,6 +229,38 @@ class Index:
             except FileNotFoundError:
                 pass
         return total
+
+
+class FsTables:
+    """The filesystem's own databases and the shared counters, for the layer above the store.
+
+    The store never looks inside these records; the filesystem (chunkfs.fs)
+    owns their layouts.  Counters live in one database with the store's own
+    (``files``, ``logical_bytes``...), so the filesystem gets functions, not
+    the database, and keeps to its own names.
+    """
+
+    def __init__(self, index: Index):
+        self.inodes = index.inodes
+        self.dirents = index.dirents
+        self.dirorder = index.dirorder
+        self.xattrs = index.xattrs
+        self.symlinks = index.symlinks
+        self.orphans = index.orphans
+        self._counters = index.counters
+        self.read = index.read  # ``with tables.read() as txn``: a read transaction
+
+    def counter(self, txn: lmdb.Transaction, name: str) -> int:
+        return get_counter(txn, self._counters, name)
+
+    def set_counter(self, txn: lmdb.Transaction, name: str, value: int) -> None:
+        txn.put(name.encode(), U64.pack(value), db=self._counters)
+
+    def add_counter(self, txn: lmdb.Transaction, name: str, delta: int) -> int:
+        return add_counter(txn, self._counters, name, delta)
+
+    def next_id(self, txn: lmdb.Transaction, name: str, first: int = 1) -> int:
+        return next_id(txn, self._counters, name, first)
 
 
 class _Reading:

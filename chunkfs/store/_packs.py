@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import StoreFullError, WouldBlock
+from ..errors import StoreFullError, WouldBlock
 
 PACK_MAGIC = b"CHUNKFS-PACK\x00\x00\x01\n"
 assert len(PACK_MAGIC) == 16

@@ -29,9 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from .. import index as ix
 from ..errors import ChunkfsError, StoreFullError
-from ..packs import HEADER_SIZE
+from ._compaction import garbage_bytes
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +120,7 @@ class BackgroundGC:
 
     def garbage_bytes(self) -> int:
         """Dead bytes in packs that gc would compact now (cheap: one record per pack)."""
-        total = 0
-        with self.store.index.read() as txn:
-            for _, value in txn.cursor(db=self.store.index.packs):
-                end, _, dead = ix.PACK.unpack(value)
-                used = end - HEADER_SIZE
-                if dead and (used <= 0 or dead / used >= self.min_dead_fraction):
-                    total += dead
-        return total
+        return garbage_bytes(self.store, self.min_dead_fraction)
 
     def _between_packs(self, done: int, total: int) -> None:
         if self._stop.is_set():

@@ -6,7 +6,7 @@ is one cursor seek, and a patch to part of a huge file rewrites only the
 entries it touches.  A patch replaces the entries starting in a range by new
 chunks laid from the range's start; every entry it removes is decref'ed and
 every one it adds incref'ed in the same transaction, and the result is
-checked to tile the file exactly.  The store (store.py) runs these inside
+checked to tile the file exactly.  The store (_store.py) runs these inside
 its write transactions; nothing else writes manifests.
 """
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from . import index as ix
-from .errors import IndexCorruptError
-from .ledger import Action, Ledger
+from . import _index as ix
+from ..errors import IndexCorruptError
+from ..errors import FileNotFoundInStore
+from ._fileids import FileId, encode_file_id
+from ._ledger import Action, Ledger
 
 TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
 
@@ -109,6 +111,14 @@ class ManifestIndex:
         if beyond or (size and (not last or last[0].offset + last[0].length != size)):
             raise IndexCorruptError(f"manifest of file key {fkey} does not end at size {size}")
 
+    def covering_file(self, txn, file_id: FileId, start: int, end: int | None) -> list[ManifestEntry]:
+        """Entries covering ``[start, end)`` of a stored file (to its end if ``end`` is None)."""
+        raw = txn.get(encode_file_id(file_id), db=self.index.files)
+        if raw is None:
+            raise FileNotFoundInStore(f"no file {file_id!r} in the store")
+        fkey, size, _ = ix.FILE.unpack(raw)
+        return self.covering(txn, fkey, start, size if end is None else min(end, size))
+
     def entries(self, txn, fkey: int, start: int, end: int | None, limit: int = -1) -> list[ManifestEntry]:
         """Manifest entries whose offset lies in ``[start, end)`` (at most ``limit`` if given)."""
         out = []
@@ -143,3 +153,17 @@ class ManifestIndex:
                 if offset + length > start:
                     out.append(ManifestEntry(offset, length, address))
         return out
+
+    def count_chunk(self, txn, fkey: int, address: bytes, length: int) -> int:
+        """How many entries of the file name the chunk ``address`` of ``length`` bytes (one cursor pass)."""
+        wanted = ix.MANIFEST.pack(address, length)
+        end = ix.KEY64x2.pack(fkey + 1, 0)
+        count = 0
+        with txn.cursor(db=self.index.manifests) as cur:
+            if not cur.set_range(ix.KEY64x2.pack(fkey, 0)):
+                return 0
+            for key, value in cur.iternext():
+                if key >= end:
+                    break
+                count += value == wanted
+        return count

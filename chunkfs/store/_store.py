@@ -3,8 +3,8 @@
 A store is one directory::
 
     chunkfs.json   settings, written once at mkfs (see settings.py)
-    meta/          the LMDB environment (see index.py for every database)
-    packs/         chunk bytes in append-only pack files (see packs.py)
+    meta/          the LMDB environment (see _index.py for every database)
+    packs/         chunk bytes in append-only pack files (see _packs.py)
     staging/       per-inode staging files of a mounted filesystem
     lock           held with an exclusive flock by the one writer
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import io
 import itertools
 import logging
@@ -31,25 +32,30 @@ from typing import BinaryIO, Callable
 
 import lmdb
 
-from . import index as ix
-from .cache import ChunkCache
-from .chunker import make_chunker
-from .errors import (ChunkCorruptError, FileNotFoundInStore, InvalidArgument,
+from . import _index as ix
+from ._cache import ChunkCache
+from ..chunker import make_chunker
+from ..errors import (FileNotFoundInStore, InvalidArgument,
                      NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
-from .hashing import VERIFY_MODES, address_of, addresses_of, checksum_of
-from . import reserve
-from .filestream import StoreFileReader, blocks_of
-from .ledger import LOST_PACK, Action, ChunkRecord, Ledger, new_pack_record
-from .manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch
-from .packs import Location, PackFiles
-from .spans import read_span
-from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
+from ..hashing import VERIFY_MODES, address_of, addresses_of, checksum_of
+from . import _reserve as reserve
+from ._fileids import FileId, decode_file_id, encode_file_id
+from ._filestream import StoreFileReader, blocks_of
+from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
+from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch
+from ._packs import PackFiles
+from ._check import FileNamer, check_records
+from ._compaction import collect_garbage, garbage_bytes
+from ._gcworker import BackgroundGC
+from ._recovery import RecoveryReport, recover
+from ._reading import ChunkReader
+from ._repair import mark_lost_tail, repair_store
+from ._report import CheckReport, Progress
+from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
 
 log = logging.getLogger(__name__)
 
-FileId = str | bytes
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
-MAX_FILE_ID = 500  # LMDB keys are at most 511 bytes
 
 
 @dataclass(frozen=True)
@@ -59,22 +65,6 @@ class IngestResult:
     chunks: int
     new_chunks: int
     new_bytes: int
-
-
-def encode_file_id(file_id: FileId) -> bytes:
-    if isinstance(file_id, str):
-        key = b"s" + file_id.encode("utf-8")
-    elif isinstance(file_id, (bytes, bytearray)):
-        key = b"b" + bytes(file_id)
-    else:
-        raise InvalidArgument(f"file id must be str or bytes, not {type(file_id).__name__}")
-    if len(key) > MAX_FILE_ID or len(key) == 1:
-        raise InvalidArgument(f"file id must be 1 to {MAX_FILE_ID - 1} bytes long")
-    return key
-
-
-def decode_file_id(key: bytes) -> FileId:
-    return key[1:].decode("utf-8") if key[:1] == b"s" else key[1:]
 
 
 class ChunkStore:
@@ -124,6 +114,7 @@ class ChunkStore:
         self.staging_dir = os.path.join(path, "staging")
         self._lock = threading.RLock()  # pins, appends and commits
         self._lock_fd = None if readonly else self._take_lock()
+        self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         try:
             self.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
             self.index.on_disk_full = self._release_reserve
@@ -131,8 +122,10 @@ class ChunkStore:
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
+            self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify)
+            self._zero_length: int | None = None
+            self.fs_tables = ix.FsTables(self.index)
             if not readonly:
-                from .maintenance import recover  # noqa: PLC0415 (maintenance imports this module)
                 self.recovery = recover(self)
                 self.ensure_reserve()
         except BaseException:
@@ -204,6 +197,15 @@ class ChunkStore:
         self.index.sync()
 
     # -- transactions ---------------------------------------------------------
+
+    def read_txn(self) -> "ix._Reading":
+        """``with store.read_txn() as txn``: one consistent snapshot of the whole index."""
+        return self.index.read()
+
+    @property
+    def write_lock(self) -> threading.RLock:
+        """Held by every write transaction; a caller may hold it to group work with one."""
+        return self.index.write_lock
 
     def write_txn(self, fn: Callable[[lmdb.Transaction], tuple[object, list[Action]]], frees: bool = False,
                   committing: frozenset = frozenset()) -> object:
@@ -355,9 +357,11 @@ class ChunkStore:
             raise
         return IngestResult(file_id, size, len(refs), new_chunks, new_bytes)
 
-    def _file_record(self, file_id: FileId) -> tuple[int, int, int] | None:
-        with self.index.read() as txn:
-            raw = txn.get(encode_file_id(file_id), db=self.index.files)
+    def _file_record(self, file_id: FileId, txn: lmdb.Transaction | None = None) -> tuple[int, int, int] | None:
+        if txn is None:
+            with self.index.read() as txn:
+                return self._file_record(file_id, txn)
+        raw = txn.get(encode_file_id(file_id), db=self.index.files)
         return ix.FILE.unpack(raw) if raw else None
 
     def delete(self, file_id: FileId, hook: Callable[[lmdb.Transaction], None] | None = None,
@@ -394,27 +398,26 @@ class ChunkStore:
     def exists(self, file_id: FileId) -> bool:
         return self._file_record(file_id) is not None
 
-    def size(self, file_id: FileId) -> int:
-        rec = self._file_record(file_id)
+    def size(self, file_id: FileId, txn: lmdb.Transaction | None = None, default: int | None = None) -> int:
+        """A stored file's size; ``default`` if it is missing (FileNotFoundInStore when no default)."""
+        rec = self._file_record(file_id, txn)
         if rec is None:
+            if default is not None:
+                return default
             raise FileNotFoundInStore(f"no file {file_id!r} in the store")
         return rec[1]
 
-    def list_files(self) -> list[FileId]:
-        with self.index.read() as txn, txn.cursor(db=self.index.files) as cur:
+    def list_files(self, txn: lmdb.Transaction | None = None) -> list[FileId]:
+        if txn is None:
+            with self.index.read() as txn:
+                return self.list_files(txn)
+        with txn.cursor(db=self.index.files) as cur:
             return [decode_file_id(k) for k in cur.iternext(keys=True, values=False)]
 
     def manifest(self, file_id: FileId, start: int = 0, end: int | None = None) -> list[ManifestEntry]:
         """Entries covering ``[start, end)`` of the file, the one containing ``start`` first."""
         with self.index.read() as txn:
-            return self._manifest_in(txn, file_id, start, end)
-
-    def _manifest_in(self, txn, file_id: FileId, start: int, end: int | None) -> list[ManifestEntry]:
-        raw = txn.get(encode_file_id(file_id), db=self.index.files)
-        if raw is None:
-            raise FileNotFoundInStore(f"no file {file_id!r} in the store")
-        fkey, size, _ = ix.FILE.unpack(raw)
-        return self.manifest_index.covering(txn, fkey, start, size if end is None else min(end, size))
+            return self.manifest_index.covering_file(txn, file_id, start, end)
 
     def read(self, file_id: FileId) -> bytes:
         return self.read_range(file_id, 0, self.size(file_id))
@@ -436,86 +439,25 @@ class ChunkStore:
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
-        return read_span(self, file_id, offset, length, nowait)
+        return self.reader.read_span(file_id, offset, length, nowait)
 
     def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
 
-        One read transaction finds the chunks and where they lie (a fresh one
-        costs microseconds, a good part of a 4 KiB random read's CPU).  The
-        whole chunks are what the FUSE adapter pushes into the kernel's page
-        cache after a short read (readaround.py).
+        The whole chunks are what the FUSE adapter pushes into the kernel's
+        page cache after a short read (readaround.py).
         """
-        if offset < 0 or length < 0:
-            raise InvalidArgument("offset and length must not be negative")
-        with self.index.read() as txn:
-            entries = self._manifest_in(txn, file_id, offset, offset + length)
-            chunks = [self.cache.get(e.address) for e in entries]
-            places = [None if c is not None else self.ledger.locate(txn, e.address) for e, c in zip(entries, chunks)]
-        fetched: dict[bytes, bytes] = {}
-        for i, (entry, found) in enumerate(zip(entries, places)):
-            if chunks[i] is None:  # fetched once even where the range repeats a chunk (zeros, say)
-                chunks[i] = fetched.get(entry.address) or self._fetch(entry.address, found, file_id)
-                fetched[entry.address] = chunks[i]
-        return (entries[0].offset if entries else offset), chunks
+        return self.reader.read_chunks(file_id, offset, length)
 
     def open_reader(self, file_id: FileId) -> io.BufferedReader:
         """A seekable, read-only binary file object over one stored file."""
-        return io.BufferedReader(StoreFileReader(self, file_id), buffer_size=self.settings.avg_size)
+        return io.BufferedReader(StoreFileReader(functools.partial(self.read_range, file_id), self.size(file_id)), buffer_size=self.settings.avg_size)
 
     # -- reading chunks ---------------------------------------------------------
 
     def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
         """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
-        data = self.cache.get(address)
-        if data is not None:
-            return data
-        with self.index.read() as txn:
-            found = self.ledger.locate(txn, address)
-        return self._fetch(address, found, file_id)
-
-    def _fetch(self, address: bytes, found: tuple[Location, bytes] | None, file_id) -> bytes:
-        """Read and verify the chunk ``found`` (location, checksum) says is at ``address``, and cache it."""
-        if found is None:
-            raise ChunkCorruptError(address, "no such chunk in the index", file_id)
-        try:
-            data = self._read_verified(address, found[0], found[1], file_id, quiet=True)
-        except ChunkCorruptError:
-            # gc may have moved the chunk (or the caller's file changed) since it
-            # was located: look again, and only a failure at a stable place counts
-            with self.index.read() as txn:
-                again = self.ledger.locate(txn, address)
-            if again is None:
-                raise self._corrupt(address, "no such chunk in the index", file_id) from None
-            data = self._read_verified(address, again[0], again[1], file_id)
-        self.cache.put(address, data)
-        return data
-
-    def _read_verified(self, address: bytes, loc: Location, checksum: bytes, file_id,
-                       quiet: bool = False) -> bytes:
-        def corrupt(reason: str) -> ChunkCorruptError:
-            return ChunkCorruptError(address, reason, file_id) if quiet else self._corrupt(address, reason, file_id)
-
-        if loc.pack == LOST_PACK:
-            raise corrupt("its data was lost ('chunkfs fsck --repair' found it gone)")
-        try:
-            data = self.packs.read(loc)
-        except FileNotFoundError:
-            raise corrupt(f"pack {loc.pack:08x} is missing") from None
-        except OSError as exc:
-            raise corrupt(f"read error in pack {loc.pack:08x}: {exc.strerror}") from None
-        if len(data) != loc.length:
-            raise corrupt(f"pack {loc.pack:08x} is truncated")
-        if self.verify == "xxh3" and checksum_of(data) != checksum:
-            raise corrupt("xxh3 checksum mismatch")
-        if self.verify == "sha256" and address_of(data) != address:
-            raise corrupt("SHA-256 mismatch")
-        return data
-
-    def _corrupt(self, address: bytes, reason: str, file_id) -> ChunkCorruptError:
-        exc = ChunkCorruptError(address, reason, file_id)
-        log.error("%s", exc)
-        return exc
+        return self.reader.get_chunk(address, file_id)
 
     # -- statistics and maintenance ---------------------------------------------
 
@@ -540,6 +482,33 @@ class ChunkStore:
         out["avg_chunk_size"] = self.settings.avg_size
         return out
 
+    def garbage_bytes(self, min_dead_fraction: float = 0.0) -> int:
+        """Dead bytes in packs at least ``min_dead_fraction`` dead (one record per pack, no data read)."""
+        return garbage_bytes(self, min_dead_fraction)
+
+    def start_background_gc(self, **options) -> "BackgroundGC":
+        """Start a thread that compacts packs whenever enough is dead (for a mounted filesystem)."""
+        return BackgroundGC(self, **options).start()
+
+    def zero_run_length(self) -> int:
+        """The length the chunker cuts every chunk of a long run of zeros to (its max size for FastCDC)."""
+        if self._zero_length is None:
+            settings = self.settings
+            self._zero_length = len(make_chunker(settings).feed(bytes(4 * settings.max_size + (1 << 20)))[0])
+        return self._zero_length
+
+    def zero_run_bytes(self, file_id: FileId, max_entries: int) -> int | None:
+        """Bytes of a file held by zero-run chunks (a hole); None if it has more than ``max_entries`` chunks."""
+        length = self.zero_run_length()
+        with self.index.read() as txn:
+            raw = txn.get(encode_file_id(file_id), db=self.index.files)
+            if raw is None:
+                return 0
+            fkey, _, count = ix.FILE.unpack(raw)
+            if count > max_entries:
+                return None
+            return length * self.manifest_index.count_chunk(txn, fkey, address_of(bytes(length)), length)
+
     def disk_bytes(self) -> int:
         """Bytes the whole store directory occupies (allocated blocks, as ``du`` counts)."""
         total = 0
@@ -551,10 +520,26 @@ class ChunkStore:
                     pass
         return total
 
+    # -- checking and repair (chunkfs fsck) ------------------------------------------
+
+    def check_records(self, txn: lmdb.Transaction, report: CheckReport, namer: FileNamer,
+                      progress: Progress, verify_data: bool = False) -> None:
+        """Recount manifests, chunk records, packs and counters in ``txn``; add findings to ``report``.
+
+        ``namer(file_id)`` names a damaged file for people (its paths, say).
+        """
+        check_records(self, txn, report, namer, progress, verify_data)
+
+    def repair_records(self, bad_chunks: dict[bytes, str]) -> list[str]:
+        """Repair what :meth:`check_records` found at the chunk level; one line per kind of change."""
+        return repair_store(self, bad_chunks)
+
+    def mark_lost_tail(self, txn: lmdb.Transaction, file_id: FileId, size: int) -> bool:
+        """Extend a file's contents to ``size`` with lost-data tombstones (fsck: size beyond its contents)."""
+        return mark_lost_tail(self.index, txn, encode_file_id(file_id), size)
+
     def gc(self, min_dead_fraction: float = 0.0, progress=None) -> dict:
         """Reclaim the space of unreferenced chunks by compacting packs; returns what it removed."""
-        from .maintenance import collect_garbage  # noqa: PLC0415
-
         report = collect_garbage(self, min_dead_fraction, progress)
         self.ensure_reserve()
         return report

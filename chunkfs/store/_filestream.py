@@ -5,12 +5,9 @@ from __future__ import annotations
 import errno
 import io
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from .errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from .store import ChunkStore, FileId
+from ..errors import InvalidArgument
 
 READ_BLOCK = 1024 * 1024
 
@@ -18,9 +15,8 @@ READ_BLOCK = 1024 * 1024
 class StoreFileReader(io.RawIOBase):
     """The raw, seekable reader behind ``ChunkStore.open_reader``: every read is a ``read_range``."""
 
-    def __init__(self, store: ChunkStore, file_id: FileId):
-        self._store, self._id = store, file_id
-        self._size = store.size(file_id)
+    def __init__(self, read_range: Callable[[int, int], bytes], size: int):
+        self._read_range, self._size = read_range, size
         self._pos = 0
 
     def readable(self) -> bool:
@@ -40,7 +36,7 @@ class StoreFileReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer) -> int:
-        data = self._store.read_range(self._id, self._pos, len(buffer))
+        data = self._read_range(self._pos, len(buffer))
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
