@@ -22,7 +22,7 @@ from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
 from .settings import CHUNKERS, format_size, parse_size
-from .store import ChunkStore, FileId
+from .store import ChunkStore, FileId, upgrade_store
 
 PROG = "chunkfs"
 EXIT_FAILURE = 1
@@ -241,6 +241,42 @@ def _pack_progress(verb: str):
         bar.close()
 
 
+def cmd_upgrade(args) -> int:
+    with _byte_progress("upgrade") as progress:
+        report = upgrade_store(args.store, progress=progress)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    elif report.action == "current":
+        print(f"{args.store}: already at store format version {report.to_version}; nothing to do")
+    elif report.action == "finished":
+        print(f"{args.store}: finished an interrupted upgrade to store format version {report.to_version}")
+    else:
+        print(f"{args.store}: upgraded from store format version {report.from_version} to {report.to_version}: "
+              f"{report.files:,} files, {report.chunks:,} chunk references, {format_size(report.logical_bytes)}")
+    return 0
+
+
+@contextlib.contextmanager
+def _byte_progress(verb: str):
+    """A tqdm bar of bytes done on standard error if it is a terminal (else None)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm  # noqa: PLC0415 (only a terminal needs it)
+
+    bar = tqdm(desc=verb, unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr,
+               dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
 def cmd_mount(args) -> int:
     opts = parse_options(args.options)
     daemon.mount(args.store, args.mountpoint, opts, foreground=args.foreground)
@@ -310,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also read every chunk and check its SHA-256 (reads all stored data)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_fsck)
+
+    p = verbs.add_parser("upgrade", help="convert a store of an older format to this chunkfs's format",
+                         description="Convert STORE, made by an older chunkfs, to this version's store format, "
+                                     "in place. The store must not be mounted. Safe to interrupt: the store is "
+                                     "then either still the old one or already the new one, and running "
+                                     "'chunkfs upgrade' again finishes the job.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_upgrade)
 
     p = verbs.add_parser("mount", help="mount a store", epilog=MOUNT_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter,

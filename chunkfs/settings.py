@@ -19,7 +19,9 @@ from .errors import FormatVersionError, NotAStoreError, SettingsError
 
 SETTINGS_NAME = "chunkfs.json"
 FORMAT_NAME = "chunkfs-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+UPGRADE_DIR = ".upgrade"  # where 'chunkfs upgrade' builds the new store (store/_upgrade.py)
+UPGRADE_READY = "READY"  # in UPGRADE_DIR: the upgrade is committed, only renames are left
 CHUNKERS = ("fastcdc", "fixed")
 
 DEFAULT_AVG_SIZE = 32 * 1024
@@ -139,7 +141,11 @@ def read_settings(store_dir: str) -> StoreSettings:
             f"{store_dir}: store format version {version} is newer than this chunkfs supports ({FORMAT_VERSION}); upgrade chunkfs"
         )
     if version < FORMAT_VERSION:
-        raise FormatVersionError(f"{store_dir}: store format version {version} is too old (this chunkfs reads {FORMAT_VERSION})")
+        if os.path.exists(os.path.join(store_dir, UPGRADE_DIR, UPGRADE_READY)):
+            raise FormatVersionError(f"{store_dir}: an upgrade to store format version {FORMAT_VERSION} was "
+                                     f"interrupted: run 'chunkfs upgrade {store_dir}' to finish it")
+        raise FormatVersionError(f"{store_dir}: store format version {version} is older than this chunkfs "
+                                 f"({FORMAT_VERSION}): run 'chunkfs upgrade {store_dir}'")
     try:
         settings = StoreSettings(**raw)
     except TypeError as exc:

@@ -17,9 +17,11 @@ from ._manifests import TO_END, ChunkRef, ManifestEntry, Patch
 from ._recovery import RecoveryReport
 from ._report import CheckReport, FileDamage, Finding, Progress, format_ranges, merge_ranges, no_progress
 from ._store import DEFAULT_CACHE_SIZE, ChunkStore, IngestResult
+from ._upgrade import UpgradeReport, upgrade_store
 
 __all__ = [
     "BackgroundGC", "CheckReport", "ChunkRef", "ChunkStore", "DEFAULT_CACHE_SIZE", "FileDamage", "FileId",
     "FileNamer", "Finding", "FsTables", "IngestResult", "ManifestEntry", "Patch", "Progress", "RecoveryReport",
-    "TO_END", "decode_file_id", "encode_file_id", "format_ranges", "merge_ranges", "no_progress",
+    "TO_END", "UpgradeReport", "decode_file_id", "encode_file_id", "format_ranges", "merge_ranges", "no_progress",
+    "upgrade_store",
 ]
