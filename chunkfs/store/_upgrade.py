@@ -73,9 +73,8 @@ def upgrade_store(path: str | os.PathLike, progress: Progress | None = None) -> 
     lock_fd = _take_lock(path)
     try:
         if os.path.exists(os.path.join(path, UPGRADE_DIR, UPGRADE_READY)):
-            raw = v1.read_raw_settings(os.path.join(path, UPGRADE_DIR))
             _finish(path)
-            return UpgradeReport(path, v1.VERSION, raw["format_version"], action="finished")
+            return UpgradeReport(path, v1.VERSION, FORMAT_VERSION, action="finished")
         _discard(os.path.join(path, UPGRADE_DIR))  # a build that never reached its commit point
         version = v1.read_raw_settings(path)["format_version"]
         if version == FORMAT_VERSION:
