@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkfs.errors import ChunkfsError
 from chunkfs.fs.openfile import file_id_for
 from chunkfs.fsck_run import EXIT_CLEAN, EXIT_ERROR, run_fsck
 from chunkfs.settings import FORMAT_VERSION
@@ -236,3 +237,42 @@ def test_kill_at_random_moments(tmp_path):
         proc.wait(timeout=30)
         proc.stderr.close()
         assert_old_or_new_then_finish(store, pristine, committed=None)
+
+
+# -- damage in the old store -------------------------------------------------------------
+
+SMALL_TXT = b"hello, chunkfs version 1\n"  # small.txt: one chunk, the first record of the first pack
+
+
+def test_a_damaged_chunk_stops_the_upgrade_and_leaves_the_old_store(v1_store):
+    pack = v1_store / "packs" / "00000001.pack"
+    data = bytearray(pack.read_bytes())
+    where = data.index(SMALL_TXT)
+    data[where] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    before = tree_digest(v1_store)
+    line = assert_one_line_error(run_cli("upgrade", v1_store, check=False), contains="do not match its SHA-256")
+    assert hashlib.sha256(SMALL_TXT).hexdigest() in line
+    assert tree_digest(v1_store) == before and format_version(v1_store) == 1
+    assert not (v1_store / ".upgrade").exists()
+
+
+def test_data_lost_before_the_upgrade_stays_lost(v1_store):
+    """A format-1 tombstone (a chunk record in the reserved pack ffffffff) becomes a lost range, not zeros."""
+    import lmdb  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    record = struct.Struct("<QI16sIQ")  # the format-1 chunk record
+    env = lmdb.open(str(v1_store / "meta"), max_dbs=16)
+    chunks = env.open_db(b"chunks")
+    with env.begin(write=True) as txn:
+        address = hashlib.sha256(SMALL_TXT).digest()
+        refcount, length, checksum, _, _ = record.unpack(txn.get(address, db=chunks))
+        txn.put(address, record.pack(refcount, length, checksum, 0xFFFFFFFF, 0), db=chunks)
+    env.close()
+    run_cli("upgrade", v1_store)
+    result = run_fsck(str(v1_store))
+    assert result.exit_code == EXIT_CLEAN and len(result.final.lost_data) == 1
+    with ChunkStore.open(v1_store, readonly=True) as store:
+        with pytest.raises(ChunkfsError, match="lost"):
+            store.read(file_id_for(EXPECTED["small.txt"]["ino"]))

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from ..errors import FormatVersionError, IndexCorruptError, NotAStoreError, StoreError, StoreLockedError
 from ..settings import FORMAT_VERSION, SETTINGS_NAME, UPGRADE_DIR, UPGRADE_READY, write_settings
 from . import _v1 as v1
+from ._fileids import FileId
 from ._manifests import TO_END, ChunkRef, Patch
 from ._store import ChunkStore
 
@@ -159,7 +160,7 @@ def _is_zero_chunk(entry: v1.V1Entry) -> bool:
     return entry.address == address
 
 
-def _new_chunk(old: v1.V1Store, entry: v1.V1Entry) -> bytes | ChunkRef:
+def _new_chunk(old: v1.V1Store, entry: v1.V1Entry, file_id: FileId) -> bytes | ChunkRef:
     """What one version-1 chunk becomes in the new store: bytes to put, or a ready reference.
 
     THE HOLE SWITCH, the one place that decides it: version 1 stored holes as
@@ -172,7 +173,7 @@ def _new_chunk(old: v1.V1Store, entry: v1.V1Entry) -> bytes | ChunkRef:
 
         hole_ref = getattr(face, "hole_ref", None)
         return hole_ref(entry.length) if hole_ref is not None else bytes(entry.length)
-    return old.read_chunk(entry.address)
+    return old.read_chunk(entry.address, file_id)
 
 
 class _FileCopier:
@@ -198,7 +199,7 @@ class _FileCopier:
                 self.new.write_txn(lambda txn: (self.new.mark_lost_tail(txn, self.f.file_id, end), []))
                 self.committed = end
                 continue
-            item = _new_chunk(self.old, entry)
+            item = _new_chunk(self.old, entry, self.f.file_id)
             self.items.append(item)
             self.item_bytes += len(item) if isinstance(item, bytes) else 0
             if self.item_bytes >= PUT_BATCH_BYTES:

@@ -149,17 +149,22 @@ class V1Store:
         with self.txn.cursor(db=self.dbs[name]) as cur:
             yield from cur
 
-    def read_chunk(self, address: bytes) -> bytes:
+    def read_chunk(self, address: bytes, file_id: FileId) -> bytes:
         """A chunk's bytes, checked against its record header and its SHA-256 address."""
         _, length, _, pack, offset = CHUNK.unpack(self.txn.get(address, db=self.dbs["chunks"]))
-        fd = self._fds.get(pack)
-        if fd is None:
-            path = os.path.join(self.path, "packs", f"{pack:08x}.pack")
-            fd = self._fds[pack] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        raw = os.pread(fd, RECORD.size + length, offset - RECORD.size)
-        magic, header_length, header_address = RECORD.unpack_from(raw) if len(raw) >= RECORD.size else (b"", 0, b"")
+        try:
+            fd = self._fds.get(pack)
+            if fd is None:
+                path = os.path.join(self.path, "packs", f"{pack:08x}.pack")
+                fd = self._fds[pack] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            raw = os.pread(fd, RECORD.size + length, offset - RECORD.size)
+        except OSError as exc:
+            raise ChunkCorruptError(address, f"pack {pack:08x} cannot be read ({exc.strerror}); "
+                                    f"{self.path} is left as it was", file_id) from None
+        header = RECORD.unpack_from(raw) if len(raw) >= RECORD.size else None
         data = raw[RECORD.size:]
-        if (magic, header_length, header_address) != (RECORD_MAGIC, length, address) \
-                or len(data) != length or hashlib.sha256(data).digest() != address:
-            raise ChunkCorruptError(f"{self.path}: chunk {address.hex()[:16]} in pack {pack:08x} is damaged")
+        if header != (RECORD_MAGIC, length, address) or len(data) != length \
+                or hashlib.sha256(data).digest() != address:
+            raise ChunkCorruptError(address, f"its bytes in pack {pack:08x} do not match its SHA-256; "
+                                    f"{self.path} is left as it was", file_id)
         return data
