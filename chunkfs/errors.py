@@ -14,6 +14,8 @@ import errno as _errno
 class ChunkfsError(Exception):
     """Base class: a failure the user can be told about in one line."""
 
+    refusal = False  # True: an ordinary answer to a request (like ENOENT), not a failure worth logging
+
     errno: int = _errno.EIO
 
 
@@ -55,6 +57,13 @@ class IndexCorruptError(StoreError):
 
 class StoreFullError(StoreError):
     errno = _errno.ENOSPC
+
+
+class FileTooLargeError(ChunkfsError):
+    """A write or truncate would make a file larger than the store's maximum file size."""
+
+    errno = _errno.EFBIG
+    refusal = True
 
 
 class FileNotFoundInStore(ChunkfsError, KeyError):

@@ -115,8 +115,8 @@ def _caller(ctx) -> Caller:
 
 def _fuse_error(exc: Exception, what: str) -> pyfuse3.FUSEError:
     """Translate, and log whatever is not an ordinary answer like ENOENT."""
-    if isinstance(exc, FSError):
-        return pyfuse3.FUSEError(exc.errno)
+    if isinstance(exc, FSError) or getattr(exc, "refusal", False):
+        return pyfuse3.FUSEError(errno_for(exc))
     if isinstance(exc, ChunkfsError):
         log.error("%s: %s", what, exc)
     else:

@@ -216,3 +216,12 @@ def test_throughput_append_grows_store_by_few_chunks(throughput_run):
     for run in doc["runs"]:
         append = run["extra"]["append"]
         assert 0 < append["disk_bytes_growth"] < 4 * append["avg_chunk_size"], append
+
+
+def test_index_size_benchmark_reports_bytes_per_chunk_and_entry():
+    """benchmarks/index_size.py at --tiny scale: a compacted copy's pages divided by the record counts."""
+    result = json.loads(_run_module("benchmarks.index_size", "--tiny", "--json"))
+    assert result["chunks"] == 2000 and result["entries"] == 2000
+    assert 32 < result["index_bytes_per_chunk"] < 1000  # at least the 32-byte address, nowhere near a page
+    assert 8 < result["index_bytes_per_entry"] < 1000
+    assert result["live_index_bytes_per_chunk"] >= result["index_bytes_per_chunk"] * 0.9

@@ -1,18 +1,22 @@
 """Sparse files, truncation, writes past end of file and files over 4 GiB, through a daemon mount.
 
-A hole commits to zero-run chunks, all one chunk in the store, so a 10 GiB
-file holding one byte stores a few hundred KiB; ``st_blocks`` leaves zero-run
-chunks out (the policy in docs/filesystem.md, chunkfs/fs/blocks.py), so ``du``
-tells the truth about sparse files.
+A hole is a gap in the file's manifest, stored as nothing, so a 10 GiB (or
+16 TiB) file holding one byte stores one byte and commits at once;
+``st_blocks`` counts only the bytes stored (the policy in docs/filesystem.md,
+chunkfs/fs/blocks.py), so ``du`` tells the truth about sparse files.  Past the
+maximum file size, truncate, ftruncate and write fail with EFBIG.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
 
 import pytest
+
+from chunkfs.store import MAX_FILE_SIZE
 
 pytestmark = pytest.mark.mount
 
@@ -69,7 +73,7 @@ def test_sparse_10_gib_file_stores_almost_nothing(mounted_fs):
         assert pread(path, size - 3, 10, direct=True) == b"\0\0!"
         stats = mounted_fs.stats()
         assert stats["logical_bytes"] == size
-        assert stats["stored_bytes"] <= 1 * MiB, stats  # one shared zero chunk, a boundary and the tail
+        assert stats["stored_bytes"] == 1, stats  # the hole stores nothing
 
     check()
     mounted_fs.remount()
@@ -221,3 +225,90 @@ def test_st_blocks_after_futimens_before_close(mounted_fs):
     st = os.stat(path)
     assert st.st_mtime_ns == 2_000_000_000
     assert 4 * MiB <= st.st_blocks * 512 <= 5 * MiB, st.st_blocks
+
+
+def test_truncate_past_the_maximum_file_size_fails_with_efbig_at_once(mounted_fs):
+    path = mounted_fs / "efbig"
+    path.write_bytes(b"abc")
+    with pytest.raises(OSError) as exc:
+        os.truncate(path, 999999999999999)  # pjdfstest truncate/12.t
+    assert exc.value.errno == errno.EFBIG
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as exc:
+            os.ftruncate(fd, 999999999999999)  # ftruncate/12.t
+        assert exc.value.errno == errno.EFBIG
+        with pytest.raises(OSError) as exc:
+            os.ftruncate(fd, -1)
+        assert exc.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"x", MAX_FILE_SIZE)
+        assert exc.value.errno == errno.EFBIG
+        assert os.pwrite(fd, b"0123456789", MAX_FILE_SIZE - 4) == 4  # what fits, as ext4 does
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_size == MAX_FILE_SIZE
+    assert pread(path, MAX_FILE_SIZE - 6, 100) == b"\0\x000123"
+    assert pread(path, 0, 5) == b"abc\0\0"
+    assert os.stat(path).st_blocks <= 2
+
+
+@pytest.mark.timeout(60)
+def test_truncate_to_the_maximum_size_and_back(mounted_fs):
+    path = mounted_fs / "max"
+    data = os.urandom(100 * KiB)
+    path.write_bytes(data)
+    os.truncate(path, MAX_FILE_SIZE)
+    st = os.stat(path)
+    assert st.st_size == MAX_FILE_SIZE and st.st_blocks == 100 * KiB // 512
+    assert pread(path, MAX_FILE_SIZE - 10, 100) == bytes(10)
+    assert pread(path, 100 * KiB - 4, 8) == data[-4:] + bytes(4)
+    os.truncate(path, 50)
+    assert path.read_bytes() == data[:50]
+    os.truncate(path, 5000)  # up again: the old bytes must not come back
+    assert path.read_bytes() == data[:50] + bytes(4950)
+    mounted_fs.remount()
+    assert path.read_bytes() == data[:50] + bytes(4950)
+    assert os.stat(path).st_blocks == 1
+
+
+def test_a_mebibyte_in_the_middle_of_a_tebibyte_hole_stores_only_itself(mounted_fs):
+    path = mounted_fs / "tib"
+    before = mounted_fs.stats()
+    data = os.urandom(MiB)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 1 << 40)
+        os.pwrite(fd, data, 1 << 39)
+    finally:
+        os.close(fd)
+    after = mounted_fs.stats()
+    assert after["index_bytes"] - before["index_bytes"] < 100 * KiB, (before, after)
+    assert after["stored_bytes"] - before["stored_bytes"] <= MiB
+    st = os.stat(path)
+    assert st.st_size == 1 << 40 and st.st_blocks == MiB // 512
+    assert pread(path, (1 << 39) - 3, MiB + 6) == bytes(3) + data + bytes(3)
+    assert pread(path, 12345 * MiB, MiB) == bytes(MiB)  # a hole reads as zeros
+
+
+def test_pjdfstest_style_truncate_sizes_and_contents(mounted_fs):
+    """truncate/00.t, ftruncate/00.t: size and content after truncating up and down, by path and by fd."""
+    path = mounted_fs / "pjd"
+    path.write_bytes(b"")
+    os.truncate(path, 1234567)
+    assert os.stat(path).st_size == 1234567
+    os.truncate(path, 567)
+    assert os.stat(path).st_size == 567 and path.read_bytes() == bytes(567)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"data", 100)
+        os.ftruncate(fd, 23456)
+        assert os.fstat(fd).st_size == 23456
+        os.ftruncate(fd, 102)
+        assert os.pread(fd, 200, 0) == bytes(100) + b"da"
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(100) + b"da"
+    with pytest.raises(OSError) as exc:
+        os.truncate(path, -1)
+    assert exc.value.errno == errno.EINVAL

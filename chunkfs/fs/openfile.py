@@ -14,6 +14,11 @@ beyond a chunk or two:
   the same offset, and an interval set remembers which ranges are dirty.
   Reads merge overlay, base and zeros (for holes and truncated tails).
 
+A hole (bytes never written: past the old end after a truncate or a write
+beyond end of file, or a hole already in the base) is committed as a
+:func:`hole_ref`, which stores nothing; chunking stops where a hole begins
+and starts afresh where it ends, so a hole of any length costs the same.
+
 Committing an overlay re-chunks only what changed: from the start of the base
 chunk that contains the first changed byte, until a new cut lands on a base
 chunk boundary beyond which the base chunks are untouched; those are kept as
@@ -39,8 +44,8 @@ from collections.abc import Callable
 import lmdb
 
 from ..chunker import make_chunker
-from ..errors import FileNotFoundInStore, StoreFullError, WouldBlock
-from ..store import TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
+from ..errors import FileNotFoundInStore, FileTooLargeError, StoreFullError, WouldBlock
+from ..store import MAX_FILE_SIZE, TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch, hole_ref
 from .chunkrun import ChunkRun
 from .intervals import IntervalSet
 from .stream import ChunkStream
@@ -185,10 +190,20 @@ class FileData:
     # -- writing ----------------------------------------------------------------
 
     def write(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``; returns how much was written.
+
+        As ext4 does, a write that would run past MAX_FILE_SIZE writes what
+        fits (a short write), and one that starts at or past it fails with
+        EFBIG (man 2 write).
+        """
         with self._lock:
             self._settle_failed_stream()
             if not data:
                 return 0
+            if offset >= MAX_FILE_SIZE:
+                raise FileTooLargeError(f"inode {self.ino}: write at offset {offset} is past the maximum file "
+                                        f"size ({MAX_FILE_SIZE} bytes)")
+            data = data[: MAX_FILE_SIZE - offset]
             if self._stream is None and offset == self._size and self._can_stream():
                 self._start_stream()
             if self._stream is not None:
@@ -213,7 +228,8 @@ class FileData:
         """Begin chunking at the start of the last base chunk (its end was only end-of-file)."""
         start = 0
         if self._base_limit:
-            start = self._entry_at(self._base_limit - 1).offset
+            last = self._base_entry(self._base_limit - 1)
+            start = last.offset if last is not None else self._base_limit  # a hole at the end stays one
         stream = self._stream = ChunkStream(self.store, start)
         for pos in range(start, self._base_limit, READ_BLOCK):
             block = self._read_base(pos, min(pos + READ_BLOCK, self._base_limit))
@@ -250,6 +266,9 @@ class FileData:
         return self._staging_fd
 
     def truncate(self, size: int) -> None:
+        if size > MAX_FILE_SIZE:
+            raise FileTooLargeError(f"inode {self.ino}: size {size} is past the maximum file size "
+                                    f"({MAX_FILE_SIZE} bytes)")
         with self._lock:
             self._settle_failed_stream()
             if size == self._size:
@@ -313,12 +332,18 @@ class FileData:
         first = len(refs)
         cut = fed = start
         while fed < self._size:
-            skipped = self._skip_hole(cut, fed, refs)
-            if skipped:
-                cut = fed = cut + skipped
-                chunker = make_chunker(self.store.settings)  # what it held was zeros, now emitted
+            hole_end = self._hole_end(fed)
+            if hole_end is not None:  # what the chunker holds ends here: cut it, then the hole
+                refs += self.store.put_chunks(chunker.finish())
+                refs.append(hole_ref(hole_end - fed))
+                cut = fed = hole_end
+                chunker = make_chunker(self.store.settings)
+                resume = self._reusable_run_end(cut)
+                if resume is not None:
+                    patches.append(Patch(start, cut, refs[first:]))
+                    return self._restart_point(self._next_change(resume))
                 continue
-            block = self._read_merged(fed, min(fed + READ_BLOCK, self._size))
+            block = self._read_merged(fed, max(self._data_end(fed, min(fed + READ_BLOCK, self._size)), fed + 1))
             fed += len(block)
             chunks = chunker.feed(block)
             put = self.store.put_chunks(chunks)
@@ -334,36 +359,39 @@ class FileData:
         patches.append(Patch(start, TO_END, refs[first:]))
         return None
 
-    def _skip_hole(self, cut: int, fed: int, refs: list[ChunkRef]) -> int:
-        """Emit the zero chunks of a hole without reading or hashing them; returns bytes skipped.
-
-        Only when everything the chunker holds, ``[cut, fed)``, lies inside the
-        hole: chunking then restarts at a boundary inside a run of zeros, and
-        from a boundary every chunk that lies wholly in zeros has the same
-        length (the chunker's own cut for zeros, measured once), so the result
-        is exactly what scanning the zeros would give.  Two chunk lengths of
-        zeros are left for the ordinary path, which finds the cut where the
-        hole meets data again.
-        """
-        hole_end = self._hole_end(cut)
-        if hole_end is None or fed > hole_end:
-            return 0
-        zero_len = _zero_chunk_length(self.store.settings)
-        count = (hole_end - cut) // zero_len - 2
-        if count < 1:
-            return 0
-        ref = self.store.put_chunk(bytes(zero_len), pins=count)
-        refs.extend([ref] * count)
-        return count * zero_len
-
     def _hole_end(self, offset: int) -> int | None:
-        """End of the run of never-written zeros containing ``offset`` (past the base, not dirty)."""
-        if offset < self._base_limit or offset >= self._size:
+        """If ``offset`` lies in a hole (clean, and past the base limit or in a gap of the base), its end."""
+        if offset >= self._size:
             return None
         dirty = self._dirty.first_from(offset)
         if dirty == offset:
             return None
-        return self._size if dirty is None else min(dirty, self._size)
+        end = self._size if dirty is None else min(dirty, self._size)
+        if offset < self._base_limit:
+            if self._base_entry(offset) is not None:
+                return None
+            following = self.store.manifest(self.file_id, offset, min(end, self._base_limit))
+            if following:
+                end = following[0].offset  # the next base chunk ends the hole
+        return end
+
+    def _data_end(self, offset: int, limit: int) -> int:
+        """Where the data starting at ``offset`` (not in a hole) meets a hole, or ``limit``."""
+        for lo, hi, dirty in self._dirty.split(offset, limit):
+            if dirty:
+                continue
+            if lo >= self._base_limit:
+                return lo
+            pos, base_hi = lo, min(hi, self._base_limit)
+            for entry in self.store.manifest(self.file_id, lo, base_hi):
+                if entry.offset > pos:
+                    return pos
+                pos = entry.offset + entry.length
+            if pos < base_hi:
+                return pos
+            if hi > self._base_limit:
+                return self._base_limit
+        return limit
 
     def _next_change(self, offset: int) -> int | None:
         """The first offset >= ``offset`` whose byte differs from the base, or None."""
@@ -379,10 +407,12 @@ class FileData:
             return None
         if self._base_limit == 0:
             return 0
-        last = self._entry_at(self._base_limit - 1)
-        if change >= last.offset:
-            return last.offset  # its end was cut by end-of-file or truncation
-        return self._entry_at(change).offset
+        # the last base chunk's end was cut by end-of-file or truncation: it is re-cut with what follows
+        probe = min(change, self._base_limit - 1)
+        entry = self._base_entry(probe)
+        if entry is None and 0 < probe == change:
+            entry = self._base_entry(change - 1)  # its end was cut by the hole ``change`` is in: re-cut too
+        return entry.offset if entry is not None else min(change, self._base_limit)  # in a hole: any offset
 
     def _reusable_run_end(self, cut: int) -> int | None:
         """If base chunks starting exactly at ``cut`` are unchanged, the end of that run."""
@@ -409,11 +439,10 @@ class FileData:
             return False  # cut by the old end of file, which moved
         return entry_end <= self._base_limit
 
-    def _entry_at(self, offset: int) -> ManifestEntry:
+    def _base_entry(self, offset: int) -> ManifestEntry | None:
+        """The base chunk covering ``offset``; None in a hole."""
         entries = self.store.manifest(self.file_id, offset, offset + 1)
-        if not entries:
-            raise StoreFullError(f"inode {self.ino}: no stored chunk covers offset {offset}")
-        return entries[0]
+        return entries[0] if entries else None
 
     # -- ending ---------------------------------------------------------------------
 
@@ -439,21 +468,6 @@ class FileData:
                     os.unlink(self._staging_path)
                 except FileNotFoundError:
                     pass
-
-
-_ZERO_CHUNK_LENGTH: dict[tuple, int] = {}
-
-
-def _zero_chunk_length(settings) -> int:
-    """Length of every chunk the chunker cuts from a long run of zeros, starting at a boundary."""
-    key = (settings.chunker, settings.min_size, settings.avg_size, settings.max_size)
-    if key not in _ZERO_CHUNK_LENGTH:
-        chunker = make_chunker(settings)
-        chunks = chunker.feed(bytes(4 * settings.max_size + READ_BLOCK))
-        _ZERO_CHUNK_LENGTH[key] = len(chunks[0])
-    return _ZERO_CHUNK_LENGTH[key]
-
-
 
 
 def _index_at(offsets: list[int], pos: int) -> int:

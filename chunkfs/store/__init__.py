@@ -13,7 +13,7 @@ from ._check import FileNamer
 from ._fileids import FileId, decode_file_id, encode_file_id
 from ._gcworker import BackgroundGC
 from ._index import FsTables
-from ._manifests import TO_END, ChunkRef, ManifestEntry, Patch
+from ._manifests import MAX_FILE_SIZE, TO_END, ChunkRef, ManifestEntry, Patch, hole_ref
 from ._recovery import RecoveryReport
 from ._report import CheckReport, FileDamage, Finding, Progress, format_ranges, merge_ranges, no_progress
 from ._store import DEFAULT_CACHE_SIZE, ChunkStore, IngestResult
@@ -21,7 +21,7 @@ from ._upgrade import UpgradeReport, upgrade_store
 
 __all__ = [
     "BackgroundGC", "CheckReport", "ChunkRef", "ChunkStore", "DEFAULT_CACHE_SIZE", "FileDamage", "FileId",
-    "FileNamer", "Finding", "FsTables", "IngestResult", "ManifestEntry", "Patch", "Progress", "RecoveryReport",
-    "TO_END", "UpgradeReport", "decode_file_id", "encode_file_id", "format_ranges", "merge_ranges", "no_progress",
-    "upgrade_store",
+    "FileNamer", "Finding", "FsTables", "IngestResult", "MAX_FILE_SIZE", "ManifestEntry", "Patch", "Progress",
+    "RecoveryReport", "TO_END", "UpgradeReport", "decode_file_id", "encode_file_id", "format_ranges", "hole_ref",
+    "merge_ranges", "no_progress", "upgrade_store",
 ]

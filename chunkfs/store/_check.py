@@ -49,7 +49,7 @@ class _StoreCheck:
     def __init__(self, store, txn, report: CheckReport, namer: FileNamer, progress: Progress):
         self.store, self.txn, self.report, self.namer, self.progress = store, txn, report, namer, progress
         self.db = store.index
-        self.files: dict[int, tuple[bytes, int, int]] = {}  # fkey -> (files key, size, chunk count)
+        self.files: dict[int, tuple[bytes, int, int, int]] = {}  # fkey -> (files key, size, chunks, data bytes)
         self.refs: Counter = Counter()
         self.problems: dict[bytes, tuple[str, str]] = {}  # address -> (kind, message)
         self.missing_packs: dict[int, list[bytes]] = {}
@@ -74,14 +74,18 @@ class _StoreCheck:
 
     def _load_files(self) -> None:
         for key, value in self.txn.cursor(db=self.db.files):
-            fkey, size, count = ix.FILE.unpack(value)
-            self.files[fkey] = (key, size, count)
+            fkey, size, count, data = ix.FILE.unpack(value)
+            self.files[fkey] = (key, size, count, data)
         self.report.files_checked = len(self.files)
 
     def _check_manifests(self) -> None:
-        """Every file's manifest tiles [0, size); recounts the references to every address."""
+        """Every file's entries lie in [0, size) without overlaps; recounts the references to every address.
+
+        Gaps between entries are holes, so an entry that went missing looks
+        like one: the file record's count of data bytes is what tells them apart.
+        """
         total = self._entries("manifests")
-        current, covered, count, broken = None, 0, 0, False
+        current, covered, count, data, broken = None, 0, 0, 0, False
         seen = set()
         for n, (key, value) in enumerate(self.txn.cursor(db=self.db.manifests), 1):
             fkey, offset = ix.KEY64x2.unpack(key)
@@ -89,32 +93,36 @@ class _StoreCheck:
             self.refs[address] += 1
             if fkey != current:
                 if current is not None:
-                    self._end_file(current, covered, count, broken)
+                    self._end_file(current, covered, count, data, broken)
                     seen.add(current)
-                current, covered, count, broken = fkey, 0, 0, False
-            if offset != covered and not broken:
+                current, covered, count, data, broken = fkey, 0, 0, 0, False
+            if offset < covered and not broken:
                 broken = True
-                self._add_file("broken-manifest", fkey, f"its chunks have a gap or overlap at offset {covered}")
-            covered, count = max(covered, offset + length), count + 1
+                self._add_file("broken-manifest", fkey, f"its chunks overlap at offset {offset}")
+            covered, count, data = max(covered, offset + length), count + 1, data + length
             if n % PROGRESS_EVERY == 0:
                 self.progress("manifests", n, total)
         if current is not None:
-            self._end_file(current, covered, count, broken)
+            self._end_file(current, covered, count, data, broken)
             seen.add(current)
         for fkey in self.files.keys() - seen:
-            self._end_file(fkey, 0, 0, False)
+            self._end_file(fkey, 0, 0, 0, False)
         self.progress("manifests", total, total)
 
-    def _end_file(self, fkey: int, covered: int, count: int, broken: bool) -> None:
+    def _end_file(self, fkey: int, covered: int, count: int, data: int, broken: bool) -> None:
         if fkey not in self.files:
             self.report.add("orphan-manifest", f"{count} manifest entries of file key {fkey} belong to no file",
                             f"fkey:{fkey}")
             return
-        _, size, recorded = self.files[fkey]
-        if not broken and covered != size:
+        _, size, recorded, recorded_data = self.files[fkey]
+        if not broken and covered > size:
             self._add_file("size-mismatch", fkey, f"its chunks cover {covered} bytes, its size is {size}")
-        if recorded != count:
-            self._add_file("count-mismatch", fkey, f"records {recorded} chunks, its manifest has {count}")
+        if not broken and data < recorded_data:
+            self._add_file("broken-manifest", fkey, f"its chunks hold {data} bytes, its record says "
+                           f"{recorded_data}: entries are missing")
+        if recorded != count or recorded_data != data:
+            self._add_file("count-mismatch", fkey, f"records {recorded} chunks of {recorded_data} bytes, its "
+                           f"manifest has {count} of {data}")
 
     def _add_file(self, kind: str, fkey: int, what: str) -> None:
         name, paths = self.namer(decode_file_id(self.files[fkey][0]))
@@ -173,7 +181,7 @@ class _StoreCheck:
     # -- counters and packs -----------------------------------------------------------
 
     def _check_counters(self) -> None:
-        sizes = sum(size for _, size, _ in self.files.values())
+        sizes = sum(size for _, size, _, _ in self.files.values())
         actual = {"files": len(self.files), "logical_bytes": sizes,
                   "unique_chunks": self.unique, "stored_bytes": self.stored}
         for name, value in actual.items():

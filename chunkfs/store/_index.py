@@ -12,8 +12,8 @@ contents, refcounts and the namespace together):
 name           key                                         value
 =============  ==========================================  ===========================================
 chunks         address (32, SHA-256)                       CHUNK: refcount, length, xxh3-128, pack, offset
-files          file id (store-level, bytes)                FILE: fkey, size, chunk count
-manifests      fkey (u64 BE) + file offset (u64 BE)        MANIFEST: address, length
+files          file id (store-level, bytes)                FILE: fkey, size, chunk count, data bytes
+manifests      fkey (u64 BE) + file offset (u64 BE)        MANIFEST: address, length (holes: no entry)
 packs          pack id (u32 BE)                            PACK: indexed end, live bytes, dead bytes
 pending        pack id (u32 BE) + record offset (u64 BE)   address + length: written, not yet referenced
 counters       name                                        u64 LE
@@ -54,7 +54,7 @@ DATABASES = (
 )
 
 CHUNK = struct.Struct("<QI16sIQ")  # refcount, length, checksum, pack id, data offset
-FILE = struct.Struct("<QQQ")  # fkey, logical size, number of chunks
+FILE = struct.Struct("<QQQQ")  # fkey, logical size, number of chunks, bytes in chunks (size less holes)
 MANIFEST = struct.Struct("<32sI")  # address, length
 PACK = struct.Struct("<QQQ")  # indexed end, live bytes, dead bytes
 PENDING = struct.Struct("<32sI")  # address, length
@@ -64,6 +64,7 @@ KEY64x2 = struct.Struct(">QQ")
 KEYPACK = struct.Struct(">I")
 KEYPENDING = struct.Struct(">IQ")
 
+STORE_DATABASES = ("chunks", "files", "manifests", "packs", "pending", "counters")
 FS_DATABASES = ("inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans")  # layouts: chunkfs.fs.namespace
 
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
@@ -314,6 +315,12 @@ def _readable_in_child(path: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
+
+
+def db_bytes(txn: lmdb.Transaction, db) -> int:
+    """Bytes of the pages a database occupies (branch, leaf and overflow pages, times the page size)."""
+    st = txn.stat(db)
+    return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
 
 
 # -- counters ----------------------------------------------------------------

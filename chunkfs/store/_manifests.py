@@ -3,11 +3,14 @@
 A manifest is the list of chunks that make up a file, stored as one LMDB
 record per chunk keyed by (file key, offset): the chunk covering any offset
 is one cursor seek, and a patch to part of a huge file rewrites only the
-entries it touches.  A patch replaces the entries starting in a range by new
-chunks laid from the range's start; every entry it removes is decref'ed and
-every one it adds incref'ed in the same transaction, and the result is
-checked to tile the file exactly.  The store (_store.py) runs these inside
-its write transactions; nothing else writes manifests.
+entries it touches.  A *hole* (a range never written, or a run of zeros) is
+a gap between entries, so a hole costs nothing however long it is: a patch
+lists it as a :func:`hole_ref`, which moves the offset on and stores
+nothing.  A patch replaces the entries starting in a range by new chunks
+laid from the range's start; every entry it removes is decref'ed and every
+one it adds incref'ed in the same transaction, and the result is checked to
+lie within the file without overlaps.  The store (_store.py) runs these
+inside its write transactions; nothing else writes manifests.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import _index as ix
-from ..errors import IndexCorruptError
-from ..errors import FileNotFoundInStore
+from ..errors import FileNotFoundInStore, FileTooLargeError, IndexCorruptError
 from ._fileids import FileId, encode_file_id
 from ._ledger import Action, Ledger
 
 TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
+
+# The largest file the store keeps: ext4's limit with 4 KiB blocks (2**32 - 1 blocks, 16 TiB less
+# 4 KiB), so a staging file on ext4 can hold any offset of any file.  Past it,
+# write, truncate and ftruncate fail with EFBIG (man 2 write, man 2 truncate).
+MAX_FILE_SIZE = (2**32 - 1) * 4096
 
 
 class ChunkRef(NamedTuple):
@@ -33,8 +40,19 @@ class ChunkRef(NamedTuple):
     96 MiB (measured here).
     """
 
-    address: bytes
+    address: bytes  # empty for a hole
     length: int
+
+
+def hole_ref(length: int) -> ChunkRef:
+    """A hole of ``length`` bytes in a patch: reads as zeros, stores nothing."""
+    return ChunkRef(b"", length)
+
+
+def check_file_size(size: int) -> None:
+    """Refuse a size past :data:`MAX_FILE_SIZE` (EFBIG)."""
+    if size > MAX_FILE_SIZE:
+        raise FileTooLargeError(f"file size {size} exceeds the maximum file size ({MAX_FILE_SIZE} bytes)")
 
 
 class ManifestEntry(NamedTuple):
@@ -61,62 +79,85 @@ class ManifestIndex:
 
     def patch(self, txn, key: bytes, patches: list[Patch], size: int) -> list[Action]:
         """Apply ``patches`` to the file stored under ``key`` and set its size; returns the ledger's actions."""
+        check_file_size(size)
         db, counters = self.index.manifests, self.index.counters
         raw = txn.get(key, db=self.index.files)
         if raw is None:
-            fkey, old_size, count = ix.next_id(txn, counters, "next_fkey"), 0, 0
+            fkey, old_size, count, data = ix.next_id(txn, counters, "next_fkey"), 0, 0, 0
             ix.add_counter(txn, counters, "files", 1)
         else:
-            fkey, old_size, count = ix.FILE.unpack(raw)
+            fkey, old_size, count, data = ix.FILE.unpack(raw)
         actions: list[Action] = []
         seams = []
         for patch in patches:
             for entry in self.entries(txn, fkey, patch.start, patch.old_end):
                 txn.delete(ix.KEY64x2.pack(fkey, entry.offset), db=db)
                 actions += self.ledger.decref(txn, entry.address)
-                count -= 1
+                count, data = count - 1, data - entry.length
             offset, append = patch.start, True
             for ref in patch.chunks:
-                entry_key, value = ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(ref.address, ref.length)
-                # a new file's entries come last in key order: appending skips the search
-                append = append and txn.put(entry_key, value, append=True, db=db)
-                if not append:
-                    txn.put(entry_key, value, db=db)
-                actions += self.ledger.incref(txn, ref.address)
+                if ref.address:
+                    entry_key, value = ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(ref.address, ref.length)
+                    # a new file's entries come last in key order: appending skips the search
+                    append = append and txn.put(entry_key, value, append=True, db=db)
+                    if not append and not txn.put(entry_key, value, overwrite=False, db=db):
+                        raise IndexCorruptError(f"manifest of file key {fkey} overlaps itself at offset {offset}")
+                    actions += self.ledger.incref(txn, ref.address)
+                    count, data = count + 1, data + ref.length
                 offset += ref.length
-                count += 1
             seams += [patch.start, offset]
         self._check_tiling(txn, fkey, seams, size)
-        txn.put(key, ix.FILE.pack(fkey, size, count), db=self.index.files)
+        txn.put(key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
         ix.add_counter(txn, counters, "logical_bytes", size - old_size)
         return actions
 
     def _check_tiling(self, txn, fkey: int, seams: list[int], size: int) -> None:
-        """Refuse a commit whose manifest would have a gap, an overlap or the wrong length.
+        """Refuse a commit whose manifest would have overlapping entries or entries past its end.
 
-        The manifest tiled ``[0, old size)`` before, so checking that entries
-        meet at every seam a patch made, and that the last entry ends at
-        ``size``, proves it tiles ``[0, size)`` after: O(patches), not O(chunks).
+        Entries lay in ``[0, old size)`` without overlaps before (gaps are
+        holes), so checking that no entry crosses a seam a patch made, and
+        that no entry ends past ``size``, proves it of the result:
+        O(patches), not O(chunks).
         """
         for seam in seams:
-            if 0 < seam <= size:
+            if 0 < seam:
                 pred = self.covering(txn, fkey, seam - 1, seam)
-                if not pred or pred[0].offset + pred[0].length != seam:
-                    raise IndexCorruptError(f"manifest of file key {fkey} is broken before offset {seam}")
-            succ = self.entries(txn, fkey, seam, None, limit=1)
-            if (succ and succ[0].offset != seam) or (not succ and seam < size):
-                raise IndexCorruptError(f"manifest of file key {fkey} is broken after offset {seam}")
+                if pred and pred[0].offset + pred[0].length > seam:
+                    raise IndexCorruptError(f"manifest of file key {fkey} overlaps itself at offset {seam}")
         last = self.covering(txn, fkey, size - 1, size) if size else []
         beyond = self.entries(txn, fkey, size, None, limit=1)
-        if beyond or (size and (not last or last[0].offset + last[0].length != size)):
-            raise IndexCorruptError(f"manifest of file key {fkey} does not end at size {size}")
+        if beyond or (last and last[0].offset + last[0].length > size):
+            raise IndexCorruptError(f"manifest of file key {fkey} reaches past its size {size}")
 
-    def covering_file(self, txn, file_id: FileId, start: int, end: int | None) -> list[ManifestEntry]:
-        """Entries covering ``[start, end)`` of a stored file (to its end if ``end`` is None)."""
+    @staticmethod
+    def _seek_covering(cur, fkey: int, start: int) -> bool:
+        """Put ``cur`` on the entry of ``fkey`` that may contain ``start`` (the one before the first past it).
+
+        With holes, the entry before ``start`` may end before it, belong to
+        another file, or not exist; the caller's loop skips what does not
+        overlap its range.
+        """
+        key = ix.KEY64x2.pack(fkey, start)
+        if not cur.set_range(key):
+            return cur.last() and ix.KEY64x2.unpack(cur.key())[0] == fkey
+        if cur.key() == key:
+            return True
+        if not cur.prev():
+            return cur.first()
+        if ix.KEY64x2.unpack(cur.key())[0] != fkey:
+            return cur.next()
+        return True
+
+    def file_record(self, txn, file_id: FileId) -> tuple[int, int, int, int]:
+        """(fkey, size, chunk count, data bytes) of a stored file; FileNotFoundInStore if there is none."""
         raw = txn.get(encode_file_id(file_id), db=self.index.files)
         if raw is None:
             raise FileNotFoundInStore(f"no file {file_id!r} in the store")
-        fkey, size, _ = ix.FILE.unpack(raw)
+        return ix.FILE.unpack(raw)
+
+    def covering_file(self, txn, file_id: FileId, start: int, end: int | None) -> list[ManifestEntry]:
+        """Entries covering ``[start, end)`` of a stored file (to its end if ``end`` is None)."""
+        fkey, size, _, _ = self.file_record(txn, file_id)
         return self.covering(txn, fkey, start, size if end is None else min(end, size))
 
     def entries(self, txn, fkey: int, start: int, end: int | None, limit: int = -1) -> list[ManifestEntry]:
@@ -141,10 +182,8 @@ class ManifestIndex:
         if start >= end:
             return out
         with txn.cursor(db=self.index.manifests) as cur:
-            found = cur.set_range(ix.KEY64x2.pack(fkey, start))
-            if not found or ix.KEY64x2.unpack(cur.key())[0] != fkey or ix.KEY64x2.unpack(cur.key())[1] > start:
-                if not (cur.prev() if found else cur.last()):
-                    return out
+            if not self._seek_covering(cur, fkey, start):
+                return out
             for k, v in cur:
                 key_fkey, offset = ix.KEY64x2.unpack(k)
                 if key_fkey != fkey or offset >= end:
@@ -153,17 +192,3 @@ class ManifestIndex:
                 if offset + length > start:
                     out.append(ManifestEntry(offset, length, address))
         return out
-
-    def count_chunk(self, txn, fkey: int, address: bytes, length: int) -> int:
-        """How many entries of the file name the chunk ``address`` of ``length`` bytes (one cursor pass)."""
-        wanted = ix.MANIFEST.pack(address, length)
-        end = ix.KEY64x2.pack(fkey + 1, 0)
-        count = 0
-        with txn.cursor(db=self.index.manifests) as cur:
-            if not cur.set_range(ix.KEY64x2.pack(fkey, 0)):
-                return 0
-            for key, value in cur.iternext():
-                if key >= end:
-                    break
-                count += value == wanted
-        return count

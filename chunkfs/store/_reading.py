@@ -8,7 +8,8 @@ in place, and bypass the cache.  Anything unexpected in a run (a checksum
 mismatch, a truncated pack, a chunk gc moved) sends its chunks down the
 one-chunk path, which looks again and reports.  A chunk that fails
 verification raises ChunkCorruptError naming the file and the address, and
-logs the same line: wrong bytes are never returned.
+logs the same line: wrong bytes are never returned.  Holes (gaps between
+manifest entries) read as zeros without touching a pack.
 """
 
 from __future__ import annotations
@@ -43,20 +44,24 @@ class ChunkReader:
         One read transaction finds the chunks and where they lie (a fresh one
         costs microseconds, a good part of a 4 KiB random read's CPU).  The
         whole chunks are what the FUSE adapter pushes into the kernel's page
-        cache after a short read (readaround.py).
+        cache after a short read (readaround.py).  A hole in the range comes
+        as zeros, only as much of it as the range covers.
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
         with self.index.read() as txn:
-            entries = self.manifests.covering_file(txn, file_id, offset, offset + length)
+            fkey, size, _, _ = self.manifests.file_record(txn, file_id)
+            end = min(offset + length, size)
+            entries = self.manifests.covering(txn, fkey, offset, end)
             chunks = [self.cache.get(e.address) for e in entries]
             places = [None if c is not None else self.ledger.locate(txn, e.address) for e, c in zip(entries, chunks)]
         fetched: dict[bytes, bytes] = {}
         for i, (entry, found) in enumerate(zip(entries, places)):
-            if chunks[i] is None:  # fetched once even where the range repeats a chunk (zeros, say)
+            if chunks[i] is None:  # fetched once even where the range repeats a chunk
                 chunks[i] = fetched.get(entry.address) or self.fetch(entry.address, found, file_id)
                 fetched[entry.address] = chunks[i]
-        return (entries[0].offset if entries else offset), chunks
+        start = min(entries[0].offset, offset) if entries else offset
+        return start, _with_holes(start, end, entries, chunks)
 
     def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
         """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
@@ -113,12 +118,15 @@ class ChunkReader:
     def read_span(self, file_id: FileId, offset: int, length: int, nowait: bool = False) -> memoryview:
         """Bytes ``[offset, offset+length)`` of a stored file (short at its end), verified, in a new buffer."""
         with self.index.read() as txn:
-            entries = self.manifests.covering_file(txn, file_id, offset, offset + length)
+            fkey, size, _, _ = self.manifests.file_record(txn, file_id)
+            end = min(offset + length, size)
+            entries = self.manifests.covering(txn, fkey, offset, end)
             places = [self.ledger.locate(txn, e.address) for e in entries]
-        if not entries:
+        if end <= offset:
             return memoryview(b"")
-        base = entries[0].offset
-        buf = memoryview(bytearray(entries[-1].offset + entries[-1].length - base))
+        base = min(entries[0].offset, offset) if entries else offset
+        top = max(entries[-1].offset + entries[-1].length, end) if entries else end
+        buf = memoryview(bytearray(top - base))  # zeros: what the holes between entries read as
 
         def view(i: int) -> memoryview:
             return buf[entries[i].offset - base : entries[i].offset - base + entries[i].length]
@@ -136,10 +144,7 @@ class ChunkReader:
         for i, entry in enumerate(entries):
             if first[entry.address] != i:
                 view(i)[:] = view(first[entry.address])
-        end = min(offset + length, entries[-1].offset + entries[-1].length)
         return buf[offset - base : end - base]
-
-
 
     def _read_run(self, entries: list[ManifestEntry], places: list[Place | None],
                   views: list[memoryview], nowait: bool) -> bool:
@@ -186,3 +191,17 @@ def _verified(mode: str, address: bytes, checksum: bytes, data: memoryview) -> b
     if mode == "sha256":
         return address_of(data) == address
     return True
+
+
+def _with_holes(start: int, end: int, entries: list[ManifestEntry], chunks: list[bytes]) -> list[bytes]:
+    """``chunks`` laid from ``start``, with zeros where holes lie between them (and up to ``end``)."""
+    out: list[bytes] = []
+    pos = start
+    for entry, data in zip(entries, chunks):
+        if entry.offset > pos:
+            out.append(bytes(entry.offset - pos))
+        out.append(data)
+        pos = entry.offset + entry.length
+    if pos < end:
+        out.append(bytes(end - pos))
+    return out

@@ -13,8 +13,10 @@ reading the lost range fails with EIO (never zeros), the next fsck lists the
 range as ``lost-data``, and deleting or overwriting the whole file releases
 the tombstone.  The derived address (not the lost chunk's own) keeps new
 data with the same content from deduplicating against a chunk that has no
-bytes.  A gap in a manifest (or a manifest shorter than its file) gets a
-tombstone too, for the same reason: a hole nobody wrote must not read as zeros.
+bytes.  A gap between manifest entries is a hole and reads as zeros, unless
+the file record says the file held more data bytes than its entries do:
+then entries went missing, where is unknown, and every gap of that file gets
+a tombstone, for the same reason: data nobody deleted must not read as zeros.
 """
 
 from __future__ import annotations
@@ -60,18 +62,18 @@ def mark_lost_tail(index: ix.Index, txn: lmdb.Transaction, key: bytes, size: int
     """
     raw = txn.get(key, db=index.files)
     if raw is None:
-        fkey, old, count = ix.next_id(txn, index.counters, "next_fkey"), 0, 0
+        fkey, old, count, data = ix.next_id(txn, index.counters, "next_fkey"), 0, 0, 0
         ix.add_counter(txn, index.counters, "files", 1)
     else:
-        fkey, old, count = ix.FILE.unpack(raw)
+        fkey, old, count, data = ix.FILE.unpack(raw)
     if size <= old:
         return False
     for offset, length in lost_pieces(old, size):
         address = gap_address(fkey, offset)
         txn.put(ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(address, length), db=index.manifests)
         txn.put(address, ChunkRecord(1, Location(LOST_PACK, 0, length), NO_CHECKSUM).encode(), db=index.chunks)
-        count += 1
-    txn.put(key, ix.FILE.pack(fkey, size, count), db=index.files)
+        count, data = count + 1, data + length
+    txn.put(key, ix.FILE.pack(fkey, size, count, data), db=index.files)
     ix.add_counter(txn, index.counters, "logical_bytes", size - old)
     return True
 
@@ -100,8 +102,8 @@ class _Repair:
         self.db = store.index
 
     def run(self) -> None:
-        for fkey, key, size in self._files():
-            self._fix_manifest(fkey, key, size)
+        for fkey, key, size, data in self._files():
+            self._fix_manifest(fkey, key, size, data)
         self._drop_orphan_manifests()
         refs, lengths = self._recount()
         self._fix_chunk_records(refs, lengths)
@@ -110,11 +112,11 @@ class _Repair:
 
     # -- manifests ----------------------------------------------------------------------
 
-    def _files(self) -> list[tuple[int, bytes, int]]:
+    def _files(self) -> list[tuple[int, bytes, int, int]]:
         out = []
         for key, value in self.txn.cursor(db=self.db.files):
-            fkey, size, _ = ix.FILE.unpack(value)
-            out.append((fkey, key, size))
+            fkey, size, _, data = ix.FILE.unpack(value)
+            out.append((fkey, key, size, data))
         return out
 
     def _entries(self, fkey: int) -> list[tuple[int, bytes, int]]:
@@ -132,16 +134,21 @@ class _Repair:
     def _lost(self, address: bytes) -> bool:
         return address in self.bad or self.txn.get(address, db=self.db.chunks) is None
 
-    def _fix_manifest(self, fkey: int, key: bytes, size: int) -> None:
-        """Tile [0, size) again: tombstones for lost chunks and gaps, overlapping entries dropped."""
+    def _fix_manifest(self, fkey: int, key: bytes, size: int, recorded_data: int) -> None:
+        """Entries in [0, size) again: tombstones for lost chunks, overlapping entries dropped.
+
+        If the entries hold fewer bytes than the file record says, some went
+        missing and every gap (hole) of the file is marked lost.
+        """
         old = self._entries(fkey)
         new: list[tuple[int, bytes, int]] = []
         covered = 0
+        missing = sum(length for _, _, length in old) < recorded_data
         for offset, address, length in old:
             if offset < covered:
                 self.done["overlapping manifest entries dropped"] += 1
                 continue
-            if offset > covered:
+            if offset > covered and missing:
                 new += [(o, gap_address(fkey, o), n) for o, n in lost_pieces(covered, offset)]
                 self.done["manifest gaps marked lost"] += 1
             if self._lost(address):
@@ -149,7 +156,7 @@ class _Repair:
                 self.done["references to lost chunks pointed at tombstones"] += 1
             new.append((offset, address, length))
             covered = offset + length
-        if covered < size:
+        if covered < size and missing:
             new += [(o, gap_address(fkey, o), n) for o, n in lost_pieces(covered, size)]
             self.done["manifest gaps marked lost"] += 1
         size = max(size, covered)
@@ -159,13 +166,13 @@ class _Repair:
             for offset, address, length in new:
                 self.txn.put(ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(address, length),
                              db=self.db.manifests)
-        record = ix.FILE.pack(fkey, size, len(new))
+        record = ix.FILE.pack(fkey, size, len(new), sum(length for _, _, length in new))
         if self.txn.get(key, db=self.db.files) != record:
             self.txn.put(key, record, db=self.db.files)
             self.done["file records corrected"] += 1
 
     def _drop_orphan_manifests(self) -> None:
-        fkeys = {fkey for fkey, _, _ in self._files()}
+        fkeys = {fkey for fkey, _, _, _ in self._files()}
         stale = [key for key in self.txn.cursor(db=self.db.manifests).iternext(values=False)
                  if ix.KEY64x2.unpack(key)[0] not in fkeys]
         for key in stale:
@@ -254,7 +261,7 @@ class _Repair:
     def _fix_counters(self) -> None:
         files = sizes = unique = stored = highest_fkey = 0
         for value in self.txn.cursor(db=self.db.files).iternext(keys=False):
-            fkey, size, _ = ix.FILE.unpack(value)
+            fkey, size, _, _ = ix.FILE.unpack(value)
             files, sizes, highest_fkey = files + 1, sizes + size, max(highest_fkey, fkey)
         for value in self.txn.cursor(db=self.db.chunks).iternext(keys=False):
             loc = ChunkRecord.decode(value).location

@@ -42,7 +42,7 @@ from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id
 from ._filestream import StoreFileReader, blocks_of
 from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
-from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch
+from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._packs import PackFiles
 from ._check import FileNamer, check_records
 from ._compaction import collect_garbage, garbage_bytes
@@ -123,7 +123,6 @@ class ChunkStore:
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
             self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify)
-            self._zero_length: int | None = None
             self.fs_tables = ix.FsTables(self.index)
             if not readonly:
                 self.recovery = recover(self)
@@ -248,17 +247,9 @@ class ChunkStore:
 
     # -- writing chunks -------------------------------------------------------
 
-    def put_chunk(self, data: bytes | memoryview, pins: int = 1) -> ChunkRef:
-        """Store one chunk (unless already stored) and pin it until committed or released.
-
-        ``pins`` > 1 pins it that many times, for a writer that will reference
-        the same chunk repeatedly (the zero chunks of a hole).
-        """
-        ref = self._put_many([data])[0][0]
-        with self._lock:
-            for _ in range(pins - 1):
-                self.ledger.add_pin(ref.address)
-        return ref
+    def put_chunk(self, data: bytes | memoryview) -> ChunkRef:
+        """Store one chunk (unless already stored) and pin it until committed or released."""
+        return self._put_many([data])[0][0]
 
     def put_chunks(self, chunks: Sequence[bytes | memoryview]) -> list[ChunkRef]:
         """put_chunk for consecutive chunks of one writer, all or none.
@@ -295,7 +286,7 @@ class ChunkStore:
         new: dict[bytes, int] = {}
         todo: dict[bytes, int] = {}
         for i, address in enumerate(addresses):
-            if address not in self.ledger.pins and address not in todo:
+            if address and address not in self.ledger.pins and address not in todo:
                 todo[address] = i
         if todo:
             with self.index.read() as txn:
@@ -309,7 +300,7 @@ class ChunkStore:
 
     def release(self, refs: Iterable[ChunkRef]) -> None:
         """Drop the pins of chunks a writer will not commit after all."""
-        addresses = [r.address for r in refs]
+        addresses = [r.address for r in refs if r.address]
         if addresses:
             self.write_txn(lambda txn: (None, self.ledger.unpin(txn, addresses)), frees=True)
 
@@ -318,10 +309,13 @@ class ChunkStore:
         """Apply manifest patches, set the file size, and drop the pins of the patches' chunks.
 
         All of it (and ``hook``, for the filesystem's own records) happens in one
-        transaction.  The patched manifest must tile ``[0, size)`` exactly.
+        transaction.  The patched manifest's entries must lie in ``[0, size)``
+        without overlapping; what they leave uncovered is a hole.  A size past
+        :data:`MAX_FILE_SIZE` raises FileTooLargeError.
         """
         key = encode_file_id(file_id)
-        pinned = [ref.address for p in patches for ref in p.chunks]
+        check_file_size(size)
+        pinned = [ref.address for p in patches for ref in p.chunks if ref.address]
 
         def apply(txn):
             actions = self.manifest_index.patch(txn, key, patches, size)
@@ -357,7 +351,7 @@ class ChunkStore:
             raise
         return IngestResult(file_id, size, len(refs), new_chunks, new_bytes)
 
-    def _file_record(self, file_id: FileId, txn: lmdb.Transaction | None = None) -> tuple[int, int, int] | None:
+    def _file_record(self, file_id: FileId, txn: lmdb.Transaction | None = None) -> tuple[int, int, int, int] | None:
         if txn is None:
             with self.index.read() as txn:
                 return self._file_record(file_id, txn)
@@ -381,7 +375,7 @@ class ChunkStore:
                 if hook is not None:
                     hook(txn)
                 return False, []
-            fkey, size, _ = ix.FILE.unpack(raw)
+            fkey, size, _, _ = ix.FILE.unpack(raw)
             actions: list[Action] = []
             for entry in self.manifest_index.entries(txn, fkey, 0, None):
                 txn.delete(ix.KEY64x2.pack(fkey, entry.offset), db=self.index.manifests)
@@ -473,6 +467,10 @@ class ChunkStore:
                     _, pack_live, pack_dead = ix.PACK.unpack(v)
                     live, dead = live + pack_live, dead + pack_dead
             out["chunk_refs"] = txn.stat(self.index.manifests)["entries"]
+            pages = {name: ix.db_bytes(txn, getattr(self.index, name)) for name in ix.STORE_DATABASES}
+        out["index_bytes"] = sum(pages.values())
+        out["index_bytes_per_chunk"] = _per(pages["chunks"], out["unique_chunks"])
+        out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
         logical = out["logical_bytes"]
         out["savings_pct"] = round(100.0 * (1 - out["stored_bytes"] / logical), 2) if logical else 0.0
         out["garbage_bytes"] = dead
@@ -490,24 +488,10 @@ class ChunkStore:
         """Start a thread that compacts packs whenever enough is dead (for a mounted filesystem)."""
         return BackgroundGC(self, **options).start()
 
-    def zero_run_length(self) -> int:
-        """The length the chunker cuts every chunk of a long run of zeros to (its max size for FastCDC)."""
-        if self._zero_length is None:
-            settings = self.settings
-            self._zero_length = len(make_chunker(settings).feed(bytes(4 * settings.max_size + (1 << 20)))[0])
-        return self._zero_length
-
-    def zero_run_bytes(self, file_id: FileId, max_entries: int) -> int | None:
-        """Bytes of a file held by zero-run chunks (a hole); None if it has more than ``max_entries`` chunks."""
-        length = self.zero_run_length()
-        with self.index.read() as txn:
-            raw = txn.get(encode_file_id(file_id), db=self.index.files)
-            if raw is None:
-                return 0
-            fkey, _, count = ix.FILE.unpack(raw)
-            if count > max_entries:
-                return None
-            return length * self.manifest_index.count_chunk(txn, fkey, address_of(bytes(length)), length)
+    def data_bytes(self, file_id: FileId, txn: lmdb.Transaction | None = None) -> int:
+        """Bytes of a stored file that are not holes (kept in its file record: O(1)); 0 if it is missing."""
+        rec = self._file_record(file_id, txn)
+        return rec[3] if rec is not None else 0
 
     def disk_bytes(self) -> int:
         """Bytes the whole store directory occupies (allocated blocks, as ``du`` counts)."""
@@ -543,3 +527,7 @@ class ChunkStore:
         report = collect_garbage(self, min_dead_fraction, progress)
         self.ensure_reserve()
         return report
+
+
+def _per(total: int, count: int) -> float:
+    return round(total / count, 1) if count else 0.0

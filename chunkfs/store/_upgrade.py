@@ -39,7 +39,7 @@ from ..errors import FormatVersionError, IndexCorruptError, NotAStoreError, Stor
 from ..settings import FORMAT_VERSION, SETTINGS_NAME, UPGRADE_DIR, UPGRADE_READY, write_settings
 from . import _v1 as v1
 from ._fileids import FileId
-from ._manifests import TO_END, ChunkRef, Patch
+from ._manifests import TO_END, ChunkRef, Patch, hole_ref
 from ._store import ChunkStore
 
 OLD_DIR = ".upgrade-old"
@@ -163,16 +163,11 @@ def _is_zero_chunk(entry: v1.V1Entry) -> bool:
 def _new_chunk(old: v1.V1Store, entry: v1.V1Entry, file_id: FileId) -> bytes | ChunkRef:
     """What one version-1 chunk becomes in the new store: bytes to put, or a ready reference.
 
-    THE HOLE SWITCH, the one place that decides it: version 1 stored holes as
-    all-zero chunks.  Where the store offers ``hole_ref(length)`` (format 2's
-    holes as gaps), an all-zero chunk becomes a hole; until then it is put
-    as an ordinary chunk (deduplicated to one stored copy).
+    Version 1 stored holes as all-zero chunks of the chunker's maximum size;
+    format 2 keeps holes as gaps (``hole_ref``), so such a chunk becomes a hole.
     """
     if _is_zero_chunk(entry):
-        from .. import store as face  # noqa: PLC0415 (the package face, loaded by now)
-
-        hole_ref = getattr(face, "hole_ref", None)
-        return hole_ref(entry.length) if hole_ref is not None else bytes(entry.length)
+        return hole_ref(entry.length)
     return old.read_chunk(entry.address, file_id)
 
 
