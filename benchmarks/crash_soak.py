@@ -16,7 +16,7 @@ One store is reused across rounds.  Each round:
    mount would (``ChunkStore.open`` and ``FsCore``), on even rounds the
    remounting daemon recovers it and gc runs after a clean unmount; either
    way ``check_store`` is clean and, after
-   ``store.gc()``, no unreferenced bytes are left (``garbage_bytes == 0``);
+   ``store.gc(min_dead_fraction=0)``, no unreferenced bytes are left (``garbage_bytes == 0``);
    ``chunkfs fsck`` is run too when this chunkfs has that verb;
 5. the remount succeeds and every path holds one of the states the journal
    allows: exactly its last durable state (fsync'ed or closed, or a returned
@@ -278,7 +278,7 @@ class CrashRig:
             report = check_store(store)
             if not report.clean:
                 raise CrashCheckFailed(f"check_store after recovery: {report.findings}")
-            store.gc()
+            store.gc(min_dead_fraction=0)
             report = check_store(store)
             if not report.clean or report.garbage_bytes:
                 raise CrashCheckFailed(f"check_store after gc: {report.findings}, "

@@ -48,6 +48,19 @@ mount options (-o, comma-separated, may be repeated):
                          passed to FUSE and the kernel
 """
 
+GC_DESCRIPTION = """\
+Give back the disk space of chunks no file uses any more, by rewriting packs
+(the files chunk data lives in) without their dead records. A chunk's disk
+blocks are already punched out of its pack when its last reference goes, so
+what a rewrite gains is the rest: the partly used blocks around each dead
+record. A pack is rewritten only when at least half of the disk space it
+holds would come back, so gc never writes (moves) more bytes than it frees;
+packs with a little dead space are left alone, and packs with nothing live
+are removed without copying. It prints packs removed and rewritten, bytes
+moved and bytes reclaimed on disk. The store must not be mounted (a mount
+runs the same gc in the background). See docs/tuning.md.
+"""
+
 FSCK_EPILOG = """\
 exit status:
   0  no damage (data lost before and already marked is still listed)
@@ -188,10 +201,9 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    with ChunkStore.open(args.store) as store, _pack_progress("gc") as progress:
+    with ChunkStore.open(args.store) as store, _pack_progress("gc", quiet=args.json) as progress:
         report = store.gc(progress=progress)
-    print(f"gc: removed {report['packs_removed']} packs, moved {report['chunks_moved']} live chunks, "
-          f"reclaimed {format_size(report['bytes_reclaimed'])}")
+    print(json.dumps(report) if args.json else _format_gc(report))
     if report.get("stopped_full"):
         print("gc: stopped early: not enough free space to copy live chunks; free some and run it again",
               file=sys.stderr)
@@ -200,6 +212,20 @@ def cmd_gc(args) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+def _format_gc(r: dict) -> str:
+    def packs(n: int) -> str:
+        return f"{n} pack" if n == 1 else f"{n} packs"
+
+    line = (f"gc: removed {packs(r['packs_removed'])} ({r['packs_rewritten']} rewritten), "
+            f"moved {format_size(r['bytes_moved'])} in {r['chunks_moved']:,} live chunks, "
+            f"reclaimed {format_size(r['bytes_reclaimed'])}")
+    if r["packs_left"]:
+        their = "its" if r["packs_left"] == 1 else "their"
+        line += (f"; {packs(r['packs_left'])} with {format_size(r['dead_bytes_left'])} dead left as is "
+                 f"(a rewrite would free under {r['threshold']:.0%} of {their} disk space)")
+    return line
 
 
 def cmd_fsck(args) -> int:
@@ -222,9 +248,9 @@ def cmd_fsck(args) -> int:
 
 
 @contextlib.contextmanager
-def _pack_progress(verb: str):
+def _pack_progress(verb: str, quiet: bool = False):
     """A tqdm bar of packs done on standard error if it is a terminal (else None: quiet in scripts)."""
-    if not sys.stderr.isatty():
+    if quiet or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm  # noqa: PLC0415 (only a terminal needs it)
@@ -330,8 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--long", action="store_true", help="show sizes too")
     p.set_defaults(func=cmd_ls)
 
-    p = verbs.add_parser("gc", help="reclaim the space of chunks no file uses")
+    p = verbs.add_parser("gc", help="reclaim the space of chunks no file uses", description=GC_DESCRIPTION)
     p.add_argument("store", metavar="STORE")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_gc)
 
     p = verbs.add_parser("fsck", help="check a store (and repair it)", epilog=FSCK_EPILOG,

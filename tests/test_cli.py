@@ -203,9 +203,9 @@ def test_gc_reports_what_it_removed(tmp_path, store):
     run_cli("ingest", store, "a", write(tmp_path / "a", os.urandom(1 << 20)))
     run_cli("ingest", store, "b", write(tmp_path / "b", os.urandom(1 << 20)))
     run_cli("rm", store, "a")
-    out = run_cli("gc", store).stdout
-    assert out.startswith("gc: removed ") and "reclaimed" in out
-    assert json.loads(run_cli("stats", "--json", store).stdout)["garbage_bytes"] == 0
+    out = run_cli("gc", store).stdout  # half the pack is live: a rewrite would move more than it frees
+    assert out.startswith("gc: removed 0 packs (0 rewritten), moved 0 B in 0 live chunks, reclaimed 0 B; "
+                          "1 pack with 1.0 MiB dead left as is")
     assert run_cli("cat", store, "b", text=False).stdout == (tmp_path / "b").read_bytes()
 
 

@@ -53,7 +53,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def gc(self):
-        self.store.gc()
+        self.store.gc(min_dead_fraction=0)  # compact every pack with a dead record
         report = check_store(self.store, verify_data=True)
         assert report.clean, report.findings
         assert report.garbage_bytes == 0

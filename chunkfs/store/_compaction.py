@@ -1,10 +1,23 @@
-"""Garbage collection: compact packs that hold dead space.
+"""Garbage collection: compact packs whose dead space is worth more than copying their live records.
 
-It copies the live records of packs that hold dead space into the active
-pack, makes the copies durable, commits their new locations, and only then
-removes the old pack (invariant 3).  A crash at any point leaves either the
-old pack (still referenced) or an unregistered new one that recovery
-(_recovery.py, step 1) removes.
+It copies the live records of such a pack into the active pack, makes the
+copies durable, commits their new locations, and only then removes the old
+pack (invariant 3).  A crash at any point leaves either the old pack (still
+referenced) or an unregistered new one that recovery (_recovery.py, step 1)
+removes.
+
+Which packs are worth it is decided on what the disk really holds, not on
+the index's dead bytes: a record is punched out of its pack when it dies
+(``Ledger(on_dead=packs.punch)``), so most of a dead record's bytes are
+already back before gc runs; what is left is the partly used 4 KiB blocks at
+each end of it and its record header, about one block per dead record.
+Rewriting a pack gives back its disk blocks less what its live records take
+again in the active pack, and costs its live bytes in writes.  A pack is
+rewritten only when that gain is at least ``min_dead_fraction`` of the
+blocks it holds; at the default 0.5 the gain is at least what the copies
+take, so every run moves no more bytes than it gives back
+(docs/tuning.md, "Garbage collection", has the measurements).  A pack with
+nothing live is removed whatever the threshold: that costs no copying.
 """
 
 from __future__ import annotations
@@ -22,12 +35,21 @@ from ._packs import HEADER_SIZE, Location, record_size
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MIN_DEAD_FRACTION = 0.5  # of a pack's disk blocks; at 0.5 or more, gc moves no more than it frees
+BLOCK = 4096  # the allocation unit the estimates round to
+SLACK = 2 * BLOCK  # what copies may take beyond their bytes: the block they end in, a new pack's header
+
 
 @dataclass
 class GCReport:
-    packs_removed: int = 0
+    threshold: float = DEFAULT_MIN_DEAD_FRACTION
+    packs_removed: int = 0  # every pack gc deleted, with or without copying
+    packs_rewritten: int = 0  # of those, the ones whose live records were copied forward first
     chunks_moved: int = 0
-    bytes_reclaimed: int = 0
+    bytes_moved: int = 0  # record bytes written by the copies
+    bytes_reclaimed: int = 0  # disk bytes given back: blocks held before less blocks held after
+    packs_left: int = 0  # packs with dead records, left alone as not dead enough on disk
+    dead_bytes_left: int = 0  # the index's dead bytes in them (mostly punched out already)
     skipped_corrupt: list[int] = field(default_factory=list)
     stopped_full: bool = False
 
@@ -35,46 +57,122 @@ class GCReport:
         return dict(self.__dict__)
 
 
-def collect_garbage(store, min_dead_fraction: float = 0.0,
+@dataclass(frozen=True, slots=True)
+class PackSpace:
+    """One pack's space as gc weighs it: what copying it would cost and give back."""
+
+    pack: int
+    live: int  # bytes of live records: what compacting writes again
+    dead: int  # bytes of dead records, by the index
+    kept: int  # disk bytes its records that are not dead would take once copied (0: nothing to copy)
+    held: int  # disk bytes the pack holds now
+
+    @property
+    def reclaimable(self) -> int:
+        return max(self.held - self.kept, 0)
+
+    @property
+    def dead_fraction(self) -> float:
+        """The share of the pack's disk blocks that compacting it would give back."""
+        return self.reclaimable / self.held if self.held else 1.0
+
+    def worth_compacting(self, min_dead_fraction: float) -> bool:
+        return self.dead > 0 and (self.kept == 0 or min_dead_fraction <= 0
+                                  or self.dead_fraction >= min_dead_fraction)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+def _space(store, pack: int, end: int, live: int, dead: int, stat: bool = True) -> PackSpace | None:
+    """The pack's space; with ``stat=False`` an upper bound on what it holds (no system call)."""
+    size = end
+    if stat:
+        try:
+            size, held = store.packs.usage(pack)
+        except FileNotFoundError:
+            return None  # a lost pack: fsck's business, not gc's
+    else:
+        held = _round_up(end) + BLOCK  # the most it can hold within its indexed end (an extent block)
+    not_dead = max(size, end) - dead - HEADER_SIZE  # live, pending, and appended since the last commit
+    kept = _round_up(not_dead) + SLACK if not_dead > 0 else 0
+    return PackSpace(pack, live, dead, kept, held)
+
+
+def survey(store, min_dead_fraction: float) -> tuple[list[PackSpace], list[PackSpace]]:
+    """Packs with dead records: those worth compacting (cheapest first), and those left alone.
+
+    One index record per pack, and one stat per pack that the index alone
+    cannot rule out (a pack whose dead bytes are too few even if none was
+    punched needs no stat).
+    """
+    chosen, left = [], []
+    with store.index.read() as txn:
+        records = [(ix.KEYPACK.unpack(k)[0], *ix.PACK.unpack(v)) for k, v in txn.cursor(db=store.index.packs)]
+    for pack, end, live, dead in records:
+        if not dead:
+            continue
+        bound = _space(store, pack, end, live, dead, stat=False)
+        if pack != store.packs.active and not bound.worth_compacting(min_dead_fraction):
+            left.append(bound)
+            continue
+        space = _space(store, pack, end, live, dead)
+        if space is not None:
+            (chosen if space.worth_compacting(min_dead_fraction) else left).append(space)
+    chosen.sort(key=lambda s: (s.live, s.pack))  # wholly dead packs first: they cost no copying
+    return chosen, left
+
+
+def reclaimable_bytes(store, min_dead_fraction: float) -> int:
+    """Disk bytes a gc at ``min_dead_fraction`` would give back now (cheap: no chunk data read)."""
+    return sum(space.reclaimable for space in survey(store, min_dead_fraction)[0])
+
+
+def collect_garbage(store, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION,
                     progress: Callable[[int, int], None] | None = None) -> dict:
-    report = GCReport()
-    candidates = _candidates(store, min_dead_fraction)  # wholly dead packs first: they cost no copying
-    for done, pack in enumerate(candidates, 1):
+    report = GCReport(threshold=min_dead_fraction)
+    candidates, left = survey(store, min_dead_fraction)
+    report.packs_left = len(left)
+    report.dead_bytes_left = sum(space.dead for space in left)
+    for done, surveyed in enumerate(candidates, 1):
         with store._lock:
-            if any(pin.location.pack == pack for pin in store.ledger.pins.values()):
-                continue  # a writer in flight may still reference records in it
-            if pack == store.packs.active:
-                store.packs.retire_active()  # stop appending to it; compact it now
-            try:
-                _compact(store, pack, report)
-            except StoreFullError as exc:
-                log.warning("gc stopped early: %s", exc)
-                report.stopped_full = True
-                break
+            space = _current(store, surveyed.pack)  # writers may have changed it since the survey
+            pinned = any(pin.location.pack == surveyed.pack for pin in store.ledger.pins.values())
+            if space is None or pinned or not space.worth_compacting(min_dead_fraction):
+                # pinned: a writer in flight may still reference records in it
+                if space is not None and space.dead:
+                    report.packs_left += 1
+                    report.dead_bytes_left += space.dead
+            else:
+                if space.pack == store.packs.active:
+                    store.packs.retire_active()  # stop appending to it; compact it now
+                try:
+                    _compact(store, space.pack, report)
+                except StoreFullError as exc:
+                    log.warning("gc stopped early: %s", exc)
+                    report.stopped_full = True
+                    break
         if progress:
             progress(done, len(candidates))
     return report.as_dict()
 
 
-def _dead_packs(store, min_dead_fraction: float) -> list[tuple[int, int, int]]:
-    """(live bytes, dead bytes, pack) of every pack at least ``min_dead_fraction`` dead."""
-    out = []
+def _current(store, pack: int) -> PackSpace | None:
     with store.index.read() as txn:
-        for key, value in txn.cursor(db=store.index.packs):
-            end, live, dead = ix.PACK.unpack(value)
-            used = end - HEADER_SIZE
-            if dead and (used <= 0 or dead / used >= min_dead_fraction):
-                out.append((live, dead, ix.KEYPACK.unpack(key)[0]))
-    return out
+        raw = txn.get(ix.KEYPACK.pack(pack), db=store.index.packs)
+    return None if raw is None else _space(store, pack, *ix.PACK.unpack(raw))
 
 
-def _candidates(store, min_dead_fraction: float) -> list[int]:
-    return [pack for _, _, pack in sorted(_dead_packs(store, min_dead_fraction))]
-
-
-def garbage_bytes(store, min_dead_fraction: float) -> int:
-    """Dead bytes that a gc at ``min_dead_fraction`` would reclaim (cheap: one record per pack)."""
-    return sum(dead for _, dead, _ in _dead_packs(store, min_dead_fraction))
+def _held(store, packs: set) -> int:
+    """Disk bytes the given packs hold (a removed one holds none: its blocks are the disk's again)."""
+    total = 0
+    for pack in packs - {None}:
+        try:
+            total += store.packs.usage(pack)[1]
+        except FileNotFoundError:
+            pass
+    return total
 
 
 class _CorruptLive(Exception):
@@ -85,6 +183,8 @@ def _compact(store, pack: int, report: GCReport) -> None:
     """Copy a pack's live records forward, commit their new places, then remove the pack."""
     moves: list[tuple[bytes, Location]] = []
     live = _live_records(store, pack)
+    touched = {pack, store.packs.active}  # copies go to the active pack, or to one _make_room starts
+    held_before = _held(store, touched)
     if live:
         _make_room(store, sum(record_size(loc.length) for _, loc, _ in live))
     try:
@@ -96,7 +196,7 @@ def _compact(store, pack: int, report: GCReport) -> None:
                 raise _CorruptLive
             moves.append((address, store.packs.append(address, data)))
         store.packs.sync()  # the copies are durable before the index points at them
-        old_size = store.packs.size(pack)
+        touched.add(store.packs.active)
         store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
     except _CorruptLive:
         report.skipped_corrupt.append(pack)
@@ -106,10 +206,12 @@ def _compact(store, pack: int, report: GCReport) -> None:
         _abandon_copies(store, moves)
         raise
     store.index.sync()
-    store.packs.remove(pack)
+    store.packs.remove(pack)  # its blocks go back once reads already on their way are done with it
     report.packs_removed += 1
+    report.packs_rewritten += bool(moves)
     report.chunks_moved += len(moves)
-    report.bytes_reclaimed += old_size - sum(record_size(loc.length) for _, loc in moves)
+    report.bytes_moved += sum(record_size(loc.length) for _, loc in moves)
+    report.bytes_reclaimed += held_before - _held(store, touched)
 
 
 def _make_room(store, needed: int) -> None:

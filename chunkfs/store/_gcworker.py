@@ -4,9 +4,9 @@ Deleting a file only drops references in one LMDB transaction, so ``rm -rf``
 returns as fast as the namespace changes; the chunks nobody references any
 more become *dead space* in their packs.  This worker gives that space back
 while the filesystem keeps serving: every ``interval`` seconds it reads the
-per-pack accounting (a handful of LMDB records, no data), and once the dead
-bytes add up to ``min_garbage`` it runs :meth:`ChunkStore.gc` on the packs at
-least ``min_dead_fraction`` dead.
+per-pack accounting (a handful of LMDB records and a stat of each pack that
+might qualify, no data), and once the disk bytes a gc would give back add up
+to ``min_garbage`` it runs :meth:`ChunkStore.gc` at ``min_dead_fraction``.
 
 Why it does not block other operations: ``gc`` compacts one pack at a time,
 holding the store's lock only for that pack; between packs this worker
@@ -15,9 +15,10 @@ store's lock, and a pack that gc removes stays readable through its open
 descriptor for a grace period (see ``PackFiles.remove``), so a read that
 located a chunk just before it moved still gets its bytes.
 
-The threshold on each pack's dead fraction is lower than 1 but not 0: a pack
-that is only a little dead is not worth copying yet (its live chunks would
-be rewritten for little gain); ``chunkfs gc`` (offline) compacts everything.
+It follows the same rule as ``chunkfs gc`` (see _compaction.py): a pack is
+rewritten only when at least half the disk blocks it holds would come back,
+so the worker never writes more than it frees.  A pack that is only a little
+dead costs little: its dead records were punched out when they died.
 
 Stopping (at unmount) waits for the pack in progress, never abandons one
 half-way; a crash half-way is covered by the store's recovery (gc copies are
@@ -30,13 +31,12 @@ import logging
 import threading
 
 from ..errors import ChunkfsError, StoreFullError
-from ._compaction import garbage_bytes
+from ._compaction import DEFAULT_MIN_DEAD_FRACTION, reclaimable_bytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 5.0  # seconds between looks at the pack accounting
-DEFAULT_MIN_GARBAGE = 4 * 1024 * 1024  # dead bytes worth a gc run
-DEFAULT_MIN_DEAD_FRACTION = 0.3
+DEFAULT_MIN_GARBAGE = 4 * 1024 * 1024  # reclaimable disk bytes worth a gc run
 PAUSE_BETWEEN_PACKS = 0.02  # lets commits waiting for the store's lock run between two packs
 BACKOFF_AFTER_FAILURE = 60.0
 
@@ -55,7 +55,8 @@ class BackgroundGC:
         self.min_garbage = min_garbage
         self.min_dead_fraction = min_dead_fraction
         self.runs = 0
-        self.reclaimed = 0
+        self.reclaimed = 0  # disk bytes given back, over all runs
+        self.moved = 0  # bytes of live records copied, over all runs
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="chunkfs-gc", daemon=True)
@@ -113,14 +114,16 @@ class BackgroundGC:
         report = self.store.gc(self.min_dead_fraction, progress=self._between_packs)
         self.runs += 1
         self.reclaimed += report["bytes_reclaimed"]
+        self.moved += report["bytes_moved"]
         if report["packs_removed"]:
-            log.debug("background gc: removed %d packs, moved %d chunks, reclaimed %d bytes",
-                      report["packs_removed"], report["chunks_moved"], report["bytes_reclaimed"])
+            log.debug("background gc: removed %d packs (%d rewritten), moved %d bytes, reclaimed %d bytes",
+                      report["packs_removed"], report["packs_rewritten"], report["bytes_moved"],
+                      report["bytes_reclaimed"])
         return report
 
     def garbage_bytes(self) -> int:
-        """Dead bytes in packs that gc would compact now (cheap: one record per pack)."""
-        return garbage_bytes(self.store, self.min_dead_fraction)
+        """Disk bytes a gc would give back now (cheap: no chunk data read)."""
+        return reclaimable_bytes(self.store, self.min_dead_fraction)
 
     def _between_packs(self, done: int, total: int) -> None:
         if self._stop.is_set():

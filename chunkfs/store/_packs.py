@@ -309,6 +309,15 @@ class PackFiles:
     def size(self, pack: int) -> int:
         return os.fstat(self._fd(pack)).st_size
 
+    def usage(self, pack: int) -> tuple[int, int]:
+        """(length, bytes the disk holds for it) of a pack: the second is less where dead records were punched.
+
+        A stat of the path, not of a cached descriptor: gc asks this of every
+        pack holding dead records and should not open them all.
+        """
+        st = os.stat(self.path(pack))
+        return st.st_size, st.st_blocks * 512
+
     def scan(self, pack: int, start: int = HEADER_SIZE) -> Iterator[tuple[Location, bytes]]:
         """Yield (location, address) of every well-formed record from ``start``.
 

@@ -45,7 +45,7 @@ from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
 from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._packs import PackFiles
 from ._check import FileNamer, check_records
-from ._compaction import collect_garbage, garbage_bytes
+from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
 from ._reading import ChunkReader
@@ -480,9 +480,9 @@ class ChunkStore:
         out["avg_chunk_size"] = self.settings.avg_size
         return out
 
-    def garbage_bytes(self, min_dead_fraction: float = 0.0) -> int:
-        """Dead bytes in packs at least ``min_dead_fraction`` dead (one record per pack, no data read)."""
-        return garbage_bytes(self, min_dead_fraction)
+    def garbage_bytes(self, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION) -> int:
+        """Disk bytes :meth:`gc` at ``min_dead_fraction`` would give back now (no chunk data read)."""
+        return reclaimable_bytes(self, min_dead_fraction)
 
     def start_background_gc(self, **options) -> "BackgroundGC":
         """Start a thread that compacts packs whenever enough is dead (for a mounted filesystem)."""
@@ -522,8 +522,17 @@ class ChunkStore:
         """Extend a file's contents to ``size`` with lost-data tombstones (fsck: size beyond its contents)."""
         return mark_lost_tail(self.index, txn, encode_file_id(file_id), size)
 
-    def gc(self, min_dead_fraction: float = 0.0, progress=None) -> dict:
-        """Reclaim the space of unreferenced chunks by compacting packs; returns what it removed."""
+    def gc(self, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION, progress=None) -> dict:
+        """Reclaim the space of unreferenced chunks by compacting packs; returns what it moved and freed.
+
+        A pack is rewritten only if at least ``min_dead_fraction`` of the disk
+        blocks it holds would come back (at 0.5 or more, no run moves more
+        bytes than it frees; 0 compacts every pack with a dead record).  The
+        report: ``packs_removed``, ``packs_rewritten``, ``chunks_moved``,
+        ``bytes_moved``, ``bytes_reclaimed`` (disk bytes), ``packs_left`` and
+        ``dead_bytes_left`` (packs not dead enough), ``skipped_corrupt``,
+        ``stopped_full``, ``threshold``.
+        """
         report = collect_garbage(self, min_dead_fraction, progress)
         self.ensure_reserve()
         return report
