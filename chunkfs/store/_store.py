@@ -37,7 +37,7 @@ from ._cache import ChunkCache
 from ..chunker import make_chunker
 from ..errors import (FileNotFoundInStore, InvalidArgument,
                      NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
-from ..hashing import VERIFY_MODES, address_of, addresses_of, checksum_of
+from ..hashing import VERIFY_MODES, addresses_of, checksum_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id
 from ._filestream import StoreFileReader, blocks_of
