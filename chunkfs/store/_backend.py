@@ -127,7 +127,7 @@ class PackBackend(ABC):
 
     @abstractmethod
     def size(self, pack: int) -> int:
-        """Size of ``pack`` in bytes; PackMissingError if it is not present."""
+        """Size of ``pack`` in bytes; PackMissingError if it is not present (or reaped, if removed)."""
 
     @abstractmethod
     def disk_bytes(self) -> int:
