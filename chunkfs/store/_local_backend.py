@@ -223,7 +223,7 @@ class LocalBackend(PackBackend):
         """
         with self._lock:
             fd = self._fds.get(pack)
-            if fd is not None:
+            if fd is not None and all(r[2] != fd for r in self._removed):  # removing twice closes once
                 self._removed.append((time.monotonic(), pack, fd))
         try:
             os.unlink(self.path(pack))
