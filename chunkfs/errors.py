@@ -66,6 +66,14 @@ class FileTooLargeError(ChunkfsError):
     refusal = True
 
 
+class PackMissingError(StoreError):
+    """A pack the store names is not on its medium (removed, or lost with the disk)."""
+
+
+class PackIOError(StoreError):
+    """The medium holding the packs failed a read or a write."""
+
+
 class FileNotFoundInStore(ChunkfsError, KeyError):
     """No file with that id is in the store."""
 

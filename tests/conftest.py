@@ -286,3 +286,31 @@ def mounted_fs(mount_factory) -> MountedFS:
 def store_dir(tmp_path):
     """Path for a fresh store directory; it does not exist yet (mkfs creates it)."""
     return tmp_path / "store"
+
+
+BACKENDS = ["local", "memory"]
+
+
+def make_backend(kind: str):
+    """The ``backend=`` argument of ChunkStore.create/open for a pack backend kind.
+
+    None for "local" (the default: files under STORE/packs, a fresh backend
+    at every open); a MemoryBackend for "memory", which the test must pass to
+    every open of the same store, since its packs live only in that object.
+    """
+    from chunkfs.store import MemoryBackend  # noqa: PLC0415
+
+    return None if kind == "local" else MemoryBackend()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """A pack backend the store-level suite runs against: files on disk, or memory (proves the seam)."""
+    return make_backend(request.param)
+
+
+def pack_backend(store_dir, backend):
+    """The backend holding a closed store's packs, to damage or inspect them as a crash or a disk would."""
+    from chunkfs.store import LocalBackend  # noqa: PLC0415
+
+    return LocalBackend(os.path.join(store_dir, "packs")) if backend is None else backend

@@ -18,7 +18,7 @@ from chunkfs.fsck import check_store
 from chunkfs.store import _index as ix
 from chunkfs.store._packs import HEADER_SIZE, PACK_MAGIC, PackFiles
 
-from conftest import drop_pack_pages
+from conftest import BACKENDS, drop_pack_pages, make_backend, pack_backend
 
 
 def rand(n: int, seed: int = 0) -> bytes:
@@ -26,8 +26,8 @@ def rand(n: int, seed: int = 0) -> bytes:
 
 
 @pytest.fixture
-def store(store_dir):
-    with ChunkStore.create(store_dir, avg_size="16K") as s:
+def store(store_dir, backend):
+    with ChunkStore.create(store_dir, avg_size="16K", backend=backend) as s:
         yield s
 
 
@@ -108,9 +108,9 @@ def test_same_file_twice_costs_one_copy(store):
 
 
 @pytest.mark.parametrize("chunker,min_reuse,max_reuse", [("fastcdc", 0.90, 1.0), ("fixed", 0.0, 0.02)])
-def test_prefix_insert_reuses_chunks_only_with_cdc(store_dir, chunker, min_reuse, max_reuse):
+def test_prefix_insert_reuses_chunks_only_with_cdc(store_dir, backend, chunker, min_reuse, max_reuse):
     data = rand(20 << 20, 5)
-    with ChunkStore.create(store_dir, chunker=chunker, avg_size="16K") as store:
+    with ChunkStore.create(store_dir, chunker=chunker, avg_size="16K", backend=backend) as store:
         store.ingest("v1", data)
         result = store.ingest("v2", b"!" + data)
         reused = 1 - result.new_chunks / result.chunks
@@ -132,25 +132,23 @@ def test_delete_releases_and_missing_ids_raise(store):
         store.ingest("x" * 600, b"x")
 
 
-def test_persistence_across_reopen(store_dir):
+def test_persistence_across_reopen(store_dir, backend):
     data = rand(2 << 20, 6)
-    with ChunkStore.create(store_dir) as store:
+    with ChunkStore.create(store_dir, backend=backend) as store:
         store.ingest("f", data)
-    with ChunkStore.open(store_dir) as store:
+    with ChunkStore.open(store_dir, backend=backend) as store:
         assert store.read("f") == data
         assert store.recovery.clean
         assert check_store(store).clean
 
 
-def flip_byte_in_chunk(store_dir, store, address: bytes) -> None:
+def flip_byte_in_chunk(store, address: bytes) -> None:
+    """Damage one byte of a chunk's bytes in its pack, as a failing medium would."""
     with store.index.read() as txn:
         loc = store.ledger.locate(txn, address)[0]
-    path = PackFiles(os.path.join(store_dir, "packs")).path(loc.pack)
-    with open(path, "r+b") as fh:
-        fh.seek(loc.offset + loc.length // 2)
-        byte = fh.read(1)
-        fh.seek(-1, io.SEEK_CUR)
-        fh.write(bytes([byte[0] ^ 0xFF]))
+    offset = loc.offset + loc.length // 2
+    byte = store.packs.backend.read(loc.pack, offset, 1)
+    store.packs.backend.patch(loc.pack, offset, bytes([byte[0] ^ 0xFF]))
 
 
 def read_with(store, reader: str, file_id) -> bytes:
@@ -160,16 +158,16 @@ def read_with(store, reader: str, file_id) -> bytes:
 
 @pytest.mark.parametrize("reader", ["read_range", "read_view"])
 @pytest.mark.parametrize("verify", ["xxh3", "sha256"])
-def test_flipped_byte_raises_for_files_using_it_only(store_dir, verify, reader, caplog):
+def test_flipped_byte_raises_for_files_using_it_only(store_dir, backend, verify, reader, caplog):
     shared, other = rand(64_000, 7), rand(200_000, 8)
-    with ChunkStore.create(store_dir, avg_size="16K") as store:
+    with ChunkStore.create(store_dir, avg_size="16K", backend=backend) as store:
         store.ingest("uses", shared + other[:50_000])
         store.ingest("also", shared)
         store.ingest("clean", other)
         victim = store.manifest("also")[0].address
         assert victim not in {e.address for e in store.manifest("clean")}
-        flip_byte_in_chunk(store_dir, store, victim)
-    with ChunkStore.open(store_dir, verify=verify) as store:
+        flip_byte_in_chunk(store, victim)
+    with ChunkStore.open(store_dir, verify=verify, backend=backend) as store:
         for name in ("uses", "also"):
             with pytest.raises(ChunkCorruptError) as info:
                 read_with(store, reader, name)
@@ -184,35 +182,35 @@ def test_flipped_byte_raises_for_files_using_it_only(store_dir, verify, reader, 
 
 
 @pytest.mark.parametrize("reader", ["read_range", "read_view"])
-def test_truncated_and_missing_packs_raise_corrupt(store_dir, reader, caplog):
-    with ChunkStore.create(store_dir) as store:
+def test_truncated_and_missing_packs_raise_corrupt(store_dir, backend, reader, caplog):
+    with ChunkStore.create(store_dir, backend=backend) as store:
         store.ingest("f", rand(300_000, 9))
         pack = store.packs.active
-    path = os.path.join(store_dir, "packs", f"{pack:08x}.pack")
-    os.truncate(path, os.path.getsize(path) - 1000)
-    with ChunkStore.open(store_dir) as store:
+    packs = pack_backend(store_dir, backend)
+    packs.truncate(pack, packs.size(pack) - 1000)
+    with ChunkStore.open(store_dir, backend=backend) as store:
         with pytest.raises(ChunkCorruptError, match="truncated"):
             read_with(store, reader, "f")
         last = store.manifest("f")[-1]
         assert bytes(getattr(store, reader)("f", 0, last.offset)) == rand(300_000, 9)[:last.offset]
-    os.unlink(path)
-    with ChunkStore.open(store_dir) as store:
+    packs.remove(pack)
+    packs.reap(grace=0)  # no read is on its way across a restart
+    with ChunkStore.open(store_dir, backend=backend) as store:
         with pytest.raises(ChunkCorruptError, match="missing"):
             read_with(store, reader, "f")
         assert "missing-pack" in {f.kind for f in check_store(store).findings}
 
 
-def test_unreferenced_tail_of_a_pack_is_truncated_at_open(store_dir):
-    with ChunkStore.create(store_dir) as store:
+def test_unreferenced_tail_of_a_pack_is_truncated_at_open(store_dir, backend):
+    with ChunkStore.create(store_dir, backend=backend) as store:
         store.ingest("f", rand(100_000, 10))
         pack = store.packs.active
-    path = os.path.join(store_dir, "packs", f"{pack:08x}.pack")
-    size = os.path.getsize(path)
-    with open(path, "ab") as fh:
-        fh.write(b"half-written chunk left by a crash")
-    with ChunkStore.open(store_dir) as store:
+    packs = pack_backend(store_dir, backend)
+    size = packs.size(pack)
+    packs.write(pack, size, [b"half-written chunk left by a crash"])
+    with ChunkStore.open(store_dir, backend=backend) as store:
         assert store.recovery.truncated_bytes == 34
-        assert os.path.getsize(path) == size
+        assert store.packs.size(pack) == size
         assert check_store(store, verify_data=True).clean
 
 
@@ -299,11 +297,11 @@ def test_second_writer_process_is_refused_first_keeps_working(store_dir):
         assert store.read("after") == b"first process keeps working"
 
 
-def test_index_map_grows_when_full_instead_of_failing(store_dir, monkeypatch):
+def test_index_map_grows_when_full_instead_of_failing(store_dir, backend, monkeypatch):
     import chunkfs.store._index
 
     monkeypatch.setattr(chunkfs.store._index, "INITIAL_MAP_SIZE", 1 << 20)
-    with ChunkStore.create(store_dir, avg_size="1K", min_size=256, max_size=4096) as store:
+    with ChunkStore.create(store_dir, avg_size="1K", min_size=256, max_size=4096, backend=backend) as store:
         start = store.index.env.info()["map_size"]
         for i in range(300):
             store.ingest(f"file-{i}", rand(20_000, i))
@@ -312,10 +310,10 @@ def test_index_map_grows_when_full_instead_of_failing(store_dir, monkeypatch):
         assert check_store(store).clean
 
 
-def test_gc_that_runs_out_of_space_midway_keeps_accounting_exact(store_dir, monkeypatch):
+def test_gc_that_runs_out_of_space_midway_keeps_accounting_exact(store_dir, backend, monkeypatch):
     from chunkfs.errors import StoreFullError
 
-    with ChunkStore.create(store_dir, avg_size="4K", min_size=1024, max_size=16384) as store:
+    with ChunkStore.create(store_dir, avg_size="4K", min_size=1024, max_size=16384, backend=backend) as store:
         for i in range(6):
             store.ingest(f"f{i}", rand(200_000, 100 + i))
         for i in range(3):
@@ -340,23 +338,23 @@ def test_gc_that_runs_out_of_space_midway_keeps_accounting_exact(store_dir, monk
         assert final.clean and final.garbage_bytes == 0
 
 
-def test_dead_chunks_give_their_disk_blocks_back_at_once(store_dir):
-    with ChunkStore.create(store_dir) as store:
+def test_dead_chunks_give_their_disk_blocks_back_at_once(store_dir, backend):
+    with ChunkStore.create(store_dir, backend=backend) as store:
         for i in range(8):
             store.ingest(f"f{i}", rand(400_000, 200 + i))
-        pack = store.packs.path(store.packs.active)
-        before = os.stat(pack).st_blocks
+        assert store.packs.existing() == [store.packs.active]
+        before = store.packs.disk_bytes()
         for i in range(4):
             store.delete(f"f{i}")
-        assert os.stat(pack).st_blocks < before * 0.6
+        assert store.packs.disk_bytes() < before * 0.6
         assert check_store(store, verify_data=True).clean
         assert all(store.read(f"f{i}") == rand(400_000, 200 + i) for i in range(4, 8))
 
 
-def test_read_range_fetches_a_repeated_chunk_once(store_dir, monkeypatch):
+def test_read_range_fetches_a_repeated_chunk_once(store_dir, backend, monkeypatch):
     """A range that holds one chunk many times (zeros, say) reads it from its pack once, even with no cache."""
-    ChunkStore.create(store_dir, avg_size="16K").close()
-    store = ChunkStore.open(store_dir, cache_size=0)  # nothing is cached: only read_range itself can share
+    ChunkStore.create(store_dir, avg_size="16K", backend=backend).close()
+    store = ChunkStore.open(store_dir, cache_size=0, backend=backend)  # nothing is cached: only read_range itself can share
     try:
         block = rand(store.settings.max_size, seed=7)
         data = b"\0" * (4 * store.settings.max_size) + block
@@ -373,9 +371,9 @@ def test_read_range_fetches_a_repeated_chunk_once(store_dir, monkeypatch):
         store.close()
 
 
-def test_read_view_reads_each_record_once_and_back_to_back_records_together(store_dir, monkeypatch):
-    """A long read takes a run of records lying back to back in one preadv, and a repeated chunk once."""
-    with ChunkStore.create(store_dir, avg_size="16K") as store:
+def test_read_view_reads_each_record_once_and_back_to_back_records_together(store_dir, backend, monkeypatch):
+    """A long read takes a run of records lying back to back in one readv, and a repeated chunk once."""
+    with ChunkStore.create(store_dir, avg_size="16K", backend=backend) as store:
         block = rand(store.settings.max_size, seed=7)
         data = b"\0" * (4 * store.settings.max_size) + block + rand(500_000, 8)
         store.ingest("f", data)
@@ -391,9 +389,10 @@ def test_read_view_reads_each_record_once_and_back_to_back_records_together(stor
         assert store.read_view("f", len(data) - 100, 1000) == data[-100:]
 
 
+@pytest.mark.parametrize("backend_kind", BACKENDS)
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_read_view_equals_the_bytes_ingested(tmp_path_factory, data):
+def test_read_view_equals_the_bytes_ingested(tmp_path_factory, backend_kind, data):
     """Any range of any file, with repeats, zeros and a tail, reads back as written."""
     pieces = data.draw(st.lists(st.sampled_from(["rand", "zeros", "repeat"]), min_size=1, max_size=6))
     content, seed = b"", data.draw(st.integers(0, 1000))
@@ -402,26 +401,26 @@ def test_read_view_equals_the_bytes_ingested(tmp_path_factory, data):
         content += {"rand": rand(size, seed + i), "zeros": bytes(size), "repeat": content[:size]}[kind]
     offset = data.draw(st.integers(0, len(content) + 10))
     length = data.draw(st.integers(0, len(content) + 10))
-    with ChunkStore.create(tmp_path_factory.mktemp("s") / "store", avg_size="8K") as store:
+    with ChunkStore.create(tmp_path_factory.mktemp("s") / "store", avg_size="8K",
+                           backend=make_backend(backend_kind)) as store:
         store.ingest("f", content)
         assert store.read_view("f", offset, length) == content[offset:offset + length]
         assert store.read_view("f", offset, length, nowait=True) == content[offset:offset + length]
 
 
-def test_a_new_pack_has_its_header_before_the_index_names_it(store_dir, monkeypatch):
+def test_a_new_pack_has_its_header_before_the_index_names_it(store_dir, backend, monkeypatch):
     """A crash right after the commit that registers a new pack leaves a valid empty pack, not a missing one."""
-    with ChunkStore.create(store_dir) as store:
+    with ChunkStore.create(store_dir, backend=backend) as store:
         store.ingest("a", rand(100_000, 1))
         store.packs.retire_active()  # the next put allocates a new pack
         with monkeypatch.context() as m:
             m.setattr(PackFiles, "start", lambda self, pack: (_ for _ in ()).throw(RuntimeError("killed")))
             with pytest.raises(RuntimeError, match="killed"):
                 store.ingest("b", rand(100_000, 2))
-    with ChunkStore.open(store_dir, readonly=True) as store:  # as the next mount finds it, before recovery
+    with ChunkStore.open(store_dir, readonly=True, backend=backend) as store:  # as the next mount finds it
         with store.index.read() as txn:
             registered = [ix.KEYPACK.unpack(k)[0] for k in txn.cursor(db=store.index.packs).iternext(values=False)]
         assert len(registered) == 2
         for pack in registered:
-            with open(os.path.join(store_dir, "packs", f"{pack:08x}.pack"), "rb") as fh:
-                assert fh.read(HEADER_SIZE) == PACK_MAGIC
+            assert store.packs.backend.read(pack, 0, HEADER_SIZE) == PACK_MAGIC
         assert check_store(store).clean and store.read("a") == rand(100_000, 1)

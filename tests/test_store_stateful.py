@@ -16,6 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from chunkfs import ChunkStore
 from chunkfs.fsck import check_store
 
+from conftest import make_backend
+
 BLOCKS = [random.Random(i).randbytes(random.Random(i).choice([300, 2000, 5000, 9000])) for i in range(12)]
 NAMES = st.sampled_from(["a", "b", "c", "d", b"\x00e"])
 
@@ -32,11 +34,14 @@ def contents(draw):
 
 
 class StoreMachine(RuleBasedStateMachine):
+    backend_kind = "local"
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp()
         self.path = self.dir + "/store"
-        self.store = ChunkStore.create(self.path, min_size=256, avg_size=1024, max_size=4096)
+        self.backend = make_backend(self.backend_kind)
+        self.store = ChunkStore.create(self.path, min_size=256, avg_size=1024, max_size=4096, backend=self.backend)
         self.model: dict = {}
 
     @rule(name=NAMES, data=contents())
@@ -62,7 +67,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.store.close()
-        self.store = ChunkStore.open(self.path)
+        self.store = ChunkStore.open(self.path, backend=self.backend)
         assert self.store.recovery.clean
 
     @invariant()
@@ -81,5 +86,13 @@ class StoreMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir)
 
 
+class MemoryStoreMachine(StoreMachine):
+    """The same machine with packs in a MemoryBackend (kept across reopen): the store keeps the backend contract."""
+
+    backend_kind = "memory"
+
+
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+TestMemoryStoreMachine = MemoryStoreMachine.TestCase
+TestMemoryStoreMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import ChunkCorruptError, InvalidArgument, WouldBlock
+from ..errors import ChunkCorruptError, InvalidArgument, PackIOError, PackMissingError, WouldBlock
 from ..hashing import address_of, checksum_of
+from ._backend import IOV_BATCH
 from ._cache import ChunkCache
 from ._fileids import FileId
 from ._index import Index
 from ._ledger import LOST_PACK, Ledger
 from ._manifests import ManifestEntry, ManifestIndex
-from ._packs import IOV_BATCH, Location, PackFiles
+from ._packs import Location, PackFiles
 
 log = logging.getLogger("chunkfs.store")
 
@@ -98,10 +99,10 @@ class ChunkReader:
             raise corrupt("its data was lost ('chunkfs fsck --repair' found it gone)")
         try:
             data = self.packs.read(loc)
-        except FileNotFoundError:
+        except PackMissingError:
             raise corrupt(f"pack {loc.pack:08x} is missing") from None
-        except OSError as exc:
-            raise corrupt(f"read error in pack {loc.pack:08x}: {exc.strerror}") from None
+        except PackIOError as exc:
+            raise corrupt(str(exc)) from None
         if len(data) != loc.length:
             raise corrupt(f"pack {loc.pack:08x} is truncated")
         if self.verify == "xxh3" and checksum_of(data) != checksum:
@@ -154,7 +155,7 @@ class ChunkReader:
         try:
             if not self.packs.read_run([p[0] for p in places], views, nowait):
                 return False
-        except (OSError, ChunkCorruptError):  # a pack gone or unreadable: the one-chunk path says which
+        except (PackMissingError, PackIOError, ChunkCorruptError):  # gone or unreadable: the one-chunk path says which
             return False
         return all(_verified(self.verify, e.address, p[1], v) for e, p, v in zip(entries, places, views))
 

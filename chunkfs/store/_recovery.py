@@ -73,7 +73,7 @@ def recover(store) -> RecoveryReport:
             short.add(pack)
     report.pending_resolved = store.write_txn(lambda txn: (_resolve_pending(store, txn), []))
     last = max((p for p in registered if p in on_disk and p not in short), default=None)
-    if last is not None:
+    if last is not None and packs.can_resume(last):
         packs.start(last)
         if packs.needs_roll():
             packs.retire_active()  # full: the next put allocates a new pack

@@ -4,7 +4,8 @@ A store is one directory::
 
     chunkfs.json   settings, written once at mkfs (see settings.py)
     meta/          the LMDB environment (see _index.py for every database)
-    packs/         chunk bytes in append-only pack files (see _packs.py)
+    packs/         chunk bytes in append-only pack files (see _packs.py; another
+                   PackBackend, such as MemoryBackend, may keep them elsewhere)
     staging/       per-inode staging files of a mounted filesystem
     lock           held with an exclusive flock by the one writer
 
@@ -26,7 +27,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
@@ -43,6 +44,8 @@ from ._fileids import FileId, decode_file_id, encode_file_id
 from ._filestream import StoreFileReader, blocks_of
 from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
 from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
+from ._backend import PackBackend
+from ._local_backend import LocalBackend
 from ._packs import PackFiles
 from ._check import FileNamer, check_records
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
@@ -56,6 +59,16 @@ from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settin
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
+BackendChoice = PackBackend | Callable[[str, bool], PackBackend] | None
+
+
+def _make_backend(choice: BackendChoice, packs_dir: str, readonly: bool) -> PackBackend:
+    """The pack backend ``choice`` names: files in ``packs_dir`` by default."""
+    if choice is None:
+        return LocalBackend(packs_dir, readonly=readonly)
+    if isinstance(choice, PackBackend):
+        return choice
+    return choice(packs_dir, readonly)
 
 
 @dataclass(frozen=True)
@@ -98,13 +111,21 @@ class ChunkStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False, verify: str = "xxh3",
-             cache_size: int = DEFAULT_CACHE_SIZE) -> "ChunkStore":
+             cache_size: int = DEFAULT_CACHE_SIZE, backend: BackendChoice = None) -> "ChunkStore":
+        """Open the store at ``path``.
+
+        ``backend`` holds the packs: None for files in ``path/packs``, a
+        :class:`PackBackend`, or a factory called as ``factory(packs_dir,
+        readonly)``.  A store must be opened with the backend it was created
+        with (a :class:`MemoryBackend` instance lives only as long as it).
+        """
         path = os.fspath(path)
         settings = read_settings(path)
-        return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size)
+        return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size, backend=backend)
 
     def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
-                 verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False):
+                 verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False,
+                 backend: BackendChoice = None):
         if verify not in VERIFY_MODES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
         self.path = path
@@ -118,7 +139,7 @@ class ChunkStore:
         try:
             self.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
             self.index.on_disk_full = self._release_reserve
-            self.packs = PackFiles(os.path.join(path, "packs"), readonly=readonly)
+            self.packs = PackFiles(_make_backend(backend, os.path.join(path, "packs"), readonly), readonly=readonly)
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
@@ -494,9 +515,11 @@ class ChunkStore:
         return rec[3] if rec is not None else 0
 
     def disk_bytes(self) -> int:
-        """Bytes the whole store directory occupies (allocated blocks, as ``du`` counts)."""
-        total = 0
+        """Bytes the store occupies: its directory's allocated blocks, as ``du`` counts, and its packs'."""
+        total = self.packs.disk_bytes()
         for root, dirs, files in os.walk(self.path):
+            if root == self.path and "packs" in dirs:
+                dirs.remove("packs")  # counted by the backend (wherever it keeps them)
             for name in files + dirs:
                 try:
                     total += os.lstat(os.path.join(root, name)).st_blocks * 512
