@@ -86,7 +86,7 @@ def test_reingest_replaces_and_releases_old_chunks(store):
     stats = store.stats()
     assert stats["files"] == 1 and stats["stored_bytes"] == 1 << 20
     assert stats["garbage_bytes"] > 1 << 20  # the old version's chunks, until gc
-    assert store.packs.disk_bytes() < 1.25 * (1 << 20)  # ...whose blocks were punched out as they died
+    assert store.packs.disk_bytes() < 1.5 * (1 << 20)  # ...whose blocks were punched out as they died (else 2 MiB)
     removed = store.gc()  # so a rewrite would not pay: half the pack is live
     assert removed["bytes_moved"] == 0 and removed["packs_left"] == 1
     full = store.gc(min_dead_fraction=0)  # every pack with a dead record

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from . import _index as ix
 from . import _packs as pack_files
-from ..errors import StoreFullError
+from ..errors import PackMissingError, StoreFullError
 from ..hashing import checksum_of
 from ._ledger import ChunkRecord, adjust_pack
 from ._packs import HEADER_SIZE, Location, record_size
@@ -91,7 +91,7 @@ def _space(store, pack: int, end: int, live: int, dead: int, stat: bool = True) 
     if stat:
         try:
             size, held = store.packs.usage(pack)
-        except FileNotFoundError:
+        except PackMissingError:
             return None  # a lost pack: fsck's business, not gc's
     else:
         held = _round_up(end) + BLOCK  # the most it can hold within its indexed end (an extent block)
@@ -170,7 +170,7 @@ def _held(store, packs: set) -> int:
     for pack in packs - {None}:
         try:
             total += store.packs.usage(pack)[1]
-        except FileNotFoundError:
+        except PackMissingError:
             pass
     return total
 
