@@ -18,8 +18,6 @@ the process at once, and survives power loss after :meth:`ChunkStore.sync`.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import itertools
 import logging
@@ -34,8 +32,7 @@ import lmdb
 from . import index as ix
 from .cache import ChunkCache
 from .chunker import make_chunker
-from .errors import (ChunkCorruptError, FileNotFoundInStore, InvalidArgument,
-                     NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
+from .errors import ChunkCorruptError, FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
 from .hashing import VERIFY_MODES, address_of, addresses_of, checksum_of
 from . import reserve
 from .filestream import StoreFileReader, blocks_of
@@ -43,6 +40,7 @@ from .ledger import LOST_PACK, Action, ChunkRecord, Ledger, new_pack_record
 from .manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch
 from .packs import Location, PackFiles
 from .spans import read_span
+from .storehandles import StoreHandles, weak_callback
 from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
 
 log = logging.getLogger(__name__)
@@ -123,11 +121,12 @@ class ChunkStore:
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
         self._lock = threading.RLock()  # pins, appends and commits
-        self._lock_fd = None if readonly else self._take_lock()
+        handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
         try:
-            self.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
-            self.index.on_disk_full = self._release_reserve
-            self.packs = PackFiles(os.path.join(path, "packs"), readonly=readonly)
+            handles.acquire()  # one open store per directory per process; the writer's lock
+            self.index = handles.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
+            self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
+            self.packs = handles.packs = PackFiles(os.path.join(path, "packs"), readonly=readonly)
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
@@ -136,32 +135,10 @@ class ChunkStore:
                 self.recovery = recover(self)
                 self.ensure_reserve()
         except BaseException:
-            self._release_lock()
+            handles.close()
             raise
         self._closed = False
-
-    def _take_lock(self) -> int:
-        lock_path = os.path.join(self.path, "lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot open lock file ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StoreLockedError(f"{self.path}: store is in use by another process (pid {holder})") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
+        self._finalizer = handles.close_when_dropped(self)
 
     def __enter__(self) -> "ChunkStore":
         return self
@@ -173,13 +150,7 @@ class ChunkStore:
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        try:
-            if not self.readonly:
-                self.sync()
-        finally:
-            self.packs.close()
-            self.index.close()
-            self._release_lock()
+        self._finalizer()  # sync if writable, close packs and index, release the lock (storehandles.py)
 
     # -- a little space for a full disk ------------------------------------------
 
