@@ -132,9 +132,15 @@ def cmd_stats(args) -> int:
     return 0
 
 
+NO_FIGURE = "–"  # a percentage that would mean nothing (no data yet, or overhead outweighing it)
+
+
 def _format_stats(s: dict) -> str:
     def both(n: int) -> str:
         return f"{format_size(n)} ({n:,} bytes)"
+
+    def pct(value: float | None) -> str:
+        return NO_FIGURE if value is None else f"{value:.1f}%"
 
     mounted = f" (mounted on {', '.join(s['mountpoints'])})" if s["mountpoints"] else ""
     rows = [
@@ -142,10 +148,11 @@ def _format_stats(s: dict) -> str:
         ("files", f"{s['files']:,}"),
         ("logical bytes", both(s["logical_bytes"])),
         ("stored bytes", both(s["stored_bytes"])),
-        ("savings", f"{s['savings_pct']:.1f}%"),
+        ("savings", pct(s["savings_pct"])),
         ("chunks", f"{s['unique_chunks']:,} unique, {s['chunk_refs']:,} references "
                    f"({s['chunker']}, average {format_size(s['avg_chunk_size'])})"),
-        ("disk bytes", f"{both(s['disk_bytes'])}, savings {s['disk_savings_pct']:.1f}%"),
+        ("disk bytes", f"{both(s['disk_bytes'])}, savings {pct(s['disk_savings_pct'])}"),
+        ("reserve", f"{both(s['reserve_bytes'])} held back so deletes still work on a full disk"),
         ("garbage", f"{both(s['garbage_bytes'])} (reclaim with 'chunkfs gc')"),
     ]
     return "\n".join(f"{name + ':':<15}{value}" for name, value in rows)

@@ -173,7 +173,7 @@ def test_cat_into_closed_pipe_is_quiet(tmp_path, store):
 
 
 STATS_FIELDS = {"files", "logical_bytes", "stored_bytes", "unique_chunks", "savings_pct", "disk_bytes",
-                "chunk_refs", "garbage_bytes", "store", "mountpoints"}
+                "chunk_refs", "garbage_bytes", "store", "mountpoints", "reserve_bytes", "disk_savings_pct"}
 
 
 def test_stats_json_fields_and_dedup(tmp_path, store):
@@ -197,6 +197,38 @@ def test_stats_human(tmp_path, store):
     for label in ("logical bytes:", "stored bytes:", "savings:", "chunks:", "disk bytes:"):
         assert label in out
     assert "100,000 bytes" in out
+
+
+def du(path) -> int:
+    return sum(os.lstat(os.path.join(root, name)).st_blocks * 512
+               for root, dirs, files in os.walk(path) for name in dirs + files)
+
+
+def test_stats_of_a_near_empty_store_shows_no_meaningless_percentage(tmp_path, store):
+    empty = json.loads(run_cli("stats", "--json", store).stdout)
+    assert (empty["savings_pct"], empty["disk_savings_pct"]) == (None, None)
+    run_cli("ingest", store, "tiny", write(tmp_path / "tiny", b"hello\n"))
+    stats = json.loads(run_cli("stats", "--json", store).stdout)
+    assert stats["logical_bytes"] == stats["stored_bytes"] == 6
+    assert stats["savings_pct"] == 0.0 and stats["disk_savings_pct"] is None
+    assert stats["reserve_bytes"] > 0  # the space reserve, reported apart ...
+    assert stats["disk_bytes"] + stats["reserve_bytes"] == du(store)  # ... and not as the store's own bytes
+    assert stats["disk_bytes"] < stats["reserve_bytes"]
+    lines = dict(line.split(":", 1) for line in run_cli("stats", store).stdout.splitlines())
+    assert lines["savings"].strip() == "0.0%"
+    assert lines["disk bytes"].rstrip().endswith("savings –")
+    assert f"({stats['reserve_bytes']:,} bytes)" in lines["reserve"]
+    assert "%" not in lines["disk bytes"]
+
+
+def test_stats_disk_savings_once_data_outweighs_the_overhead(tmp_path, store):
+    data = os.urandom(1 << 20)
+    run_cli("ingest", store, "a", write(tmp_path / "a", data))
+    run_cli("ingest", store, "b", tmp_path / "a")
+    stats = json.loads(run_cli("stats", "--json", store).stdout)
+    expected = round(100 * (1 - stats["disk_bytes"] / stats["logical_bytes"]), 2)
+    assert stats["disk_savings_pct"] == expected and 40 < expected < 50
+    assert f"savings {expected:.1f}%" in run_cli("stats", store).stdout
 
 
 def test_gc_reports_what_it_removed(tmp_path, store):
