@@ -69,7 +69,7 @@ def run_cli_in_process(*args, stdin: bytes = b"") -> subprocess.CompletedProcess
     """
     from chunkfs import cli  # noqa: PLC0415
 
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="replace")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # strict, as a UTF-8 terminal's standard output
     err = io.StringIO()
     saved_stdin = sys.stdin
     sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))

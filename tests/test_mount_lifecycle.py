@@ -386,7 +386,8 @@ def test_mount_already_a_mountpoint(mount_factory, tmp_path):
 @pytest.mark.parametrize("option, contains", [
     ("bogus", "unknown mount option 'bogus'"),
     ("log_level=loud", "log_level"),
-    ("cache_size=big", "cache_size"),
+    ("cache_size=big", "cache_size: not a size: 'big'"),
+    ("cache_size=-5M", "cache_size: not a size: '-5M' (a size cannot be negative)"),
     ("verify=md5", "verify"),
     ("max_read=4096", "not supported"),
     ("nodefault_permissions", "not supported"),
