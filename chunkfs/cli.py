@@ -57,7 +57,8 @@ exit status:
   1  damage was found and all of it repaired
   2  usage error
   4  damage is left (found without --repair, or not repairable)
-  8  could not check (not a store, unreadable index, mounted while --repair)
+  8  could not check (not a store, damaged settings, unreadable index,
+     mounted while --repair)
 see docs/fsck.md for every finding and what --repair does about it
 """
 
