@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
-from .settings import CHUNKERS, format_size, parse_size
+from .settings import CHUNKERS, StoreSettings, format_size, parse_size
 from .store import ChunkStore, FileId, upgrade_store
 
 PROG = "chunkfs"
@@ -67,7 +70,8 @@ exit status:
   1  damage was found and all of it repaired
   2  usage error
   4  damage is left (found without --repair, or not repairable)
-  8  could not check (not a store, unreadable index, mounted while --repair)
+  8  could not check (not a store, damaged settings, unreadable index,
+     mounted while --repair)
 see docs/fsck.md for every finding and what --repair does about it
 """
 
@@ -82,10 +86,44 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _size(text: str) -> int:
+    """Every size option goes through settings.parse_size: one parser, one set of messages."""
     try:
         return parse_size(text)
     except ChunkfsError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (use e.g. 60 or 0.5)")
+    return value
+
+
+# argparse takes any argument that starts with '-' and is not a plain negative number for an option, so
+# '--avg-size -32K' would be "expected one argument".  Such a value is joined to its option
+# ('--avg-size=-32K') and gets the option's own message ("not a size: ... cannot be negative").
+_DASHED_VALUE = re.compile(r"^-\.?\d")
+
+
+def _join_dashed_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    takes_value = {opt for p in _all_parsers(parser) for a in p._actions if a.nargs is None and a.option_strings
+                   and not isinstance(a, argparse._SubParsersAction) for opt in a.option_strings}
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in takes_value and _DASHED_VALUE.match(arg) and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [parser] + [p for sub in subs for p in sub.choices.values()]
 
 
 # -- file ids on the command line ------------------------------------------------------
@@ -95,12 +133,22 @@ def _size(text: str) -> int:
 
 
 def parse_file_id(text: str) -> FileId:
+    if not text.startswith("hex:") and not _is_utf8(text):  # undecodable bytes in the argument
+        raise InvalidArgument(f"{text!r}: a file id is UTF-8 text; write any other bytes as hex:<hex digits>")
     if text.startswith("hex:"):
         try:
             return bytes.fromhex(text[4:])
         except ValueError:
             raise InvalidArgument(f"{text!r}: 'hex:' must be followed by hex digits") from None
     return text[4:] if text.startswith("str:") else text
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def format_file_id(file_id: FileId) -> str:
@@ -112,7 +160,12 @@ def format_file_id(file_id: FileId) -> str:
 # -- verbs ------------------------------------------------------------------------------
 
 
+MKFS_OPTIONS = {"chunker": "--chunker", "avg_size": "--avg-size", "min_size": "--min-size", "max_size": "--max-size"}
+
+
 def cmd_mkfs(args) -> int:
+    # checked here first, so that a mistake is told in terms of the options the user gave
+    StoreSettings.build(args.chunker, args.min_size, args.avg_size, args.max_size, names=MKFS_OPTIONS)
     with ChunkStore.create(args.store, chunker=args.chunker, min_size=args.min_size,
                            avg_size=args.avg_size, max_size=args.max_size) as store:
         s = store.settings
@@ -145,9 +198,15 @@ def cmd_stats(args) -> int:
     return 0
 
 
+NO_FIGURE = "–"  # a percentage that would mean nothing (no data yet, or overhead outweighing it)
+
+
 def _format_stats(s: dict) -> str:
     def both(n: int) -> str:
         return f"{format_size(n)} ({n:,} bytes)"
+
+    def pct(value: float | None) -> str:
+        return NO_FIGURE if value is None else f"{value:.1f}%"
 
     mounted = f" (mounted on {', '.join(s['mountpoints'])})" if s["mountpoints"] else ""
     rows = [
@@ -155,10 +214,11 @@ def _format_stats(s: dict) -> str:
         ("files", f"{s['files']:,}"),
         ("logical bytes", both(s["logical_bytes"])),
         ("stored bytes", both(s["stored_bytes"])),
-        ("savings", f"{s['savings_pct']:.1f}%"),
+        ("savings", pct(s["savings_pct"])),
         ("chunks", f"{s['unique_chunks']:,} unique, {s['chunk_refs']:,} references "
                    f"({s['chunker']}, average {format_size(s['avg_chunk_size'])})"),
-        ("disk bytes", f"{both(s['disk_bytes'])}, savings {s['disk_savings_pct']:.1f}%"),
+        ("disk bytes", f"{both(s['disk_bytes'])}, savings {pct(s['disk_savings_pct'])}"),
+        ("reserve", f"{both(s['reserve_bytes'])} held back so deletes still work on a full disk"),
         ("garbage", f"{both(s['garbage_bytes'])} (reclaim with 'chunkfs gc')"),
     ]
     return "\n".join(f"{name + ':':<15}{value}" for name, value in rows)
@@ -310,7 +370,11 @@ def cmd_mount(args) -> int:
 
 
 def cmd_umount(args) -> int:
-    mounts.unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
+    pid = mounts.unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
+    if not args.quiet:
+        done = f"its daemon (pid {pid}) committed everything and exited" if pid is not None else \
+            "no daemon was running"
+        print(f"{PROG}: unmounted {mounts.canonical_path(args.mountpoint)}; {done}")
     return 0
 
 
@@ -399,15 +463,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-z", "--lazy", action="store_true",
                    help="detach even if busy; the daemon exits when the last open file is closed")
-    p.add_argument("--timeout", type=float, default=mounts.DEFAULT_UMOUNT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=mounts.DEFAULT_UMOUNT_TIMEOUT, metavar="SECONDS",
                    help="how long to wait for the daemon to exit (default %(default).0f)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it worked")
     p.set_defaults(func=cmd_umount)
     return parser
 
 
 def _error(message: str, code: int) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     return code
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, other controls, undecodable bytes)
+    written as its escape: a message quoting an argument stays one line on any terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
 
 
 def _os_message(exc: OSError) -> str:
@@ -415,10 +489,20 @@ def _os_message(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}"
 
 
+def _print_paths_as_bytes() -> None:
+    """A path that is not valid UTF-8 is printed as the bytes it is (as ls does), not a UnicodeEncodeError."""
+    try:
+        sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (0 ok, 1 failure, 2 usage)."""
+    _print_paths_as_bytes()
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv, parser))
     except UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
     except SystemExit as exc:  # --help and --version

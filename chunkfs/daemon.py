@@ -68,14 +68,15 @@ def check_mountable(store: str, mountpoint: str, opts: MountOptions) -> tuple[st
     if already:
         raise MountError(f"{store}: already mounted on {already[0].mountpoint}")
     mountpoint = mounts.canonical_path(mountpoint)
-    _check_mountpoint(mountpoint, opts)
+    _check_mountpoint(mountpoint, store, opts)
     return store, mountpoint
 
 
-def _check_mountpoint(mountpoint: str, opts: MountOptions) -> None:
+def _check_mountpoint(mountpoint: str, store: str, opts: MountOptions) -> None:
     entry = mounts.mount_at(mountpoint)
     if entry is not None:
         raise MountError(f"{mountpoint}: already a mountpoint ({entry.fstype} from {entry.source})")
+    _check_apart(mountpoint, store)
     try:
         if not os.path.isdir(mountpoint):
             what = "does not exist" if not os.path.lexists(mountpoint) else "is not a directory"
@@ -84,6 +85,23 @@ def _check_mountpoint(mountpoint: str, opts: MountOptions) -> None:
             raise MountError(f"{mountpoint}: mountpoint is not empty (use -o nonempty to mount over it)")
     except OSError as exc:
         raise MountError(f"{mountpoint}: cannot use as mountpoint: {exc.strerror}") from None
+
+
+def _check_apart(mountpoint: str, store: str) -> None:
+    """The mount and the store must not contain each other.
+
+    The daemon reaches its store by path (new packs, staging files, the log):
+    a mount on the store or inside it (its own ``staging/``, say), or over a
+    directory the store lies in, would hide the store from its own daemon.
+    """
+    real_mountpoint, real_store = os.path.realpath(mountpoint), os.path.realpath(store)
+    if real_mountpoint == real_store:
+        raise MountError(f"{mountpoint}: cannot mount a store on itself; choose a mountpoint outside {store}")
+    if real_mountpoint.startswith(real_store.rstrip("/") + "/"):
+        raise MountError(f"{mountpoint}: mountpoint is inside the store {store}; choose one outside it")
+    if real_store.startswith(real_mountpoint.rstrip("/") + "/"):
+        raise MountError(f"{mountpoint}: the store {store} is inside the mountpoint, which the mount would "
+                         "hide from its own daemon; choose another mountpoint")
 
 
 # -- the caller's side ------------------------------------------------------------

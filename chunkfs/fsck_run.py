@@ -8,7 +8,7 @@ know them can use it (2 keeps the CLI's meaning, a usage mistake):
 1     damage was found and all of it was repaired
 2     usage error (unknown flag, missing argument)
 4     damage is left: found without ``--repair``, or not repairable
-8     could not check: not a store, unreadable index, store in use for --repair
+8     could not check: not a store, damaged settings, unreadable index, in use for --repair
 ====  ==========================================================================
 
 A read-only check of a mounted store runs against an LMDB snapshot while

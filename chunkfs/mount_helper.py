@@ -73,14 +73,14 @@ def run(args: argparse.Namespace, prog: str) -> None:
         raise _UsageError("-N (mount namespaces) is not supported")
     kept, dropped = chunkfs_options(args.options, args.sloppy)
     opts = parse_options(",".join(kept))
+    if args.fake:  # -f: check everything, mount nothing, and say so
+        daemon.check_mountable(args.store, args.mountpoint, opts)
     if args.verbose:
         ignored = f" (ignoring {','.join(dropped)})" if dropped else ""
-        print(f"{prog}: mounting {args.store} on {args.mountpoint} with options "
-              f"'{opts.as_string() or 'none'}'{ignored}")
-    if args.fake:
-        daemon.check_mountable(args.store, args.mountpoint, opts)
-        return
-    daemon.mount(args.store, args.mountpoint, opts, foreground=False)
+        print(f"{prog}: {'would mount' if args.fake else 'mounting'} {args.store} on {args.mountpoint} "
+              f"with options '{opts.as_string() or 'none'}'{ignored}")
+    if not args.fake:
+        daemon.mount(args.store, args.mountpoint, opts, foreground=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

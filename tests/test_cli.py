@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chunkfs import cli
-from conftest import CLI, REPO, assert_one_line_error, cli_env, run_cli
+from chunkfs import cli, daemon
+from conftest import CLI, REPO, assert_one_line_error, cli_env, requires_fuse, run_cli, run_cli_in_process
 
-VERBS = ["mkfs", "stats", "ingest", "cat", "rm", "ls", "gc", "mount", "umount"]
+VERBS = ["mkfs", "stats", "ingest", "cat", "rm", "ls", "gc", "fsck", "mount", "umount"]
 
 
 @pytest.fixture
@@ -42,10 +45,26 @@ def test_help_for_each_verb(verb):
     assert result.stderr == ""
 
 
+def parser_verbs() -> list[str]:
+    subs = [a for a in cli.build_parser()._actions if a.dest == "verb"]
+    return list(subs[0].choices)
+
+
 def test_top_level_help_lists_every_verb():
+    assert sorted(parser_verbs()) == sorted(VERBS)
     out = run_cli("--help").stdout
     for verb in VERBS:
         assert verb in out
+
+
+def test_readme_and_usage_list_every_verb():
+    """README's command summary and docs/usage.md name every verb the parser has, as 'chunkfs VERB'."""
+    readme = (REPO / "README.md").read_text()
+    summary = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    usage = (REPO / "docs" / "usage.md").read_text()
+    for verb in parser_verbs():
+        assert f"chunkfs {verb} " in summary, f"README's command summary leaves out 'chunkfs {verb}'"
+        assert f"chunkfs {verb}" in usage, f"docs/usage.md leaves out 'chunkfs {verb}'"
 
 
 def test_mount_help_lists_options():
@@ -61,7 +80,13 @@ def test_mount_help_lists_options():
     (["mkfs", "x", "--chunker", "rabin"], "invalid choice"),
     (["mkfs", "x", "--avg-size", "lots"], "not a size"),
     (["stats", "x", "--colour"], "unrecognized"),
-    (["umount", "x", "--timeout", "soon"], "invalid float"),
+    (["umount", "x", "--timeout", "soon"], "not a number of seconds"),
+    (["umount", "x", "--timeout", "-5"], "not a number of seconds"),
+    (["umount", "x", "--timeout", "nan"], "not a number of seconds"),
+    (["mkfs", "x", "--avg-size", "-32K"], "not a size: '-32K' (a size cannot be negative)"),
+    (["mkfs", "x", "--avg-size=-32K"], "not a size: '-32K' (a size cannot be negative)"),
+    (["mkfs", "x", "--min-size", "-1"], "argument --min-size: not a size: '-1'"),
+    (["mkfs", "x", "--max-size", "1.5M"], "argument --max-size: not a size"),
 ])
 def test_usage_mistakes_exit_2_with_one_line(argv, contains):
     assert_one_line_error(run_cli(*argv, check=False), code=2, contains=contains)
@@ -99,6 +124,9 @@ def test_mkfs_sizes_and_fixed_chunker(tmp_path):
 
 @pytest.mark.parametrize("args, contains", [
     (["--avg-size", "3000"], "power of two"),
+    (["--avg-size", "0"], "--avg-size 0: the average chunk size"),
+    (["--avg-size", "8M"], "--avg-size 8388608: the default maximum chunk size"),
+    (["--min-size", "0"], "--min-size 0: the minimum chunk size"),
     (["--min-size", "64K", "--avg-size", "16K"], "min < avg < max"),
     (["--chunker", "fixed", "--avg-size", "4K", "--min-size", "1K"], "only --avg-size"),
     (["--avg-size", "1G"], "exceeds"),
@@ -173,7 +201,7 @@ def test_cat_into_closed_pipe_is_quiet(tmp_path, store):
 
 
 STATS_FIELDS = {"files", "logical_bytes", "stored_bytes", "unique_chunks", "savings_pct", "disk_bytes",
-                "chunk_refs", "garbage_bytes", "store", "mountpoints"}
+                "chunk_refs", "garbage_bytes", "store", "mountpoints", "reserve_bytes", "disk_savings_pct"}
 
 
 def test_stats_json_fields_and_dedup(tmp_path, store):
@@ -197,6 +225,38 @@ def test_stats_human(tmp_path, store):
     for label in ("logical bytes:", "stored bytes:", "savings:", "chunks:", "disk bytes:"):
         assert label in out
     assert "100,000 bytes" in out
+
+
+def du(path) -> int:
+    return sum(os.lstat(os.path.join(root, name)).st_blocks * 512
+               for root, dirs, files in os.walk(path) for name in dirs + files)
+
+
+def test_stats_of_a_near_empty_store_shows_no_meaningless_percentage(tmp_path, store):
+    empty = json.loads(run_cli("stats", "--json", store).stdout)
+    assert (empty["savings_pct"], empty["disk_savings_pct"]) == (None, None)
+    run_cli("ingest", store, "tiny", write(tmp_path / "tiny", b"hello\n"))
+    stats = json.loads(run_cli("stats", "--json", store).stdout)
+    assert stats["logical_bytes"] == stats["stored_bytes"] == 6
+    assert stats["savings_pct"] == 0.0 and stats["disk_savings_pct"] is None
+    assert stats["reserve_bytes"] > 0  # the space reserve, reported apart ...
+    assert stats["disk_bytes"] + stats["reserve_bytes"] == du(store)  # ... and not as the store's own bytes
+    assert stats["disk_bytes"] < stats["reserve_bytes"]
+    lines = dict(line.split(":", 1) for line in run_cli("stats", store).stdout.splitlines())
+    assert lines["savings"].strip() == "0.0%"
+    assert lines["disk bytes"].rstrip().endswith("savings –")
+    assert f"({stats['reserve_bytes']:,} bytes)" in lines["reserve"]
+    assert "%" not in lines["disk bytes"]
+
+
+def test_stats_disk_savings_once_data_outweighs_the_overhead(tmp_path, store):
+    data = os.urandom(1 << 20)
+    run_cli("ingest", store, "a", write(tmp_path / "a", data))
+    run_cli("ingest", store, "b", tmp_path / "a")
+    stats = json.loads(run_cli("stats", "--json", store).stdout)
+    expected = round(100 * (1 - stats["disk_bytes"] / stats["logical_bytes"]), 2)
+    assert stats["disk_savings_pct"] == expected and 40 < expected < 50
+    assert f"savings {expected:.1f}%" in run_cli("stats", store).stdout
 
 
 def test_gc_reports_what_it_removed(tmp_path, store):
@@ -290,7 +350,114 @@ def test_writing_verbs_refuse_a_mounted_store(tmp_path, mounted_fs):
     assert str(mounted_fs.pid) in line
 
 
+@pytest.mark.mount
+@requires_fuse
+def test_umount_says_what_it_did_and_q_silences_it(mounted_fs):
+    result = run_cli("umount", mounted_fs.mountpoint)
+    assert result.stdout.splitlines() == [
+        f"chunkfs: unmounted {mounted_fs.mountpoint}; its daemon (pid {mounted_fs.pid}) committed everything "
+        "and exited"]
+    assert result.stderr == ""
+    assert not mounted_fs.mounted
+    mounted_fs.mount()
+    quiet = run_cli("umount", "-q", mounted_fs.mountpoint)
+    assert (quiet.stdout, quiet.stderr) == ("", "")
+    assert not mounted_fs.mounted
+
+
 def test_umount_errors(tmp_path):
     (tmp_path / "d").mkdir()
     assert_one_line_error(run_cli("umount", tmp_path / "d", check=False), contains="not a mountpoint")
     assert_one_line_error(run_cli("umount", "/proc", check=False), contains="not a chunkfs filesystem")
+
+
+def test_a_store_whose_name_is_not_utf8_works_and_prints_as_its_bytes(tmp_path):
+    name = os.fsdecode(b"caf\xe9-store")  # a Latin-1 directory name, as a shell passes it
+    out = run_cli("mkfs", tmp_path / name, text=False).stdout
+    assert os.fsencode(str(tmp_path / name)) in out
+    run_cli("ingest", tmp_path / name, "f", write(tmp_path / "f", b"latin"))
+    assert run_cli("cat", tmp_path / name, "f", text=False).stdout == b"latin"
+    assert run_cli("fsck", tmp_path / name, text=False).returncode == 0
+
+
+def test_arguments_with_undecodable_bytes_or_control_characters_give_one_line(store):
+    line = assert_one_line_error(run_cli("ingest", store, os.fsdecode(b"\xff"), "/etc/hostname", check=False),
+                                 contains="hex:")
+    assert "\\udcff" in line  # the bad byte, shown as an escape
+    assert_one_line_error(run_cli("cat", store, os.fsdecode(b"caf\xe9"), check=False), contains="UTF-8")
+    line = assert_one_line_error(run_cli("stats", "a\nb\x1ec", check=False), contains="no such directory")
+    assert "a\\nb\\x1ec" in line
+
+
+# -- random command lines ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory):
+    """A directory to run random commands in: a store, a plain directory, a file; mkfs makes more."""
+    root = tmp_path_factory.mktemp("arena")
+    assert run_cli_in_process("mkfs", root / "store").returncode == 0
+    (root / "plain").mkdir()
+    (root / "plain" / "x").write_text("x")  # not empty: never a usable mountpoint
+    (root / "file").write_bytes(b"some bytes")
+    return root
+
+
+def _option_strings(verb: str) -> list[str]:
+    subs = [a for a in cli.build_parser()._actions if a.dest == "verb"][0]
+    return sorted(subs.choices[verb]._option_string_actions)
+
+
+# What a shell can pass: any text but NUL, including the lone surrogates Python makes of undecodable bytes.
+ARG_TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=()) |
+                   st.sampled_from([chr(c) for c in range(0xDC80, 0xDD00)]), max_size=10)
+KNOWN = ["store", "plain", "file", "absent", "-", "--", "/proc", "/", ".", "hex:00ff", "hex:zz", "str:hex:x",
+         "f", "caf\udce9", "\udcff", "32K", "-32K", "0", "1G", "3000", "lots", "16KiB", "-5", "nan", "inf", "1e9",
+         "fastcdc", "fixed", "rabin", "ro", "noatime,cache_size=-5M", "cache_size=lots", "log_level=loud",
+         "verify=md5", "read_ahead_kb=-1", "fsname=x", "bogus", "allow_other", "--json", "--help", "-q", "-l",
+         "--repair"]
+# Well-formed command lines too, so that random options and values reach the verbs' own code.
+SLOTS = {
+    "STORE": ["store", "plain", "absent", "file", "store/staging"],
+    "ID": ["f", "hex:00ff", "hex:zz", "str:hex:x", "caf\udce9", "\udcff", "-", ""],
+    "SRC": ["file", "-", "absent", "plain"],
+    "NEW": ["new", "new-\udcfe", "plain", "store", "absent/below", "file"],
+    "MNT": ["plain", "absent", "file", "/proc", "store", "store/staging", "."],
+}
+FORMS = {"mkfs": ["NEW"], "stats": ["STORE"], "ingest": ["STORE", "ID", "SRC"], "cat": ["STORE", "ID"],
+         "rm": ["STORE", "ID"], "ls": ["STORE"], "gc": ["STORE"], "fsck": ["STORE"], "mount": ["STORE", "MNT"],
+         "umount": ["MNT"]}
+
+
+@st.composite
+def command_lines(draw):
+    verb = draw(st.sampled_from(VERBS) | ARG_TEXT)
+    options = _option_strings(verb) if verb in VERBS else ["--version", "-h"]
+    token = st.sampled_from(KNOWN) | st.sampled_from(options) | ARG_TEXT
+    if verb in FORMS and draw(st.booleans()):
+        slots = [draw(st.sampled_from(SLOTS[slot]) | ARG_TEXT) for slot in FORMS[verb]]
+        extra = draw(st.lists(token, max_size=3))
+        return [verb] + slots + extra if draw(st.booleans()) else [verb] + extra + slots
+    return [verb] + draw(st.lists(token, max_size=6))
+
+
+def _never_mount(*args, **kwargs):
+    raise AssertionError("a random command line got past every check to mounting: the arena must prevent it")
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(argv=command_lines())
+def test_any_command_line_is_done_or_one_line_with_the_verbs_exit_code(arena, argv):
+    """Whatever the arguments: exit 0, or one line 'chunkfs: ...' and the verb's failure status; no traceback."""
+    named = ("store", "plain", "file", "absent", "store/staging", "absent/below")
+    argv = [str(arena / a) if a in named else a for a in argv]
+    if argv[0] == "mount" and any("nonempty" in a for a in argv):
+        return  # the one way past the mountpoint checks in this arena (store on plain/): see _never_mount
+    with contextlib.chdir(arena), \
+            mock.patch.object(daemon, "_spawn", _never_mount), mock.patch.object(daemon, "serve", _never_mount):
+        result = run_cli_in_process(*argv, stdin=b"standard input\n")
+    assert "Traceback" not in result.stderr
+    allowed = {0, 1, 2, 4, 8} if argv[0] == "fsck" else {0, 1, 2}
+    assert result.returncode in allowed, (argv, result)
+    if result.returncode != 0 and not (argv[0] == "fsck" and result.returncode in (1, 4)):
+        assert_one_line_error(result, code=result.returncode)

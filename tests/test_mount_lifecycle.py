@@ -353,6 +353,28 @@ def test_mount_nonempty_mountpoint(targets):
     assert (mnt / "underneath").read_text() == "x"
 
 
+@pytest.mark.parametrize("where, contains", [
+    (lambda store, tmp: store, "on itself"),
+    (lambda store, tmp: store / "staging", "inside the store"),
+    (lambda store, tmp: store / "meta", "inside the store"),
+    (lambda store, tmp: tmp, "store"),  # the store lies inside the mountpoint: the mount would hide it
+])
+def test_mount_inside_the_store_is_refused(tmp_path, targets, where, contains):
+    store, _ = targets
+    mountpoint = where(store, tmp_path)
+    for options in ([], ["-o", "nonempty"]):  # with nonempty, nothing else would stop it
+        line = assert_one_line_error(run_cli("mount", store, mountpoint, *options, check=False), contains=contains)
+        assert "not empty" not in line
+        assert_nothing_mounted(store, mountpoint)
+
+
+def test_mount_inside_the_store_through_a_symlink_is_refused(tmp_path, targets):
+    store, _ = targets
+    (tmp_path / "link").symlink_to(store / "staging")
+    assert_one_line_error(run_cli("mount", store, tmp_path / "link", check=False), contains="inside the store")
+    assert_nothing_mounted(store, store / "staging")
+
+
 def test_mount_already_a_mountpoint(mount_factory, tmp_path):
     fs = mount_factory()
     store2 = tmp_path / "store2"
@@ -364,7 +386,8 @@ def test_mount_already_a_mountpoint(mount_factory, tmp_path):
 @pytest.mark.parametrize("option, contains", [
     ("bogus", "unknown mount option 'bogus'"),
     ("log_level=loud", "log_level"),
-    ("cache_size=big", "cache_size"),
+    ("cache_size=big", "cache_size: not a size: 'big'"),
+    ("cache_size=-5M", "cache_size: not a size: '-5M' (a size cannot be negative)"),
     ("verify=md5", "verify"),
     ("max_read=4096", "not supported"),
     ("nodefault_permissions", "not supported"),
@@ -480,8 +503,15 @@ def test_helper_fake_and_verbose(targets):
     store, mnt = targets
     result = _helper(store, mnt, "-f", "-v", "-o", "rw,defaults,noauto,x-systemd.automount,noatime")
     assert result.returncode == 0, result.stderr
-    assert "noatime" in result.stdout and "ignoring" in result.stdout
+    assert result.stdout.startswith(f"mount.chunkfs: would mount {store} on {mnt} ")
+    assert "noatime" in result.stdout and "ignoring" in result.stdout and "mounting" not in result.stdout
     assert not is_mounted(mnt)
+    failed = _helper(store, tmp_path_absent(mnt), "-f", "-v")  # fake mode says nothing it would not do
+    assert failed.returncode == 32 and failed.stdout == "" and "does not exist" in failed.stderr
+
+
+def tmp_path_absent(mnt):
+    return mnt.parent / "absent"
 
 
 def test_helper_sloppy_drops_unknown_options(targets):

@@ -297,6 +297,47 @@ def test_second_writer_process_is_refused_first_keeps_working(store_dir):
         assert store.read("after") == b"first process keeps working"
 
 
+def test_a_second_open_in_this_process_says_it_is_this_process(store_dir):
+    first = ChunkStore.create(store_dir)  # create returns the store open, as open() does
+    with pytest.raises(StoreLockedError) as info:
+        ChunkStore.open(store_dir)
+    message = str(info.value)
+    assert "already open in this process" in message and "another process" not in message
+    with pytest.raises(StoreLockedError, match="already open in this process"):  # LMDB allows one open
+        ChunkStore.open(store_dir, readonly=True)
+    first.close()
+    with ChunkStore.open(store_dir) as again:
+        assert again.list_files() == []
+
+
+def test_a_dropped_store_releases_its_lock(store_dir):
+    """A program that never closes its store, as it would not close a file, can open it again."""
+    store = ChunkStore.create(store_dir)
+    store.ingest("kept", b"committed before the store was dropped")
+    del store
+    reopened = ChunkStore.open(store_dir)
+    assert reopened.read("kept") == b"committed before the store was dropped"
+
+    class Holder:  # a store only a reference cycle keeps: freed by the garbage collector, not at once
+        pass
+
+    holder = Holder()
+    holder.me, holder.store = holder, reopened
+    del holder, reopened
+    with ChunkStore.open(store_dir) as third:
+        assert third.read("kept") == b"committed before the store was dropped"
+
+
+def test_a_store_dropped_unclosed_by_a_process_is_synced_and_released(store_dir):
+    """The finalizer closes the store properly at exit: the next open finds no recovery to do."""
+    code = ("import sys; from chunkfs import ChunkStore; s = ChunkStore.create(sys.argv[1]); "
+            "s.ingest('f', b'x' * 100_000)")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    subprocess.run([sys.executable, "-W", "error", "-c", code, str(store_dir)], env=env, check=True, timeout=60)
+    with ChunkStore.open(store_dir) as store:
+        assert store.read("f") == b"x" * 100_000
+
+
 def test_index_map_grows_when_full_instead_of_failing(store_dir, backend, monkeypatch):
     import chunkfs.store._index
 

@@ -98,8 +98,8 @@ class Index:
             if create:
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self.env = lmdb.open(
-                path, map_size=map_size or INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 1, readonly=readonly,
-                subdir=True, create=create, sync=False, metasync=False,
+                os.fsencode(path),  # bytes: a directory's name need not be UTF-8
+                map_size=map_size or INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 1, readonly=readonly, subdir=True, create=create, sync=False, metasync=False,
                 readahead=False, max_readers=512, lock=True,
                 mode=0o700,  # data.mdb and lock.mdb get 0600: the index names every user's files
             )
@@ -296,8 +296,8 @@ class _Reading:
 
 
 _PROBE = """
-import sys, lmdb
-env = lmdb.open(sys.argv[1], readonly=True, subdir=True, max_dbs=64, lock=True)
+import os, sys, lmdb
+env = lmdb.open(os.fsencode(sys.argv[1]), readonly=True, subdir=True, max_dbs=64, lock=True)
 with env.begin(buffers=True) as txn:
     for name in [bytes(k) for k in txn.cursor().iternext(values=False)]:
         for _ in txn.cursor(db=env.open_db(name, txn=txn, create=False)):

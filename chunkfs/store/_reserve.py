@@ -43,3 +43,11 @@ def release(store_dir: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def held_bytes(store_dir: str) -> int:
+    """Disk space the reserve holds now (0 while it is given up)."""
+    try:
+        return os.stat(os.path.join(store_dir, RESERVE_NAME)).st_blocks * 512
+    except FileNotFoundError:
+        return 0

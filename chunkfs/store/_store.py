@@ -19,8 +19,6 @@ the process at once, and survives power loss after :meth:`ChunkStore.sync`.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import functools
 import io
 import itertools
@@ -36,12 +34,12 @@ import lmdb
 from . import _index as ix
 from ._cache import ChunkCache
 from ..chunker import make_chunker
-from ..errors import (FileNotFoundInStore, InvalidArgument,
-                     NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
+from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
 from ..hashing import VERIFY_MODES, addresses_of, checksum_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id
 from ._filestream import StoreFileReader, blocks_of
+from ._handles import StoreHandles, weak_callback
 from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
 from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._backend import PackBackend
@@ -78,6 +76,11 @@ class IngestResult:
     chunks: int
     new_chunks: int
     new_bytes: int
+
+
+def _savings(stored: int, logical: int) -> float | None:
+    """Percent of ``logical`` bytes not stored; None (no figure) for a store without data."""
+    return round(100.0 * (1 - stored / logical), 2) if logical > 0 else None
 
 
 class ChunkStore:
@@ -134,12 +137,14 @@ class ChunkStore:
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
         self._lock = threading.RLock()  # pins, appends and commits
-        self._lock_fd = None if readonly else self._take_lock()
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
+        handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
         try:
-            self.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
-            self.index.on_disk_full = self._release_reserve
-            self.packs = PackFiles(_make_backend(backend, os.path.join(path, "packs"), readonly), readonly=readonly)
+            handles.acquire()  # one open store per directory per process; the writer's lock
+            self.index = handles.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
+            self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
+            self.packs = handles.packs = PackFiles(_make_backend(backend, os.path.join(path, "packs"), readonly),
+                                                   readonly=readonly)
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
@@ -149,32 +154,10 @@ class ChunkStore:
                 self.recovery = recover(self)
                 self.ensure_reserve()
         except BaseException:
-            self._release_lock()
+            handles.close()
             raise
         self._closed = False
-
-    def _take_lock(self) -> int:
-        lock_path = os.path.join(self.path, "lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot open lock file ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StoreLockedError(f"{self.path}: store is in use by another process (pid {holder})") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
+        self._finalizer = handles.close_when_dropped(self)
 
     def __enter__(self) -> "ChunkStore":
         return self
@@ -186,13 +169,7 @@ class ChunkStore:
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        try:
-            if not self.readonly:
-                self.sync()
-        finally:
-            self.packs.close()
-            self.index.close()
-            self._release_lock()
+        self._finalizer()  # sync if writable, close packs and index, release the lock (_handles.py)
 
     # -- a little space for a full disk ------------------------------------------
 
@@ -493,10 +470,13 @@ class ChunkStore:
         out["index_bytes_per_chunk"] = _per(pages["chunks"], out["unique_chunks"])
         out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
         logical = out["logical_bytes"]
-        out["savings_pct"] = round(100.0 * (1 - out["stored_bytes"] / logical), 2) if logical else 0.0
+        out["savings_pct"] = _savings(out["stored_bytes"], logical)
         out["garbage_bytes"] = dead
         out["disk_bytes"] = self.disk_bytes()
-        out["disk_savings_pct"] = round(100.0 * (1 - out["disk_bytes"] / logical), 2) if logical else 0.0
+        out["reserve_bytes"] = reserve.held_bytes(self.path)
+        # Index, pack headers and block rounding cost tens of KiB whatever the data: while they outweigh
+        # the data (disk > 2 x logical), a percentage would be a huge negative that says nothing.
+        out["disk_savings_pct"] = _savings(out["disk_bytes"], logical) if out["disk_bytes"] <= 2 * logical else None
         out["chunker"] = self.settings.chunker
         out["avg_chunk_size"] = self.settings.avg_size
         return out
@@ -515,11 +495,14 @@ class ChunkStore:
         return rec[3] if rec is not None else 0
 
     def disk_bytes(self) -> int:
-        """Bytes the store occupies: its directory's allocated blocks, as ``du`` counts, and its packs'."""
+        """Bytes the store occupies: its directory's allocated blocks, as ``du`` counts, and its packs', less
+        the space reserve (``stats`` reports that apart)."""
         total = self.packs.disk_bytes()
         for root, dirs, files in os.walk(self.path):
-            if root == self.path and "packs" in dirs:
-                dirs.remove("packs")  # counted by the backend (wherever it keeps them)
+            if root == self.path:
+                if "packs" in dirs:
+                    dirs.remove("packs")  # counted by the backend (wherever it keeps them)
+                files = [name for name in files if name != reserve.RESERVE_NAME]
             for name in files + dirs:
                 try:
                     total += os.lstat(os.path.join(root, name)).st_blocks * 512

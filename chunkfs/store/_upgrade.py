@@ -25,8 +25,6 @@ See docs/store-format.md, "Upgrading from format 1".
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -39,6 +37,7 @@ from ..errors import FormatVersionError, IndexCorruptError, NotAStoreError, Stor
 from ..settings import FORMAT_VERSION, SETTINGS_NAME, UPGRADE_DIR, UPGRADE_READY, write_settings
 from . import _v1 as v1
 from ._fileids import FileId
+from ._handles import take_lock
 from ._manifests import TO_END, ChunkRef, Patch, hole_ref
 from ._store import ChunkStore
 
@@ -95,19 +94,10 @@ def upgrade_store(path: str | os.PathLike, progress: Progress | None = None) -> 
 
 def _take_lock(path: str) -> int:
     """The store's own lock (as ChunkStore and a mount take it), so a mounted store is refused."""
-    fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StoreLockedError(f"{path}: store is in use by another process (pid {holder}); "
-                                   "unmount it before 'chunkfs upgrade'") from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return take_lock(path)
+    except StoreLockedError as exc:
+        raise StoreLockedError(f"{exc}; unmount it before 'chunkfs upgrade'") from None
 
 
 # -- building the new store ------------------------------------------------------------
