@@ -11,12 +11,16 @@ test did not declare with :meth:`MountedFS.expect_log`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import shutil
 import signal
+import site
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -286,3 +290,101 @@ def mounted_fs(mount_factory) -> MountedFS:
 def store_dir(tmp_path):
     """Path for a fresh store directory; it does not exist yet (mkfs creates it)."""
     return tmp_path / "store"
+
+
+# -- acting as an unprivileged user -------------------------------------------------------------
+
+NOBODY_UID = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups"]
+# In a private mount namespace, a /dev/fuse that everyone may open (as on a stock Debian system) is
+# bind-mounted over this machine's: libfuse then mounts through fusermount3, as it does for any user.
+# The namespace's copies of FUSE mounts are detached first: a copy would keep another test's
+# filesystem alive after its owner unmounted it (the machine's mounts propagate nothing).
+_FUSE_FOR_EVERYONE = """set -e
+dev=$1; shift
+findmnt -rn -o TARGET,FSTYPE | awk '$2 ~ /^fuse/ {print $1}' | while read -r target; do
+    umount -l "$(printf '%b' "$target")" || true
+done
+mount -t tmpfs -o mode=755 chunkfs-test-dev "$dev"
+mknod -m 666 "$dev/fuse" c "$FUSE_MAJOR" "$FUSE_MINOR"
+mount --bind "$dev/fuse" /dev/fuse
+exec "$@"
+"""
+
+
+# chunkfs mount re-executes sys.executable: that too must be open to the user.
+_NOBODY_PROBE = "import os, sys, chunkfs.cli, lmdb, pyfuse3, trio; sys.exit(not os.access(sys.executable, os.X_OK))"
+
+
+@functools.cache
+def _nobody_python() -> tuple[str, dict[str, str]] | str:
+    """An interpreter and environment in which ``nobody`` imports this checkout; else why not.
+
+    The venv's own interpreter may live where others cannot enter (pyenv under
+    /root); the system's Python of the same version, given the venv's
+    site-packages, then runs the very same code.
+    """
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return "needs root and setpriv to act as another user"
+    env = dict(os.environ, HOME="/", PYTHONPATH=os.pathsep.join([str(REPO), *site.getsitepackages()]))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/python{version}"):
+        probe = subprocess.run(AS_NOBODY + [python, "-c", _NOBODY_PROBE], env=env,
+                               cwd="/", capture_output=True, timeout=120, check=False)
+        if probe.returncode == 0:
+            return python, env
+    return f"user nobody cannot run Python {version} with {REPO} and its dependencies (not readable by others?)"
+
+
+class Nobody:
+    """Runs commands, and the chunkfs CLI, as the unprivileged user ``nobody``."""
+
+    uid = NOBODY_UID
+
+    def __init__(self, python: str, env: dict[str, str], scratch: Path):
+        self.python = python
+        self.env = env
+        self._scratch = scratch
+
+    def run(self, *cmd, fuse_for_everyone: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``cmd`` as nobody; with ``fuse_for_everyone``, where /dev/fuse is open to all users (see above)."""
+        argv = AS_NOBODY + [str(c) for c in cmd]
+        env = dict(self.env)
+        if fuse_for_everyone:
+            dev = Path(tempfile.mkdtemp(dir=self._scratch))
+            rdev = os.stat("/dev/fuse").st_rdev
+            env.update(FUSE_MAJOR=str(os.major(rdev)), FUSE_MINOR=str(os.minor(rdev)))
+            argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", _FUSE_FOR_EVERYONE,
+                    "bash", str(dev)] + argv
+        return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=timeout, check=False)
+
+    def cli(self, *args, fuse_for_everyone: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``chunkfs ARGS...`` as nobody."""
+        return self.run(self.python, "-m", "chunkfs.cli", *args, fuse_for_everyone=fuse_for_everyone,
+                        timeout=timeout)
+
+    def mkdir(self, path: Path) -> Path:
+        """A directory nobody owns (made by root, handed over)."""
+        path.mkdir()
+        os.chown(path, NOBODY_UID, NOBODY_UID)
+        return path
+
+
+@pytest.fixture
+def public_dir():
+    """A fresh directory in /tmp that every user may traverse (tmp_path is private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="chunkfs-public-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody(public_dir) -> Nobody:
+    """Acts as the unprivileged user ``nobody``; skips where this machine cannot do that."""
+    found = _nobody_python()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return Nobody(*found, scratch=public_dir)
