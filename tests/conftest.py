@@ -56,6 +56,8 @@ def run_cli(*args, check: bool = True, timeout: float = 180, **kwargs) -> subpro
         kwargs.pop("stdin")
     result = subprocess.run(CLI + [str(a) for a in args], cwd=REPO, env=cli_env(), timeout=timeout,
                             text=kwargs.pop("text", True), **kwargs)
+    if args and args[0] == "mount" and result.returncode == 0 and not {"-h", "--help"} & set(map(str, args)):
+        require_mount_marker()
     if check and result.returncode != 0:
         pytest.fail(f"chunkfs {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
@@ -388,3 +390,61 @@ def nobody(public_dir) -> Nobody:
     if isinstance(found, str):
         pytest.skip(found)
     return Nobody(*found, scratch=public_dir)
+
+
+# -- test levels and the mount marker ------------------------------------------------------------
+# tests/README.md explains the levels; `-m LEVEL` runs one.  Files stay where they are: the level
+# is given here, by file.
+
+TEST_LEVELS = {
+    "store": ("the chunker and the storage engine (ChunkStore, fsck), in-process",
+              ["test_chunker.py", "test_store.py", "test_store_limits.py", "test_store_stateful.py",
+               "test_fsck.py"]),
+    "fscore": ("the filesystem core (FsCore, open files, the adapter's fast paths), in-process, no mount",
+               ["test_fs_core.py", "test_fs_model.py", "test_openfile.py", "test_blocks.py",
+                "test_fast_paths.py"]),
+    "fuse": ("the filesystem through a real mount: lifecycle, POSIX semantics, mmap, tunables, privacy",
+             ["test_mount_lifecycle.py", "test_posix_mount.py", "test_mmap.py", "test_sparse_huge.py",
+              "test_direct_writes.py", "test_tuning.py", "test_readaround.py", "test_background_gc.py",
+              "test_responsiveness.py", "test_privacy.py", "test_fsx.py"]),
+    "clients": ("real programs (rsync, cp -a, tar, git, sqlite3) against a real mount",
+                ["test_clients.py"]),
+    "crash": ("kill -9, damaged data, a full disk: nothing committed is lost",
+              ["test_crash.py", "test_corruption.py", "test_disk_full.py"]),
+    "cli": ("the chunkfs command, the scripts, and both as a user who is not root",
+            ["test_cli.py", "test_unprivileged.py", "test_scripts.py"]),
+    "benchmarks": ("the benchmark harness at tiny scale", ["test_benchmark_quick.py"]),
+}
+LEVEL_OF_FILE = {name: level for level, (_, files) in TEST_LEVELS.items() for name in files}
+# A test that uses one of these mounts a filesystem: it gets the mount marker without asking.
+MOUNTING_FIXTURES = frozenset({"mount_factory", "mounted_fs"})
+_current_test: pytest.Item | None = None
+
+
+def pytest_configure(config):
+    for level, (what, _) in TEST_LEVELS.items():
+        config.addinivalue_line("markers", f"{level}: test level: {what} (tests/README.md)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        level = LEVEL_OF_FILE.get(item.path.name)
+        if level is not None:
+            item.add_marker(level)
+        if MOUNTING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mount)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    global _current_test
+    _current_test = item
+
+
+def require_mount_marker() -> None:
+    """Fail a test that mounted without the mount marker: ``-m "not mount"`` must mount nothing."""
+    if _current_test is not None and _current_test.get_closest_marker("mount") is None:
+        pytest.fail(f"{_current_test.nodeid} mounts a filesystem but is not marked 'mount': add "
+                    "@pytest.mark.mount (tests using mount_factory or mounted_fs get it by themselves)",
+                    pytrace=False)

@@ -170,6 +170,7 @@ def _nothing_left_for_the_worker(store_path) -> bool:
     return garbage < DEFAULT_MIN_GARBAGE or worst < DEFAULT_MIN_DEAD_FRACTION
 
 
+@pytest.mark.slow
 def test_rm_rf_of_10000_files_returns_promptly_and_space_comes_back(mounted_fs, capsys):
     tree, keep = mounted_fs / "tree", mounted_fs / "keep"
     tree.mkdir()

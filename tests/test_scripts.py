@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, fuse_available, kill_process, store_holder
+from conftest import LEVEL_OF_FILE, REPO, fuse_available, kill_process, store_holder
 
 BOOTSTRAP = REPO / "scripts" / "bootstrap.sh"
 QUICKSTART = REPO / "scripts" / "quickstart.sh"
@@ -116,3 +116,9 @@ def test_root_makes_a_venv_every_user_can_run(nobody, public_dir):
     result = nobody.run("bash", "-c", f"{venv}/bin/chunkfs --version")
     assert result.returncode == 0, (made.stderr, result.stderr)
     assert result.stdout.startswith("chunkfs ")
+
+
+def test_every_test_file_has_a_level():
+    """`-m LEVEL` (tests/README.md) must not silently miss a file: each one is in conftest.TEST_LEVELS."""
+    files = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+    assert [f for f in files if f not in LEVEL_OF_FILE] == []
