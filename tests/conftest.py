@@ -1,9 +1,9 @@
 """Fixtures shared by the whole test suite.
 
-Mount fixtures run the real command line in real subprocesses, exactly as a
-user would: ``python -m chunkfs.cli mkfs`` and ``chunkfs mount`` in the
-default (background daemon) mode, because that is the mode users run and the
-one where a daemon can hang on its way out.  Teardown always unmounts and
+Mount fixtures run the real command line exactly as a user would: ``chunkfs
+mkfs`` (its code, in-process: see mkfs_in_process), then ``chunkfs mount`` in
+a real subprocess in the default (background daemon) mode, because that is the
+mode users run and the one where a daemon can hang on its way out.  Teardown always unmounts and
 always stops the daemon, even when the test failed or the daemon died, and
 then fails the test if the daemon log shows a traceback or an ERROR line the
 test did not declare with :meth:`MountedFS.expect_log`.
@@ -11,7 +11,9 @@ test did not declare with :meth:`MountedFS.expect_log`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import os
 import re
@@ -61,6 +63,22 @@ def run_cli(*args, check: bool = True, timeout: float = 180, **kwargs) -> subpro
     if check and result.returncode != 0:
         pytest.fail(f"chunkfs {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+def mkfs_in_process(store, *args) -> None:
+    """``chunkfs mkfs STORE ARGS...`` through the CLI's own code, without starting a Python.
+
+    Every mount fixture makes a store first; a subprocess per store would cost
+    the quick run a Python start-up for each of ~200 mounting tests.  The verb
+    itself is tested as a subprocess in tests/test_cli.py.
+    """
+    from chunkfs import cli  # noqa: PLC0415
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["mkfs", str(store), *map(str, args)])
+    if code != 0:
+        pytest.fail(f"chunkfs mkfs {store} {' '.join(map(str, args))} exited {code}:\n{err.getvalue()}")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int = 1, contains: str = "") -> str:
@@ -181,7 +199,7 @@ class MountedFS:
         self._expected: list[re.Pattern] = []
         self._allow_death = False
         self._pids: set[int] = set()
-        run_cli("mkfs", self.store, *mkfs_args)
+        mkfs_in_process(self.store, *mkfs_args)
         self.mountpoint.mkdir()
 
     def __repr__(self) -> str:
