@@ -88,6 +88,7 @@ def test_quickstart_as_a_user_says_where_to_put_the_store(nobody, ready_venv):
 
 
 @pytest.mark.mount
+@pytest.mark.slow
 def test_quickstart_as_a_user_mounts_where_fuse_is_open_to_users(nobody, ready_venv, public_dir):
     if not fuse_available():
         pytest.skip("/dev/fuse is absent")
