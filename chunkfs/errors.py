@@ -41,6 +41,12 @@ class SettingsError(StoreError):
     errno = _errno.EINVAL
 
 
+class StorePermissionError(StoreError):
+    """This user may not read (or write) the store: it belongs to someone else."""
+
+    errno = _errno.EACCES
+
+
 class StoreLockedError(StoreError):
     errno = _errno.EBUSY
 

@@ -439,10 +439,47 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
 def _mount(operations: Operations, mountpoint: str, opts: set[str]) -> None:
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: mountpoint is not a directory")
+    stderr_offset = _stderr_file_offset()
     try:
         pyfuse3.init(operations, mountpoint, opts)
     except RuntimeError as exc:
-        raise MountError(f"cannot mount on {mountpoint}: {exc} (see the libfuse message above)") from None
+        reason = _libfuse_reason(stderr_offset)
+        if not reason:
+            raise MountError(f"cannot mount on {mountpoint}: {exc} (see the libfuse message above)") from None
+        if "/dev/fuse" in reason and "Permission denied" in reason:
+            reason += " (this user may not use FUSE here: mount as root, or ask an administrator for access)"
+        raise MountError(f"cannot mount on {mountpoint}: {reason}") from None
+
+
+_LIBFUSE_LINE = re.compile(r"^(fuse|fusermount\d?): ")
+_STDERR_FD = 2  # libfuse writes to C's stderr, whatever Python's sys.stderr is
+
+
+def _stderr_file_offset() -> int | None:
+    """Where the next line on stderr lands, if stderr is a file (a background daemon's log)."""
+    try:
+        st = os.fstat(_STDERR_FD)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _libfuse_reason(offset: int | None) -> str:
+    """What libfuse or fusermount3 wrote to stderr since ``offset``: why the mount failed.
+
+    They write straight to file descriptor 2, which in a background daemon is
+    its log: read it back, so the reason reaches the user's terminal through
+    the readiness pipe instead of staying in a log nobody looks at.
+    """
+    if offset is None:
+        return ""
+    try:
+        with open(f"/proc/self/fd/{_STDERR_FD}", "rb") as fh:
+            fh.seek(offset)
+            text = fh.read(16384).decode(errors="replace")
+    except OSError:
+        return ""
+    return "; ".join(line.strip() for line in text.splitlines() if _LIBFUSE_LINE.match(line))
 
 
 def main(argv: list[str] | None = None) -> int:

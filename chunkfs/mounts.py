@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import pwd
 import re
 import select
 import shutil
@@ -38,6 +39,16 @@ class MountEntry:
     fstype: str
     source: str
     device: str = "0:0"  # major:minor of the superblock (for FUSE: names the connection)
+    super_options: str = ""  # for FUSE: user_id=N names the user who mounted it
+
+    @property
+    def user_id(self) -> int | None:
+        """The uid that mounted a FUSE filesystem (from its ``user_id=`` option), if known."""
+        for option in self.super_options.split(","):
+            name, _, value = option.partition("=")
+            if name == "user_id" and value.isdigit():
+                return int(value)
+        return None
 
     @property
     def store(self) -> str:
@@ -58,7 +69,8 @@ def read_mounts() -> list[MountEntry]:
             fields = line.split()
             sep = fields.index("-")
             out.append(MountEntry(int(fields[0]), _unescape(fields[4]), _unescape(fields[sep + 1]),
-                                  _unescape(fields[sep + 2]), fields[2]))
+                                  _unescape(fields[sep + 2]), fields[2],
+                                  _unescape(fields[sep + 3]) if len(fields) > sep + 3 else ""))
     return out
 
 
@@ -153,6 +165,7 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = DEFAULT_UMOUNT
     means; the unmount syscall alone returns before the last commit.
     """
     entry = chunkfs_mount_at(mountpoint)
+    _check_may_unmount(entry)
     pid = lock_holder(entry.store)
     pidfd = _pidfd(pid)
     try:
@@ -166,6 +179,22 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = DEFAULT_UMOUNT
         if pidfd is not None:
             os.close(pidfd)
     return pid
+
+
+def _check_may_unmount(entry: MountEntry) -> None:
+    """Only root and the user who mounted it may unmount a FUSE mount: say so, in those words.
+
+    fusermount3 would refuse with "entry for ... not found in /etc/mtab", which
+    reads like a broken system rather than someone else's mount.
+    """
+    uid = entry.user_id
+    if os.geteuid() == 0 or uid is None or uid == os.geteuid():
+        return
+    try:
+        who = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        who = f"uid {uid}"
+    raise MountError(f"cannot unmount {entry.mountpoint}: permission denied (mounted by another user, {who})")
 
 
 def _pidfd(pid: int | None) -> int | None:

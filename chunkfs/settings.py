@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import pwd
 import re
+import stat
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import FormatVersionError, NotAStoreError, SettingsError
+from .errors import FormatVersionError, NotAStoreError, SettingsError, StorePermissionError
 
 SETTINGS_NAME = "chunkfs.json"
 FORMAT_NAME = "chunkfs-store"
@@ -263,6 +265,37 @@ def write_settings(store_dir: str, settings: StoreSettings) -> None:
     os.replace(tmp, path)
 
 
+def _check_settings_reachable(store_dir: str, path: str) -> None:
+    """Tell "absent", "not yours" and "not a store" apart (os.path.exists says False to all three)."""
+    try:
+        if not stat.S_ISDIR(os.stat(store_dir).st_mode):
+            raise NotAStoreError(f"{store_dir}: not a directory")
+        os.stat(path)
+    except FileNotFoundError:
+        if not os.path.isdir(store_dir):
+            raise NotAStoreError(f"{store_dir}: no such directory") from None
+        raise NotAStoreError(f"{store_dir}: not a chunkfs store (no {SETTINGS_NAME}; "
+                             "create one with 'chunkfs mkfs')") from None
+    except PermissionError:
+        raise permission_denied(store_dir) from None
+    except NotADirectoryError:
+        raise NotAStoreError(f"{store_dir}: not a directory") from None
+
+
+def permission_denied(store_dir: str) -> StorePermissionError:
+    """The error for a store this user may not read: who owns it says what to do."""
+    try:
+        owner_uid = os.stat(store_dir).st_uid
+    except OSError:  # a parent directory is closed too
+        return StorePermissionError(f"{store_dir}: permission denied (a parent directory is closed to this user)")
+    try:
+        owner = pwd.getpwuid(owner_uid).pw_name
+    except KeyError:
+        owner = f"uid {owner_uid}"
+    return StorePermissionError(f"{store_dir}: permission denied (the store belongs to {owner}: "
+                                f"run chunkfs as {owner})")
+
+
 def read_settings(store_dir: str) -> StoreSettings:
     """Load and validate field by field, turning every way it can be wrong into one clear line.
 
@@ -270,13 +303,12 @@ def read_settings(store_dir: str) -> StoreSettings:
     and the value found.
     """
     path = os.path.join(store_dir, SETTINGS_NAME)
-    if not os.path.isdir(store_dir):
-        raise NotAStoreError(f"{store_dir}: no such directory")
-    if not os.path.exists(path):
-        raise NotAStoreError(f"{store_dir}: not a chunkfs store (no {SETTINGS_NAME}; create one with 'chunkfs mkfs')")
+    _check_settings_reachable(store_dir, path)
     try:
         with open(path, encoding="utf-8") as fh:
             raw = json.load(fh)
+    except PermissionError:
+        raise permission_denied(store_dir) from None
     except (OSError, ValueError, RecursionError) as exc:
         detail = " ".join(str(exc).split())  # one line, whatever the exception says
         raise SettingsError(f"{path}: unreadable settings file ({exc.__class__.__name__}: {detail})") from None

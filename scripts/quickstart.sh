@@ -2,8 +2,11 @@
 # Quick start: set everything up (scripts/bootstrap.sh), then run chunkfs.
 #   CHUNKFS_STORE       store directory   (default /var/lib/chunkfs/default)
 #   CHUNKFS_MOUNTPOINT  mount point       (default /mnt/chunkfs)
-# Run as root on a fresh Debian 12 machine; as another user it works once the
-# Debian packages are installed and the store's parent directory is writable.
+#   CHUNKFS_VENV        virtualenv        (default .venv in this checkout)
+# Run as root on a fresh Debian 12 machine.  Another user can run it once root
+# has (the Debian packages and .venv are then in place), with CHUNKFS_STORE and
+# CHUNKFS_MOUNTPOINT set to places of their own, where that user may mount FUSE
+# filesystems (/dev/fuse open to users, as Debian ships it).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -15,7 +18,12 @@ CHUNKFS="$VENV/bin/chunkfs"
 say() { printf 'quickstart: %s\n' "$*" >&2; }
 die() { printf 'quickstart: error: %s\n' "$*" >&2; exit 1; }
 
+owner() { stat -c %U "$1"; }
+
 ensure_store() {
+  if [[ -d "$STORE" && ! ( -r "$STORE" && -x "$STORE" ) ]]; then
+    die "$STORE belongs to $(owner "$STORE"): run this as $(owner "$STORE"), or set CHUNKFS_STORE to a store of your own"
+  fi
   if [[ -d "$STORE" && -n "$(ls -A "$STORE")" ]]; then
     say "using existing store $STORE"
     return
@@ -34,7 +42,8 @@ main_job() {
   if grep -qs " $(realpath -m "$MOUNTPOINT") fuse.chunkfs " /proc/mounts; then
     say "$MOUNTPOINT is already a mounted chunkfs"
   else
-    mkdir -p "$MOUNTPOINT"
+    mkdir -p "$MOUNTPOINT" 2>/dev/null \
+      || die "cannot create $MOUNTPOINT: run as root, or set CHUNKFS_MOUNTPOINT to a directory of your own"
     "$CHUNKFS" mount "$STORE" "$MOUNTPOINT"
   fi
   cat <<EOF
@@ -48,7 +57,7 @@ Unmount (commits everything, waits for the daemon to exit):
 EOF
 }
 
-bash "$REPO/scripts/bootstrap.sh"
+bash "$REPO/scripts/bootstrap.sh" || exit $?
 [[ -x "$CHUNKFS" ]] || die "$CHUNKFS is missing: bootstrap did not install the chunkfs command"
 ensure_store
 main_job

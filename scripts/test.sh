@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite: bootstrap (idempotent), then pytest from the repo root.
-# Arguments go to pytest, e.g.  bash scripts/test.sh -m "not slow" -x
+# Arguments go to pytest, e.g.  bash scripts/test.sh -m "not slow" -x  (levels: tests/README.md);
+# with none it runs every test, as CI does.
 # Exit code is pytest's, except that "no tests collected" (5) counts as failure.
 set -uo pipefail
 

@@ -1,9 +1,9 @@
 """Fixtures shared by the whole test suite.
 
-Mount fixtures run the real command line in real subprocesses, exactly as a
-user would: ``python -m chunkfs.cli mkfs`` and ``chunkfs mount`` in the
-default (background daemon) mode, because that is the mode users run and the
-one where a daemon can hang on its way out.  Teardown always unmounts and
+Mount fixtures run the real command line exactly as a user would: ``chunkfs
+mkfs`` (its code, in-process: see mkfs_in_process), then ``chunkfs mount`` in
+a real subprocess in the default (background daemon) mode, because that is the
+mode users run and the one where a daemon can hang on its way out.  Teardown always unmounts and
 always stops the daemon, even when the test failed or the daemon died, and
 then fails the test if the daemon log shows a traceback or an ERROR line the
 test did not declare with :meth:`MountedFS.expect_log`.
@@ -12,13 +12,17 @@ test did not declare with :meth:`MountedFS.expect_log`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
 import re
+import shutil
 import signal
+import site
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +58,8 @@ def run_cli(*args, check: bool = True, timeout: float = 180, **kwargs) -> subpro
         kwargs.pop("stdin")
     result = subprocess.run(CLI + [str(a) for a in args], cwd=REPO, env=cli_env(), timeout=timeout,
                             text=kwargs.pop("text", True), **kwargs)
+    if args and args[0] == "mount" and result.returncode == 0 and not {"-h", "--help"} & set(map(str, args)):
+        require_mount_marker()
     if check and result.returncode != 0:
         pytest.fail(f"chunkfs {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
@@ -81,6 +87,22 @@ def run_cli_in_process(*args, stdin: bytes = b"") -> subprocess.CompletedProcess
     out.flush()
     return subprocess.CompletedProcess(list(args), code, out.buffer.getvalue().decode(errors="replace"),
                                        err.getvalue())
+
+
+def mkfs_in_process(store, *args) -> None:
+    """``chunkfs mkfs STORE ARGS...`` through the CLI's own code, without starting a Python.
+
+    Every mount fixture makes a store first; a subprocess per store would cost
+    the quick run a Python start-up for each of ~200 mounting tests.  The verb
+    itself is tested as a subprocess in tests/test_cli.py.
+    """
+    from chunkfs import cli  # noqa: PLC0415
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["mkfs", str(store), *map(str, args)])
+    if code != 0:
+        pytest.fail(f"chunkfs mkfs {store} {' '.join(map(str, args))} exited {code}:\n{err.getvalue()}")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int = 1, contains: str = "") -> str:
@@ -201,7 +223,7 @@ class MountedFS:
         self._expected: list[re.Pattern] = []
         self._allow_death = False
         self._pids: set[int] = set()
-        run_cli("mkfs", self.store, *mkfs_args)
+        mkfs_in_process(self.store, *mkfs_args)
         self.mountpoint.mkdir()
 
     def __repr__(self) -> str:
@@ -340,3 +362,159 @@ def pack_backend(store_dir, backend):
     from chunkfs.store import LocalBackend  # noqa: PLC0415
 
     return LocalBackend(os.path.join(store_dir, "packs")) if backend is None else backend
+
+
+# -- acting as an unprivileged user -------------------------------------------------------------
+
+NOBODY_UID = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups"]
+# In a private mount namespace, a /dev/fuse that everyone may open (as on a stock Debian system) is
+# bind-mounted over this machine's: libfuse then mounts through fusermount3, as it does for any user.
+# The namespace's copies of FUSE mounts are detached first: a copy would keep another test's
+# filesystem alive after its owner unmounted it (the machine's mounts propagate nothing).
+_FUSE_FOR_EVERYONE = """set -e
+dev=$1; shift
+findmnt -rn -o TARGET,FSTYPE | awk '$2 ~ /^fuse/ {print $1}' | while read -r target; do
+    umount -l "$(printf '%b' "$target")" || true
+done
+mount -t tmpfs -o mode=755 chunkfs-test-dev "$dev"
+mknod -m 666 "$dev/fuse" c "$FUSE_MAJOR" "$FUSE_MINOR"
+mount --bind "$dev/fuse" /dev/fuse
+exec "$@"
+"""
+
+
+# chunkfs mount re-executes sys.executable: that too must be open to the user.
+_NOBODY_PROBE = "import os, sys, chunkfs.cli, lmdb, pyfuse3, trio; sys.exit(not os.access(sys.executable, os.X_OK))"
+
+
+@functools.cache
+def _nobody_python() -> tuple[str, dict[str, str]] | str:
+    """An interpreter and environment in which ``nobody`` imports this checkout; else why not.
+
+    The venv's own interpreter may live where others cannot enter (pyenv under
+    /root); the system's Python of the same version, given the venv's
+    site-packages, then runs the very same code.
+    """
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return "needs root and setpriv to act as another user"
+    env = dict(os.environ, HOME="/", PYTHONPATH=os.pathsep.join([str(REPO), *site.getsitepackages()]))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/python{version}"):
+        probe = subprocess.run(AS_NOBODY + [python, "-c", _NOBODY_PROBE], env=env,
+                               cwd="/", capture_output=True, timeout=120, check=False)
+        if probe.returncode == 0:
+            return python, env
+    return f"user nobody cannot run Python {version} with {REPO} and its dependencies (not readable by others?)"
+
+
+class Nobody:
+    """Runs commands, and the chunkfs CLI, as the unprivileged user ``nobody``."""
+
+    uid = NOBODY_UID
+
+    def __init__(self, python: str, env: dict[str, str], scratch: Path):
+        self.python = python
+        self.env = env
+        self._scratch = scratch
+
+    def run(self, *cmd, fuse_for_everyone: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``cmd`` as nobody; with ``fuse_for_everyone``, where /dev/fuse is open to all users (see above)."""
+        argv = AS_NOBODY + [str(c) for c in cmd]
+        env = dict(self.env)
+        if fuse_for_everyone:
+            dev = Path(tempfile.mkdtemp(dir=self._scratch))
+            rdev = os.stat("/dev/fuse").st_rdev
+            env.update(FUSE_MAJOR=str(os.major(rdev)), FUSE_MINOR=str(os.minor(rdev)))
+            argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", _FUSE_FOR_EVERYONE,
+                    "bash", str(dev)] + argv
+        return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=timeout, check=False)
+
+    def cli(self, *args, fuse_for_everyone: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``chunkfs ARGS...`` as nobody."""
+        return self.run(self.python, "-m", "chunkfs.cli", *args, fuse_for_everyone=fuse_for_everyone,
+                        timeout=timeout)
+
+    def mkdir(self, path: Path) -> Path:
+        """A directory nobody owns (made by root, handed over)."""
+        path.mkdir()
+        os.chown(path, NOBODY_UID, NOBODY_UID)
+        return path
+
+
+@pytest.fixture
+def public_dir():
+    """A fresh directory in /tmp that every user may traverse (tmp_path is private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="chunkfs-public-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody(public_dir) -> Nobody:
+    """Acts as the unprivileged user ``nobody``; skips where this machine cannot do that."""
+    found = _nobody_python()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return Nobody(*found, scratch=public_dir)
+
+
+# -- test levels and the mount marker ------------------------------------------------------------
+# tests/README.md explains the levels; `-m LEVEL` runs one.  Files stay where they are: the level
+# is given here, by file.
+
+TEST_LEVELS = {
+    "store": ("the chunker and the storage engine (ChunkStore, fsck), in-process",
+              ["test_chunker.py", "test_store.py", "test_store_limits.py", "test_store_stateful.py",
+               "test_fsck.py"]),
+    "fscore": ("the filesystem core (FsCore, open files, the adapter's fast paths), in-process, no mount",
+               ["test_fs_core.py", "test_fs_model.py", "test_openfile.py", "test_blocks.py",
+                "test_fast_paths.py"]),
+    "fuse": ("the filesystem through a real mount: lifecycle, POSIX semantics, mmap, tunables, privacy",
+             ["test_mount_lifecycle.py", "test_posix_mount.py", "test_mmap.py", "test_sparse_huge.py",
+              "test_direct_writes.py", "test_tuning.py", "test_readaround.py", "test_background_gc.py",
+              "test_responsiveness.py", "test_privacy.py", "test_fsx.py"]),
+    "clients": ("real programs (rsync, cp -a, tar, git, sqlite3) against a real mount",
+                ["test_clients.py"]),
+    "crash": ("kill -9, damaged data, a full disk: nothing committed is lost",
+              ["test_crash.py", "test_corruption.py", "test_disk_full.py"]),
+    "cli": ("the chunkfs command, the scripts, and both as a user who is not root",
+            ["test_cli.py", "test_unprivileged.py", "test_scripts.py"]),
+    "benchmarks": ("the benchmark harness at tiny scale", ["test_benchmark_quick.py"]),
+}
+LEVEL_OF_FILE = {name: level for level, (_, files) in TEST_LEVELS.items() for name in files}
+# A test that uses one of these mounts a filesystem: it gets the mount marker without asking.
+MOUNTING_FIXTURES = frozenset({"mount_factory", "mounted_fs"})
+_current_test: pytest.Item | None = None
+
+
+def pytest_configure(config):
+    for level, (what, _) in TEST_LEVELS.items():
+        config.addinivalue_line("markers", f"{level}: test level: {what} (tests/README.md)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        level = LEVEL_OF_FILE.get(item.path.name)
+        if level is not None:
+            item.add_marker(level)
+        if MOUNTING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mount)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    global _current_test
+    _current_test = item
+
+
+def require_mount_marker() -> None:
+    """Fail a test that mounted without the mount marker: ``-m "not mount"`` must mount nothing."""
+    if _current_test is not None and _current_test.get_closest_marker("mount") is None:
+        pytest.fail(f"{_current_test.nodeid} mounts a filesystem but is not marked 'mount': add "
+                    "@pytest.mark.mount (tests using mount_factory or mounted_fs get it by themselves)",
+                    pytrace=False)

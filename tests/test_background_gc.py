@@ -173,6 +173,7 @@ def _nothing_left_for_the_worker(store_path) -> bool:
         return store.garbage_bytes(DEFAULT_MIN_DEAD_FRACTION) < DEFAULT_MIN_GARBAGE
 
 
+@pytest.mark.slow
 def test_rm_rf_of_10000_files_returns_promptly_and_space_comes_back(mounted_fs, capsys):
     tree, keep = mounted_fs / "tree", mounted_fs / "keep"
     tree.mkdir()

@@ -164,6 +164,11 @@ def throughput_run(tmp_path_factory):
         return base, out, json.load(fh)
 
 
+# The tests below share throughput_run, which mounts and takes ~15 s: marked mount and slow.
+
+
+@pytest.mark.mount
+@pytest.mark.slow
 def test_throughput_outputs(throughput_run):
     base, out, doc = throughput_run
     assert (out / "throughput.md").stat().st_size > 0
@@ -176,6 +181,8 @@ def test_throughput_outputs(throughput_run):
         assert str(base) not in fh.read()
 
 
+@pytest.mark.mount
+@pytest.mark.slow
 def test_throughput_every_operation_measured(throughput_run):
     _, _, doc = throughput_run
     assert THROUGHPUT_OPS <= set(doc["summary"])
@@ -196,6 +203,8 @@ def test_throughput_every_operation_measured(throughput_run):
     assert [r["order"][0] for r in doc["runs"]] == ["plain", "chunkfs"]  # the order rotates
 
 
+@pytest.mark.mount
+@pytest.mark.slow
 def test_throughput_passthrough_measured_beside_chunkfs(throughput_run):
     """Every operation also ran on the plain pyfuse3 passthrough, and the report compares chunkfs with it."""
     _, out, doc = throughput_run
@@ -207,6 +216,8 @@ def test_throughput_passthrough_measured_beside_chunkfs(throughput_run):
     assert "chunkfs ÷ passthrough" in (out / "throughput.md").read_text()
 
 
+@pytest.mark.mount
+@pytest.mark.slow
 def test_throughput_append_grows_store_by_few_chunks(throughput_run):
     """Issue 4: appending 4 KiB to a committed file grows the store by less than 4 average chunks.
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-pytestmark = pytest.mark.mount
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
 SEED_ENV = "CHUNKFS_FSX_SEED"
 OPS_ENV = "CHUNKFS_FSX_OPS"

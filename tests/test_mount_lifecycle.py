@@ -51,6 +51,7 @@ def test_umount_waits_for_the_daemon_to_exit(mount_factory):
     assert read_back(fs, "big") == data
 
 
+@pytest.mark.slow
 def test_repeated_mount_cycles_always_exit(mount_factory):
     fs = mount_factory(mount=False)
     for i in range(4):

@@ -415,6 +415,7 @@ def test_readdir_while_creating_and_removing(mounted_fs):
     assert survivors <= set(seen), f"skipped: {sorted(survivors - set(seen))[:5]}"
 
 
+@pytest.mark.slow
 def test_rm_rf_of_ten_thousand_entries(mounted_fs):
     d = mounted_fs / "big"
     os.mkdir(d)

@@ -197,6 +197,7 @@ def test_a_short_read_leaves_its_whole_chunk_in_the_page_cache(mounted_fs):
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_no_push_lands_over_a_later_write_or_truncate(mounted_fs):
     """Reads queue pushes while a writer opens, writes and closes, and a truncate shrinks the file;
     a long-lived read-only descriptor must then see exactly the new bytes (a stale push would not)."""

@@ -10,6 +10,7 @@ import random
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -93,6 +94,7 @@ class MemoryStoreMachine(StoreMachine):
 
 
 TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.pytestmark = [pytest.mark.slow]
 TestStoreMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
 TestMemoryStoreMachine = MemoryStoreMachine.TestCase
 TestMemoryStoreMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)

@@ -101,6 +101,7 @@ def test_read_ahead_kb_is_set_in_sysfs(mount_factory, option, expected):
 
 
 @pytest.mark.mount
+@pytest.mark.slow
 def test_writeback_cache_batches_small_writes(mount_factory):
     """With the writeback cache the kernel gathers 1000 small writes into a few requests."""
     requests = {}
@@ -156,6 +157,7 @@ def test_verify_sha256_rehashes_instead_of_trusting_the_checksum(mount_factory):
 
 
 @pytest.mark.mount
+@pytest.mark.slow
 @pytest.mark.parametrize("cache_size, cached", [("64M", True), ("1M", False)])
 def test_cache_size_decides_what_a_reread_costs(mount_factory, cache_size, cached):
     fs = mount_factory(options=[f"cache_size={cache_size}"])
