@@ -96,7 +96,7 @@ def test_quickstart_as_a_user_mounts_where_fuse_is_open_to_users(nobody, ready_v
     store, mnt = home / "store", home / "mnt"
     script = home / "try.sh"
     script.write_text(f'set -e\nbash {QUICKSTART}\necho hello > {mnt}/greeting\n'
-                      f'{ready_venv}/bin/chunkfs umount {mnt}\n{ready_venv}/bin/chunkfs stats --json {store}\n')
+                      f'{ready_venv}/bin/chunkfs umount -q {mnt}\n{ready_venv}/bin/chunkfs stats --json {store}\n')
     try:
         result = script_as_nobody(nobody, script, fuse_for_everyone=True, CHUNKFS_VENV=ready_venv,
                                   CHUNKFS_STORE=store, CHUNKFS_MOUNTPOINT=mnt)

@@ -109,8 +109,8 @@ def test_a_mount_fusermount3_refuses_says_why(nobody, public_dir):
 def test_a_user_mounts_and_unmounts_where_fuse_is_open_to_users(nobody, public_dir):
     store, mnt = _own_store_and_mountpoint(nobody, public_dir)
     script = ('set -e; chunkfs() { "$0" -m chunkfs.cli "$@"; }; '
-              'chunkfs mount "$1" "$2"; echo hello > "$2/greeting"; findmnt -n -o FSTYPE "$2"; chunkfs umount "$2"; '
-              'chunkfs mount "$1" "$2"; cat "$2/greeting"; chunkfs umount "$2"')
+              'chunkfs mount "$1" "$2"; echo hello > "$2/greeting"; findmnt -n -o FSTYPE "$2"; chunkfs umount -q "$2"; '
+              'chunkfs mount "$1" "$2"; cat "$2/greeting"; chunkfs umount -q "$2"')
     try:
         result = nobody.run("bash", "-c", script, nobody.python, store, mnt, fuse_for_everyone=True)
     finally:
