@@ -34,7 +34,7 @@ import lmdb
 from . import index as ix
 from .cache import ChunkCache
 from .chunker import make_chunker
-from .errors import (ChunkCorruptError, FileNotFoundInStore, InvalidArgument,
+from .errors import (ChunkCorruptError, ChunkFreedError, FileNotFoundInStore, InvalidArgument,
                      NotAStoreError, StoreError, StoreExistsError, StoreLockedError)
 from .hashing import VERIFY_MODES, address_of, addresses_of, checksum_of
 from . import reserve
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 FileId = str | bytes
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
 MAX_FILE_ID = 500  # LMDB keys are at most 511 bytes
+READ_ATTEMPTS = 3  # lock-free tries of a read whose file keeps changing under it, before one under the lock
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ class ChunkStore:
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
-        return read_span(self, file_id, offset, length, nowait)
+        return self._consistent(read_span, self, file_id, offset, length, nowait)
 
     def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
@@ -448,6 +449,9 @@ class ChunkStore:
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
+        return self._consistent(self._read_chunks_once, file_id, offset, length)
+
+    def _read_chunks_once(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
         with self.index.read() as txn:
             entries = self._manifest_in(txn, file_id, offset, offset + length)
             chunks = [self.cache.get(e.address) for e in entries]
@@ -458,6 +462,25 @@ class ChunkStore:
                 chunks[i] = fetched.get(entry.address) or self._fetch(entry.address, found, file_id)
                 fetched[entry.address] = chunks[i]
         return (entries[0].offset if entries else offset), chunks
+
+    def _consistent(self, read: Callable, *args):
+        """``read(*args)``, again if another thread freed a chunk under it (ChunkFreedError).
+
+        Reads take no lock: one looks at the manifest in a read transaction, then
+        reads the chunks it names.  If the file is replaced or deleted in
+        between, a chunk may be freed (and its disk blocks punched out) before
+        its bytes are read; the read then starts over on the file as it is now.
+        After a few tries it runs under the store's lock, where no commit can
+        free anything, so a file that never stops changing cannot starve it.
+        Each try is one manifest snapshot: the bytes are all of one version.
+        """
+        for _ in range(READ_ATTEMPTS):
+            try:
+                return read(*args)
+            except ChunkFreedError:
+                continue
+        with self._lock:
+            return read(*args)
 
     def open_reader(self, file_id: FileId) -> io.BufferedReader:
         """A seekable, read-only binary file object over one stored file."""
@@ -485,8 +508,8 @@ class ChunkStore:
             # was located: look again, and only a failure at a stable place counts
             with self.index.read() as txn:
                 again = self.ledger.locate(txn, address)
-            if again is None:
-                raise self._corrupt(address, "no such chunk in the index", file_id) from None
+            if again is None:  # it was there when the caller looked: freed since, not damaged
+                raise ChunkFreedError(address, "freed while being read", file_id) from None
             data = self._read_verified(address, again[0], again[1], file_id)
         self.cache.put(address, data)
         return data
