@@ -47,6 +47,13 @@ def read_span(store: "ChunkStore", file_id: "FileId", offset: int, length: int,
     with store.index.read() as txn:
         entries = store._manifest_in(txn, file_id, offset, offset + length)
         places = [store.ledger.locate(txn, e.address) for e in entries]
+    return read_entries(store, file_id, entries, places, offset, length, nowait)
+
+
+def read_entries(store: "ChunkStore", file_id: "FileId", entries: list[ManifestEntry], places: list[Place | None],
+                 offset: int, length: int, nowait: bool = False) -> memoryview:
+    """``read_span`` of manifest ``entries`` already looked up (those covering the range, in file order)
+    and where each lies: for a reader that holds them pinned (versions.py)."""
     if not entries:
         return memoryview(b"")
     base = entries[0].offset

@@ -43,6 +43,7 @@ from .ledger import LOST_PACK, Action, ChunkRecord, Ledger, new_pack_record
 from .manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch
 from .packs import Location, PackFiles
 from .spans import read_span
+from .versions import FileVersion, open_version
 from .settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
 
 log = logging.getLogger(__name__)
@@ -481,6 +482,15 @@ class ChunkStore:
                 continue
         with self._lock:
             return read(*args)
+
+    def open_version(self, file_id: FileId, start: int = 0, end: int | None = None) -> FileVersion:
+        """The file as it is now, readable until closed even if it is replaced or deleted meanwhile.
+
+        For a reader that streams a file over many calls (versions.py); only the
+        chunks covering ``[start, end)`` (the whole file by default) are held.
+        A context manager.
+        """
+        return open_version(self, encode_file_id(file_id), file_id, start, end)
 
     def open_reader(self, file_id: FileId) -> io.BufferedReader:
         """A seekable, read-only binary file object over one stored file."""

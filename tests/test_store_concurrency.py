@@ -9,14 +9,15 @@ that the store's accounting stays exact however the calls interleave.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
 
 import pytest
 
-from chunkfs import ChunkStore
-from chunkfs.errors import FileNotFoundInStore
+from chunkfs import ChunkCorruptError, ChunkStore
+from chunkfs.errors import FileNotFoundInStore, InvalidArgument
 from chunkfs.fsck import check_store
 
 MiB = 1024 * 1024
@@ -147,3 +148,112 @@ def test_concurrent_writers_leave_exact_accounting(store, store_dir, tmp_path):
             replay.ingest(fid, data)
         keys = ("files", "logical_bytes", "stored_bytes", "unique_chunks")
         assert {k: store.stats()[k] for k in keys} == {k: replay.stats()[k] for k in keys}
+
+
+# -- FileVersion: one version held for a reader that streams it over many calls ------------------
+
+def _stream(version, piece: int = 64 * 1024) -> bytes:
+    return b"".join(bytes(version.read(off, piece)) for off in range(version.start, version.end, piece))
+
+
+def test_a_version_keeps_its_bytes_through_replace_delete_and_gc(store, caplog):
+    old, new = rand(MiB, 1), rand(MiB, 2)
+    store.ingest("x", old)
+    with store.open_version("x") as version:
+        store.ingest("x", new)
+        store.delete("x")
+        store.gc()
+        assert version.size == len(old)
+        assert _stream(version) == old
+        assert store.stats()["stored_bytes"] == 0  # the held chunks are no file's any more
+    assert not caplog.records
+    store.gc()
+    assert store.stats()["garbage_bytes"] == 0 and store.packs.disk_bytes() < 64 * 1024  # all given back
+    assert check_store(store).clean
+
+
+def test_fingerprints_name_the_bytes(store):
+    data = rand(300_000, 3)
+    store.ingest("a", data)
+    store.ingest("b", data)
+    store.ingest("c", data[:-1] + bytes([data[-1] ^ 1]))
+    store.ingest("empty", b"")
+    prints = {}
+    for fid in ("a", "b", "c", "empty"):
+        with store.open_version(fid, 0, 0) as version:  # nothing held: just size and fingerprint
+            prints[fid] = version.fingerprint
+            assert bytes(version.read(0, 0)) == b""
+    assert prints["a"] == prints["b"]
+    assert len({prints["a"], prints["c"], prints["empty"]}) == 3
+    store.ingest("a", data)  # the same bytes again: the same version as far as a client can tell
+    with store.open_version("a") as version:
+        assert version.fingerprint == prints["a"]
+        assert bytes(version.read(0, len(data))) == data
+
+
+def test_a_partial_version_holds_only_its_range(store):
+    data = rand(MiB, 4)
+    store.ingest("x", data)
+    with store.open_version("x", 300_000, 400_000) as version:
+        held = {e.address for e in version._entries}
+        assert 0 < len(held) < len(store.manifest("x")) // 4
+        assert set(store.ledger.pins) == held
+        assert bytes(version.read(300_000, 100_000)) == data[300_000:400_000]
+        with pytest.raises(InvalidArgument):
+            version.read(0, 10)
+        with pytest.raises(InvalidArgument):
+            version.read(350_000, 100_000)
+    assert store.ledger.pins == {}
+    with pytest.raises(FileNotFoundInStore):
+        store.open_version("missing")
+
+
+def test_a_damaged_chunk_in_a_version_raises_never_wrong_bytes(store, caplog):
+    data = rand(MiB, 5)
+    store.ingest("x", data)
+    with store.open_version("x") as version:
+        entry = version._entries[3]
+        loc = version._places[3][0]
+        fd = os.open(store.packs.path(loc.pack), os.O_RDWR)
+        try:
+            os.pwrite(fd, bytes([os.pread(fd, 1, loc.offset + 5)[0] ^ 0xFF]), loc.offset + 5)
+        finally:
+            os.close(fd)
+        with pytest.raises(ChunkCorruptError) as info:
+            version.read(0, len(data))
+        assert info.value.address == entry.address
+        assert bytes(version.read(0, entry.offset)) == data[:entry.offset]  # the chunks before it still read
+    assert any("is corrupt" in r.getMessage() for r in caplog.records)
+
+
+def test_streamed_versions_are_whole_while_the_file_changes(store):
+    versions = [rand(MiB, seed) for seed in range(3)]
+    store.ingest("x", versions[0])
+    stop = threading.Event()
+    problems: list[str] = []
+    streamed = []
+
+    def writer():
+        rng = random.Random(3)
+        while not stop.is_set():
+            store.ingest("x", versions[rng.randrange(3)])
+
+    def reader():
+        while not stop.is_set():
+            with store.open_version("x") as version:
+                data = _stream(version, 50_000)
+            if data not in versions:
+                problems.append(f"{len(data)} bytes of no version")
+                return
+            streamed.append(versions.index(data))
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert problems == [] and len(streamed) > 2
+    assert store.ledger.pins == {}
+    assert check_store(store).clean
