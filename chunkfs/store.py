@@ -75,6 +75,15 @@ def encode_file_id(file_id: FileId) -> bytes:
     return key
 
 
+def _key_prefix(prefix: FileId) -> bytes:
+    """What the keys of the file ids starting with ``prefix`` start with."""
+    if isinstance(prefix, str):
+        return b"s" + prefix.encode("utf-8")
+    if isinstance(prefix, (bytes, bytearray)):
+        return b"b" + bytes(prefix)
+    raise InvalidArgument(f"a file id prefix must be str or bytes, not {type(prefix).__name__}")
+
+
 def decode_file_id(key: bytes) -> FileId:
     return key[1:].decode("utf-8") if key[:1] == b"s" else key[1:]
 
@@ -402,9 +411,26 @@ class ChunkStore:
             raise FileNotFoundInStore(f"no file {file_id!r} in the store")
         return rec[1]
 
-    def list_files(self) -> list[FileId]:
+    def list_files(self, prefix: FileId | None = None, after: FileId | None = None,
+                   limit: int | None = None) -> list[FileId]:
+        """File ids in key order (bytes ids, then str ids, each in byte order), one cursor walk.
+
+        ``prefix`` keeps the ids of its type that start with it; ``after`` starts
+        past that id and ``limit`` stops after so many: a paged listing.
+        """
+        want = b"" if prefix is None else _key_prefix(prefix)
+        start = want if after is None else max(want, encode_file_id(after))
+        skip = None if after is None else encode_file_id(after)
+        out: list[FileId] = []
         with self.index.read() as txn, txn.cursor(db=self.index.files) as cur:
-            return [decode_file_id(k) for k in cur.iternext(keys=True, values=False)]
+            if not cur.set_range(start):
+                return out
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(want) or (limit is not None and len(out) >= limit):
+                    break
+                if key != skip:
+                    out.append(decode_file_id(key))
+        return out
 
     def manifest(self, file_id: FileId, start: int = 0, end: int | None = None) -> list[ManifestEntry]:
         """Entries covering ``[start, end)`` of the file, the one containing ``start`` first."""
