@@ -242,6 +242,11 @@ def test_ranges(service):
     head = service.client.head("/files/r", headers={"Range": "bytes=0-99"})
     assert head.status_code == 206 and head.headers["content-length"] == "100" and head.content == b""
 
+    assert service.put("empty", b"").json()["size"] == 0
+    empty = service.get("empty")
+    assert empty.status_code == 200 and empty.content == b"" and empty.headers["content-length"] == "0"
+    assert service.get("empty", headers={"Range": "bytes=0-"}).status_code == 416
+
 
 def test_conditional_requests(service):
     old, new = rand(300_000, 5), rand(300_000, 6)
@@ -317,6 +322,8 @@ def test_clear_errors(start_service):
     assert [f["id"] for f in service.client.get("/files").json()["files"]][:2] == ["big", "list/0"]
     for limit in ("0", "x", "1001"):
         assert service.client.get("/files", params={"limit": limit}).status_code == 400
+    assert service.client.get("/files", params={"prefix": "p" * 600}).json() == {"files": [], "next": None}
+    assert service.client.get("/files", params={"after": "a" * 600}).status_code == 400
 
 
 # -- concurrency -----------------------------------------------------------------------------------------
@@ -439,6 +446,26 @@ def test_a_download_keeps_its_version_while_the_file_is_replaced_deleted_and_col
     assert service.get("doc").status_code == 404
     stats = service.client.get("/stats").json()
     assert stats["garbage_bytes"] >= len(old) // 2  # the held version is garbage now that it is let go
+
+
+def test_an_abandoned_download_lets_its_version_go(service):
+    """A client that hangs up mid-download releases the version it held: once the file is deleted,
+    gc reclaims all of its space (a version still held would keep its packs out of gc)."""
+    data = rand(8 * MiB, 24)
+    service.put("big", data)
+    full = service.client.get("/stats").json()["disk_bytes"]
+    with service.client.stream("GET", "/files/big") as download:
+        next(download.iter_bytes(64 * 1024))
+    assert service.client.delete("/files/big").status_code == 204
+    deadline = time.monotonic() + 20
+    while True:
+        service.client.post("/gc")
+        stats = service.client.get("/stats").json()
+        if stats["disk_bytes"] < full - 6 * MiB or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert stats["disk_bytes"] < full - 6 * MiB, stats
+    assert stats["garbage_bytes"] == 0 and stats["stored_bytes"] == 0
 
 
 def test_deletes_then_gc_give_the_space_back(service):
