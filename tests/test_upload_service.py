@@ -387,6 +387,30 @@ def test_concurrent_uploads_and_downloads_of_the_same_ids(service):
         assert answer.content == by_etag[answer.headers["etag"]]
 
 
+def peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+def test_a_big_body_is_streamed_not_held(service):
+    """192 MiB go through one PUT while the server's peak memory grows by far less: the body is
+    streamed into the store.  (Each MiB is one random block behind its own counter, so the store
+    keeps little of it, and the client makes it as it goes.)"""
+    block, total = rand(MiB, 25), 192
+    service.put("warm-up", rand(4 * MiB, 26))
+    before = peak_rss(service.proc.pid)
+
+    def body():
+        for i in range(total):
+            yield i.to_bytes(8, "big") + block
+
+    answer = service.put("big", body())
+    assert answer.status_code == 201 and answer.json()["size"] == total * (MiB + 8)
+    assert peak_rss(service.proc.pid) - before < 48 * MiB
+    assert service.get("big", headers={"Range": f"bytes={5 * (MiB + 8)}-{5 * (MiB + 8) + 15}"}).content == \
+        (5).to_bytes(8, "big") + block[:8]
+
+
 class HeldBody:
     """A request body that sends ``head`` and then waits for :meth:`finish` before sending ``tail``."""
 

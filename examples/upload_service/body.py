@@ -6,7 +6,7 @@ though, arrives on the event loop, one piece per ASGI ``receive``.  So
 ``read()``, running in the worker thread, asks the event loop for the next
 piece (``anyio.from_thread.run``) and waits for it.  Nothing is queued ahead:
 the body is pulled as fast as the store takes it, at most one ``read()``'s
-worth (1 MiB, what ``ingest`` asks for) is held at a time, and while the
+worth (1 MiB, what ``ingest`` asks for, and one piece more) is held at a time, and while the
 store is busy uvicorn stops reading the socket (its flow control), so a fast
 client waits rather than filling memory.  The body is never held whole.
 
@@ -39,7 +39,7 @@ class RequestBody(io.RawIOBase):
 
     def __init__(self, pieces: AsyncIterator[bytes], limit: int):
         self._pieces = pieces
-        self._pending = memoryview(b"")
+        self._pending = b""  # what the last read got beyond its size
         self._eof = False
         self.limit = limit
         self.received = 0  # body bytes taken from the client so far
@@ -48,36 +48,47 @@ class RequestBody(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (READ_SIZE if negative), fewer only at the end of the body."""
+        """Up to ``size`` bytes (READ_SIZE if negative), fewer only at the end of the body.
+
+        One trip to the event loop gathers the pieces a read needs (the
+        hand-over between threads costs more than the bytes); the bytes are
+        joined once.
+        """
         size = READ_SIZE if size is None or size < 0 else size
-        parts, have = [], 0
-        while have < size:
-            if not self._pending:
-                if self._eof:
-                    break
-                self._pending = memoryview(self._next_piece())
-                continue
-            take = self._pending[: size - have]
-            parts.append(take)
-            have += len(take)
-            self._pending = self._pending[len(take):]
-        return b"".join(parts)
+        parts, have = ([self._pending], len(self._pending)) if self._pending else ([], 0)
+        self._pending = b""
+        if have < size and not self._eof:
+            pieces = anyio.from_thread.run(self._gather, size - have)
+            got = sum(map(len, pieces))
+            self.received += got
+            if self.received > self.limit:
+                raise BodyTooLarge(self.limit)
+            parts += pieces
+            have += got
+        if have > size:
+            last = parts[-1]
+            keep = len(last) - (have - size)
+            parts[-1], self._pending = last[:keep], last[keep:]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
-    def _next_piece(self) -> bytes:
-        try:
-            piece = anyio.from_thread.run(self._pieces.__anext__)
-        except StopAsyncIteration:
-            self._eof = True
-            return b""
-        self.received += len(piece)
-        if self.received > self.limit:
-            raise BodyTooLarge(self.limit)
-        return piece
+    async def _gather(self, want: int) -> list[bytes]:
+        """On the event loop: body pieces adding up to at least ``want`` bytes, or the rest of the body."""
+        pieces, got = [], 0
+        while got < want:
+            try:
+                piece = await self._pieces.__anext__()
+            except StopAsyncIteration:
+                self._eof = True
+                break
+            if piece:
+                pieces.append(piece)
+                got += len(piece)
+        return pieces
 
     async def drain(self, most: int) -> bool:
         """Read and drop the rest of the body, at most ``most`` bytes; whether it ended.
