@@ -85,7 +85,7 @@ stamp_want="$(
 stamp_file="$VENV/.chunkfs-bootstrap-stamp"
 check_imports='import importlib.util as u, sys
 mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "chunkfs",
-        "starlette", "uvicorn", "httpx"]
+        "starlette", "uvicorn", "httptools", "uvloop", "httpx"]
 sys.exit(1 if [m for m in mods if u.find_spec(m) is None] else 0)'
 
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp_want" ]] \
