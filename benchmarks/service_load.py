@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,15 +53,29 @@ class LoadError(RuntimeError):
     """A request failed or a server misbehaved: the run is invalid."""
 
 
+def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def library_ingest(files: list[tuple[str, str]], store_dir: str) -> dict:
-    """The baseline: every file ingested in turn by one thread; seconds and the store's stats."""
+    """The baseline: every file ingested in turn by one thread; seconds, CPU seconds, the store's stats."""
     with ChunkStore.create(store_dir) as store:
+        cpu = _cpu_seconds()
         with Timer() as timer:
             for file_id, path in files:
                 with open(path, "rb") as fh:
                     store.ingest(file_id, fh)
+        cpu = _cpu_seconds() - cpu
         stats = store.stats()
-    return {"seconds": timer.seconds, "stats": stats}
+    return {"seconds": timer.seconds, "cpu_seconds": round(cpu, 3), "stats": stats}
 
 
 class Server:
@@ -134,7 +149,10 @@ def service_load(files: list[tuple[str, str]], clients: int, store_dir: str, log
         uploads = [base + [a for file_id, path in share for a in ("-T", path, "-o", "/dev/null",
                                                                    f"{server.url}/files/{file_id}")]
                    for share in shares if share]
+        server_cpu, clients_cpu = _process_cpu_seconds(server.proc.pid), _cpu_seconds(resource.RUSAGE_CHILDREN)
         up_seconds, up_lines = run_clients(uploads)
+        server_cpu = _process_cpu_seconds(server.proc.pid) - server_cpu
+        clients_cpu = _cpu_seconds(resource.RUSAGE_CHILDREN) - clients_cpu
         up = _requests(up_lines)
         rotated = [files[(k + 1) % clients::clients] if clients > 1 else files for k in range(clients)]
         downloads = [base + [a for file_id, _ in share for a in ("-o", "/dev/null", f"{server.url}/files/{file_id}")]
@@ -145,8 +163,9 @@ def service_load(files: list[tuple[str, str]], clients: int, store_dir: str, log
     finally:
         server.stop()
     _check(files, up, down)
-    return {"upload": _summary(up, up_seconds, "up"), "download": _summary(down, down_seconds, "down"),
-            "stats": stats, "clients": clients}
+    upload = _summary(up, up_seconds, "up")
+    upload.update(server_cpu_seconds=round(server_cpu, 3), clients_cpu_seconds=round(clients_cpu, 3))
+    return {"upload": upload, "download": _summary(down, down_seconds, "down"), "stats": stats, "clients": clients}
 
 
 def _check(files: list[tuple[str, str]], up: list[dict], down: list[dict]) -> None:
@@ -185,11 +204,16 @@ def one_run(k: int, files: list[tuple[str, str]], logical: int, clients: int, wo
         shutil.rmtree(store_dir, ignore_errors=True)
     lib, svc = result["library"], result["service"]
     result["ratio_in"] = round(svc["upload"]["mb_per_s"] / lib["mb_per_s"], 3)
+    gb = logical / 1e9  # CPU seconds per GB stored: what the work costs, whatever else the machine runs
+    result["cpu_s_per_gb"] = {"library": round(lib["cpu_seconds"] / gb, 2),
+                              "server": round(svc["upload"]["server_cpu_seconds"] / gb, 2),
+                              "clients": round(svc["upload"]["clients_cpu_seconds"] / gb, 2)}
     keys = ("logical_bytes", "stored_bytes", "unique_chunks", "savings_pct")
     result["savings_equal"] = all(lib["stats"][key] == svc["stats"][key] for key in keys)
     log(f"run {k + 1}: library {lib['mb_per_s']} MB/s; service in {svc['upload']['mb_per_s']} MB/s "
         f"({svc['upload']['requests_per_s']} req/s, p50 {svc['upload']['p50_ms']} ms, p99 {svc['upload']['p99_ms']} ms), "
-        f"out {svc['download']['mb_per_s']} MB/s; ratio {result['ratio_in']}; savings "
+        f"out {svc['download']['mb_per_s']} MB/s; ratio {result['ratio_in']}; CPU s/GB library "
+        f"{result['cpu_s_per_gb']['library']}, server {result['cpu_s_per_gb']['server']}; savings "
         f"{lib['stats']['savings_pct']} % / {svc['stats']['savings_pct']} %"
         f"{'' if result['savings_equal'] else ' (DIFFER)'}")
     return result
@@ -210,6 +234,7 @@ def summarise(runs: list[dict]) -> dict:
         "library_mb_per_s": median(["library", "mb_per_s"]),
         **{f"{d}_{m}": median(["service", d, m]) for d in ("upload", "download")
            for m in ("mb_per_s", "requests_per_s", "p50_ms", "p99_ms")},
+        **{f"cpu_s_per_gb_{side}": median(["cpu_s_per_gb", side]) for side in ("library", "server", "clients")},
         "library_savings_pct": runs[0]["library"]["stats"]["savings_pct"],
         "service_savings_pct": runs[0]["service"]["stats"]["savings_pct"],
         "savings_equal": all(r["savings_equal"] for r in runs),
@@ -226,7 +251,9 @@ def report_markdown(doc: dict) -> str:
              f"| requests/s | | {s['upload_requests_per_s']} | {s['download_requests_per_s']} |",
              f"| p50 / p99 latency, ms | | {s['upload_p50_ms']} / {s['upload_p99_ms']} | "
              f"{s['download_p50_ms']} / {s['download_p99_ms']} |",
-             f"| savings % | {s['library_savings_pct']} | {s['service_savings_pct']} | |", "",
+             f"| savings % | {s['library_savings_pct']} | {s['service_savings_pct']} | |",
+             f"| CPU s per GB stored | {s['cpu_s_per_gb_library']} | {s['cpu_s_per_gb_server']} server + "
+             f"{s['cpu_s_per_gb_clients']} curl | |", "",
              f"Service in / library: **{s['ratio_in']}** (per run: {', '.join(map(str, s['ratios_in']))}); "
              f"savings equal in every run: {'yes' if s['savings_equal'] else 'NO'}.", ""]
     return "\n".join(lines)

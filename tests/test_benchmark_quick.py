@@ -237,6 +237,7 @@ def test_service_load_quick(tmp_path):
     assert run["savings_equal"] and doc["summary"]["savings_equal"]
     assert run["library"]["stats"]["savings_pct"] > 50  # versions of one document: most of it is shared
     assert run["ratio_in"] > 0 and run["service"]["upload"]["p99_ms"] >= run["service"]["upload"]["p50_ms"] > 0
+    assert all(run["cpu_s_per_gb"][side] > 0 for side in ("library", "server", "clients"))
     assert "Service in / library" in (out / "service-load.md").read_text()
     assert "median: service in" in stdout
     assert [p for p in os.listdir(tmp_path) if p.startswith("chunkfs-service-load-")] == []
