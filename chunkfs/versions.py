@@ -23,6 +23,7 @@ Part of the store layer; only the store calls :func:`open_version`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,10 @@ def open_version(store: "ChunkStore", key: bytes, file_id: "FileId", start: int 
     if start < 0 or (end is not None and end < start):
         raise InvalidArgument("start must not be negative nor past end")
     ledger = store.ledger
-    with store._lock, store.index.read() as txn:  # the lock: no commit until every chunk is pinned
+    pinning = not store.readonly and (end is None or end > start)  # False: nothing will be held
+    # The lock: no commit until every chunk is pinned.  Holding nothing (just the size and the
+    # fingerprint) needs no lock: one read transaction is one consistent view.
+    with store._lock if pinning else contextlib.nullcontext(), store.index.read() as txn:
         raw = txn.get(key, db=store.index.files)
         if raw is None:
             raise FileNotFoundInStore(f"no file {file_id!r} in the store")
@@ -105,7 +109,7 @@ def open_version(store: "ChunkStore", key: bytes, file_id: "FileId", start: int 
         held: list[ManifestEntry] = []
         for entry in store.manifest_index.entries(txn, fkey, 0, None):
             digest.update(entry.address)
-            if entry.offset < end and entry.offset + entry.length > start:
+            if start < end and entry.offset < end and entry.offset + entry.length > start:
                 held.append(entry)
         found = {}
         for entry in held:  # every chunk looked up before any is pinned: a failure leaves no pins

@@ -204,6 +204,10 @@ def test_a_partial_version_holds_only_its_range(store):
         with pytest.raises(InvalidArgument):
             version.read(350_000, 100_000)
     assert store.ledger.pins == {}
+    for start, end in [(500_000, 500_000), (2 * MiB, 3 * MiB)]:  # an empty range, one past the end
+        with store.open_version("x", start, end) as version:
+            assert version._entries == [] and store.ledger.pins == {}
+            assert version.size == len(data) and bytes(version.read(start, 0)) == b""
     with pytest.raises(FileNotFoundInStore):
         store.open_version("missing")
 
