@@ -354,7 +354,7 @@ def test_concurrent_uploads_and_downloads_of_the_same_ids(service):
             for _ in range(12):
                 answer = client.put(f"/files/{rng.choice(ids)}", content=versions[rng.randrange(len(versions))])
                 assert answer.status_code in (200, 201, 409), answer.text
-                count(str(answer.status_code))
+                count(f"PUT {answer.status_code}")
 
     def downloader(worker: int) -> None:
         rng = random.Random(worker)
@@ -366,22 +366,23 @@ def test_concurrent_uploads_and_downloads_of_the_same_ids(service):
                 headers = {"Range": f"bytes={start}-{start + rng.randrange(200_000)}"} if ranged else {}
                 answer = client.get(f"/files/{file_id}", headers=headers)
                 if answer.status_code == 404:
-                    count("404")
+                    count("GET 404")
                     continue
                 source = by_etag[answer.headers["etag"]]
                 if ranged:
                     lo, hi = map(int, re.match(r"bytes (\d+)-(\d+)/", answer.headers["content-range"]).groups())
                     assert answer.status_code == 206 and answer.content == source[lo:hi + 1] and lo == start
-                    count("206")
+                    count("GET 206")
                 else:
                     assert answer.status_code == 200 and answer.content == source
-                    count("200")
+                    count("GET 200")
 
     with ThreadPoolExecutor(8) as pool:
         jobs = [pool.submit(uploader, w) for w in range(4)] + [pool.submit(downloader, w) for w in range(4)]
         for job in jobs:
             job.result()
-    assert seen.get("201", 0) + seen.get("200", 0) >= 4 and seen.get("206", 0) and seen.get("200", 0)
+    assert seen.get("PUT 201", 0) + seen.get("PUT 200", 0) >= 4, seen
+    assert seen.get("GET 206", 0) and seen.get("GET 200", 0), seen
     for file_id in ids:
         answer = service.get(file_id)
         assert answer.content == by_etag[answer.headers["etag"]]
