@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import resource
@@ -181,14 +182,15 @@ def _check(files: list[tuple[str, str]], up: list[dict], down: list[dict]) -> No
 def _summary(requests: list[dict], seconds: float, direction: str) -> dict:
     latencies = sorted(r["seconds"] for r in requests)
     moved = sum(r[direction] for r in requests)
-    return {"requests": len(requests), "seconds": round(seconds, 3), "requests_per_s": round(len(requests) / seconds, 1),
-            "mb_per_s": round(moved / MB / seconds, 1), "bytes": moved,
-            "p50_ms": round(1000 * _quantile(latencies, 0.50), 1), "p99_ms": round(1000 * _quantile(latencies, 0.99), 1)}
+    return {"requests": len(requests), "seconds": round(seconds, 3),
+            "requests_per_s": round(len(requests) / seconds, 1), "mb_per_s": round(moved / MB / seconds, 1),
+            "bytes": moved, "p50_ms": round(1000 * _quantile(latencies, 0.50), 1),
+            "p99_ms": round(1000 * _quantile(latencies, 0.99), 1)}
 
 
 def _quantile(ordered: list[float], q: float) -> float:
     """The nearest-rank quantile (p99 of a few dozen requests is their maximum)."""
-    return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 1)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def one_run(k: int, files: list[tuple[str, str]], logical: int, clients: int, work: str, log=print) -> dict:
@@ -211,7 +213,8 @@ def one_run(k: int, files: list[tuple[str, str]], logical: int, clients: int, wo
     keys = ("logical_bytes", "stored_bytes", "unique_chunks", "savings_pct")
     result["savings_equal"] = all(lib["stats"][key] == svc["stats"][key] for key in keys)
     log(f"run {k + 1}: library {lib['mb_per_s']} MB/s; service in {svc['upload']['mb_per_s']} MB/s "
-        f"({svc['upload']['requests_per_s']} req/s, p50 {svc['upload']['p50_ms']} ms, p99 {svc['upload']['p99_ms']} ms), "
+        f"({svc['upload']['requests_per_s']} req/s, p50 {svc['upload']['p50_ms']} ms, "
+        f"p99 {svc['upload']['p99_ms']} ms), "
         f"out {svc['download']['mb_per_s']} MB/s; ratio {result['ratio_in']}; CPU s/GB library "
         f"{result['cpu_s_per_gb']['library']}, server {result['cpu_s_per_gb']['server']}; savings "
         f"{lib['stats']['savings_pct']} % / {svc['stats']['savings_pct']} %"
