@@ -117,6 +117,17 @@ class ChunkCorruptError(ChunkfsError):
         return ChunkCorruptError(self.address, self.reason, self.file_id, where)
 
 
+class ChunkFreedError(ChunkCorruptError):
+    """A chunk a read had located was freed before its bytes were read: the file changed under the read.
+
+    Another thread replaced or deleted the file between the read's look at its
+    manifest and its ``pread``, and the chunk's space was given back.  Not
+    damage: the store reads such a file again, as it is now.  A subclass of
+    ChunkCorruptError so that code knowing only that class still never takes
+    the bytes it did not get for right ones.
+    """
+
+
 class WouldBlock(ChunkfsError):
     """A read asked not to wait for the disk found bytes that are not in memory yet.
 

@@ -64,8 +64,9 @@ pick_python_for_everyone() {
 #   fuse3 (fusermount3, /etc/fuse.conf), libfuse3-dev + pkg-config + gcc (pyfuse3
 #   builds from source: PyPI has no wheels), rsync git sqlite3 acl attr tar
 #   coreutils psmisc util-linux (tools the tests run for real: setfacl,
-#   setfattr, fuser, mountpoint, setpriv/runuser for the unprivileged user).
-PKGS=(fuse3 libfuse3-dev pkg-config gcc libc6-dev rsync git sqlite3 acl attr tar coreutils psmisc util-linux)
+#   setfattr, fuser, mountpoint, setpriv/runuser for the unprivileged user),
+#   curl (a real HTTP client for the upload service's tests).
+PKGS=(fuse3 libfuse3-dev pkg-config gcc libc6-dev rsync git sqlite3 acl attr tar coreutils psmisc util-linux curl)
 # A Debian python (not pyenv's) needs its venv module and headers from apt.
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   PKGS+=("python3-venv")
@@ -112,7 +113,8 @@ stamp_want() {
   } | sha256sum | cut -d' ' -f1
 }
 check_imports='import importlib.util as u, sys
-mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "chunkfs"]
+mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "chunkfs",
+        "starlette", "uvicorn", "httptools", "uvloop", "httpx"]
 sys.exit(1 if [m for m in mods if u.find_spec(m) is None] else 0)'
 up_to_date() {
   [[ -r "$stamp_file" && "$(cat "$stamp_file")" == "$(stamp_want)" ]] \

@@ -236,3 +236,28 @@ def test_index_size_benchmark_reports_bytes_per_chunk_and_entry():
     assert 32 < result["index_bytes_per_chunk"] < 1000  # at least the 32-byte address, nowhere near a page
     assert 8 < result["index_bytes_per_entry"] < 1000
     assert result["live_index_bytes_per_chunk"] >= result["index_bytes_per_chunk"] * 0.9
+
+
+# -- the upload service under load (issue 18) at tiny scale ------------------------------------------
+
+def test_service_load_quick(tmp_path):
+    """`python -m benchmarks.service_load --quick`: clients upload the versions workload to the real
+    service and download it back; every request succeeded (the benchmark checks each status, size and
+    ETag), both stores saved exactly the same, and the report was written.  Throughput is reported, not
+    asserted."""
+    out = tmp_path / "out"
+    stdout = _run_module("benchmarks.service_load", "--quick", "--out", str(out), "--work-dir", str(tmp_path))
+    with open(out / "service-load.json") as fh:
+        doc = json.load(fh)
+    assert doc["meta"]["scale"] == "quick" and doc["meta"]["clients"] == 4 and len(doc["runs"]) == 1
+    [run] = doc["runs"]
+    files = doc["meta"]["files"]
+    assert run["service"]["upload"]["requests"] == run["service"]["download"]["requests"] == files == 16
+    assert run["service"]["upload"]["bytes"] == run["service"]["download"]["bytes"] == doc["meta"]["logical_bytes"]
+    assert run["savings_equal"] and doc["summary"]["savings_equal"]
+    assert run["library"]["stats"]["savings_pct"] > 50  # versions of one document: most of it is shared
+    assert run["ratio_in"] > 0 and run["service"]["upload"]["p99_ms"] >= run["service"]["upload"]["p50_ms"] > 0
+    assert all(run["cpu_s_per_gb"][side] > 0 for side in ("library", "server", "clients"))
+    assert "Service in / library" in (out / "service-load.md").read_text()
+    assert "median: service in" in stdout
+    assert [p for p in os.listdir(tmp_path) if p.startswith("chunkfs-service-load-")] == []

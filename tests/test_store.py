@@ -465,3 +465,25 @@ def test_a_new_pack_has_its_header_before_the_index_names_it(store_dir, backend,
         for pack in registered:
             assert store.packs.backend.read(pack, 0, HEADER_SIZE) == PACK_MAGIC
         assert check_store(store).clean and store.read("a") == rand(100_000, 1)
+
+
+def test_list_files_pages_through_a_prefix(store):
+    ids = ["docs/a", "docs/b", "docs/c", "docs2", "img/x", "zz"]
+    for fid in ids + [b"docs/raw"]:
+        store.ingest(fid, fid.encode() if isinstance(fid, str) else fid)
+    assert store.list_files() == [b"docs/raw"] + ids  # bytes ids first, then str ids, in byte order
+    assert store.list_files(prefix="docs/") == ["docs/a", "docs/b", "docs/c"]
+    assert store.list_files(prefix=b"docs") == [b"docs/raw"]
+    pages, after = [], None
+    while True:
+        page = store.list_files(prefix="docs", after=after, limit=2)
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1]
+    assert pages == [["docs/a", "docs/b"], ["docs/c", "docs2"]]
+    assert store.list_files(after="docs/b", limit=3) == ["docs/c", "docs2", "img/x"]
+    assert store.list_files(prefix="docs/", after="a") == ["docs/a", "docs/b", "docs/c"]  # before the prefix
+    assert store.list_files(prefix="nothing") == [] and store.list_files(limit=0) == []
+    with pytest.raises(InvalidArgument):
+        store.list_files(prefix=3)

@@ -22,10 +22,11 @@ from ._recovery import RecoveryReport
 from ._report import CheckReport, FileDamage, Finding, Progress, format_ranges, merge_ranges, no_progress
 from ._store import DEFAULT_CACHE_SIZE, ChunkStore, IngestResult
 from ._upgrade import UpgradeReport, upgrade_store
+from ._versions import FileVersion
 
 __all__ = [
     "BackgroundGC", "CheckReport", "ChunkRef", "ChunkStore", "DEFAULT_CACHE_SIZE", "FileDamage", "FileId",
-    "FileNamer", "Finding", "FsTables", "IngestResult", "LocalBackend", "MAX_FILE_SIZE", "ManifestEntry",
+    "FileNamer", "FileVersion", "Finding", "FsTables", "IngestResult", "LocalBackend", "MAX_FILE_SIZE", "ManifestEntry",
     "MemoryBackend", "PackBackend", "Patch", "Progress", "REMOVED_PACK_GRACE", "RecoveryReport", "TO_END",
     "UpgradeReport", "decode_file_id", "encode_file_id", "format_ranges", "hole_ref", "merge_ranges", "no_progress",
     "upgrade_store",

@@ -22,3 +22,12 @@ def encode_file_id(file_id: FileId) -> bytes:
 
 def decode_file_id(key: bytes) -> FileId:
     return key[1:].decode("utf-8") if key[:1] == b"s" else key[1:]
+
+
+def key_prefix(prefix: FileId) -> bytes:
+    """What the keys of the file ids starting with ``prefix`` start with."""
+    if isinstance(prefix, str):
+        return b"s" + prefix.encode("utf-8")
+    if isinstance(prefix, (bytes, bytearray)):
+        return b"b" + bytes(prefix)
+    raise InvalidArgument(f"a file id prefix must be str or bytes, not {type(prefix).__name__}")

@@ -15,8 +15,11 @@ manifest entries) read as zeros without touching a pack.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-from ..errors import ChunkCorruptError, InvalidArgument, PackIOError, PackMissingError, WouldBlock
+from ..errors import ChunkCorruptError, ChunkFreedError, InvalidArgument, PackIOError, PackMissingError, WouldBlock
 from ..hashing import address_of, checksum_of
 from ._backend import IOV_BATCH
 from ._cache import ChunkCache
@@ -29,15 +32,37 @@ from ._packs import Location, PackFiles
 log = logging.getLogger("chunkfs.store")
 
 Place = tuple[Location, bytes]  # where a chunk lies and its xxh3 checksum
+T = TypeVar("T")
+READ_ATTEMPTS = 3  # lock-free tries of a read whose file keeps changing under it, before one under the lock
 
 
 class ChunkReader:
     """Finds, reads and verifies chunks for every read of the store."""
 
     def __init__(self, index: Index, ledger: Ledger, manifests: ManifestIndex, packs: PackFiles,
-                 cache: ChunkCache, verify: str):
+                 cache: ChunkCache, verify: str, commit_lock: threading.RLock):
         self.index, self.ledger, self.manifests, self.packs = index, ledger, manifests, packs
         self.cache, self.verify = cache, verify
+        self.commit_lock = commit_lock  # the store's: no commit frees a chunk while it is held
+
+    def _consistent(self, read: Callable[..., T], *args) -> T:
+        """``read(*args)``, again if another thread freed a chunk under it (ChunkFreedError).
+
+        Reads take no lock: one looks at the manifest in a read transaction, then
+        reads the chunks it names.  If the file is replaced or deleted in
+        between, a chunk may be freed (and its disk blocks punched out) before
+        its bytes are read; the read then starts over on the file as it is now.
+        After a few tries it runs under the store's lock, where no commit can
+        free anything, so a file that never stops changing cannot starve it.
+        Each try is one manifest snapshot: the bytes are all of one version.
+        """
+        for _ in range(READ_ATTEMPTS):
+            try:
+                return read(*args)
+            except ChunkFreedError:
+                continue
+        with self.commit_lock:
+            return read(*args)
 
     def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
@@ -50,6 +75,9 @@ class ChunkReader:
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
+        return self._consistent(self._read_chunks_once, file_id, offset, length)
+
+    def _read_chunks_once(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
         with self.index.read() as txn:
             fkey, size, _, _ = self.manifests.file_record(txn, file_id)
             end = min(offset + length, size)
@@ -84,8 +112,8 @@ class ChunkReader:
             # was located: look again, and only a failure at a stable place counts
             with self.index.read() as txn:
                 again = self.ledger.locate(txn, address)
-            if again is None:
-                raise self._corrupt(address, "no such chunk in the index", file_id) from None
+            if again is None:  # it was there when the caller looked: freed since, not damaged
+                raise ChunkFreedError(address, "freed while being read", file_id) from None
             data = self._read_verified(address, again[0], again[1], file_id)
         self.cache.put(address, data)
         return data
@@ -118,11 +146,21 @@ class ChunkReader:
 
     def read_span(self, file_id: FileId, offset: int, length: int, nowait: bool = False) -> memoryview:
         """Bytes ``[offset, offset+length)`` of a stored file (short at its end), verified, in a new buffer."""
+        return self._consistent(self._read_span_once, file_id, offset, length, nowait)
+
+    def _read_span_once(self, file_id: FileId, offset: int, length: int, nowait: bool) -> memoryview:
         with self.index.read() as txn:
             fkey, size, _, _ = self.manifests.file_record(txn, file_id)
             end = min(offset + length, size)
             entries = self.manifests.covering(txn, fkey, offset, end)
             places = [self.ledger.locate(txn, e.address) for e in entries]
+        return self.read_entries(file_id, entries, places, offset, end, nowait)
+
+    def read_entries(self, file_id: FileId, entries: list[ManifestEntry], places: list[Place | None],
+                     offset: int, end: int, nowait: bool = False) -> memoryview:
+        """Bytes ``[offset, end)`` laid out from manifest ``entries`` already looked up (those covering
+        the range, in file order) and where each lies; zeros between them (holes).  For a reader that
+        holds them pinned (_versions.py) as much as for read_span."""
         if end <= offset:
             return memoryview(b"")
         base = min(entries[0].offset, offset) if entries else offset

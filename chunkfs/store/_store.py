@@ -37,7 +37,7 @@ from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
 from ..hashing import VERIFY_MODES, addresses_of, checksum_of
 from . import _reserve as reserve
-from ._fileids import FileId, decode_file_id, encode_file_id
+from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
 from ._filestream import StoreFileReader, blocks_of
 from ._handles import StoreHandles, weak_callback
 from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
@@ -50,6 +50,7 @@ from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
 from ._reading import ChunkReader
+from ._versions import FileVersion, open_version
 from ._repair import mark_lost_tail, repair_store
 from ._report import CheckReport, Progress
 from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
@@ -148,7 +149,8 @@ class ChunkStore:
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
-            self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify)
+            self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify,
+                                      self._lock)
             self.fs_tables = ix.FsTables(self.index)
             if not readonly:
                 self.recovery = recover(self)
@@ -399,12 +401,29 @@ class ChunkStore:
             raise FileNotFoundInStore(f"no file {file_id!r} in the store")
         return rec[1]
 
-    def list_files(self, txn: lmdb.Transaction | None = None) -> list[FileId]:
+    def list_files(self, prefix: FileId | None = None, after: FileId | None = None, limit: int | None = None,
+                   txn: lmdb.Transaction | None = None) -> list[FileId]:
+        """File ids in key order (bytes ids, then str ids, each in byte order), one cursor walk.
+
+        ``prefix`` keeps the ids of its type that start with it; ``after`` starts
+        past that id and ``limit`` stops after so many: a paged listing.
+        """
         if txn is None:
             with self.index.read() as txn:
-                return self.list_files(txn)
+                return self.list_files(prefix, after, limit, txn)
+        want = b"" if prefix is None else key_prefix(prefix)
+        start = want if after is None else max(want, encode_file_id(after))
+        skip = None if after is None else encode_file_id(after)
+        out: list[FileId] = []
         with txn.cursor(db=self.index.files) as cur:
-            return [decode_file_id(k) for k in cur.iternext(keys=True, values=False)]
+            if not cur.set_range(start):
+                return out
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(want) or (limit is not None and len(out) >= limit):
+                    break
+                if key != skip:
+                    out.append(decode_file_id(key))
+        return out
 
     def manifest(self, file_id: FileId, start: int = 0, end: int | None = None) -> list[ManifestEntry]:
         """Entries covering ``[start, end)`` of the file, the one containing ``start`` first."""
@@ -424,7 +443,7 @@ class ChunkStore:
         return bytes(out[0]) if len(out) == 1 else b"".join(out)
 
     def read_view(self, file_id: FileId, offset: int, length: int, nowait: bool = False) -> memoryview:
-        """``read_range`` for long reads: the bytes in one new buffer, no chunk objects, no cache (spans.py).
+        """``read_range`` for long reads: the bytes in one new buffer, no chunk objects, no cache (_reading.py).
 
         With ``nowait``, WouldBlock rather than wait for the disk: for the
         event loop, which hands the read to a thread then.
@@ -440,6 +459,19 @@ class ChunkStore:
         page cache after a short read (readaround.py).
         """
         return self.reader.read_chunks(file_id, offset, length)
+
+    def open_version(self, file_id: FileId, start: int = 0, end: int | None = None) -> FileVersion:
+        """The file as it is now, readable until closed even if it is replaced or deleted meanwhile.
+
+        For a reader that streams a file over many calls (_versions.py); only the
+        chunks covering ``[start, end)`` (the whole file by default) are held.
+        A context manager.
+        """
+        return open_version(self, file_id, start, end)
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_closed", True)
 
     def open_reader(self, file_id: FileId) -> io.BufferedReader:
         """A seekable, read-only binary file object over one stored file."""
