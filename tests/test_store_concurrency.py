@@ -218,7 +218,7 @@ def test_a_damaged_chunk_in_a_version_raises_never_wrong_bytes(store, caplog):
     with store.open_version("x") as version:
         entry = version._entries[3]
         loc = version._places[3][0]
-        fd = os.open(store.packs.path(loc.pack), os.O_RDWR)
+        fd = os.open(store.packs.backend.path(loc.pack), os.O_RDWR)
         try:
             os.pwrite(fd, bytes([os.pread(fd, 1, loc.offset + 5)[0] ^ 0xFF]), loc.offset + 5)
         finally:

@@ -505,10 +505,9 @@ def test_deletes_then_gc_give_the_space_back(service):
     after_delete = service.client.get("/stats").json()
     assert after_delete["files"] == 1 and after_delete["logical_bytes"] == len(files["keep"])
     assert after_delete["stored_bytes"] == len(files["keep"])  # the shared chunks stay, once
-    report = service.client.post("/gc").json()
-    assert report["bytes_reclaimed"] > 0
+    report = service.client.post("/gc").json()  # dead records were punched out as they died: gc rewrites
+    assert report["bytes_moved"] <= report["bytes_reclaimed"]  # a pack only where that gives back more
     after_gc = service.client.get("/stats").json()
-    assert after_gc["garbage_bytes"] == 0
     assert after_gc["disk_bytes"] < before["disk_bytes"] - 3 * MiB
     assert service.get("keep").content == files["keep"]
 
@@ -521,7 +520,7 @@ def damage_chunk_at(store_path: Path, file_id: str, offset: int) -> tuple[int, i
         [entry] = store.manifest(file_id, offset, offset + 1)
         with store.index.read() as txn:
             location, _ = store.ledger.locate(txn, entry.address)
-        pack = store.packs.path(location.pack)
+        pack = store.packs.backend.path(location.pack)
     fd = os.open(pack, os.O_RDWR)
     try:
         where = location.offset + location.length // 2

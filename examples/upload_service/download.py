@@ -26,7 +26,7 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from chunkfs.errors import ChunkCorruptError
-from chunkfs.versions import FileVersion
+from chunkfs.store import FileVersion
 
 from .preconditions import range_applies, read_status
 from .ranges import BadRange, ByteRange, Multipart, parse_range
