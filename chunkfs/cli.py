@@ -261,7 +261,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    with ChunkStore.open(args.store) as store, _pack_progress("gc", quiet=args.json) as progress:
+    with ChunkStore.open(args.store) as store, _progress("gc: packs", quiet=args.json, unit="pack") as progress:
         report = store.gc(progress=progress)
     print(json.dumps(report) if args.json else _format_gc(report))
     if report.get("stopped_full"):
@@ -308,14 +308,14 @@ def cmd_fsck(args) -> int:
 
 
 @contextlib.contextmanager
-def _pack_progress(verb: str, quiet: bool = False):
-    """A tqdm bar of packs done on standard error if it is a terminal (else None: quiet in scripts)."""
+def _progress(desc: str, quiet: bool = False, **units):
+    """A tqdm bar on standard error if it is a terminal (else None: quiet in scripts), fed (done, total)."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm  # noqa: PLC0415 (only a terminal needs it)
 
-    bar = tqdm(desc=f"{verb}: packs", unit="pack", leave=False, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, **units)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -328,7 +328,7 @@ def _pack_progress(verb: str, quiet: bool = False):
 
 
 def cmd_upgrade(args) -> int:
-    with _byte_progress("upgrade") as progress:
+    with _progress("upgrade", unit="B", unit_scale=True, unit_divisor=1024) as progress:
         report = upgrade_store(args.store, progress=progress)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
@@ -340,27 +340,6 @@ def cmd_upgrade(args) -> int:
         print(f"{args.store}: upgraded from store format version {report.from_version} to {report.to_version}: "
               f"{report.files:,} files, {report.chunks:,} chunk references, {format_size(report.logical_bytes)}")
     return 0
-
-
-@contextlib.contextmanager
-def _byte_progress(verb: str):
-    """A tqdm bar of bytes done on standard error if it is a terminal (else None)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm  # noqa: PLC0415 (only a terminal needs it)
-
-    bar = tqdm(desc=verb, unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr,
-               dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        bar.close()
 
 
 def cmd_mount(args) -> int:
