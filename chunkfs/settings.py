@@ -66,6 +66,8 @@ class StoreSettings:
     format_version: int = FORMAT_VERSION
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: float = field(default_factory=time.time)
+    # Where pack data lives: {} for files in STORE/packs, else an object store (see validate_data_location)
+    data: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, chunker: str = "fastcdc", min_size=None, avg_size=None, max_size=None) -> "StoreSettings":
@@ -87,6 +89,7 @@ class StoreSettings:
             raise SettingsError(f"unknown chunker {self.chunker!r} (choose from {', '.join(CHUNKERS)})")
         if self.hash != "sha256" or self.checksum != "xxh3-128":
             raise SettingsError(f"unsupported hash {self.hash!r}/{self.checksum!r}")
+        validate_data_location(self.data)
         if self.max_size > MAX_CHUNK_LIMIT:
             raise SettingsError(f"maximum chunk size {self.max_size} exceeds {MAX_CHUNK_LIMIT}")
         if self.chunker == "fixed":
@@ -105,6 +108,30 @@ class StoreSettings:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+# -- the data location (object-store backend, docs/object-store.md) -----------------------------
+
+DATA_KEYS = {"url": str, "endpoint": str, "region": str, "replica": bool}
+
+
+def validate_data_location(data: object) -> None:
+    """``data`` is {} (packs on the local disk) or {"url": "s3://BUCKET/PREFIX", endpoint, region, replica}.
+
+    Credentials never belong here: the AWS credential chain supplies them.
+    The URL itself is parsed where it is used (store/_bucket.py).
+    """
+    if not isinstance(data, dict):
+        raise SettingsError("settings: 'data' must be an object")
+    if not data:
+        return
+    for key, value in data.items():
+        if key not in DATA_KEYS:
+            raise SettingsError(f"settings: unknown data location key {key!r} (credentials never go here)")
+        if not isinstance(value, DATA_KEYS[key]):
+            raise SettingsError(f"settings: data location {key!r} must be a {DATA_KEYS[key].__name__}")
+    if not data.get("url", "").startswith("s3://"):
+        raise SettingsError("settings: the data location must be an s3:// URL")
 
 
 def write_settings(store_dir: str, settings: StoreSettings) -> None:
