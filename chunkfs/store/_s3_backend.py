@@ -95,6 +95,7 @@ class S3Backend(PackBackend):
         self._reaped: set[int] = set()
         self._doomed: list[tuple[float, int]] = []  # (removed at, pack) whose object waits for deletion
         self._retired_fds: list[tuple[float, int]] = []
+        self._removed_fds: dict[int, int] = {}  # removed local packs, readable until reaped
         self._uploading: set[int] = set()
         self._inflight: dict[tuple[int, int], threading.Event] = {}
         self._last_block: dict[int, int] = {}
@@ -172,7 +173,7 @@ class S3Backend(PackBackend):
     def _local_fd(self, pack: int) -> int | None:
         """A descriptor of the local copy of ``pack`` (open or sealed), or None if there is none."""
         with self._lock:
-            fd = self.local._fds.get(pack)
+            fd = self.local._fds.get(pack, self._removed_fds.get(pack))
             if fd is not None:
                 return fd
             if pack not in self._open and pack not in self._sealed:
@@ -506,7 +507,13 @@ class S3Backend(PackBackend):
         return self._local_fd(pack)
 
     def _rewrite(self, pack: int, change: Callable[[int], None]) -> None:
-        """Apply ``change(fd)`` to the local copy durably; a sealed pack is then uploaded again whole."""
+        """Apply ``change(fd)`` to the local copy durably; a sealed pack is then uploaded again whole.
+
+        The version goes up first: an upload finishing meanwhile then keeps
+        the local copy (and goes again) instead of deleting what is changed.
+        """
+        with self._lock:
+            self._version[pack] = self._version.get(pack, 0) + 1
         fd = self._make_local(pack)
         try:
             change(fd)
@@ -516,7 +523,6 @@ class S3Backend(PackBackend):
             raise PackIOError(f"cannot rewrite pack {pack:08x}: {exc.strerror}") from None
         with self._lock:
             self._local_size[pack] = size
-            self._version[pack] = self._version.get(pack, 0) + 1
             again = pack in self._sealed
         self.cache.drop_pack(pack)
         if again:
@@ -545,7 +551,9 @@ class S3Backend(PackBackend):
                 self._open.discard(pack)
                 self._sealed.discard(pack)
                 self._local_size.pop(pack, None)
-                self._retire_fd(pack)
+                fd = self.local._fds.pop(pack, None)
+                if fd is not None:
+                    self._removed_fds[pack] = fd
                 _unlink(name)
             self._doomed.append((time.time(), pack))  # its object, or one an upload may still make
 
@@ -556,6 +564,9 @@ class S3Backend(PackBackend):
                 if now - when >= grace:
                     del self._removed[pack]
                     self._reaped.add(pack)
+                    fd = self._removed_fds.pop(pack, None)
+                    if fd is not None:
+                        self._retired_fds.append((now - REMOVED_PACK_GRACE, fd))
                     if self._objects is not None:
                         self._objects.pop(pack, None)
                     self.cache.drop_pack(pack)
@@ -705,8 +716,8 @@ class S3Backend(PackBackend):
             if not self.readonly:
                 self._write_state("")
             with self._lock:
-                fds = [fd for _, fd in self._retired_fds]
-                self._retired_fds = []
+                fds = [fd for _, fd in self._retired_fds] + list(self._removed_fds.values())
+                self._retired_fds, self._removed_fds = [], {}
             for fd in fds:
                 os.close(fd)
             self.local.close()
