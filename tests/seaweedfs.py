@@ -117,8 +117,8 @@ class SeaweedServer:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 client.create_bucket(Bucket="ready-probe")
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
+            except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                pass  # a restart on the same data
             except Exception as exc:  # noqa: BLE001 (not up yet, whatever the failure)
                 last = exc
                 time.sleep(0.3)
@@ -144,7 +144,7 @@ class SeaweedServer:
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"))
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         """Stop the server (SIGKILL for a crash); its data stays for :meth:`start`."""
         if self.proc is None:
             return

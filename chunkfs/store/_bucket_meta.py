@@ -133,5 +133,15 @@ def restore_store(path: str, bucket: Bucket, data: dict) -> tuple[dict, str]:
 
 
 def refresh_replica(path: str, bucket: Bucket) -> str:
-    """Bring a read-only replica's index to the latest generation in the bucket."""
-    return download_index(bucket, os.path.join(path, "meta"))
+    """Bring a read-only replica's index to the latest generation in the bucket.
+
+    The cached pack ranges go: the writer may have rewritten a pack's tail
+    (recovery after a crash) since they were fetched.
+    """
+    generation = download_index(bucket, os.path.join(path, "meta"))
+    cache = os.path.join(path, "bucket", "cache")
+    if os.path.isdir(cache):
+        for name in os.listdir(cache):
+            if name != ".lock":
+                os.unlink(os.path.join(cache, name))
+    return generation

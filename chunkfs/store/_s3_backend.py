@@ -421,7 +421,8 @@ class S3Backend(PackBackend):
                 data = self.bucket.get(pack_name(pack), run[0] * BLOCK, (run[-1] + 1) * BLOCK)
                 for i, b in enumerate(run):
                     got[b] = data[i * BLOCK:(i + 1) * BLOCK]
-                    self.cache.put(pack, b, got[b])
+                    if len(got[b]) == BLOCK:  # a short last block may still grow (a checkpointed open pack)
+                        self.cache.put(pack, b, got[b])
         finally:
             with self._lock:
                 for b in mine:
