@@ -627,13 +627,26 @@ class S3Backend(PackBackend):
         with self._lock:
             open_packs, sealed = set(self._open), set(self._sealed)
         for pack in sorted(open_packs):
-            self._checkpoint(pack)
+            self._retrying(lambda: self._checkpoint(pack))
         self._wait_uploaded(sealed if not wait else None)
-        generation = meta.upload_index(self.bucket, index_path, self.store_dir)
+        generation = self._retrying(lambda: meta.upload_index(self.bucket, index_path, self.store_dir))
         with self._lock:
             self._meta_watermark = started
         self._delete_doomed()
         return {"generation": generation}
+
+    def _retrying(self, work: Callable[[], object]) -> object:
+        """``work()``, tried again with backoff for up to ``close_wait`` seconds while the object store fails."""
+        deadline = time.monotonic() + self.options.close_wait
+        for attempt in range(1000):
+            try:
+                return work()
+            except ObjectStoreError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self._note_failure(str(exc))
+                time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
+        raise AssertionError("unreachable")
 
     def _pending(self) -> bool:
         with self._lock:
