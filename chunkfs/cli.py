@@ -25,7 +25,7 @@ from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
 from .settings import CHUNKERS, StoreSettings, format_size, parse_size
-from .store import ChunkStore, FileId, upgrade_store
+from .store import ChunkStore, FileId, data_location, restore_from_bucket, upgrade_store
 
 PROG = "chunkfs"
 EXIT_FAILURE = 1
@@ -43,6 +43,11 @@ mount options (-o, comma-separated, may be repeated):
   cache_size=SIZE        verified-chunk cache, e.g. 256M (default 64M)
   verify=MODE            xxh3 (default) or sha256: how every chunk read is checked
   read_ahead_kb=N        the mount's read-ahead in KiB (default 1024)
+  pack_cache=SIZE        object store: local cache of pack ranges (default 1G)
+  upload_backlog=SIZE    object store: bytes not yet uploaded before writes get
+                         ENOSPC (default 4G)
+  upload_interval=SEC    object store: how often the open pack and an index copy
+                         are uploaded (default 60)
   writeback_cache        let the kernel cache writes (off by default; see
                          docs/tuning.md before turning it on)
   noreadaround           do not push the rest of a chunk a short read fetched
@@ -160,18 +165,86 @@ def format_file_id(file_id: FileId) -> str:
 # -- verbs ------------------------------------------------------------------------------
 
 
+def _data_location(args) -> dict | None:
+    """The --data/--endpoint/--region arguments as a settings 'data' field (None: packs on the local disk)."""
+    if args.data is None:
+        if args.endpoint or args.region:
+            raise InvalidArgument("--endpoint and --region go with --data s3://BUCKET/PREFIX")
+        return None
+    return data_location(args.data, args.endpoint, args.region, replica=getattr(args, "replica", False))
+
+
 MKFS_OPTIONS = {"chunker": "--chunker", "avg_size": "--avg-size", "min_size": "--min-size", "max_size": "--max-size"}
 
 
 def cmd_mkfs(args) -> int:
     # checked here first, so that a mistake is told in terms of the options the user gave
     StoreSettings.build(args.chunker, args.min_size, args.avg_size, args.max_size, names=MKFS_OPTIONS)
+    data = _data_location(args)
     with ChunkStore.create(args.store, chunker=args.chunker, min_size=args.min_size,
-                           avg_size=args.avg_size, max_size=args.max_size) as store:
+                           avg_size=args.avg_size, max_size=args.max_size, data=data) as store:
         s = store.settings
+    where = f", pack data in {data['url']}" if data else ""
     print(f"created chunkfs store {os.path.abspath(args.store)}: {s.chunker} chunks, "
-          f"min {format_size(s.min_size)}, avg {format_size(s.avg_size)}, max {format_size(s.max_size)}")
+          f"min {format_size(s.min_size)}, avg {format_size(s.avg_size)}, max {format_size(s.max_size)}{where}")
     return 0
+
+
+def cmd_restore(args) -> int:
+    data = _data_location(args)
+    settings, generation = restore_from_bucket(args.store, data)
+    if not args.replica:  # recovery runs once, and the store's first index copy of its own is uploaded
+        with ChunkStore.open(args.store):
+            pass
+    kind = "read-only replica" if args.replica else "store"
+    print(f"restored {kind} {os.path.abspath(args.store)} from {data['url']} (index copy {generation}, "
+          f"{settings.get('chunker')} chunks)")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    """Commit and upload everything; for a mounted store, ask its daemon (SIGUSR1) and wait for its answer."""
+    store_path, mounted_on = resolve_store(args.target)
+    if not mounted_on:
+        with ChunkStore.open(store_path) as store:
+            store.flush()
+        return 0
+    return _sync_mounted(store_path, mounted_on[0], args.timeout)
+
+
+def _sync_mounted(store_path: str, mountpoint: str, timeout: float) -> int:
+    import secrets  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from .daemon import SYNC_DONE, SYNC_REQUEST  # noqa: PLC0415
+
+    folder = os.path.join(store_path, "bucket")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        with open(os.path.join(store_path, "lock"), encoding="ascii") as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError):
+        raise InvalidArgument(f"{mountpoint}: cannot find the daemon serving it") from None
+    token = secrets.token_hex(8)
+    with open(os.path.join(folder, SYNC_REQUEST), "w", encoding="ascii") as fh:
+        fh.write(token + "\n")
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(os.path.join(folder, SYNC_DONE), encoding="utf-8") as fh:
+                answer = fh.read().strip()
+        except FileNotFoundError:
+            answer = ""
+        if answer.startswith(token + " "):
+            status = answer[len(token) + 1:]
+            if status == "ok":
+                return 0
+            return _error(status.removeprefix("error "), EXIT_FAILURE)
+        time.sleep(0.05)
+    return _error(f"{mountpoint}: sync did not finish within {timeout:.0f} s (it goes on in the daemon)",
+                  EXIT_FAILURE)
 
 
 def resolve_store(target: str) -> tuple[str, list[str]]:
@@ -221,7 +294,27 @@ def _format_stats(s: dict) -> str:
         ("reserve", f"{both(s['reserve_bytes'])} held back so deletes still work on a full disk"),
         ("garbage", f"{both(s['garbage_bytes'])} (reclaim with 'chunkfs gc')"),
     ]
+    rows += _object_store_rows(s.get("object_store"))
     return "\n".join(f"{name + ':':<15}{value}" for name, value in rows)
+
+
+def _object_store_rows(o: dict | None) -> list[tuple[str, str]]:
+    if not o:
+        return []
+    r = o.get("requests", {})
+    cache = o.get("cache", {})
+    rows = [
+        ("pack data", o["data"] + (f" at {o['endpoint']}" if o.get("endpoint") else "")),
+        ("objects", f"{o['objects']:,} packs, {format_size(o['bucket_bytes'])} in the bucket"),
+        ("upload backlog", f"{o['upload_backlog_packs']:,} sealed packs, {format_size(o['upload_backlog_bytes'])} "
+                           "not yet in the bucket (open pack included)"),
+        ("pack cache", f"{format_size(cache.get('bytes', 0))} of {format_size(cache.get('capacity', 0))}"),
+        ("requests", f"{r.get('put', 0):,} PUT, {r.get('get', 0):,} GET, {r.get('delete', 0):,} DELETE, "
+                     f"{r.get('list', 0):,} LIST, {r.get('errors', 0):,} failed (this mount)"),
+    ]
+    if o.get("last_error"):
+        rows.append(("last error", o["last_error"]))
+    return rows
 
 
 def cmd_ingest(args) -> int:
@@ -371,7 +464,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avg-size", type=_size, metavar="SIZE", help="average chunk size, e.g. 32K (default 32K)")
     p.add_argument("--min-size", type=_size, metavar="SIZE", help="minimum chunk size (default avg/4)")
     p.add_argument("--max-size", type=_size, metavar="SIZE", help="maximum chunk size (default avg*4)")
+    _data_arguments(p, required=False)
     p.set_defaults(func=cmd_mkfs)
+
+    p = verbs.add_parser("restore", help="make a store from its object-store bucket alone",
+                         description="Rebuild STORE (absent or empty) from the latest index copy and the packs in "
+                                     "the bucket. Stop the machine that writes to the bucket first, unless "
+                                     "--replica is given: a replica is read-only, follows the bucket at every "
+                                     "mount (-o ro), and never changes it. See docs/object-store.md.")
+    p.add_argument("store", metavar="STORE")
+    _data_arguments(p, required=True)
+    p.add_argument("--replica", action="store_true", help="make a read-only replica that follows the bucket")
+    p.set_defaults(func=cmd_restore)
+
+    p = verbs.add_parser("sync", help="commit everything and wait until it is in the object store",
+                         description="Commit every closed or fsync'ed file and wait until all pack data and a copy "
+                                     "of the index are in the store's bucket (for a store on the local disk: "
+                                     "until it is on the disk).")
+    p.add_argument("target", metavar="STORE|MOUNTPOINT")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="how long to wait (default %(default).0f)")
+    p.set_defaults(func=cmd_sync)
 
     p = verbs.add_parser("stats", help="show logical and stored bytes, savings and chunk counts")
     p.add_argument("target", metavar="STORE|MOUNTPOINT", help="a store, or a mounted chunkfs")
@@ -447,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it worked")
     p.set_defaults(func=cmd_umount)
     return parser
+
+
+def _data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", metavar="s3://BUCKET/PREFIX", required=required,
+                   help="keep pack data in this S3 bucket (credentials: the AWS chain, e.g. AWS_PROFILE)")
+    p.add_argument("--endpoint", metavar="URL", help="S3 endpoint of a provider other than AWS, e.g. http://host:8333")
+    p.add_argument("--region", metavar="REGION", help="the bucket's region")
 
 
 def _error(message: str, code: int) -> int:

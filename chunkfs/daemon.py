@@ -251,7 +251,8 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
     _setup_logging(opts, foreground)
     log.info("mounting %s on %s (options: %s)", store, mountpoint, opts.as_string() or "none")
     try:
-        store_obj = ChunkStore.open(store, verify=opts.verify, cache_size=opts.cache_size)
+        store_obj = ChunkStore.open(store, readonly=opts.readonly and _is_replica(store), verify=opts.verify,
+                                    cache_size=opts.cache_size, data_options=opts.data_options or None)
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
     read_ahead = opts.read_ahead_kb if opts.read_ahead_kb is not None else DEFAULT_READ_AHEAD_KB
@@ -259,7 +260,7 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
              format_size(store_obj.cache.capacity), store_obj.verify, "on" if opts.writeback_cache else "off",
              "on" if opts.read_around else "off", read_ahead)
     with store_obj, _ReadyWatcher(store, mountpoint, reporter, read_ahead, opts.read_ahead_kb is not None) as watcher, \
-            _SignalStopper(mountpoint, watcher):
+            _SignalStopper(mountpoint, watcher), SyncRequests(store_obj):
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store),  # closes the store itself
                          writeback_cache=opts.writeback_cache, read_around=opts.read_around)
         if not watcher.seen.is_set():
@@ -338,6 +339,59 @@ def set_read_ahead(entry: mounts.MountEntry, kb: int, asked: bool) -> None:
     except OSError as exc:
         log.log(logging.WARNING if asked else logging.DEBUG,
                 "cannot set read_ahead_kb=%d (%s: %s); the kernel's default stays", kb, path, exc.strerror)
+
+
+def _is_replica(store: str) -> bool:
+    """A read-only replica of an object store (chunkfs restore --replica) is opened read-only."""
+    return bool(read_settings(store).data.get("replica"))
+
+
+SYNC_REQUEST = "sync-request"  # in STORE/bucket: the token of the latest 'chunkfs sync'
+SYNC_DONE = "sync-done"  # in STORE/bucket: "<token> ok" or "<token> error <message>"
+
+
+class SyncRequests:
+    """SIGUSR1 from ``chunkfs sync``: commit, upload everything, then answer in STORE/bucket/sync-done.
+
+    A signal needs no channel of its own and reaches the daemon however the
+    filesystem is used; the answer goes through a file because the signal
+    carries none.  The work runs in a thread (uploads may take a while).
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self._previous = None
+        self._busy = threading.Lock()
+
+    def __enter__(self) -> "SyncRequests":
+        self._previous = signal.signal(signal.SIGUSR1, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGUSR1, self._previous)
+
+    def _handle(self, _signum, _frame) -> None:
+        threading.Thread(target=self._sync, name="chunkfs-sync", daemon=True).start()
+
+    def _sync(self) -> None:
+        folder = os.path.join(self.store.path, "bucket")
+        with self._busy:
+            try:
+                with open(os.path.join(folder, SYNC_REQUEST), encoding="ascii") as fh:
+                    token = fh.read().strip()
+            except OSError:
+                return
+            try:
+                self.store.flush()
+                answer = f"{token} ok"
+                log.info("chunkfs sync: everything committed is in the object store")
+            except (ChunkfsError, OSError) as exc:
+                answer = f"{token} error {_one_line(exc)}"
+                log.warning("chunkfs sync failed: %s", _one_line(exc))
+            tmp = os.path.join(folder, SYNC_DONE + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(answer + "\n")
+            os.replace(tmp, os.path.join(folder, SYNC_DONE))
 
 
 class _SignalStopper:

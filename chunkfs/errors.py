@@ -80,6 +80,10 @@ class PackIOError(StoreError):
     """The medium holding the packs failed a read or a write."""
 
 
+class ObjectStoreError(StoreError):
+    """The object store holding the packs refused a request or could not be reached (the message says which)."""
+
+
 class FileNotFoundInStore(ChunkfsError, KeyError):
     """No file with that id is in the store."""
 

@@ -3,7 +3,8 @@
 Three kinds of option reach ``chunkfs mount``:
 
 * chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``,
-  ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``): consumed here, never
+  ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
+  object store ``pack_cache=``, ``upload_backlog=``, ``upload_interval=``): consumed here, never
   shown to libfuse, which would reject them (the writeback cache is asked for
   in FUSE's init reply, read-ahead is set through sysfs after mounting; see
   docs/tuning.md);
@@ -67,6 +68,7 @@ class MountOptions:
     writeback_cache: bool = False
     read_around: bool = True
     read_ahead_kb: int | None = None  # None: DEFAULT_READ_AHEAD_KB, and no warning if it cannot be set
+    data_options: dict = field(default_factory=dict)  # object-store tuning (pack_cache=, upload_backlog=, ...)
     fuse: set[str] = field(default_factory=set)
     given: list[str] = field(default_factory=list)
 
@@ -151,6 +153,19 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
         opts.verify = value
     elif name == "read_ahead_kb":
         opts.read_ahead_kb = _read_ahead(value)
+    elif name in ("pack_cache", "upload_backlog"):
+        try:
+            opts.data_options[name] = parse_size(value)
+        except Exception as exc:  # SettingsError: re-word for the mount context
+            raise InvalidArgument(f"{name}: {exc}") from None
+    elif name == "upload_interval":
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 1 <= seconds <= 86400:
+            raise InvalidArgument(f"upload_interval must be a number of seconds from 1 to 86400, not {value!r}")
+        opts.data_options[name] = seconds
     elif name in _FUSE_VALUED:
         opts.fuse.add(item)
     else:

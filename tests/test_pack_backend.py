@@ -1,7 +1,7 @@
 """The pack backend contract (docs/store-format.md, "The pack backend interface"), for every implementation.
 
-Each test runs against the local-disk backend and the in-memory one; an
-object-store backend joins the list by passing them too.
+Each test runs against the local-disk backend, the in-memory one and the
+object-store one (on a real SeaweedFS started by conftest.py).
 """
 
 import errno
@@ -21,9 +21,18 @@ def rand(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def backend(request, tmp_path) -> PackBackend:
-    b = LocalBackend(str(tmp_path / "packs")) if request.param == "local" else MemoryBackend()
+    if request.param == "s3":  # against a real SeaweedFS (conftest.py's seaweed fixture)
+        from chunkfs.store._object_store import location_of  # noqa: PLC0415
+        from chunkfs.store._s3_backend import S3Backend  # noqa: PLC0415
+
+        url = request.getfixturevalue("bucket_url")
+        location = location_of({"url": url, "endpoint": request.getfixturevalue("seaweed").endpoint})
+        (tmp_path / "store").mkdir()
+        b = S3Backend(str(tmp_path / "store" / "packs"), location)
+    else:
+        b = LocalBackend(str(tmp_path / "packs")) if request.param == "local" else MemoryBackend()
     yield b
     b.close()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import PackMissingError, StoreFullError
 
@@ -143,6 +143,28 @@ class PackBackend(ABC):
 
     def close(self) -> None:
         """Release descriptors, connections, buffers; the packs themselves stay."""
+
+    # -- for a medium that keeps a copy of the metadata beside the packs (an object store) --
+
+    def attach_index(self, copy_index: Callable[[int], None]) -> None:
+        """Receive the store's ``copy_index(fd)``: writes a consistent, compacted copy of the index to ``fd``.
+
+        Called once a writable store is open.  A backend that puts the store
+        somewhere a fresh machine can rebuild it from uploads such copies
+        (after the packs they name); a local one ignores it.
+        """
+
+    def flush(self) -> dict:
+        """Put on the medium what :meth:`sync` leaves local (an object store: every pending upload).
+
+        ``sync`` makes writes survive a crash; this makes them reach where
+        they finally live.  Returns a summary (empty: nothing to do).
+        """
+        return {}
+
+    def stats(self) -> dict:
+        """Counters for ``chunkfs stats`` (objects, requests, backlog, cache); empty for a local disk."""
+        return {}
 
 
 class MemoryBackend(PackBackend):

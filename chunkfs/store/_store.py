@@ -19,6 +19,7 @@ the process at once, and survives power loss after :meth:`ChunkStore.sync`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import itertools
@@ -61,8 +62,13 @@ DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
 BackendChoice = PackBackend | Callable[[str, bool], PackBackend] | None
 
 
-def _make_backend(choice: BackendChoice, packs_dir: str, readonly: bool) -> PackBackend:
-    """The pack backend ``choice`` names: files in ``packs_dir`` by default."""
+def _make_backend(choice: BackendChoice, packs_dir: str, readonly: bool, settings: StoreSettings,
+                  data_options: dict | None = None) -> PackBackend:
+    """The pack backend ``choice`` names; by default the one the settings' data location names."""
+    if choice is None and settings.data:
+        from . import _object_store  # noqa: PLC0415 (only a store in an object store needs boto3)
+
+        return _object_store.make_backend(settings, packs_dir, readonly, data_options)
     if choice is None:
         return LocalBackend(packs_dir, readonly=readonly)
     if isinstance(choice, PackBackend):
@@ -91,10 +97,22 @@ class ChunkStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, chunker: str = "fastcdc", min_size=None, avg_size=None,
-               max_size=None, **open_kwargs) -> "ChunkStore":
-        """Make a new store at ``path`` (absent or an empty directory) and open it."""
+               max_size=None, data: dict | None = None, **open_kwargs) -> "ChunkStore":
+        """Make a new store at ``path`` (absent or an empty directory) and open it.
+
+        ``data`` is where pack data lives: None for files in ``path/packs``, or
+        an object store as ``data_location(url, endpoint, region)`` makes it
+        (the bucket is checked first: reachable, and holding no store yet).
+        """
         path = os.fspath(path)
         settings = StoreSettings.build(chunker, min_size, avg_size, max_size)
+        if data:
+            settings = dataclasses.replace(settings, data=data)
+            settings.validate()
+            if open_kwargs.get("backend") is None:
+                from . import _object_store  # noqa: PLC0415
+
+                _object_store.check_new_location(data)  # before anything is made: one line if it is wrong
         if os.path.exists(path):
             if not os.path.isdir(path):
                 raise StoreExistsError(f"{path}: exists and is not a directory")
@@ -115,21 +133,29 @@ class ChunkStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False, verify: str = "xxh3",
-             cache_size: int = DEFAULT_CACHE_SIZE, backend: BackendChoice = None) -> "ChunkStore":
+             cache_size: int = DEFAULT_CACHE_SIZE, backend: BackendChoice = None,
+             data_options: dict | None = None) -> "ChunkStore":
         """Open the store at ``path``.
 
         ``backend`` holds the packs: None for files in ``path/packs``, a
         :class:`PackBackend`, or a factory called as ``factory(packs_dir,
         readonly)``.  A store must be opened with the backend it was created
-        with (a :class:`MemoryBackend` instance lives only as long as it).
+        with (a :class:`MemoryBackend` instance lives only as long as it); a
+        store made with a data location opens its object store by itself,
+        tuned by ``data_options`` (see docs/object-store.md).
         """
         path = os.fspath(path)
         settings = read_settings(path)
-        return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size, backend=backend)
+        if settings.data and backend is None:
+            from . import _object_store  # noqa: PLC0415
+
+            _object_store.before_open(path, settings, readonly)
+        return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size, backend=backend,
+                   data_options=data_options)
 
     def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
                  verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False,
-                 backend: BackendChoice = None):
+                 backend: BackendChoice = None, data_options: dict | None = None):
         if verify not in VERIFY_MODES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
         self.path = path
@@ -144,8 +170,8 @@ class ChunkStore:
             handles.acquire()  # one open store per directory per process; the writer's lock
             self.index = handles.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
-            self.packs = handles.packs = PackFiles(_make_backend(backend, os.path.join(path, "packs"), readonly),
-                                                   readonly=readonly)
+            backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
+            self.packs = handles.packs = PackFiles(backend, readonly=readonly)
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
@@ -155,6 +181,8 @@ class ChunkStore:
             if not readonly:
                 self.recovery = recover(self)
                 self.ensure_reserve()
+                env = self.index.env  # not self: the backend must not keep the store alive
+                self.packs.backend.attach_index(lambda fd: env.copyfd(fd, compact=True))
         except BaseException:
             handles.close()
             raise
@@ -194,6 +222,15 @@ class ChunkStore:
         """Make everything committed so far survive power loss: packs first, then the index."""
         self.packs.sync()
         self.index.sync()
+
+    def flush(self) -> dict:
+        """:meth:`sync`, then have the backend put everything on its medium (an object store: upload all).
+
+        Returns what the backend did (empty for a local one); raises a
+        StoreError if the medium cannot take it now (the data stays safe locally).
+        """
+        self.sync()
+        return self.packs.backend.flush()
 
     # -- transactions ---------------------------------------------------------
 
@@ -511,6 +548,9 @@ class ChunkStore:
         out["disk_savings_pct"] = _savings(out["disk_bytes"], logical) if out["disk_bytes"] <= 2 * logical else None
         out["chunker"] = self.settings.chunker
         out["avg_chunk_size"] = self.settings.avg_size
+        backend = self.packs.backend.stats()
+        if backend:
+            out["object_store"] = backend
         return out
 
     def garbage_bytes(self, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION) -> int:

@@ -1,0 +1,170 @@
+"""A bounded cache of pack ranges on the local disk, for packs that live in an object store.
+
+A sealed, uploaded pack never changes, so fixed-size blocks of it
+(``BLOCK`` bytes, aligned) can be kept as files ``<pack:08x>-<block:06x>``
+in one directory and served again without a request.  The cache never holds
+more than its capacity: every block is counted when it is stored, and the
+least recently used ones are deleted before that (one lock, whatever the
+number of readers).  It survives a remount: at start the directory is
+scanned, blocks are ranked by modification time (touched on every hit) and
+trimmed to the capacity, and half-written files are removed.
+
+Only one process at a time uses the directory (an flock on ``.lock``); a
+second one (``chunkfs fsck`` while mounted, a read-only second open) keeps
+its blocks in memory instead, up to ``MEMORY_FALLBACK`` bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections import OrderedDict
+
+BLOCK = 1 << 20
+MEMORY_FALLBACK = 64 << 20
+
+
+class PackRangeCache:
+    """Blocks of packs, on disk (or in memory for a second user); see the module docstring."""
+
+    def __init__(self, directory: str, capacity: int):
+        self.dir = directory
+        self.capacity = max(0, capacity)
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pack, block) -> bytes, LRU first
+        self._memory: dict[tuple[int, int], bytes] | None = None
+        self._bytes = 0
+        self.hits = self.misses = 0
+        self._lock_fd = self._take_directory()
+        if self._lock_fd is None:
+            self._memory = {}
+            self.capacity = min(self.capacity, MEMORY_FALLBACK)
+        else:
+            self._load()
+
+    def _take_directory(self) -> int | None:
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None  # a read-only store directory: memory only
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _path(self, key: tuple[int, int]) -> str:
+        return os.path.join(self.dir, f"{key[0]:08x}-{key[1]:06x}")
+
+    def _load(self) -> None:
+        found = []
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if name.endswith(".tmp"):
+                _unlink(path)
+                continue
+            parts = name.split("-")
+            if len(parts) != 2 or len(parts[0]) != 8:
+                continue
+            try:
+                key = (int(parts[0], 16), int(parts[1], 16))
+                st = os.stat(path)
+            except (ValueError, OSError):
+                continue
+            found.append((st.st_mtime_ns, key, st.st_size))
+        for _, key, size in sorted(found):
+            self._blocks[key] = size
+            self._bytes += size
+        self._evict(0)
+
+    # -- use ---------------------------------------------------------------------------
+
+    def get(self, pack: int, block: int) -> bytes | None:
+        key = (pack, block)
+        with self._lock:
+            if key not in self._blocks:
+                self.misses += 1
+                return None
+            self._blocks.move_to_end(key)
+            self.hits += 1
+            if self._memory is not None:
+                return self._memory[key]
+        try:
+            with open(self._path(key), "rb") as fh:
+                data = fh.read()
+            os.utime(self._path(key))  # recency survives a remount
+            return data
+        except OSError:  # evicted meanwhile
+            with self._lock:
+                self.hits -= 1
+                self.misses += 1
+            return None
+
+    def has(self, pack: int, block: int) -> bool:
+        with self._lock:
+            return (pack, block) in self._blocks
+
+    def put(self, pack: int, block: int, data: bytes) -> None:
+        """Keep a block, evicting older ones first so the total never passes the capacity."""
+        key = (pack, block)
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            if key in self._blocks:
+                return
+            self._evict(len(data))
+            self._blocks[key] = len(data)
+            self._bytes += len(data)
+            if self._memory is not None:
+                self._memory[key] = bytes(data)
+                return
+        tmp = self._path(key) + ".tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self._path(key))
+        except OSError:  # a full disk: do without this block
+            _unlink(tmp)
+            with self._lock:
+                if self._blocks.pop(key, None) is not None:
+                    self._bytes -= len(data)
+
+    def _evict(self, room: int) -> None:
+        """With the lock held: drop least recently used blocks until ``room`` more bytes fit."""
+        while self._blocks and self._bytes + room > self.capacity:
+            key, size = self._blocks.popitem(last=False)
+            self._bytes -= size
+            self._drop_stored(key)
+
+    def _drop_stored(self, key: tuple[int, int]) -> None:
+        if self._memory is not None:
+            self._memory.pop(key, None)
+        else:
+            _unlink(self._path(key))
+
+    def drop_pack(self, pack: int) -> None:
+        """Forget every block of ``pack`` (removed, or rewritten by a repair)."""
+        with self._lock:
+            for key in [k for k in self._blocks if k[0] == pack]:
+                self._bytes -= self._blocks.pop(key)
+                self._drop_stored(key)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"bytes": self._bytes, "capacity": self.capacity, "blocks": len(self._blocks),
+                    "hits": self.hits, "misses": self.misses, "on_disk": self._memory is None}
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,764 @@
+"""The pack backend on an S3-compatible object store: packs fill locally, then live as one object each.
+
+Where a pack's bytes are, in the order a read looks:
+
+* ``packs/<id>.pack`` in the store directory: the *open* pack, written by
+  the store like a local pack (the staging copy; ``sync`` is ``fdatasync``);
+* ``packs/<id>.sealed``: a sealed pack waiting for its upload.  :meth:`seal`
+  makes it durable and renames it, and upload workers PUT it as the object
+  ``PREFIX/packs/<id>.pack`` with a Content-MD5; only once the store
+  confirmed that checksum is the local file deleted (blob before
+  reference: until then the local copy is the pack).  After a crash the
+  next open finds the ``.sealed`` files and uploads them again;
+* the object, read with ranged GETs through a bounded on-disk cache of
+  1 MiB blocks (_pack_cache.py); the blocks a read needs that are not
+  cached are fetched with one GET per run of neighbours, and a read that
+  continues the previous one of the same pack prefetches the next blocks.
+
+What is not yet in the bucket (the open pack, and the sealed packs waiting)
+is the *upload backlog*; when it would pass ``upload_backlog`` bytes, a
+write waits a little for uploads and then fails with StoreFullError (ENOSPC):
+an unreachable object store never makes chunkfs drop data, it stops taking
+more.  Uploads retry forever with backoff while the store is unreachable.
+
+A background thread keeps the bucket complete enough to rebuild the store
+from it alone (docs/object-store.md): every ``upload_interval`` seconds, if
+anything changed, it copies the index (LMDB's compacting copy, through the
+function the store attaches), uploads the open pack as it is (a checkpoint:
+the same key, overwritten later by the sealed pack), waits for the sealed
+packs, and then uploads the index copy as a new generation (_bucket_meta.py).
+A removed pack's object is deleted only after the grace period *and* after a
+metadata generation taken after its removal is in the bucket, so the latest
+generation never names a deleted object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import ObjectStoreError, PackIOError, PackMissingError, StoreFullError, WouldBlock
+from . import _bucket_meta as meta
+from ._backend import REMOVED_PACK_GRACE, Buffer, PackBackend
+from ._bucket import Bucket, DataLocation, pack_name
+from ._local_backend import LocalBackend
+from ._pack_cache import BLOCK, PackRangeCache
+
+log = logging.getLogger(__name__)
+
+UPLOAD_WORKERS = 4
+PREFETCH_BLOCKS = 8  # a sequential reader gets this many blocks (MiB) ahead fetched in one GET
+RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between upload attempts while the store fails
+STATE_NAME = "state.json"
+
+
+@dataclass
+class ObjectStoreOptions:
+    """What a mount (or library user) may tune; see docs/object-store.md."""
+
+    pack_cache: int = 1 << 30  # bytes of pack ranges kept on the local disk
+    upload_backlog: int = 4 << 30  # bytes not yet uploaded before writes get ENOSPC
+    upload_interval: float = 60.0  # seconds between checkpoints of the open pack and the index
+    backlog_wait: float = 5.0  # seconds a write waits for uploads to make room before ENOSPC
+    close_wait: float = 30.0  # seconds close waits for an upload that makes no progress
+
+
+class S3Backend(PackBackend):
+    """Packs in an S3 bucket, staged under ``packs_dir``; see the module docstring."""
+
+    def __init__(self, packs_dir: str, location: DataLocation, readonly: bool = False,
+                 options: ObjectStoreOptions | None = None, bucket: Bucket | None = None):
+        self.options = options or ObjectStoreOptions()
+        self.readonly = readonly
+        self.dir = packs_dir
+        self.store_dir = os.path.dirname(os.path.abspath(packs_dir))
+        self.state_dir = os.path.join(self.store_dir, "bucket")
+        self.location = location
+        self.bucket = bucket or Bucket(location)
+        self.bucket.check()  # wrong credentials, no bucket, no server: one line, now
+        self.local = LocalBackend(packs_dir, readonly=readonly)  # the staging copies
+        self.cache = PackRangeCache(os.path.join(self.state_dir, "cache"), self.options.pack_cache)
+        self._lock = threading.Condition()
+        self._sealed: set[int] = set()  # local packs sealed and waiting for upload
+        self._open: set[int] = set()  # local packs open for writing
+        self._local_size: dict[int, int] = {}
+        self._version: dict[int, int] = {}  # bumped by patch/truncate: an upload of an older version is redone
+        self._objects: dict[int, int] | None = None  # uploaded pack -> object size (None: not listed yet)
+        self._removed: dict[int, float] = {}  # pack -> when, within the grace period
+        self._reaped: set[int] = set()
+        self._doomed: list[tuple[float, int]] = []  # (removed at, pack) whose object waits for deletion
+        self._retired_fds: list[tuple[float, int]] = []
+        self._removed_fds: dict[int, int] = {}  # removed local packs, readable until reaped
+        self._uploading: set[int] = set()
+        self._inflight: dict[tuple[int, int], threading.Event] = {}
+        self._last_block: dict[int, int] = {}
+        self._prefetched_to: dict[int, int] = {}
+        self._copy_index: Callable[[int], None] | None = None
+        self._meta_watermark = 0.0  # removals before this are out of the latest index generation
+        self._last_error = ""
+        self._stopping = False
+        self._flush_requested = threading.Event()
+        self._queue: queue.Queue[int] = queue.Queue()
+        self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="chunkfs-prefetch")
+        self._threads: list[threading.Thread] = []
+        if not readonly:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self._scan_local()
+        if not readonly:
+            self._load_objects()
+            for pack in sorted(self._sealed):
+                self._queue.put(pack)  # a crash left these: upload them now
+            self._start_threads()
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _scan_local(self) -> None:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            stem, _, kind = name.partition(".")
+            if len(stem) != 8 or kind not in ("pack", "sealed"):
+                continue
+            try:
+                pack = int(stem, 16)
+            except ValueError:
+                continue
+            (self._open if kind == "pack" else self._sealed).add(pack)
+            self._local_size[pack] = os.stat(os.path.join(self.dir, name)).st_size
+        for pack in self._sealed & self._open:  # crashed between writing and renaming: the .sealed is whole
+            self._open.discard(pack)
+            _unlink(os.path.join(self.dir, f"{pack:08x}.pack"))
+
+    def _load_objects(self) -> dict[int, int]:
+        if self._objects is None:
+            found = {}
+            for name, size in self.bucket.listing("packs/"):
+                stem = name[len("packs/"):]
+                if stem.endswith(".pack") and len(stem) == 13:
+                    try:
+                        found[int(stem[:8], 16)] = size
+                    except ValueError:
+                        continue
+            with self._lock:
+                if self._objects is None:
+                    self._objects = found
+        return self._objects
+
+    def _start_threads(self) -> None:
+        for i in range(UPLOAD_WORKERS):
+            t = threading.Thread(target=self._upload_worker, name=f"chunkfs-upload-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._flusher, name="chunkfs-bucket-flush", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def attach_index(self, copy_index: Callable[[int], None]) -> None:
+        self._copy_index = copy_index
+
+    # -- names ---------------------------------------------------------------------------
+
+    def _path(self, pack: int, sealed: bool) -> str:
+        return os.path.join(self.dir, f"{pack:08x}.{'sealed' if sealed else 'pack'}")
+
+    def _local_fd(self, pack: int) -> int | None:
+        """A descriptor of the local copy of ``pack`` (open or sealed), or None if there is none."""
+        with self._lock:
+            fd = self.local._fds.get(pack, self._removed_fds.get(pack))
+            if fd is not None:
+                return fd
+            if pack not in self._open and pack not in self._sealed:
+                return None
+            path = self._path(pack, pack in self._sealed)
+        try:
+            fd = os.open(path, (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # uploaded (or renamed) meanwhile: the caller looks again
+        except OSError as exc:
+            raise PackIOError(f"cannot open pack {pack:08x}: {exc.strerror}") from None
+        with self._lock:
+            if pack in self.local._fds:
+                os.close(fd)
+                return self.local._fds[pack]
+            self.local._fds[pack] = fd
+            return fd
+
+    # -- writing -------------------------------------------------------------------------
+
+    def create(self, pack: int) -> int:
+        with self._lock:
+            if pack in self._open:
+                return self._local_size.get(pack, 0)
+            if pack in self._sealed or (self._objects or {}).get(pack) is not None:
+                raise RuntimeError(f"pack {pack:08x} is sealed and cannot be reopened")
+        fd = os.open(self._path(pack, False), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self._lock:
+            self.local._fds[pack] = fd
+            self._open.add(pack)
+            self._local_size[pack] = os.fstat(fd).st_size
+            self._removed.pop(pack, None)
+            self._reaped.discard(pack)
+            return self._local_size[pack]
+
+    def write(self, pack: int, offset: int, buffers: Sequence[Buffer]) -> None:
+        total = sum(memoryview(b).nbytes for b in buffers)
+        with self._lock:
+            if pack not in self._open:
+                raise RuntimeError(f"pack {pack:08x} is not open for writing")
+            grow = max(0, offset + total - self._local_size.get(pack, 0))
+            self._wait_for_room(grow)
+        self.local.write(pack, offset, buffers)
+        with self._lock:
+            self._local_size[pack] = max(self._local_size.get(pack, 0), offset + total)
+
+    def _backlog(self) -> int:
+        return sum(self._local_size.get(p, 0) for p in self._open | self._sealed)
+
+    def _wait_for_room(self, grow: int) -> None:
+        """With the lock held: wait a little for uploads if the backlog is full, then StoreFullError."""
+        deadline = time.monotonic() + self.options.backlog_wait
+        while self._backlog() + grow > self.options.upload_backlog and self._sealed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._lock.wait(left)
+        if self._backlog() + grow > self.options.upload_backlog:
+            why = f": {self._last_error}" if self._last_error else ""
+            raise StoreFullError(f"no space left for chunk data: the upload backlog is full "
+                                 f"({self._backlog()} bytes wait for {self.location.describe()}{why})")
+
+    def writeback(self, pack: int, offset: int, length: int) -> None:
+        self.local.writeback(pack, offset, length)
+
+    def seal(self, pack: int) -> None:
+        """Make the staging copy durable, mark it sealed (a rename), and queue its upload."""
+        with self._lock:
+            if pack not in self._open:
+                return
+        fd = self._local_fd(pack)
+        try:
+            os.fdatasync(fd)
+            os.rename(self._path(pack, False), self._path(pack, True))
+            self._sync_dir()
+        except OSError as exc:
+            raise PackIOError(f"cannot seal pack {pack:08x}: {exc.strerror}") from None
+        with self._lock:
+            self._open.discard(pack)
+            self._sealed.add(pack)
+        self._queue.put(pack)
+
+    def sealed(self, pack: int) -> bool:
+        with self._lock:
+            return pack not in self._open
+
+    def sync(self, packs: Iterable[int]) -> None:
+        with self._lock:
+            local = [p for p in packs if p in self._open or p in self._sealed]
+        for pack in local:
+            fd = self._local_fd(pack)
+            if fd is not None:
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    raise PackIOError(f"cannot sync pack {pack:08x}: {exc.strerror}") from None
+        if local:
+            self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    def _upload_worker(self) -> None:
+        while True:
+            pack = self._queue.get()
+            if pack < 0:
+                return
+            self._upload_until_done(pack)
+
+    def _upload_until_done(self, pack: int) -> None:
+        attempt = 0
+        while not self._stopping:
+            with self._lock:
+                if pack not in self._sealed or pack in self._uploading:
+                    return  # removed, uploaded already, or another worker has it
+                self._uploading.add(pack)
+                version = self._version.get(pack, 0)
+            try:
+                done = self._upload_once(pack, version)
+            except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
+                done = False
+                self._note_failure(f"upload of pack {pack:08x} failed: {exc}")
+                time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
+                attempt += 1
+            finally:
+                with self._lock:
+                    self._uploading.discard(pack)
+                    self._lock.notify_all()
+            if done:
+                return
+
+    def _upload_once(self, pack: int, version: int) -> bool:
+        fd = self._local_fd(pack)
+        if fd is None:
+            return True
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        self.bucket.put(pack_name(pack), data)
+        with self._lock:
+            if self._version.get(pack, 0) != version:
+                return False  # patched meanwhile: upload again
+            if pack not in self._sealed:
+                return True  # removed meanwhile: its object is doomed already
+            self._sealed.discard(pack)
+            self._local_size.pop(pack, None)
+            if self._objects is not None:
+                self._objects[pack] = len(data)
+            self._retire_fd(pack)
+            if self._last_error:
+                log.info("uploads to %s work again", self.location.describe())
+                self._last_error = ""
+            self._lock.notify_all()
+        _unlink(self._path(pack, True))
+        return True
+
+    def _retire_fd(self, pack: int) -> None:
+        """With the lock held: a local copy is gone; close its descriptor after the grace period."""
+        fd = self.local._fds.pop(pack, None)
+        if fd is not None:
+            self._retired_fds.append((time.monotonic(), fd))
+
+    def _note_failure(self, message: str) -> None:
+        with self._lock:
+            first = not self._last_error
+            self._last_error = message
+        (log.warning if first else log.debug)("%s; retrying with backoff (data stays on the local disk)", message)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, pack: int, offset: int, length: int) -> bytes:
+        fd = self._local_fd(pack)
+        if fd is not None:
+            try:
+                return os.pread(fd, length, offset)
+            except OSError as exc:
+                raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
+        return self._read_object(pack, offset, length, nowait=False)
+
+    def readv(self, pack: int, offset: int, buffers: Sequence[memoryview], nowait: bool = False) -> int:
+        fd = self._local_fd(pack)
+        if fd is not None:
+            if nowait:
+                raise WouldBlock(f"pack {pack:08x}: read it in a worker")
+            try:
+                return os.preadv(fd, buffers, offset)
+            except OSError as exc:
+                raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
+        data = self._read_object(pack, offset, sum(len(b) for b in buffers), nowait)
+        done = 0
+        for view in buffers:
+            part = data[done:done + len(view)]
+            view[:len(part)] = part
+            done += len(part)
+            if len(part) < len(view):
+                break
+        return done
+
+    def _object_size(self, pack: int) -> int:
+        with self._lock:
+            if pack in self._reaped:
+                raise PackMissingError(f"pack {pack:08x} is missing")
+        size = self._load_objects().get(pack)
+        if size is None:
+            raise PackMissingError(f"pack {pack:08x} is missing (no object {pack_name(pack)} in "
+                                   f"{self.location.describe()})")
+        return size
+
+    def _read_object(self, pack: int, offset: int, length: int, nowait: bool) -> bytes:
+        """Bytes of an uploaded pack, from the cache or with one ranged GET per run of missing blocks."""
+        end = min(offset + length, self._object_size(pack))
+        if end <= offset:
+            return b""
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        blocks = {b: self.cache.get(pack, b) for b in range(first, last + 1)}
+        missing = [b for b, data in blocks.items() if data is None]
+        if missing and nowait:
+            raise WouldBlock(f"pack {pack:08x}: not in the cache")
+        for run in _runs(missing):
+            blocks.update(self._fetch(pack, run[0], run[-1] + 1))
+        self._maybe_prefetch(pack, first, last)
+        joined = b"".join(blocks[b] for b in range(first, last + 1))
+        return joined[offset - first * BLOCK:end - first * BLOCK]
+
+    def _fetch(self, pack: int, start: int, stop: int) -> dict[int, bytes]:
+        """Blocks ``[start, stop)`` of a pack, with one GET per run of blocks neither cached nor on their way."""
+        mine, theirs, cached = [], [], []
+        with self._lock:
+            for b in range(start, stop):
+                event = self._inflight.get((pack, b))
+                if event is not None:
+                    theirs.append((b, event))
+                elif self.cache.has(pack, b):
+                    cached.append(b)
+                else:
+                    self._inflight[(pack, b)] = threading.Event()
+                    mine.append(b)
+        got: dict[int, bytes] = {}
+        try:
+            for run in _runs(mine):
+                data = self.bucket.get(pack_name(pack), run[0] * BLOCK, (run[-1] + 1) * BLOCK)
+                for i, b in enumerate(run):
+                    got[b] = data[i * BLOCK:(i + 1) * BLOCK]
+                    if len(got[b]) == BLOCK:  # a short last block may still grow (a checkpointed open pack)
+                        self.cache.put(pack, b, got[b])
+        finally:
+            with self._lock:
+                for b in mine:
+                    self._inflight.pop((pack, b)).set()
+        for b, event in theirs:
+            event.wait()
+        for b in cached + [b for b, _ in theirs]:
+            data = self.cache.get(pack, b)
+            got[b] = data if data is not None else self.bucket.get(pack_name(pack), b * BLOCK, (b + 1) * BLOCK)
+        return got
+
+    def _maybe_prefetch(self, pack: int, first: int, last: int) -> None:
+        """A read that continues the previous one of this pack fetches the next blocks in the background.
+
+        The window is ``PREFETCH_BLOCKS`` ahead of the read, fetched with one
+        GET once the reader has used half of what was fetched before.
+        """
+        size = (self._objects or {}).get(pack, 0)
+        blocks = (size + BLOCK - 1) // BLOCK
+        with self._lock:
+            previous = self._last_block.get(pack)
+            self._last_block[pack] = last
+            if previous is None or not previous <= first <= previous + 1 or self._stopping:
+                return
+            fetched_to = max(self._prefetched_to.get(pack, 0), last + 1)
+            if fetched_to - last > PREFETCH_BLOCKS // 2 or fetched_to >= blocks:
+                return
+            stop = min(blocks, last + 1 + PREFETCH_BLOCKS)
+            self._prefetched_to[pack] = stop
+        self._prefetcher.submit(self._prefetch, pack, fetched_to, stop)
+
+    def _prefetch(self, pack: int, start: int, stop: int) -> None:
+        try:
+            self._fetch(pack, start, stop)
+        except (ObjectStoreError, PackMissingError) as exc:
+            log.debug("prefetch of pack %08x failed: %s", pack, exc)
+
+    # -- sizes and listing ---------------------------------------------------------------
+
+    def list(self) -> list[int]:
+        objects = self._load_objects()
+        with self._lock:
+            present = (set(objects) | self._open | self._sealed) - set(self._removed) - self._reaped
+        return sorted(present)
+
+    def size(self, pack: int) -> int:
+        with self._lock:
+            if pack in self._open or pack in self._sealed:
+                return self._local_size.get(pack, 0)
+        return self._object_size(pack)
+
+    def usage(self, pack: int) -> tuple[int, int]:
+        size = self.size(pack)
+        return size, size  # an object cannot be partly freed
+
+    def disk_bytes(self) -> int:
+        objects = self._load_objects()
+        with self._lock:
+            local = self._open | self._sealed
+            gone = set(self._removed) | self._reaped
+            return (sum(self._local_size.get(p, 0) for p in local - gone)
+                    + sum(size for p, size in objects.items() if p not in local and p not in gone))
+
+    # -- repair, removal -----------------------------------------------------------------
+
+    def _make_local(self, pack: int) -> int:
+        """Bring an uploaded pack back as a sealed local copy (to rewrite the object); return its fd."""
+        fd = self._local_fd(pack)
+        if fd is not None:
+            return fd
+        data = self.bucket.get(pack_name(pack))
+        path = self._path(pack, True)
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(path + ".tmp", path)
+        self._sync_dir()
+        with self._lock:
+            self._sealed.add(pack)
+            self._local_size[pack] = len(data)
+        self.cache.drop_pack(pack)
+        return self._local_fd(pack)
+
+    def _rewrite(self, pack: int, change: Callable[[int], None]) -> None:
+        """Apply ``change(fd)`` to the local copy durably; a sealed pack is then uploaded again whole.
+
+        The version goes up first: an upload finishing meanwhile then keeps
+        the local copy (and goes again) instead of deleting what is changed.
+        """
+        with self._lock:
+            self._version[pack] = self._version.get(pack, 0) + 1
+        fd = self._make_local(pack)
+        try:
+            change(fd)
+            os.fdatasync(fd)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise PackIOError(f"cannot rewrite pack {pack:08x}: {exc.strerror}") from None
+        with self._lock:
+            self._local_size[pack] = size
+            again = pack in self._sealed
+        self.cache.drop_pack(pack)
+        if again:
+            self._queue.put(pack)
+
+    def patch(self, pack: int, offset: int, data: Buffer) -> None:
+        self._rewrite(pack, lambda fd: os.pwrite(fd, bytes(data), offset))
+
+    def truncate(self, pack: int, end: int) -> None:
+        self._rewrite(pack, lambda fd: os.ftruncate(fd, end))
+
+    def punch(self, pack: int, offset: int, length: int) -> bool:
+        return False  # an object cannot be partly freed: the bytes wait for gc to rewrite the pack
+
+    def remove(self, pack: int) -> None:
+        """Forget a pack now; its object is deleted once the grace period and a newer index copy allow."""
+        now = time.monotonic()
+        with self._lock:
+            local = pack in self._open or pack in self._sealed
+            known = local or pack in (self._objects or {})
+            if not known or pack in self._removed:
+                return
+            self._removed[pack] = now
+            if local:
+                name = self._path(pack, pack in self._sealed)
+                self._open.discard(pack)
+                self._sealed.discard(pack)
+                self._local_size.pop(pack, None)
+                fd = self.local._fds.pop(pack, None)
+                if fd is not None:
+                    self._removed_fds[pack] = fd
+                _unlink(name)
+            self._doomed.append((time.time(), pack))  # its object, or one an upload may still make
+
+    def reap(self, grace: float = REMOVED_PACK_GRACE) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for pack, when in list(self._removed.items()):
+                if now - when >= grace:
+                    del self._removed[pack]
+                    self._reaped.add(pack)
+                    fd = self._removed_fds.pop(pack, None)
+                    if fd is not None:
+                        self._retired_fds.append((now - REMOVED_PACK_GRACE, fd))
+                    if self._objects is not None:
+                        self._objects.pop(pack, None)
+                    self.cache.drop_pack(pack)
+            old = [fd for when, fd in self._retired_fds if now - when >= REMOVED_PACK_GRACE]
+            self._retired_fds = [r for r in self._retired_fds if now - r[0] < REMOVED_PACK_GRACE]
+        for fd in old:
+            os.close(fd)
+
+    def _delete_doomed(self, everything: bool = False) -> None:
+        """Delete objects of removed packs that no index generation in the bucket still needs."""
+        now = time.time()
+        with self._lock:
+            limit = self._meta_watermark if self._copy_index is not None else now
+            due = [(t, p) for t, p in self._doomed
+                   if everything or (t < limit and now - t >= REMOVED_PACK_GRACE)]
+        for item in due:
+            self.bucket.delete(pack_name(item[1]))
+            with self._lock:
+                self._doomed.remove(item)
+
+    # -- flushing: checkpoints, metadata, sync ------------------------------------------------
+
+    def _flusher(self) -> None:
+        last_flush = time.monotonic()
+        last_state = ""
+        while not self._stopping:
+            requested = self._flush_requested.wait(1.0)
+            if self._stopping:
+                return
+            due = time.monotonic() - last_flush >= self.options.upload_interval
+            if requested or due:
+                self._flush_requested.clear()
+                try:
+                    self.flush(wait=False)
+                except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
+                    self._note_failure(f"upload of the index copy failed: {exc}")
+                last_flush = time.monotonic()
+            try:
+                self._delete_doomed()
+            except (ObjectStoreError, OSError) as exc:
+                self._note_failure(f"deleting removed packs failed: {exc}")
+            last_state = self._write_state(last_state)
+
+    def flush(self, wait: bool = True) -> dict:
+        """Put everything in the bucket: sealed packs, the open pack as it is, then an index copy.
+
+        ``wait``: block until every sealed pack is uploaded (ObjectStoreError
+        if uploads make no progress for ``close_wait`` seconds); otherwise
+        only the packs sealed when the index copy was taken are waited for.
+        """
+        if self.readonly or self._copy_index is None:
+            return {}
+        started = time.time()
+        index_path = os.path.join(self.state_dir, "index.copy")
+        if not meta.copy_if_changed(self._copy_index, index_path, self.state_dir) and not self._pending():
+            return {"generation": None}
+        with self._lock:
+            open_packs, sealed = set(self._open), set(self._sealed)
+        for pack in sorted(open_packs):
+            self._retrying(lambda: self._checkpoint(pack))
+        self._wait_uploaded(sealed if not wait else None)
+        generation = self._retrying(lambda: meta.upload_index(self.bucket, index_path, self.store_dir))
+        with self._lock:
+            self._meta_watermark = started
+        self._delete_doomed()
+        return {"generation": generation}
+
+    def _retrying(self, work: Callable[[], object]) -> object:
+        """``work()``, tried again with backoff for up to ``close_wait`` seconds while the object store fails."""
+        deadline = time.monotonic() + self.options.close_wait
+        for attempt in range(1000):
+            try:
+                return work()
+            except ObjectStoreError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self._note_failure(str(exc))
+                time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
+        raise AssertionError("unreachable")
+
+    def _pending(self) -> bool:
+        with self._lock:
+            return bool(self._sealed or self._doomed)
+
+    def _checkpoint(self, pack: int) -> None:
+        fd = self._local_fd(pack)
+        if fd is None:
+            return
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        self.bucket.put(pack_name(pack), data)
+        with self._lock:
+            if self._objects is not None and pack in self._open:
+                self._objects[pack] = len(data)
+
+    def _wait_uploaded(self, packs: set[int] | None) -> None:
+        progress = time.monotonic()
+        with self._lock:
+            while True:
+                left = (self._sealed if packs is None else self._sealed & packs)
+                if not left:
+                    return
+                count = len(left)
+                self._lock.wait(1.0)
+                if len(self._sealed if packs is None else self._sealed & packs) < count:
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > self.options.close_wait:
+                    raise ObjectStoreError(f"{len(left)} pack(s) could not be uploaded to "
+                                           f"{self.location.describe()} ({self._last_error or 'no progress'}); "
+                                           "they stay on the local disk and upload at the next mount")
+
+    def request_flush(self) -> None:
+        self._flush_requested.set()
+
+    # -- stats -------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        if self.readonly:
+            saved = _read_json(os.path.join(self.state_dir, STATE_NAME))
+            if saved:
+                return saved
+        objects = self._objects or {}
+        with self._lock:
+            backlog = sorted(self._sealed)
+            out = {"data": self.location.url, "endpoint": self.location.endpoint,
+                   "objects": len(set(objects) - self._reaped),
+                   "bucket_bytes": sum(s for p, s in objects.items() if p not in self._reaped),
+                   "upload_backlog_packs": len(backlog),
+                   "upload_backlog_bytes": self._backlog(),
+                   "deletes_waiting": len(self._doomed),
+                   "last_error": self._last_error}
+        out.update(self.bucket.stats())
+        out["cache"] = self.cache.stats()
+        return out
+
+    def _write_state(self, last: str) -> str:
+        text = json.dumps(self.stats(), sort_keys=True)
+        if text != last:
+            meta.write_atomically(os.path.join(self.state_dir, STATE_NAME), text.encode())
+        return text
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Upload what is waiting (bounded by ``close_wait`` without progress) and stop the threads."""
+        try:
+            if not self.readonly:
+                try:
+                    self.flush(wait=True)
+                    self._delete_doomed(everything=True)
+                except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
+                    log.warning("not everything reached the object store before closing: %s", exc)
+        finally:
+            self._stopping = True
+            self._flush_requested.set()
+            for _ in range(UPLOAD_WORKERS):
+                self._queue.put(-1)
+            for t in self._threads:
+                t.join(timeout=60)
+            self._prefetcher.shutdown(wait=True)
+            if not self.readonly:
+                self._write_state("")
+            with self._lock:
+                fds = [fd for _, fd in self._retired_fds] + list(self._removed_fds.values())
+                self._retired_fds, self._removed_fds = [], {}
+            for fd in fds:
+                os.close(fd)
+            self.local.close()
+            self.cache.close()
+
+
+def _runs(blocks: list[int]) -> list[list[int]]:
+    """Consecutive block numbers grouped: each group is one ranged GET."""
+    runs: list[list[int]] = []
+    for b in blocks:
+        if runs and runs[-1][-1] + 1 == b:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
