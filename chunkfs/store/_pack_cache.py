@@ -2,7 +2,11 @@
 
 A sealed, uploaded pack never changes, so fixed-size blocks of it
 (``BLOCK`` bytes, aligned) can be kept as files ``<pack:08x>-<block:06x>``
-in one directory and served again without a request.  The cache never holds
+in one directory and served again without a request.  A pack this store
+uploaded itself is kept whole, as ``<pack:08x>.pack``: its local copy is
+moved here (:meth:`PackRangeCache.adopt`, a rename, no copy) once the
+object store confirmed it, so what was just written stays readable without
+a GET, even while the object store is away, until newer data pushes it out.  The cache never holds
 more than its capacity: every block is counted when it is stored, and the
 least recently used ones are deleted before that (one lock, whatever the
 number of readers).  It survives a remount: at start the directory is
@@ -23,6 +27,7 @@ from collections import OrderedDict
 
 BLOCK = 1 << 20
 MEMORY_FALLBACK = 64 << 20
+WHOLE = -1  # the block number of a whole pack in the cache
 
 
 class PackRangeCache:
@@ -57,6 +62,8 @@ class PackRangeCache:
         return fd
 
     def _path(self, key: tuple[int, int]) -> str:
+        if key[1] == WHOLE:
+            return os.path.join(self.dir, f"{key[0]:08x}.pack")
         return os.path.join(self.dir, f"{key[0]:08x}-{key[1]:06x}")
 
     def _load(self) -> None:
@@ -66,11 +73,11 @@ class PackRangeCache:
             if name.endswith(".tmp"):
                 _unlink(path)
                 continue
-            parts = name.split("-")
+            parts = name.split("-") if not name.endswith(".pack") else [name[:-5], WHOLE]
             if len(parts) != 2 or len(parts[0]) != 8:
                 continue
             try:
-                key = (int(parts[0], 16), int(parts[1], 16))
+                key = (int(parts[0], 16), parts[1] if parts[1] == WHOLE else int(parts[1], 16))
                 st = os.stat(path)
             except (ValueError, OSError):
                 continue
@@ -85,7 +92,9 @@ class PackRangeCache:
     def get(self, pack: int, block: int) -> bytes | None:
         key = (pack, block)
         with self._lock:
-            if key not in self._blocks:
+            if (pack, WHOLE) in self._blocks:
+                key = (pack, WHOLE)
+            elif key not in self._blocks:
                 self.misses += 1
                 return None
             self._blocks.move_to_end(key)
@@ -94,7 +103,10 @@ class PackRangeCache:
                 return self._memory[key]
         try:
             with open(self._path(key), "rb") as fh:
-                data = fh.read()
+                if key[1] == WHOLE:
+                    data = os.pread(fh.fileno(), BLOCK, block * BLOCK)
+                else:
+                    data = fh.read()
             os.utime(self._path(key))  # recency survives a remount
             return data
         except OSError:  # evicted meanwhile
@@ -105,7 +117,35 @@ class PackRangeCache:
 
     def has(self, pack: int, block: int) -> bool:
         with self._lock:
-            return (pack, block) in self._blocks
+            return (pack, block) in self._blocks or (pack, WHOLE) in self._blocks
+
+    def adopt(self, pack: int, path: str) -> bool:
+        """Move the file ``path``, all of ``pack`` as uploaded, into the cache; False if it was left alone.
+
+        Older entries make room first, as for :meth:`put`; the caller
+        deletes the file if it was not adopted.
+        """
+        key = (pack, WHOLE)
+        if self._memory is not None:
+            return False
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return False
+        with self._lock:
+            if size > self.capacity:
+                return False
+            self._evict(size)
+            try:
+                os.rename(path, self._path(key))
+            except OSError:  # another filesystem, or a full directory: the caller deletes it
+                return False
+            for old in [k for k in self._blocks if k[0] == pack]:  # ranges fetched before: the whole has them
+                self._bytes -= self._blocks.pop(old)
+                self._drop_stored(old)
+            self._blocks[key] = size
+            self._bytes += size
+        return True
 
     def put(self, pack: int, block: int, data: bytes) -> None:
         """Keep a block, evicting older ones first so the total never passes the capacity."""

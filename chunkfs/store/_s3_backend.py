@@ -13,7 +13,8 @@ Where a pack's bytes are, in the order a read looks:
 * the object, read with ranged GETs through a bounded on-disk cache of
   1 MiB blocks (_pack_cache.py); the blocks a read needs that are not
   cached are fetched with one GET per run of neighbours, and a read that
-  continues the previous one of the same pack prefetches the next blocks.
+  continues the previous one of the same pack has the next blocks fetched
+  ahead of it, several GETs in parallel.
 
 What is not yet in the bucket (the open pack, and the sealed packs waiting)
 is the *upload backlog*; when it would pass ``upload_backlog`` bytes, a
@@ -54,7 +55,9 @@ from ._pack_cache import BLOCK, PackRangeCache
 log = logging.getLogger(__name__)
 
 UPLOAD_WORKERS = 4
-PREFETCH_BLOCKS = 8  # a sequential reader gets this many blocks (MiB) ahead fetched in one GET
+PREFETCH_WINDOW = 32  # blocks (MiB) a sequential reader has fetched, or on their way, ahead of it
+PREFETCH_GET = 8  # blocks per prefetch GET; the GETs of a window run in parallel
+PREFETCH_THREADS = 4
 RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between upload attempts while the store fails
 STATE_NAME = "state.json"
 
@@ -68,6 +71,7 @@ class ObjectStoreOptions:
     upload_interval: float = 60.0  # seconds between checkpoints of the open pack and the index
     backlog_wait: float = 5.0  # seconds a write waits for uploads to make room before ENOSPC
     close_wait: float = 30.0  # seconds close waits for an upload that makes no progress
+    request_timeout: float = 60.0  # seconds a request may wait for an answer before botocore retries it
 
 
 class S3Backend(PackBackend):
@@ -81,7 +85,7 @@ class S3Backend(PackBackend):
         self.store_dir = os.path.dirname(os.path.abspath(packs_dir))
         self.state_dir = os.path.join(self.store_dir, "bucket")
         self.location = location
-        self.bucket = bucket or Bucket(location)
+        self.bucket = bucket or Bucket(location, read_timeout=self.options.request_timeout)
         self.bucket.check()  # wrong credentials, no bucket, no server: one line, now
         self.local = LocalBackend(packs_dir, readonly=readonly)  # the staging copies
         self.cache = PackRangeCache(os.path.join(self.state_dir, "cache"), self.options.pack_cache)
@@ -105,8 +109,9 @@ class S3Backend(PackBackend):
         self._last_error = ""
         self._stopping = False
         self._flush_requested = threading.Event()
+        self._state_lock = threading.Lock()
         self._queue: queue.Queue[int] = queue.Queue()
-        self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="chunkfs-prefetch")
+        self._prefetcher = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="chunkfs-prefetch")
         self._threads: list[threading.Thread] = []
         if not readonly:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -331,7 +336,9 @@ class S3Backend(PackBackend):
                 log.info("uploads to %s work again", self.location.describe())
                 self._last_error = ""
             self._lock.notify_all()
-        _unlink(self._path(pack, True))
+            # under the lock: a repair's _rewrite cannot fetch the pack back before its copy is in the cache
+            if not self.cache.adopt(pack, self._path(pack, True)):
+                _unlink(self._path(pack, True))
         return True
 
     def _retire_fd(self, pack: int) -> None:
@@ -435,10 +442,11 @@ class S3Backend(PackBackend):
         return got
 
     def _maybe_prefetch(self, pack: int, first: int, last: int) -> None:
-        """A read that continues the previous one of this pack fetches the next blocks in the background.
+        """A read that continues the previous one of this pack has the blocks ahead of it fetched.
 
-        The window is ``PREFETCH_BLOCKS`` ahead of the read, fetched with one
-        GET once the reader has used half of what was fetched before.
+        Up to ``PREFETCH_WINDOW`` blocks past the read are fetched or on
+        their way, in GETs of ``PREFETCH_GET`` blocks that run in parallel;
+        the window is topped up once a whole GET's worth of it was used.
         """
         size = (self._objects or {}).get(pack, 0)
         blocks = (size + BLOCK - 1) // BLOCK
@@ -447,12 +455,13 @@ class S3Backend(PackBackend):
             self._last_block[pack] = last
             if previous is None or not previous <= first <= previous + 1 or self._stopping:
                 return
-            fetched_to = max(self._prefetched_to.get(pack, 0), last + 1)
-            if fetched_to - last > PREFETCH_BLOCKS // 2 or fetched_to >= blocks:
+            start = max(self._prefetched_to.get(pack, 0), last + 1)
+            stop = min(blocks, last + 1 + PREFETCH_WINDOW)
+            if stop - start < (PREFETCH_GET if stop < blocks else 1):
                 return
-            stop = min(blocks, last + 1 + PREFETCH_BLOCKS)
             self._prefetched_to[pack] = stop
-        self._prefetcher.submit(self._prefetch, pack, fetched_to, stop)
+        for piece in range(start, stop, PREFETCH_GET):
+            self._prefetcher.submit(self._prefetch, pack, piece, min(stop, piece + PREFETCH_GET))
 
     def _prefetch(self, pack: int, start: int, stop: int) -> None:
         try:
@@ -620,6 +629,12 @@ class S3Backend(PackBackend):
         """
         if self.readonly or self._copy_index is None:
             return {}
+        done = self._flush(wait)
+        if wait:
+            self._write_state("")  # 'chunkfs stats' right after 'chunkfs sync' shows what sync did
+        return done
+
+    def _flush(self, wait: bool) -> dict:
         started = time.time()
         index_path = os.path.join(self.state_dir, "index.copy")
         if not meta.copy_if_changed(self._copy_index, index_path, self.state_dir) and not self._pending():
@@ -703,10 +718,12 @@ class S3Backend(PackBackend):
         return out
 
     def _write_state(self, last: str) -> str:
-        text = json.dumps(self.stats(), sort_keys=True)
-        if text != last:
-            meta.write_atomically(os.path.join(self.state_dir, STATE_NAME), text.encode())
-        return text
+        """Write the stats for ``chunkfs stats`` of a mounted store, if they changed since ``last``."""
+        with self._state_lock:
+            text = json.dumps(self.stats(), sort_keys=True)
+            if text != last:
+                meta.write_atomically(os.path.join(self.state_dir, STATE_NAME), text.encode())
+            return text
 
     # -- closing -------------------------------------------------------------------------
 
