@@ -23,11 +23,13 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections import OrderedDict
 
 BLOCK = 1 << 20
 MEMORY_FALLBACK = 64 << 20
 WHOLE = -1  # the block number of a whole pack in the cache
+TOUCH_INTERVAL = 30.0  # seconds: a block's file mtime (its recency after a remount) is renewed at most this often
 
 
 class PackRangeCache:
@@ -39,6 +41,7 @@ class PackRangeCache:
         self._lock = threading.Lock()
         self._blocks: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pack, block) -> bytes, LRU first
         self._memory: dict[tuple[int, int], bytes] | None = None
+        self._touched: dict[tuple[int, int], float] = {}  # when a block's mtime was last renewed
         self._bytes = 0
         self.hits = self.misses = 0
         self._lock_fd = self._take_directory()
@@ -90,6 +93,15 @@ class PackRangeCache:
     # -- use ---------------------------------------------------------------------------
 
     def get(self, pack: int, block: int) -> bytes | None:
+        """A whole cached block (short if the pack ends in it), or None."""
+        return self.read(pack, block, 0, BLOCK)
+
+    def read(self, pack: int, block: int, start: int, stop: int) -> bytes | None:
+        """Bytes ``[start, stop)`` of a cached block (offsets within the block), or None if it is not cached.
+
+        Only the bytes asked for are read: a chunk of tens of KiB costs no
+        more than itself, whatever the block size.
+        """
         key = (pack, block)
         with self._lock:
             if (pack, WHOLE) in self._blocks:
@@ -100,14 +112,20 @@ class PackRangeCache:
             self._blocks.move_to_end(key)
             self.hits += 1
             if self._memory is not None:
-                return self._memory[key]
+                return self._memory[key][start:stop]
+            now = time.monotonic()
+            touch = now - self._touched.get(key, 0.0) > TOUCH_INTERVAL
+            if touch:
+                self._touched[key] = now
+        base = block * BLOCK if key[1] == WHOLE else 0
         try:
-            with open(self._path(key), "rb") as fh:
-                if key[1] == WHOLE:
-                    data = os.pread(fh.fileno(), BLOCK, block * BLOCK)
-                else:
-                    data = fh.read()
-            os.utime(self._path(key))  # recency survives a remount
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.pread(fd, stop - start, base + start)
+                if touch:
+                    os.utime(fd)  # recency survives a remount
+            finally:
+                os.close(fd)
             return data
         except OSError:  # evicted meanwhile
             with self._lock:
@@ -180,6 +198,7 @@ class PackRangeCache:
             self._drop_stored(key)
 
     def _drop_stored(self, key: tuple[int, int]) -> None:
+        self._touched.pop(key, None)
         if self._memory is not None:
             self._memory.pop(key, None)
         else:

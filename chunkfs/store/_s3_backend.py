@@ -41,6 +41,7 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ UPLOAD_WORKERS = 4
 PREFETCH_WINDOW = 32  # blocks (MiB) a sequential reader has fetched, or on their way, ahead of it
 PREFETCH_GET = 8  # blocks per prefetch GET; the GETs of a window run in parallel
 PREFETCH_THREADS = 4
+HOT_BLOCKS = 8  # blocks a sequential reader keeps in memory (see _read_object)
 RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between upload attempts while the store fails
 STATE_NAME = "state.json"
 
@@ -91,6 +93,7 @@ class S3Backend(PackBackend):
         self.cache = PackRangeCache(os.path.join(self.state_dir, "cache"), self.options.pack_cache)
         self._lock = threading.Condition()
         self._sealed: set[int] = set()  # local packs sealed and waiting for upload
+        self._unrenamed: set[int] = set()  # sealed packs whose file is still named .pack (see seal)
         self._open: set[int] = set()  # local packs open for writing
         self._local_size: dict[int, int] = {}
         self._version: dict[int, int] = {}  # bumped by patch/truncate: an upload of an older version is redone
@@ -104,6 +107,7 @@ class S3Backend(PackBackend):
         self._inflight: dict[tuple[int, int], threading.Event] = {}
         self._last_block: dict[int, int] = {}
         self._prefetched_to: dict[int, int] = {}
+        self._hot: OrderedDict[tuple[int, int], bytes] = OrderedDict()  # a sequential reader's last blocks
         self._copy_index: Callable[[int], None] | None = None
         self._meta_watermark = 0.0  # removals before this are out of the latest index generation
         self._last_error = ""
@@ -142,6 +146,10 @@ class S3Backend(PackBackend):
         for pack in self._sealed & self._open:  # crashed between writing and renaming: the .sealed is whole
             self._open.discard(pack)
             _unlink(os.path.join(self.dir, f"{pack:08x}.pack"))
+        for pack in sorted(self._open)[:-1]:  # sealed before a crash, not renamed yet (see seal)
+            self._open.discard(pack)
+            self._sealed.add(pack)
+            self._unrenamed.add(pack)
 
     def _load_objects(self) -> dict[int, int]:
         if self._objects is None:
@@ -175,6 +183,10 @@ class S3Backend(PackBackend):
     def _path(self, pack: int, sealed: bool) -> str:
         return os.path.join(self.dir, f"{pack:08x}.{'sealed' if sealed else 'pack'}")
 
+    def _current_path(self, pack: int) -> str:
+        """With the lock held: the name of ``pack``'s local copy now (a seal renames it, later)."""
+        return self._path(pack, pack in self._sealed and pack not in self._unrenamed)
+
     def _local_fd(self, pack: int) -> int | None:
         """A descriptor of the local copy of ``pack`` (open or sealed), or None if there is none."""
         with self._lock:
@@ -183,7 +195,7 @@ class S3Backend(PackBackend):
                 return fd
             if pack not in self._open and pack not in self._sealed:
                 return None
-            path = self._path(pack, pack in self._sealed)
+            path = self._current_path(pack)
         try:
             fd = os.open(path, (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -245,21 +257,36 @@ class S3Backend(PackBackend):
         self.local.writeback(pack, offset, length)
 
     def seal(self, pack: int) -> None:
-        """Make the staging copy durable, mark it sealed (a rename), and queue its upload."""
+        """Mark the pack sealed and queue its upload; no I/O (the caller holds the writers' lock).
+
+        The upload worker makes the staging copy durable and renames it to
+        ``.sealed`` (:meth:`_finish_seal`) before it uploads it.  A crash
+        before that leaves it named ``.pack``: the next open takes every
+        ``.pack`` but the newest for sealed (only the newest can be open).
+        """
         with self._lock:
             if pack not in self._open:
                 return
+            self._open.discard(pack)
+            self._sealed.add(pack)
+            self._unrenamed.add(pack)
+        self._queue.put(pack)
+
+    def _finish_seal(self, pack: int) -> None:
+        """fdatasync a sealed pack's staging copy and rename it ``.sealed`` (durably)."""
         fd = self._local_fd(pack)
+        if fd is None:
+            return
         try:
             os.fdatasync(fd)
-            os.rename(self._path(pack, False), self._path(pack, True))
+            with self._lock:
+                if pack not in self._unrenamed:
+                    return
+                os.rename(self._path(pack, False), self._path(pack, True))
+                self._unrenamed.discard(pack)
             self._sync_dir()
         except OSError as exc:
             raise PackIOError(f"cannot seal pack {pack:08x}: {exc.strerror}") from None
-        with self._lock:
-            self._open.discard(pack)
-            self._sealed.add(pack)
-        self._queue.put(pack)
 
     def sealed(self, pack: int) -> bool:
         with self._lock:
@@ -317,6 +344,7 @@ class S3Backend(PackBackend):
                 return
 
     def _upload_once(self, pack: int, version: int) -> bool:
+        self._finish_seal(pack)
         fd = self._local_fd(pack)
         if fd is None:
             return True
@@ -356,6 +384,12 @@ class S3Backend(PackBackend):
     # -- reading -------------------------------------------------------------------------
 
     def read(self, pack: int, offset: int, length: int) -> bytes:
+        block = offset // BLOCK
+        if length > 0 and (offset + length - 1) // BLOCK == block:
+            with self._lock:  # a sequential reader's next chunk, in the block it read last: from memory
+                data = self._hot.get((pack, block)) if self._last_block.get(pack) == block else None
+            if data is not None:
+                return data[offset - block * BLOCK:offset - block * BLOCK + length]
         fd = self._local_fd(pack)
         if fd is not None:
             try:
@@ -394,20 +428,64 @@ class S3Backend(PackBackend):
         return size
 
     def _read_object(self, pack: int, offset: int, length: int, nowait: bool) -> bytes:
-        """Bytes of an uploaded pack, from the cache or with one ranged GET per run of missing blocks."""
+        """Bytes of an uploaded pack, from the cache or with one ranged GET per run of missing blocks.
+
+        A sequential reader (this read continues the previous one of the
+        pack) reads whole blocks and keeps the last few in memory, so its
+        many chunk-sized reads of one block cost one read of the block; any
+        other read takes only its own bytes from the cache.
+        """
         end = min(offset + length, self._object_size(pack))
         if end <= offset:
             return b""
         first, last = offset // BLOCK, (end - 1) // BLOCK
-        blocks = {b: self.cache.get(pack, b) for b in range(first, last + 1)}
-        missing = [b for b, data in blocks.items() if data is None]
+        with self._lock:
+            previous = self._last_block.get(pack)
+        sequential = previous is not None and previous <= first <= previous + 1
+        spans = {b: (max(offset, b * BLOCK) - b * BLOCK, min(end, (b + 1) * BLOCK) - b * BLOCK)
+                 for b in range(first, last + 1)}
+        pieces = {}
+        for b, (lo, hi) in spans.items():
+            whole = self._hot_block(pack, b, load=sequential)
+            pieces[b] = whole[lo:hi] if whole is not None else self.cache.read(pack, b, lo, hi)
+        missing = [b for b, data in pieces.items() if data is None]
         if missing and nowait:
             raise WouldBlock(f"pack {pack:08x}: not in the cache")
         for run in _runs(missing):
-            blocks.update(self._fetch(pack, run[0], run[-1] + 1))
+            for b, data in self._fetch(pack, run[0], run[-1] + 1).items():
+                self._keep_hot(pack, b, data)
+                pieces[b] = data[spans[b][0]:spans[b][1]]
         self._maybe_prefetch(pack, first, last)
-        joined = b"".join(blocks[b] for b in range(first, last + 1))
-        return joined[offset - first * BLOCK:end - first * BLOCK]
+        return pieces[first] if first == last else b"".join(pieces[b] for b in range(first, last + 1))
+
+    def _hot_block(self, pack: int, block: int, load: bool) -> bytes | None:
+        """A block kept in memory; with ``load``, read whole from the cache into memory if it is there."""
+        with self._lock:
+            data = self._hot.get((pack, block))
+            if data is not None:
+                self._hot.move_to_end((pack, block))
+                return data
+        if not load:
+            return None
+        data = self.cache.get(pack, block)
+        if data is not None:
+            self._keep_hot(pack, block, data)
+        return data
+
+    def _keep_hot(self, pack: int, block: int, data: bytes) -> None:
+        if len(data) != BLOCK:
+            return  # the last block of a checkpointed open pack may still grow
+        with self._lock:
+            self._hot[(pack, block)] = data
+            while len(self._hot) > HOT_BLOCKS:
+                self._hot.popitem(last=False)
+
+    def _forget_cached(self, pack: int) -> None:
+        """Drop what the cache and memory hold of a removed or rewritten pack."""
+        with self._lock:
+            for key in [k for k in self._hot if k[0] == pack]:
+                del self._hot[key]
+        self.cache.drop_pack(pack)
 
     def _fetch(self, pack: int, start: int, stop: int) -> dict[int, bytes]:
         """Blocks ``[start, stop)`` of a pack, with one GET per run of blocks neither cached nor on their way."""
@@ -447,9 +525,11 @@ class S3Backend(PackBackend):
         Up to ``PREFETCH_WINDOW`` blocks past the read are fetched or on
         their way, in GETs of ``PREFETCH_GET`` blocks that run in parallel;
         the window is topped up once a whole GET's worth of it was used.
+        Once it reaches the pack's end, the next pack's first blocks are
+        fetched too: a file written in one go continues there.
         """
-        size = (self._objects or {}).get(pack, 0)
-        blocks = (size + BLOCK - 1) // BLOCK
+        objects = self._objects or {}
+        blocks = (objects.get(pack, 0) + BLOCK - 1) // BLOCK
         with self._lock:
             previous = self._last_block.get(pack)
             self._last_block[pack] = last
@@ -460,8 +540,18 @@ class S3Backend(PackBackend):
             if stop - start < (PREFETCH_GET if stop < blocks else 1):
                 return
             self._prefetched_to[pack] = stop
+            following = pack + 1
+            if stop < blocks or following in self._prefetched_to or following not in objects \
+                    or following in self._open or following in self._sealed:
+                following_stop = 0
+            else:
+                following_stop = min(PREFETCH_WINDOW // 2, (objects[following] + BLOCK - 1) // BLOCK)
+                self._prefetched_to[following] = following_stop
+                self._last_block.setdefault(following, -1)  # its first read counts as continuing
         for piece in range(start, stop, PREFETCH_GET):
             self._prefetcher.submit(self._prefetch, pack, piece, min(stop, piece + PREFETCH_GET))
+        for piece in range(0, following_stop, PREFETCH_GET):
+            self._prefetcher.submit(self._prefetch, following, piece, min(following_stop, piece + PREFETCH_GET))
 
     def _prefetch(self, pack: int, start: int, stop: int) -> None:
         try:
@@ -513,7 +603,7 @@ class S3Backend(PackBackend):
         with self._lock:
             self._sealed.add(pack)
             self._local_size[pack] = len(data)
-        self.cache.drop_pack(pack)
+        self._forget_cached(pack)
         return self._local_fd(pack)
 
     def _rewrite(self, pack: int, change: Callable[[int], None]) -> None:
@@ -534,7 +624,7 @@ class S3Backend(PackBackend):
         with self._lock:
             self._local_size[pack] = size
             again = pack in self._sealed
-        self.cache.drop_pack(pack)
+        self._forget_cached(pack)
         if again:
             self._queue.put(pack)
 
@@ -557,9 +647,10 @@ class S3Backend(PackBackend):
                 return
             self._removed[pack] = now
             if local:
-                name = self._path(pack, pack in self._sealed)
+                name = self._current_path(pack)
                 self._open.discard(pack)
                 self._sealed.discard(pack)
+                self._unrenamed.discard(pack)
                 self._local_size.pop(pack, None)
                 fd = self.local._fds.pop(pack, None)
                 if fd is not None:
@@ -579,7 +670,7 @@ class S3Backend(PackBackend):
                         self._retired_fds.append((now - REMOVED_PACK_GRACE, fd))
                     if self._objects is not None:
                         self._objects.pop(pack, None)
-                    self.cache.drop_pack(pack)
+                    self._forget_cached(pack)
             old = [fd for when, fd in self._retired_fds if now - when >= REMOVED_PACK_GRACE]
             self._retired_fds = [r for r in self._retired_fds if now - r[0] < REMOVED_PACK_GRACE]
         for fd in old:
@@ -727,6 +818,14 @@ class S3Backend(PackBackend):
 
     # -- closing -------------------------------------------------------------------------
 
+    def _seal_for_the_next_open(self) -> None:
+        """Packs sealed but not uploaded: make them ``.sealed`` files, which the next open uploads first."""
+        for pack in sorted(self._unrenamed):
+            try:
+                self._finish_seal(pack)
+            except PackIOError as exc:
+                log.warning("%s; it waits on the local disk for the next open", exc)
+
     def close(self) -> None:
         """Upload what is waiting (bounded by ``close_wait`` without progress) and stop the threads."""
         try:
@@ -745,6 +844,7 @@ class S3Backend(PackBackend):
                 t.join(timeout=60)
             self._prefetcher.shutdown(wait=True)
             if not self.readonly:
+                self._seal_for_the_next_open()
                 self._write_state("")
             with self._lock:
                 fds = [fd for _, fd in self._retired_fds] + list(self._removed_fds.values())
