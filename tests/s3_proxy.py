@@ -1,9 +1,9 @@
 """A tiny HTTP proxy on loopback in front of a real S3 server, that throttles and stalls on request.
 
 chunkfs is pointed at the proxy (``--endpoint`` = :attr:`FaultProxy.endpoint`);
-every request is passed to the server unchanged (the Host header too, so the
-SigV4 signature the client made for the proxy's address stays valid), except
-those a rule catches first:
+every request is passed to the server unchanged and its body streamed both
+ways (the Host header too is kept, so the SigV4 signature the client made for
+the proxy's address stays valid), except those a rule catches first:
 
 * :meth:`FaultProxy.throttle`: answer ``503 SlowDown`` (S3's "reduce your
   request rate") without passing the request on;
@@ -109,48 +109,63 @@ class FaultProxy:
     # -- serving -------------------------------------------------------------------------
 
     def _handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
-        length = int(request.headers.get("Content-Length") or 0)
-        body = request.rfile.read(length) if length else b""
         rule = self._rule_for(request.command, request.path)
         seen = Seen(time.monotonic(), request.command, request.path, rule.action if rule else "pass", None)
         with self._lock:
             self.log.append(seen)
-        if rule is not None and rule.action == "throttle":
+        length = int(request.headers.get("Content-Length") or 0)
+        if rule is not None and rule.action in ("throttle", "hang"):
+            _drain(request.rfile, length)
+            if rule.action == "hang":
+                self._closing.wait()
+                request.close_connection = True
+                return
             request.send_response(503, "Slow Down")
             request.send_header("Content-Type", "application/xml")
             request.send_header("Content-Length", str(len(SLOW_DOWN)))
             request.end_headers()
             request.wfile.write(SLOW_DOWN)
             return
-        if rule is not None and rule.action == "hang":
-            self._closing.wait()
-            request.close_connection = True
-            return
-        if rule is not None:
+        if rule is not None:  # a stall: the request reaches the server late, as if it had been slow
+            _drain(request.rfile, length, keep := bytearray())
             time.sleep(rule.seconds)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("expect", "connection")}
         upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
         try:
-            upstream.request(request.command, request.path, body=body, headers=headers)
+            upstream.putrequest(request.command, request.path, skip_host=True, skip_accept_encoding=True)
+            for key, value in request.headers.items():
+                if key.lower() not in ("expect", "connection"):
+                    upstream.putheader(key, value)
+            upstream.endheaders()
+            if rule is not None:
+                upstream.send(bytes(keep))
+            else:
+                _copy(request.rfile, upstream.sock.sendall, length)  # streamed: no waiting for the whole body
             reply = upstream.getresponse()
-            data = reply.read()
             seen.status = reply.status
             try:
-                head = request.command == "HEAD"  # its Content-Length is the object's, and there is no body
-                request.send_response(reply.status, reply.reason)
-                for key, value in reply.getheaders():
-                    if key.lower() not in ("connection", "transfer-encoding") and \
-                            (head or key.lower() != "content-length"):
-                        request.send_header(key, value)
-                if not head:
-                    request.send_header("Content-Length", str(len(data)))
-                request.end_headers()
-                if not head:
-                    request.wfile.write(data)
+                self._answer(request, reply)
             except (BrokenPipeError, ConnectionResetError):
                 request.close_connection = True  # the client gave up waiting (a stalled request)
         finally:
             upstream.close()
+
+    @staticmethod
+    def _answer(request: http.server.BaseHTTPRequestHandler, reply: http.client.HTTPResponse) -> None:
+        """Pass the server's answer on, its body streamed."""
+        head = request.command == "HEAD"
+        request.send_response(reply.status, reply.reason)
+        for key, value in reply.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding"):
+                request.send_header(key, value)
+        body = b"" if head else None
+        if not head and reply.getheader("Content-Length") is None:
+            body = reply.read()  # no length given: send what there is, with its length
+            request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        if body is None:
+            _copy(reply, request.wfile.write, int(reply.getheader("Content-Length")))
+        elif body:
+            request.wfile.write(body)
 
     def __enter__(self) -> "FaultProxy":
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-fault-proxy", daemon=True)
@@ -163,3 +178,16 @@ class FaultProxy:
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _copy(source, write, length: int, piece: int = 1 << 20) -> None:
+    while length > 0:
+        data = source.read(min(piece, length))
+        if not data:
+            raise ConnectionResetError("the body ended early")
+        write(data)
+        length -= len(data)
+
+
+def _drain(source, length: int, into: bytearray | None = None) -> None:
+    _copy(source, into.extend if into is not None else (lambda data: None), length)

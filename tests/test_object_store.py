@@ -155,6 +155,30 @@ def test_object_store_down_writes_fill_the_backlog_then_enospc_and_resume_when_i
         assert s.read("after") == payload(16 * MIB, 7) and s.read("before") == payload(MIB, 1)
 
 
+def test_packs_sealed_but_not_renamed_before_a_crash_are_uploaded_at_the_next_open(tmp_path, seaweed, data):
+    """seal() only queues: a crash before the upload thread renamed the pack leaves it named .pack."""
+    from chunkfs.store._object_store import location_of  # noqa: PLC0415
+    from chunkfs.store._s3_backend import S3Backend  # noqa: PLC0415
+
+    packs = tmp_path / "store" / "packs"
+    packs.mkdir(parents=True)
+    contents = {pack: payload(MIB + pack, pack) for pack in (1, 2, 3)}
+    for pack, content in contents.items():  # what the kill left: three staging files, no .sealed
+        (packs / f"{pack:08x}.pack").write_bytes(content)
+    backend = S3Backend(str(packs), location_of(data))
+    try:
+        assert backend.sealed(1) and backend.sealed(2) and not backend.sealed(3), "only the newest can be open"
+        backend.flush()  # waits for the uploads (no index attached: nothing else)
+        assert wait_until(lambda: set(pack_objects(seaweed, data["url"])) >= {"packs/00000001.pack",
+                                                                               "packs/00000002.pack"}, 30)
+        assert sorted(os.listdir(packs)) == ["00000003.pack"]
+        for pack in (1, 2):
+            assert backend.read(pack, 0, MIB + pack) == contents[pack]
+        backend.write(3, MIB + 3, [b"appended"])  # the open one goes on
+    finally:
+        backend.close()
+
+
 # -- throttling and requests that get no answer: botocore retries them, with backoff ---------------
 
 

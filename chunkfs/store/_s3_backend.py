@@ -489,17 +489,33 @@ class S3Backend(PackBackend):
 
     def _fetch(self, pack: int, start: int, stop: int) -> dict[int, bytes]:
         """Blocks ``[start, stop)`` of a pack, with one GET per run of blocks neither cached nor on their way."""
-        mine, theirs, cached = [], [], []
         with self._lock:
-            for b in range(start, stop):
-                event = self._inflight.get((pack, b))
-                if event is not None:
-                    theirs.append((b, event))
-                elif self.cache.has(pack, b):
-                    cached.append(b)
-                else:
-                    self._inflight[(pack, b)] = threading.Event()
-                    mine.append(b)
+            mine, theirs, cached = self._claim(pack, start, stop)
+        got = self._get_claimed(pack, mine)
+        for b, event in theirs:
+            event.wait()
+        for b in cached + [b for b, _ in theirs]:
+            data = self.cache.get(pack, b)
+            got[b] = data if data is not None else self.bucket.get(pack_name(pack), b * BLOCK, (b + 1) * BLOCK)
+        return got
+
+    def _claim(self, pack: int, start: int, stop: int) -> tuple[list[int], list[tuple[int, threading.Event]],
+                                                                 list[int]]:
+        """With the lock held: sort blocks into (to fetch, now claimed; on their way; cached)."""
+        mine, theirs, cached = [], [], []
+        for b in range(start, stop):
+            event = self._inflight.get((pack, b))
+            if event is not None:
+                theirs.append((b, event))
+            elif self.cache.has(pack, b):
+                cached.append(b)
+            else:
+                self._inflight[(pack, b)] = threading.Event()
+                mine.append(b)
+        return mine, theirs, cached
+
+    def _get_claimed(self, pack: int, mine: list[int]) -> dict[int, bytes]:
+        """GET the claimed blocks ``mine`` (one request per run), cache them, and release the claims."""
         got: dict[int, bytes] = {}
         try:
             for run in _runs(mine):
@@ -512,11 +528,6 @@ class S3Backend(PackBackend):
             with self._lock:
                 for b in mine:
                     self._inflight.pop((pack, b)).set()
-        for b, event in theirs:
-            event.wait()
-        for b in cached + [b for b, _ in theirs]:
-            data = self.cache.get(pack, b)
-            got[b] = data if data is not None else self.bucket.get(pack_name(pack), b * BLOCK, (b + 1) * BLOCK)
         return got
 
     def _maybe_prefetch(self, pack: int, first: int, last: int) -> None:
@@ -526,7 +537,9 @@ class S3Backend(PackBackend):
         their way, in GETs of ``PREFETCH_GET`` blocks that run in parallel;
         the window is topped up once a whole GET's worth of it was used.
         Once it reaches the pack's end, the next pack's first blocks are
-        fetched too: a file written in one go continues there.
+        fetched too: a file written in one go continues there.  The blocks
+        are claimed here, so that a reader arriving before the GET starts
+        waits for it instead of sending its own.
         """
         objects = self._objects or {}
         blocks = (objects.get(pack, 0) + BLOCK - 1) // BLOCK
@@ -540,22 +553,28 @@ class S3Backend(PackBackend):
             if stop - start < (PREFETCH_GET if stop < blocks else 1):
                 return
             self._prefetched_to[pack] = stop
+            claims = [(pack, self._claim(pack, piece, min(stop, piece + PREFETCH_GET))[0])
+                      for piece in range(start, stop, PREFETCH_GET)]
             following = pack + 1
-            if stop < blocks or following in self._prefetched_to or following not in objects \
-                    or following in self._open or following in self._sealed:
-                following_stop = 0
-            else:
+            if stop == blocks and following in objects and following not in self._prefetched_to \
+                    and following not in self._open and following not in self._sealed:
                 following_stop = min(PREFETCH_WINDOW // 2, (objects[following] + BLOCK - 1) // BLOCK)
                 self._prefetched_to[following] = following_stop
                 self._last_block.setdefault(following, -1)  # its first read counts as continuing
-        for piece in range(start, stop, PREFETCH_GET):
-            self._prefetcher.submit(self._prefetch, pack, piece, min(stop, piece + PREFETCH_GET))
-        for piece in range(0, following_stop, PREFETCH_GET):
-            self._prefetcher.submit(self._prefetch, following, piece, min(following_stop, piece + PREFETCH_GET))
+                claims += [(following, self._claim(following, piece, min(following_stop, piece + PREFETCH_GET))[0])
+                           for piece in range(0, following_stop, PREFETCH_GET)]
+        for which, mine in claims:
+            if mine:
+                try:
+                    self._prefetcher.submit(self._prefetch, which, mine)
+                except RuntimeError:  # closing: give the claims back
+                    with self._lock:
+                        for b in mine:
+                            self._inflight.pop((which, b)).set()
 
-    def _prefetch(self, pack: int, start: int, stop: int) -> None:
+    def _prefetch(self, pack: int, mine: list[int]) -> None:
         try:
-            self._fetch(pack, start, stop)
+            self._get_claimed(pack, mine)
         except (ObjectStoreError, PackMissingError) as exc:
             log.debug("prefetch of pack %08x failed: %s", pack, exc)
 
