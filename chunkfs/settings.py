@@ -61,7 +61,7 @@ class StoreSettings:
     avg_size: int = DEFAULT_AVG_SIZE
     max_size: int = DEFAULT_AVG_SIZE * 4
     hash: str = "sha256"
-    checksum: str = "xxh3-128"
+    checksum: str = "xxh3-64"  # in each pack record header (format 1: xxh3-128, in the chunk record)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -85,7 +85,7 @@ class StoreSettings:
     def validate(self) -> None:
         if self.chunker not in CHUNKERS:
             raise SettingsError(f"unknown chunker {self.chunker!r} (choose from {', '.join(CHUNKERS)})")
-        if self.hash != "sha256" or self.checksum != "xxh3-128":
+        if self.hash != "sha256" or self.checksum != "xxh3-64":
             raise SettingsError(f"unsupported hash {self.hash!r}/{self.checksum!r}")
         if self.max_size > MAX_CHUNK_LIMIT:
             raise SettingsError(f"maximum chunk size {self.max_size} exceeds {MAX_CHUNK_LIMIT}")
