@@ -12,6 +12,7 @@ import random
 import pytest
 
 from chunkfs import ChunkCorruptError, ChunkStore
+from chunkfs.errors import StoreFullError
 from chunkfs.fsck import check_store
 from chunkfs.store import TO_END, Patch, hole_ref
 from chunkfs.store import _index as ix
@@ -165,4 +166,30 @@ def test_a_chunk_id_lives_on_when_gc_moves_its_record(store_dir, backend):
                 moved = get_record(txn, store.index, chunk)
                 assert moved.address == address and moved.location != rec.location
         assert store.read("keep") == keep
+        assert check_store(store, verify_data=True).clean
+
+
+def test_chunk_ids_are_reused_once_the_counter_wraps_and_run_out_only_when_all_are_held(store_dir, backend,
+                                                                                        monkeypatch):
+    """With 40 ids, writing and deleting 200 chunks wraps the counter; ids of deleted chunks come back."""
+    monkeypatch.setattr(ix, "MAX_CHUNK_ID", 40)
+    kept = {}
+    with ChunkStore.create(store_dir, chunker="fixed", avg_size="1K", backend=backend) as store:
+        for n in range(20):
+            data = rand(10 * 1024, n)
+            store.ingest(f"f{n}", data)
+            if n in (0, 5, 10):
+                kept[f"f{n}"] = data  # 30 ids held for good, the other 10 go round and round
+            else:
+                store.delete(f"f{n}")
+        assert all(store.read(name) == data for name, data in kept.items())
+        assert check_store(store, verify_data=True).clean
+    with ChunkStore.open(store_dir, backend=backend) as store:  # the wrapped counter was saved
+        assert store.ledger.ids.wrapped
+        store.ingest("more", rand(10 * 1024, 99))  # the last 10 free ids
+        with pytest.raises(StoreFullError, match="holds 40 chunks"):
+            store.ingest("one-too-many", rand(1024, 100))
+        assert not store.exists("one-too-many")
+        assert store.read("more") == rand(10 * 1024, 99)
+        assert all(store.read(name) == data for name, data in kept.items())
         assert check_store(store, verify_data=True).clean

@@ -225,7 +225,8 @@ class _StoreCheck:
                 self.report.add("counter-mismatch", f"counter {name} is {recorded}, a recount gives {value}",
                                 f"counter:{name}")
         self._check_next_id("next_fkey", max(self.files, default=0))
-        self._check_next_id("next_chunk", max(self.highest_chunk, max(self.refs, default=0)))
+        if not ix.get_counter(self.txn, self.db.counters, "chunk_ids_wrapped"):  # else ids below it are reused
+            self._check_next_id("next_chunk", max(self.highest_chunk, max(self.refs, default=0)))
         packs = [ix.KEYPACK.unpack(k)[0] for k in self.txn.cursor(db=self.db.packs).iternext(values=False)]
         self._check_next_id("next_pack", max(packs, default=0))
 

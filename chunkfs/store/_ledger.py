@@ -28,13 +28,14 @@ transaction (map growth), so nothing in memory may change inside one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lmdb
 
 from . import _index as ix
 from ..errors import IndexCorruptError, StoreFullError
+from ._chunkids import ChunkIds
 from ._packs import HEADER_SIZE, Location, record_size
 
 Action = Callable[[], None]
@@ -123,11 +124,6 @@ def find_chunk(txn: lmdb.Transaction, index: ix.Index, address: bytes,
             cur.close()
 
 
-def next_chunk_id(txn: lmdb.Transaction, index: ix.Index) -> int:
-    """The first chunk id never handed out, as the index knows it (ids start at 1)."""
-    return max(ix.get_counter(txn, index.counters, "next_chunk"), 1)
-
-
 def pack_record(txn: lmdb.Transaction, db, pack: int) -> list[int]:
     raw = txn.get(ix.KEYPACK.pack(pack), db=db)
     if raw is None:
@@ -156,43 +152,23 @@ class Ledger:
         self.registered_end: tuple[int | None, int] = (None, 0)  # active pack end the index knows
         self.on_dead = on_dead  # after commit: give a dead record's disk blocks back
         self._tally: _Tally | None = None
-        with index.read() as txn:
-            self._next_chunk = self._saved_next_chunk = next_chunk_id(txn, index)
+        self.ids = ChunkIds(index)
 
     # -- chunk ids ------------------------------------------------------------------
 
-    def new_chunk_ids(self, count: int) -> range:
-        """Hand out ``count`` chunk ids never used before (under the store's lock).
+    def new_chunk_ids(self, count: int, txn: lmdb.Transaction | None = None) -> Sequence[int]:
+        """``count`` chunk ids no chunk holds, for chunks about to be written (under the store's lock).
 
-        Ids are handed out when a chunk's bytes are written (its record header
-        names it), before any transaction; every write transaction saves the
-        counter (:meth:`save_next_chunk`), so an id in any record within a
-        pack's indexed end is below the saved counter, and one beyond it is
-        cut away by recovery before the counter could hand it out again.
+        Every write transaction saves the counter (_chunkids.py says why that
+        is enough); ``txn``, the write transaction the caller is in, if any.
         """
-        first = self._next_chunk
-        if first + count > ix.MAX_CHUNK_ID:
-            raise StoreFullError("the store has used up its chunk ids (2**32 - 1)")
-        self._next_chunk = first + count
-        return range(first, first + count)
+        return self.ids.take(count, (pin.chunk for pin in self.pins.values()), txn)
 
-    def new_chunk_ids_in(self, txn, count: int) -> range:
+    def new_chunk_ids_in(self, txn, count: int) -> Sequence[int]:
         """:meth:`new_chunk_ids` inside a write transaction, which saves the counter at once."""
-        ids = self.new_chunk_ids(count)
-        txn.put(b"next_chunk", ix.U64.pack(self._next_chunk), db=self.ix.counters)
+        ids = self.new_chunk_ids(count, txn)
+        self.ids.save(txn)  # again at the next commit: the write is the same
         return ids
-
-    def raise_next_chunk(self, at_least: int) -> None:
-        """Never hand out an id below ``at_least`` (fsck --repair found it in use)."""
-        self._next_chunk = max(self._next_chunk, at_least)
-
-    def save_next_chunk(self, txn) -> list[Action]:
-        """Record the chunk id counter in this transaction, if ids were handed out since the last."""
-        value = self._next_chunk
-        if value == self._saved_next_chunk:
-            return []
-        txn.put(b"next_chunk", ix.U64.pack(value), db=self.ix.counters)
-        return [lambda: setattr(self, "_saved_next_chunk", max(self._saved_next_chunk, value))]
 
     # -- per-transaction totals ----------------------------------------------------
 
@@ -255,7 +231,7 @@ class Ledger:
         Chunks in ``committing`` get a chunk record in this same transaction,
         so a pending record for them would only be deleted again.
         """
-        actions: list[Action] = self.save_next_chunk(txn)
+        actions: list[Action] = self.ids.save(txn)
         for address in self.unregistered:
             pin = self.pins.get(address)
             if pin is not None and not pin.committed and not pin.registered and address not in committing:

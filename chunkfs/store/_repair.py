@@ -315,8 +315,9 @@ class _Repair:
             self._set_counter(name, value)
         self._raise_counter("next_fkey", highest_fkey + 1)
         self._raise_counter("next_pack", max(packs, default=0) + 1)
-        self._raise_counter("next_chunk", highest_chunk + 1)
-        self.store.ledger.raise_next_chunk(highest_chunk + 1)
+        if not self.store.ledger.ids.wrapped:  # a wrapped counter hands out free ids below the highest
+            self._raise_counter("next_chunk", highest_chunk + 1)
+            self.store.ledger.ids.raise_to(highest_chunk + 1)
 
     def _set_counter(self, name: str, value: int) -> None:
         if ix.get_counter(self.txn, self.db.counters, name) != value:
