@@ -112,8 +112,8 @@ class ChunkReader:
             # was located: look again, and only a failure at a stable place counts
             with self.index.read() as txn:
                 again = _place(found.chunk, self.ledger.record(txn, found.chunk))
-                if again is None:
-                    hit = self.ledger.locate(txn, found.address)  # a pinned chunk not committed yet
+                if again is None or again.address != found.address:  # gone (its id may even hold another chunk)
+                    hit = self.ledger.locate(txn, found.address)  # stored again, or pinned and not committed yet
                     again = Place(hit[1], found.address, hit[0]) if hit is not None else None
             if again is None:
                 raise self._corrupt(found.address, "no such chunk in the index", file_id) from None
