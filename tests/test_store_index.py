@@ -12,7 +12,7 @@ import random
 import pytest
 
 from chunkfs import ChunkCorruptError, ChunkStore
-from chunkfs.errors import StoreFullError
+from chunkfs.errors import IndexCorruptError, StoreFullError
 from chunkfs.fsck import check_store
 from chunkfs.store import TO_END, Patch, hole_ref
 from chunkfs.store import _index as ix
@@ -192,4 +192,25 @@ def test_chunk_ids_are_reused_once_the_counter_wraps_and_run_out_only_when_all_a
         assert not store.exists("one-too-many")
         assert store.read("more") == rand(10 * 1024, 99)
         assert all(store.read(name) == data for name, data in kept.items())
+        assert check_store(store, verify_data=True).clean
+
+
+def test_a_commit_that_would_overlap_or_pass_the_size_is_refused_and_changes_nothing(store_dir, backend):
+    """The tiling checks on runs: overlaps inside the rewritten runs, and the last entry against the size."""
+    data = rand(5000, 8)
+    with ChunkStore.create(store_dir, chunker="fixed", avg_size="1K", backend=backend) as store:
+        store.ingest("f", data)  # entries at 0, 1024, ... 4096 (the last one 904 bytes)
+        before = store.manifest("f")
+        attempts = [
+            ([Patch(1024, 1025, [])], 5000, 2000),  # the new chunk runs over the entry at 2048
+            ([Patch(5000, TO_END, [])], 5000, 1024),  # the same chunk laid at 5000 passes the size
+            ([Patch(8000, TO_END, [])], 1000, 0),  # nothing rewritten, but the entries already pass 1000
+        ]
+        for patches, size, length in attempts:
+            refs = [store.put_chunk(rand(length, 9))] if length else []
+            laid = [Patch(p.start, p.old_end, refs) for p in patches]
+            with pytest.raises(IndexCorruptError, match="overlaps itself|reaches past its size"):
+                store.commit_file("f", laid, size)
+            store.release(refs)
+            assert store.manifest("f") == before and store.read("f") == data
         assert check_store(store, verify_data=True).clean

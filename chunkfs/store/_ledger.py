@@ -197,7 +197,10 @@ class Ledger:
         else:
             adjust_pack(txn, self.ix.packs, pack, live=live, dead=dead)
 
-    def _count(self, txn, name: str, delta: int) -> None:
+    def count(self, txn, name: str, delta: int) -> None:
+        """Add ``delta`` to a store counter, once per transaction where a tally is open."""
+        if not delta:
+            return
         if self._tally is not None:
             self._tally.counters[name] = self._tally.counters.get(name, 0) + delta
         else:
@@ -282,8 +285,8 @@ class Ledger:
         if pin.registered or self._tally is None or address in self._tally.pending_put:
             self._drop_pending(txn, loc)  # else there is none to drop (a big commit skips the search)
         self._adjust(txn, loc.pack, live=record_size(loc.length))
-        self._count(txn, "unique_chunks", 1)
-        self._count(txn, "stored_bytes", loc.length)
+        self.count(txn, "unique_chunks", 1)
+        self.count(txn, "stored_bytes", loc.length)
         actions.append(pin.now_committed)
         return chunk
 
@@ -300,8 +303,8 @@ class Ledger:
         if rec.lost:  # a tombstone fsck left for lost data: no bytes, not counted, not in the lookup
             return []
         txn.delete(ix.lookup_key(rec.address, chunk), db=self.ix.lookup)
-        self._count(txn, "unique_chunks", -1)
-        self._count(txn, "stored_bytes", -loc.length)
+        self.count(txn, "unique_chunks", -1)
+        self.count(txn, "stored_bytes", -loc.length)
         size = record_size(loc.length)
         pin = self.pins.get(rec.address)
         if pin is not None and pin.chunk == chunk:  # a writer is about to reference it again: keep the bytes

@@ -179,18 +179,20 @@ class ManifestIndex:
             fkey, old_size, count, data = ix.FILE.unpack(raw)
         actions: list[Action] = []
         refs = 0
+        end: int | None = None  # where the file's entries end, if the last patch says (it ran to the end)
         for patch in patches:
-            added, added_bytes = self._apply(txn, fkey, patch, actions)
+            added, added_bytes, end = self._apply(txn, fkey, patch, actions)
             count, data, refs = count + added, data + added_bytes, refs + added
-        self._check_end(txn, fkey, size)
+        if (self._last_end(txn, fkey) if end is None else end) > size:
+            raise IndexCorruptError(f"manifest of file key {fkey} reaches past its size {size}")
         txn.put(key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
-        ix.add_counter(txn, counters, "logical_bytes", size - old_size)
-        if refs:
-            ix.add_counter(txn, counters, "chunk_refs", refs)
+        self.ledger.count(txn, "logical_bytes", size - old_size)
+        self.ledger.count(txn, "chunk_refs", refs)
         return actions
 
-    def _apply(self, txn, fkey: int, patch: Patch, actions: list[Action]) -> tuple[int, int]:
-        """One patch: (entries added less removed, bytes likewise)."""
+    def _apply(self, txn, fkey: int, patch: Patch, actions: list[Action]) -> tuple[int, int, int | None]:
+        """One patch: (entries added less removed, bytes likewise, and where the file's entries end now if
+        the patch ran to its end, else None)."""
         laid: list[tuple[int, ChunkRef]] = []
         offset = patch.start
         for ref in patch.chunks:
@@ -220,7 +222,8 @@ class ManifestIndex:
         for k in keys:
             txn.delete(k, db=db)
         self.write_runs(txn, fkey, kept)
-        return delta, delta_bytes
+        # to the end, the runs after ``start`` were all rewritten: the last one kept is the file's last
+        return delta, delta_bytes, (covered if reach == TO_END and kept else None)
 
     def _region(self, txn, fkey: int, start: int, reach: int) -> tuple[list[bytes], list[tuple[int, int, int]]]:
         """The runs a patch of ``[start, reach)`` rewrites: those overlapping it, and those it meets end to end."""
@@ -264,17 +267,15 @@ class ManifestIndex:
             txn.delete(k, db=self.index.manifests)
         return out
 
-    def _check_end(self, txn, fkey: int, size: int) -> None:
-        """Refuse a commit whose manifest would reach past the file's size (its last run says: O(1))."""
+    def _last_end(self, txn, fkey: int) -> int:
+        """Where the file's last entry ends (its last run says: O(1)); 0 if it has none."""
         with txn.cursor(db=self.index.manifests) as cur:
             if not _seek_run(cur, fkey, ix.MAX_OFFSET):
-                return
-            key_fkey, run_start = ix.KEY64x2.unpack(cur.key())
+                return 0
+            run_start = ix.KEY64x2.unpack(cur.key())[1]
             value = cur.value()
-            _check_run(run_start, value)
-            end = run_start + ix.U32.unpack_from(value, len(value) - 4)[0]  # the last entry's relative end
-        if end > size:
-            raise IndexCorruptError(f"manifest of file key {fkey} reaches past its size {size}")
+        _check_run(run_start, value)
+        return run_start + ix.U32.unpack_from(value, len(value) - 4)[0]  # the last entry's relative end
 
     # -- reading ------------------------------------------------------------------------
 

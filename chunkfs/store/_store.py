@@ -304,6 +304,10 @@ class ChunkStore:
 
     def _append_new(self, records: list[tuple[int, bytes | memoryview]]) -> list[Location]:
         """Append new chunks' records to the active pack, rolling to a new one where a pack would pass 4 GiB."""
+        total = sum(record_size(len(data)) for _, data in records)
+        if total <= MAX_PACK_SIZE - HEADER_SIZE:  # nearly always: one append
+            self._ensure_active_pack(nbytes=total)
+            return self.packs.append_many(records)
         locations: list[Location] = []
         room = MAX_PACK_SIZE - HEADER_SIZE
         start = 0
