@@ -84,6 +84,19 @@ class RecordHeader(NamedTuple):
         return None
 
 
+_HEAD = struct.Struct("<2sBHIII")  # a record header but its checksum
+CHECKSUM_AT = _HEAD.size
+
+
+def header_is(raw: bytes, chunk: int, length: int) -> bool:
+    """Whether ``raw`` (a record header) is the one of a raw record of ``chunk`` holding ``length`` bytes.
+
+    The fast test of the long-read path, on the header bytes as read; the
+    checksum is compared apart.  :meth:`RecordHeader.fault` says what is wrong.
+    """
+    return raw[:CHECKSUM_AT] == _HEAD.pack(RECORD_MAGIC, CODEC_RAW, 0, length, length, chunk)
+
+
 class Location(NamedTuple):
     """Where a record's chunk bytes lie (a named tuple: one is made per chunk looked up)."""
 
@@ -234,12 +247,12 @@ class PackFiles:
         raw = self.backend.read(loc.pack, loc.record_offset, RECORD.size + loc.length)
         return RecordHeader.parse(raw), raw[RECORD.size:]
 
-    def read_run(self, locs: Sequence[Location], into: Sequence[memoryview],
-                 nowait: bool = False) -> list[RecordHeader] | None:
+    def read_run(self, locs: Sequence[Location], into: Sequence[memoryview], nowait: bool = False) -> bytes | None:
         """Read records that lie back to back in one pack, each chunk into its buffer, with one ``preadv``.
 
-        Each record header lands in a scratch buffer and is returned, so the
-        caller verifies every chunk against its own header.  At most
+        The record headers land in a scratch buffer, returned (RECORD.size
+        bytes each, in order), so the caller verifies every chunk against its
+        own header (:func:`header_is`, then the checksum).  At most
         IOV_BATCH - 1 records.  None if the pack ends early (truncated: the
         caller reads the chunks one by one to find out which); PackMissingError
         if it is gone.  With ``nowait``, only bytes already in memory (the
@@ -252,7 +265,7 @@ class PackFiles:
         want = sum(len(v) for v in iov)
         if self.backend.readv(locs[0].pack, locs[0].record_offset, iov, nowait) != want:
             return None
-        return [RecordHeader._make(fields) for fields in RECORD.iter_unpack(scratch)]
+        return bytes(scratch)
 
     def read_record_header(self, loc: Location) -> RecordHeader | None:
         """The header of the record at ``loc``; None if the pack ends inside it."""
