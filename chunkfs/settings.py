@@ -28,7 +28,7 @@ UPGRADE_DIR = ".upgrade"  # where 'chunkfs upgrade' builds the new store (store/
 UPGRADE_READY = "READY"  # in UPGRADE_DIR: the upgrade is committed, only renames are left
 CHUNKERS = ("fastcdc", "fixed")
 HASHES = ("sha256",)
-CHECKSUMS = ("xxh3-128",)
+CHECKSUMS = ("xxh3-64",)
 
 DEFAULT_AVG_SIZE = 32 * 1024
 MAX_CHUNK_LIMIT = 16 * 1024 * 1024  # chunks are held whole in memory, so cap them
@@ -193,7 +193,7 @@ class StoreSettings:
     avg_size: int = DEFAULT_AVG_SIZE
     max_size: int = DEFAULT_AVG_SIZE * 4
     hash: str = "sha256"
-    checksum: str = "xxh3-128"
+    checksum: str = "xxh3-64"  # in each pack record header (format 1: xxh3-128, in the chunk record)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))

@@ -27,6 +27,7 @@ DAMAGE, LOST_DATA, NOTICE = "damage", "lost-data", "notice"
 KINDS: dict[str, tuple[str, str]] = {
     # chunks and packs
     "missing-chunk": (DAMAGE, "a file references a chunk the index has no record of"),
+    "bad-lookup": (DAMAGE, "the address lookup misses a stored chunk or lists one wrongly"),
     "missing-pack": (DAMAGE, "a pack file holding chunks files use is gone"),
     "truncated-chunk": (DAMAGE, "a chunk's bytes run past the end of its pack"),
     "bad-record": (DAMAGE, "the pack holds no record of the chunk where the index says"),
@@ -112,7 +113,7 @@ class CheckReport:
     inodes_checked: int = 0
     bytes_verified: int = 0
     garbage_bytes: int = 0
-    bad_chunks: dict[bytes, str] = field(default_factory=dict)  # address -> why its bytes are unusable
+    bad_chunks: dict[int, str] = field(default_factory=dict)  # chunk id -> why its bytes are unusable
 
     @property
     def clean(self) -> bool:
