@@ -41,6 +41,8 @@ FIXED_MIN = 512
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_EXAMPLES = "use e.g. 4096, 16K, 1M, 64KiB"
+_COMPRESSION_RE = re.compile(r"^(?:none|zstd:(\d{1,2}))$")
+DEFAULT_COMPRESSION = "zstd:3"  # for new stores; a store made without the field stores chunks raw
 
 
 def parse_size(text: str | int) -> int:
@@ -142,6 +144,7 @@ SCHEMA: dict[str, FieldRule] = {
     "uuid": FieldRule(str, "a UUID in text form"),
     "created": FieldRule(float, "a time in seconds since 1970", low=0),
     "data": FieldRule(dict, 'an object: {} (packs on the local disk) or {"url": "s3://BUCKET/PREFIX", ...}'),
+    "compression": FieldRule(str, '"none" or "zstd:LEVEL" (LEVEL 1 to 22)'),
 }
 
 
@@ -149,6 +152,10 @@ def _check_field(name: str, value: object) -> None:
     SCHEMA[name].check(name, value)
     if name == "data":
         _check_data_location(value)
+    if name == "compression":
+        match = _COMPRESSION_RE.match(value)
+        if not match or match.group(1) and not 1 <= int(match.group(1)) <= 22:
+            raise _Invalid(name, value, f"must be {SCHEMA[name].meaning}")
     if name == "uuid":
         try:
             uuid.UUID(value)
@@ -200,6 +207,8 @@ class StoreSettings:
     created: float = field(default_factory=time.time)
     # Where pack data lives: {} for files in STORE/packs, else an object store (see _check_data_location)
     data: dict = field(default_factory=dict)
+    # How new chunks are compressed: "none" or "zstd:LEVEL" (a mount may choose another for new chunks)
+    compression: str = DEFAULT_COMPRESSION
 
     @classmethod
     def build(cls, chunker: str = "fastcdc", min_size=None, avg_size=None, max_size=None,
@@ -344,7 +353,8 @@ def read_settings(store_dir: str) -> StoreSettings:
                              f'"format": {json.dumps(FORMAT_NAME)})')
     try:
         _check_version(path, raw)
-        raw = {"data": {}, **raw}  # a store made before the field existed keeps its packs on the local disk
+        # a store made before a field existed: packs on the local disk, chunks stored raw
+        raw = {"data": {}, "compression": "none", **raw}
         for name in SCHEMA:
             if name not in raw:
                 raise SettingsError(f"{path}: damaged settings file: field {name!r} is missing")

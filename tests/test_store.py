@@ -361,11 +361,11 @@ def test_gc_that_runs_out_of_space_midway_keeps_accounting_exact(store_dir, back
             store.delete(f"f{i}")
         real_append, calls = store.packs.append, []
 
-        def append_then_full(address, data):
+        def append_then_full(address, data, *header):
             if len(calls) == 5:
                 raise StoreFullError("no space left for chunk data (simulated)")
             calls.append(address)
-            return real_append(address, data)
+            return real_append(address, data, *header)
 
         monkeypatch.setattr(store.packs, "append", append_then_full)
         report = store.gc(min_dead_fraction=0)

@@ -27,6 +27,7 @@ import lmdb
 from . import _index as ix
 from ..errors import IndexCorruptError
 from ..hashing import address_of, checksum_of
+from ._compression import DecodeError
 from ._ledger import ChunkRecord
 from ._manifests import decode_run
 from ._packs import HEADER_SIZE, Location, record_size
@@ -58,7 +59,8 @@ class _StoreCheck:
         self.missing_packs: dict[int, list[int]] = {}
         self.tombstones: set[int] = set()
         self.live_at: dict[Location, tuple[int, bytes]] = {}  # location -> (chunk id, address)
-        self.unique = self.stored = self.highest_chunk = 0
+        self.unique = self.stored = self.packed = self.highest_chunk = 0
+        self.raw_of: dict[int, int] = {}  # chunk id -> raw length, for compressed records
 
     def run(self, verify_data: bool) -> None:
         self._load_files()
@@ -154,7 +156,8 @@ class _StoreCheck:
             if rec.lost:
                 self.tombstones.add(chunk)
             else:
-                self.unique, self.stored = self.unique + 1, self.stored + rec.location.length
+                self.unique, self.stored = self.unique + 1, self.stored + rec.raw
+                self.packed += rec.location.length
                 self.live_at[rec.location] = (chunk, rec.address)
                 self._check_location(chunk, rec, present_packs)
                 if self.txn.get(ix.lookup_key(rec.address, chunk), db=self.db.lookup) is None:
@@ -188,6 +191,17 @@ class _StoreCheck:
             return
         header = self.store.packs.read_record_header(loc)
         why = "the pack ends inside its record header" if header is None else header.fault(chunk, loc.length)
+        if not why and header.compressed:
+            self.raw_of[chunk] = rec.raw
+            if header.raw != rec.raw:
+                why = f"its record header says {header.raw} raw bytes, the index {rec.raw}"
+            elif header.dictionary and self.store.codec.dictionaries.get(header.dictionary) is None:
+                self._problem(chunk, "missing-dictionary", f"chunk {address.hex()}: its record names compression "
+                              f"dictionary {header.dictionary}, which the store does not have",
+                              f"chunk:{address.hex()}")
+                return
+        elif not why and header.raw != rec.raw:
+            why = f"its record header says {header.raw} raw bytes, the index {rec.raw}"
         if why:
             self._problem(chunk, "bad-record", f"chunk {address.hex()}: pack {loc.pack:08x} holds no record "
                           f"of it at offset {loc.record_offset} ({why})", f"chunk:{address.hex()}")
@@ -218,7 +232,8 @@ class _StoreCheck:
     def _check_counters(self) -> None:
         sizes = sum(size for _, size, _, _ in self.files.values())
         actual = {"files": len(self.files), "logical_bytes": sizes, "chunk_refs": self.entries,
-                  "unique_chunks": self.unique, "stored_bytes": self.stored}
+                  "unique_chunks": self.unique, "stored_bytes": self.stored,
+                  "packed_bytes": self.packed}
         for name, value in actual.items():
             recorded = ix.get_counter(self.txn, self.db.counters, name)
             if recorded != value:
@@ -293,6 +308,8 @@ class _StoreCheck:
             if header is None or len(data) != length:
                 self._problem(chunk, "truncated-chunk", f"chunk {address.hex()}: only {len(data)} of "
                               f"{length} bytes are readable", subject)
+            elif header.compressed:
+                self._verify_compressed(chunk, address, header, data, subject)
             elif address_of(data) != address:
                 self._problem(chunk, "corrupt-chunk", f"chunk {address.hex()}: the SHA-256 of its bytes "
                               "does not match its address", subject)
@@ -304,6 +321,20 @@ class _StoreCheck:
                 self.progress("verify", done, total)
         self.report.bytes_verified = done
         self.progress("verify", total, total)
+
+    def _verify_compressed(self, chunk: int, address: bytes, header, data, subject: str) -> None:
+        try:
+            raw = self.store.codec.decode(header.codec, header.dictionary, data, self.raw_of.get(chunk, header.raw))
+        except DecodeError as exc:
+            self._problem(chunk, "corrupt-chunk", f"chunk {address.hex()}: its compressed record is damaged: {exc}",
+                          subject)
+            return
+        if address_of(raw) != address:
+            self._problem(chunk, "corrupt-chunk", f"chunk {address.hex()}: the SHA-256 of its decompressed bytes "
+                          "does not match its address", subject)
+        elif checksum_of(raw) != header.checksum:
+            self._problem(chunk, "bad-record", f"chunk {address.hex()}: the checksum in its record header does "
+                          "not match its bytes (which are intact)", subject)
 
     # -- who is hurt ----------------------------------------------------------------------
 

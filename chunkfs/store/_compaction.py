@@ -30,6 +30,7 @@ from . import _index as ix
 from . import _packs as pack_files
 from ..errors import PackMissingError, StoreFullError
 from ..hashing import checksum_of
+from ._compression import DecodeError
 from ._ledger import adjust_pack, chunk_key, get_record
 from ._packs import HEADER_SIZE, Location, record_size
 
@@ -195,10 +196,10 @@ def _compact(store, pack: int, report: GCReport) -> None:
         for chunk, loc in live:
             header, data = store.packs.read_record(loc)
             if header is None or len(data) != loc.length or header.fault(chunk, loc.length) \
-                    or checksum_of(data) != header.checksum:
+                    or not _intact(store, header, data):
                 log.error("gc: chunk id %d in pack %08x fails verification; leaving the pack for fsck", chunk, pack)
                 raise _CorruptLive
-            moves.append((chunk, store.packs.append(chunk, data)))
+            moves.append((chunk, store.packs.append(chunk, data, header)))  # as it is, header and all
         store.packs.sync()  # the copies are durable before the index points at them
         touched.add(store.packs.active)
         store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
@@ -216,6 +217,16 @@ def _compact(store, pack: int, report: GCReport) -> None:
     report.chunks_moved += len(moves)
     report.bytes_moved += sum(record_size(loc.length) for _, loc in moves)
     report.bytes_reclaimed += held_before - _held(store, touched)
+
+
+def _intact(store, header, data) -> bool:
+    """Whether a record's bytes give its chunk back (a compressed one is decompressed to check)."""
+    if header.compressed:
+        try:
+            data = store.codec.decode(header.codec, header.dictionary, data, header.raw)
+        except DecodeError:
+            return False
+    return checksum_of(data) == header.checksum
 
 
 def _make_room(store, needed: int) -> None:

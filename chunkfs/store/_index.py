@@ -68,7 +68,7 @@ DATABASES = (
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
 
-CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
+CHUNK = struct.Struct("<32sIIIII")  # address, refcount, stored length, pack id, data offset, raw length
 FILE = struct.Struct("<QQQQ")  # fkey, logical size, number of chunks, bytes in chunks (size less holes)
 RUN_ENTRY = struct.Struct("<II")  # one manifest entry in a run: chunk id, its end relative to the run's start
 RUN_MAX = 32  # entries per run: 9 bytes an entry in full pages, and a short decode per read

@@ -51,6 +51,7 @@ LOST_PACK = 0xFFFFFFFF
 class Pin:
     chunk: int  # its chunk id, handed out when its bytes were first written
     location: Location
+    raw: int  # the chunk's length (the location's is what its record stores: less if compressed)
     pins: int
     committed: bool  # a chunk record exists for it
     registered: bool  # a pending record exists for it
@@ -72,15 +73,16 @@ class ChunkRecord:
     address: bytes
     refcount: int
     location: Location
+    raw: int  # the chunk's length; the location's is its stored (maybe compressed) length
 
     @classmethod
     def decode(cls, raw: bytes) -> "ChunkRecord":
-        address, refcount, length, pack, offset = ix.CHUNK.unpack(raw)
-        return cls(address, refcount, Location(pack, offset, length))
+        address, refcount, length, pack, offset, raw_length = ix.CHUNK.unpack(raw)
+        return cls(address, refcount, Location(pack, offset, length), raw_length)
 
     def encode(self) -> bytes:
         loc = self.location
-        return ix.CHUNK.pack(self.address, self.refcount, loc.length, loc.pack, loc.offset)
+        return ix.CHUNK.pack(self.address, self.refcount, loc.length, loc.pack, loc.offset, self.raw)
 
     @property
     def lost(self) -> bool:
@@ -280,13 +282,14 @@ class Ledger:
             txn.put(chunk_key(chunk), rec.encode(), db=self.ix.chunks)
             return chunk
         loc = pin.location
-        put_record(txn, self.ix, chunk, ChunkRecord(address, 1, loc))
+        put_record(txn, self.ix, chunk, ChunkRecord(address, 1, loc, pin.raw))
         txn.put(ix.lookup_key(address, chunk), b"", db=self.ix.lookup)
         if pin.registered or self._tally is None or address in self._tally.pending_put:
             self._drop_pending(txn, loc)  # else there is none to drop (a big commit skips the search)
         self._adjust(txn, loc.pack, live=record_size(loc.length))
         self.count(txn, "unique_chunks", 1)
-        self.count(txn, "stored_bytes", loc.length)
+        self.count(txn, "stored_bytes", pin.raw)
+        self.count(txn, "packed_bytes", loc.length)
         actions.append(pin.now_committed)
         return chunk
 
@@ -304,7 +307,8 @@ class Ledger:
             return []
         txn.delete(ix.lookup_key(rec.address, chunk), db=self.ix.lookup)
         self.count(txn, "unique_chunks", -1)
-        self.count(txn, "stored_bytes", -loc.length)
+        self.count(txn, "stored_bytes", -rec.raw)
+        self.count(txn, "packed_bytes", -loc.length)
         size = record_size(loc.length)
         pin = self.pins.get(rec.address)
         if pin is not None and pin.chunk == chunk:  # a writer is about to reference it again: keep the bytes
@@ -320,10 +324,10 @@ class Ledger:
     # -- pins -------------------------------------------------------------------
 
     def pin_existing(self, address: bytes, chunk: int, rec: ChunkRecord) -> None:
-        self.pins[address] = Pin(chunk, rec.location, 1, committed=True, registered=False)
+        self.pins[address] = Pin(chunk, rec.location, rec.raw, 1, committed=True, registered=False)
 
-    def pin_new(self, address: bytes, chunk: int, loc: Location) -> None:
-        self.pins[address] = Pin(chunk, loc, 1, committed=False, registered=False)
+    def pin_new(self, address: bytes, chunk: int, loc: Location, raw: int) -> None:
+        self.pins[address] = Pin(chunk, loc, raw, 1, committed=False, registered=False)
         self.unregistered.add(address)
 
     def add_pin(self, address: bytes) -> bool:

@@ -38,7 +38,8 @@ assert len(PACK_MAGIC) == 16
 # magic, codec, dictionary id, stored length (the bytes that follow), raw length, chunk id, xxh3-64 of the raw bytes
 RECORD = struct.Struct("<2sBHIII8s")
 RECORD_MAGIC = b"CK"
-CODEC_RAW = 0  # the bytes are the chunk; 1 is reserved for zstd (with a dictionary id, 0 for none)
+CODEC_RAW = 0  # the bytes are the chunk
+CODEC_ZSTD = 1  # a zstd frame of the chunk, with the store dictionary the header names (0: none)
 HEADER_SIZE = len(PACK_MAGIC)
 PACK_TARGET_SIZE = 64 * 1024 * 1024
 MAX_PACK_SIZE = 0xFFFFFFFF  # data offsets in chunk records are u32
@@ -66,6 +67,10 @@ class RecordHeader(NamedTuple):
         """The header of a raw record of ``data`` for ``chunk``."""
         return cls(RECORD_MAGIC, CODEC_RAW, 0, len(data), len(data), chunk, checksum_of(data))
 
+    @property
+    def compressed(self) -> bool:
+        return self.codec != CODEC_RAW
+
     def pack(self) -> bytes:
         return RECORD.pack(*self)
 
@@ -77,10 +82,12 @@ class RecordHeader(NamedTuple):
             return f"the record there is chunk id {self.chunk}'s (a misdirected read)"
         if self.stored != length:
             return f"its record header says {self.stored} bytes, the index {length}"
-        if self.codec != CODEC_RAW or self.dictionary:
+        if self.codec == CODEC_RAW and not self.dictionary:
+            if self.raw != length:
+                return f"its record header says {self.raw} raw bytes for {length} stored ones"
+            return None
+        if self.codec != CODEC_ZSTD:
             return f"unknown codec {self.codec} (dictionary {self.dictionary})"
-        if self.raw != length:
-            return f"its record header says {self.raw} raw bytes for {length} stored ones"
         return None
 
 
@@ -188,11 +195,15 @@ class PackFiles:
                 self.backend.seal(self._active)
             self._active = None
 
-    def append(self, chunk: int, data: bytes | memoryview) -> Location:
-        return self.append_many([(chunk, data)])[0]
+    def append(self, chunk: int, data: bytes | memoryview, header: "RecordHeader | None" = None) -> Location:
+        return self.append_many([(chunk, data) if header is None else (chunk, data, header)])[0]
 
-    def append_many(self, records: Sequence[tuple[int, bytes | memoryview]]) -> list[Location]:
+    def append_many(self, records: Sequence[tuple[int, bytes | memoryview] | tuple[int, bytes | memoryview, RecordHeader]]
+                    ) -> list[Location]:
         """Append ``(chunk id, data)`` records with as few writes as possible and no copying of the data.
+
+        A record may come as ``(chunk id, stored bytes, header)``: a compressed
+        one (its header made by the caller), or one gc copies as it is.
 
         All or nothing for the caller: after a failure the pack's end does
         not move, so whatever part did reach the file lies beyond it and is
@@ -204,8 +215,10 @@ class PackFiles:
             offset = self._end
             buffers: list[bytes | memoryview] = []
             locations = []
-            for chunk, data in records:
-                buffers += (RecordHeader.of(chunk, data).pack(), data)
+            for record in records:
+                data = record[1]
+                header = record[2] if len(record) > 2 else RecordHeader.of(record[0], data)
+                buffers += (header.pack(), data)
                 locations.append(Location(self._active, offset + RECORD.size, len(data)))
                 offset += RECORD.size + len(data)
             if offset > MAX_PACK_SIZE:

@@ -23,6 +23,7 @@ from ..errors import ChunkCorruptError, ChunkFreedError, InvalidArgument, PackIO
 from ..hashing import address_of, checksum_of
 from ._backend import IOV_BATCH
 from ._cache import ChunkCache
+from ._compression import Codec, DecodeError
 from ._fileids import FileId
 from ._index import CHUNK, KEYCHUNK, Index
 from ._ledger import LOST_PACK, ChunkRecord, Ledger
@@ -55,7 +56,7 @@ def _places(txn, index: Index, entries: list[Extent]) -> list[Place | None]:
         if raw is None:
             out.append(None)
         else:
-            address, _, length, pack, offset = unpack(raw)
+            address, _, length, pack, offset, _ = unpack(raw)
             out.append(Place(Location(pack, offset, length), address, e.chunk))
     return out
 
@@ -64,8 +65,9 @@ class ChunkReader:
     """Finds, reads and verifies chunks for every read of the store."""
 
     def __init__(self, index: Index, ledger: Ledger, manifests: ManifestIndex, packs: PackFiles,
-                 cache: ChunkCache, verify: str, commit_lock: threading.RLock):
+                 cache: ChunkCache, verify: str, commit_lock: threading.RLock, codec: Codec):
         self.index, self.ledger, self.manifests, self.packs = index, ledger, manifests, packs
+        self.codec = codec  # decodes compressed records
         self.cache, self.verify = cache, verify
         self.commit_lock = commit_lock  # the store's: no commit frees a chunk while it is held
 
@@ -164,6 +166,11 @@ class ChunkReader:
             raise corrupt(str(exc)) from None
         if header is None or len(data) != loc.length:
             raise corrupt(f"pack {loc.pack:08x} is truncated")
+        if header.compressed and not header.fault(place.chunk, loc.length):
+            try:
+                data = self.codec.decode(header.codec, header.dictionary, data, header.raw)
+            except DecodeError as exc:
+                raise corrupt(f"its compressed record is damaged: {exc}") from None
         why = _fault(self.verify, place, header, data)
         if why:
             raise corrupt(why)
@@ -222,11 +229,13 @@ class ChunkReader:
                   views: list[memoryview], nowait: bool) -> bool:
         """Read and verify one run in place, each chunk against its own record header; False if any of
         it needs the one-chunk path."""
-        if any(p is None or p.location.pack == LOST_PACK or p.location.length != e.length
-               for e, p in zip(entries, places)):
+        if any(p is None or p.location.pack == LOST_PACK for p in places):
             return False
+        # raw records land in the caller's buffer; compressed ones in scratch, then decompress into it
+        targets = [view if p.location.length == e.length else memoryview(bytearray(p.location.length))
+                   for e, p, view in zip(entries, places, views)]
         try:
-            headers = self.packs.read_run([p.location for p in places], views, nowait)
+            headers = self.packs.read_run([p.location for p in places], targets, nowait)
         except (PackMissingError, PackIOError, ChunkCorruptError):  # gone or unreadable: the one-chunk path says which
             return False
         if headers is None:
@@ -234,12 +243,26 @@ class ChunkReader:
         mode, size = self.verify, RECORD.size
         for n, (place, data) in enumerate(zip(places, views)):  # anything wrong: the one-chunk path says what
             header = headers[n * size : (n + 1) * size]
-            if not header_is(header, place.chunk, place.location.length):
+            if targets[n] is not data:
+                if not self._decode_into(header, place, targets[n], data):
+                    return False
+            elif not header_is(header, place.chunk, place.location.length):
                 return False
             if mode == "xxh3" and checksum_of(data) != header[CHECKSUM_AT:]:
                 return False
             if mode == "sha256" and address_of(data) != place.address:
                 return False
+        return True
+
+    def _decode_into(self, header: bytes, place: Place, stored: memoryview, into: memoryview) -> bool:
+        """Decompress a compressed record of a run into its slice of the caller's buffer; False if it is not one."""
+        parsed = RecordHeader.parse(header)
+        if parsed.fault(place.chunk, place.location.length) or not parsed.compressed or parsed.raw != len(into):
+            return False
+        try:
+            self.codec.decode_into(parsed.dictionary, stored, into)
+        except DecodeError:
+            return False
         return True
 
 

@@ -68,7 +68,7 @@ def _tombstones(store, txn, fkey: int, start: int, end: int) -> list[Extent]:
     pieces = lost_pieces(start, end)
     out = []
     for chunk, (offset, length) in zip(store.ledger.new_chunk_ids_in(txn, len(pieces)), pieces):
-        put_record(txn, store.index, chunk, ChunkRecord(gap_address(fkey, offset), 1, Location(LOST_PACK, 0, length)))
+        put_record(txn, store.index, chunk, ChunkRecord(gap_address(fkey, offset), 1, Location(LOST_PACK, 0, length), length))
         out.append(Extent(offset, length, chunk))
     return out
 
@@ -232,7 +232,8 @@ class _Repair:
             self.txn.put(chunk_key(chunk), rec.encode(), db=self.db.chunks)
         recorded = {chunk for chunk, _ in records}
         for chunk in refs.keys() - recorded:
-            tomb = ChunkRecord(unknown_address(chunk), refs[chunk], Location(LOST_PACK, 0, lengths[chunk]))
+            tomb = ChunkRecord(unknown_address(chunk), refs[chunk], Location(LOST_PACK, 0, lengths[chunk]),
+                               lengths[chunk])
             put_record(self.txn, self.db, chunk, tomb)
             self.done["tombstones created"] += 1
 
@@ -300,18 +301,19 @@ class _Repair:
     # -- counters -------------------------------------------------------------------------------
 
     def _fix_counters(self, entries: int) -> None:
-        files = sizes = unique = stored = highest_fkey = highest_chunk = 0
+        files = sizes = unique = stored = packed = highest_fkey = highest_chunk = 0
         for value in self.txn.cursor(db=self.db.files).iternext(keys=False):
             fkey, size, _, _ = ix.FILE.unpack(value)
             files, sizes, highest_fkey = files + 1, sizes + size, max(highest_fkey, fkey)
         for key, value in self.txn.cursor(db=self.db.chunks):
             highest_chunk = max(highest_chunk, ix.KEYCHUNK.unpack(key)[0])
-            loc = ChunkRecord.decode(value).location
+            rec = ChunkRecord.decode(value)
+            loc = rec.location
             if loc.pack != LOST_PACK:
-                unique, stored = unique + 1, stored + loc.length
+                unique, stored, packed = unique + 1, stored + rec.raw, packed + loc.length
         packs = [ix.KEYPACK.unpack(k)[0] for k in self.txn.cursor(db=self.db.packs).iternext(values=False)]
         for name, value in (("files", files), ("logical_bytes", sizes), ("unique_chunks", unique),
-                            ("stored_bytes", stored), ("chunk_refs", entries)):
+                            ("stored_bytes", stored), ("packed_bytes", packed), ("chunk_refs", entries)):
             self._set_counter(name, value)
         self._raise_counter("next_fkey", highest_fkey + 1)
         self._raise_counter("next_pack", max(packs, default=0) + 1)
@@ -387,6 +389,8 @@ def _expected_header(store, chunk: int, loc: Location, address: bytes, max_diff:
     data = store.packs.read(loc)
     intact = len(data) == loc.length and address_of(data) == address
     stored = RecordHeader.parse(actual)
+    if stored.compressed:  # its bytes are not the chunk's: no way to tell which field is damaged
+        return None
     expected = RecordHeader.of(chunk, data) if intact else stored._replace(
         magic=RECORD_MAGIC, codec=0, dictionary=0, stored=loc.length, raw=loc.length, chunk=chunk)
     fields = sum(a != b for a, b in zip(actual[:-8], expected.pack()[:-8]))  # all but the checksum

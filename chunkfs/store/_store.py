@@ -47,6 +47,7 @@ from ._backend import PackBackend
 from ._local_backend import LocalBackend
 from ._packs import HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
 from ._check import FileNamer, check_records
+from ._compression import Codec, Dictionaries, encode_records, format_compression, parse_compression
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
@@ -97,15 +98,20 @@ class ChunkStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, chunker: str = "fastcdc", min_size=None, avg_size=None,
-               max_size=None, data: dict | None = None, **open_kwargs) -> "ChunkStore":
+               max_size=None, data: dict | None = None, compression: str | None = None,
+               **open_kwargs) -> "ChunkStore":
         """Make a new store at ``path`` (absent or an empty directory) and open it.
 
+        ``compression`` is how new chunks are stored: ``"zstd:LEVEL"`` (the
+        default: ``settings.DEFAULT_COMPRESSION``) or ``"none"``.
         ``data`` is where pack data lives: None for files in ``path/packs``, or
         an object store as ``data_location(url, endpoint, region)`` makes it
         (the bucket is checked first: reachable, and holding no store yet).
         """
         path = os.fspath(path)
         settings = StoreSettings.build(chunker, min_size, avg_size, max_size)
+        if compression is not None:
+            settings = dataclasses.replace(settings, compression=format_compression(*parse_compression(compression)))
         if data:
             settings = dataclasses.replace(settings, data=data)
             settings.validate()
@@ -134,8 +140,12 @@ class ChunkStore:
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False, verify: str = "xxh3",
              cache_size: int = DEFAULT_CACHE_SIZE, backend: BackendChoice = None,
-             data_options: dict | None = None) -> "ChunkStore":
+             data_options: dict | None = None, compression: str | None = None) -> "ChunkStore":
         """Open the store at ``path``.
+
+        ``compression`` (``"zstd:LEVEL"`` or ``"none"``) overrides the store's
+        setting for chunks written from now on; chunks already stored read
+        back whatever they were written with.
 
         ``backend`` holds the packs: None for files in ``path/packs``, a
         :class:`PackBackend`, or a factory called as ``factory(packs_dir,
@@ -151,11 +161,11 @@ class ChunkStore:
 
             _object_store.before_open(path, settings, readonly)
         return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size, backend=backend,
-                   data_options=data_options)
+                   data_options=data_options, compression=compression)
 
     def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
                  verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False,
-                 backend: BackendChoice = None, data_options: dict | None = None):
+                 backend: BackendChoice = None, data_options: dict | None = None, compression: str | None = None):
         if verify not in VERIFY_MODES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
         self.path = path
@@ -163,6 +173,8 @@ class ChunkStore:
         self.readonly = readonly
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
+        codec_name, level = parse_compression(compression or settings.compression)
+        self.codec = Codec(Dictionaries(path), codec_name, level)
         self._lock = threading.RLock()  # pins, appends and commits
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
@@ -176,7 +188,7 @@ class ChunkStore:
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
             self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify,
-                                      self._lock)
+                                      self._lock, self.codec)
             self.fs_tables = ix.FsTables(self.index)
             if not readonly:
                 self.recovery = recover(self)
@@ -199,6 +211,7 @@ class ChunkStore:
         if getattr(self, "_closed", True):
             return
         self._closed = True
+        self.codec.wait()
         self._finalizer()  # sync if writable, close packs and index, release the lock (_handles.py)
 
     # -- a little space for a full disk ------------------------------------------
@@ -306,8 +319,10 @@ class ChunkStore:
             placed: dict[bytes, tuple[int, Location]] = {}
             if new:
                 ids = self.ledger.new_chunk_ids(len(new))
-                records = [(chunk, chunks[i]) for chunk, i in zip(ids, new.values())]
-                placed = dict(zip(new, zip(ids, self._append_new(records))))
+                fresh = [chunks[i] for i in new.values()]
+                records = encode_records(self.codec, ids, fresh)
+                placed = dict(zip(new, zip(ids, self._append_new(records), (len(c) for c in fresh))))
+                self.codec.observe(fresh)
             written = []
             for address in addresses:
                 is_new = address in placed and address not in self.ledger.pins
@@ -318,9 +333,9 @@ class ChunkStore:
                 written.append(is_new)
         return [ChunkRef(a, len(c)) for a, c in zip(addresses, chunks)], written
 
-    def _append_new(self, records: list[tuple[int, bytes | memoryview]]) -> list[Location]:
+    def _append_new(self, records: list[tuple]) -> list[Location]:
         """Append new chunks' records to the active pack, rolling to a new one where a pack would pass 4 GiB."""
-        total = sum(record_size(len(data)) for _, data in records)
+        total = sum(record_size(len(record[1])) for record in records)
         if total <= MAX_PACK_SIZE - HEADER_SIZE:  # nearly always: one append
             self._ensure_active_pack(nbytes=total)
             return self.packs.append_many(records)
@@ -547,7 +562,7 @@ class ChunkStore:
         """Counters kept exact in every commit, plus what the store occupies on disk."""
         with self.index.read() as txn:
             c = self.index.counters
-            names = ("files", "logical_bytes", "stored_bytes", "unique_chunks", "chunk_refs")
+            names = ("files", "logical_bytes", "stored_bytes", "packed_bytes", "unique_chunks", "chunk_refs")
             out = {name: ix.get_counter(txn, c, name) for name in names}
             dead = live = 0
             with txn.cursor(db=self.index.packs) as cur:
@@ -559,7 +574,13 @@ class ChunkStore:
         out["index_bytes_per_chunk"] = _per(pages["chunks"] + pages["lookup"], out["unique_chunks"])
         out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
         logical = out["logical_bytes"]
-        out["savings_pct"] = _savings(out["stored_bytes"], logical)
+        out["savings_pct"] = _savings(out["packed_bytes"], logical)
+        out["dedup_savings_pct"] = _savings(out["stored_bytes"], logical)
+        out["compression_savings_pct"] = _savings(out["packed_bytes"], out["stored_bytes"])
+        out["dedup_ratio"] = round(logical / out["stored_bytes"], 3) if out["stored_bytes"] else None
+        out["compression_ratio"] = round(out["stored_bytes"] / out["packed_bytes"], 3) if out["packed_bytes"] else None
+        out["compression"] = format_compression(self.codec.codec, self.codec.level)
+        out["dictionary"] = self.codec.dict_id
         out["garbage_bytes"] = dead
         out["disk_bytes"] = self.disk_bytes()
         out["reserve_bytes"] = reserve.held_bytes(self.path)
