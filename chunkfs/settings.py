@@ -42,7 +42,9 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_EXAMPLES = "use e.g. 4096, 16K, 1M, 64KiB"
 _COMPRESSION_RE = re.compile(r"^(?:none|zstd:(\d{1,2}))$")
-DEFAULT_COMPRESSION = "zstd:3"  # for new stores; a store made without the field stores chunks raw
+DEFAULT_LEVEL = 3
+MAX_LEVEL = 22
+DEFAULT_COMPRESSION = f"zstd:{DEFAULT_LEVEL}"  # for new stores; a store made without the field stores chunks raw
 
 
 def parse_size(text: str | int) -> int:
@@ -64,6 +66,26 @@ def parse_size(text: str | int) -> int:
         raise SettingsError(f"not a size: {text!r} ({why})")
     number, unit = match.groups()
     return int(number) * _UNITS[unit.lower() if unit else None]
+
+
+def parse_compression(text: str) -> tuple[str, int]:
+    """``zstd``, ``zstd:LEVEL`` or ``none`` as (codec name, level); InvalidArgument if malformed."""
+    name, _, level = text.strip().lower().partition(":")
+    if name == "none" and not level:
+        return "none", 0
+    if name == "zstd":
+        try:
+            value = int(level) if level else DEFAULT_LEVEL
+        except ValueError:
+            value = 0
+        if 1 <= value <= MAX_LEVEL:
+            return "zstd", value
+        raise SettingsError(f"compression level must be 1 to {MAX_LEVEL}: {text!r}")
+    raise SettingsError(f"compression must be zstd, zstd:LEVEL or none: {text!r}")
+
+
+def format_compression(codec: str, level: int) -> str:
+    return "none" if codec == "none" else f"zstd:{level}"
 
 
 def format_size(n: float) -> str:

@@ -36,14 +36,13 @@ from collections.abc import Sequence
 import zstandard
 
 from ..errors import InvalidArgument
+from ..settings import DEFAULT_LEVEL, MAX_LEVEL, format_compression, parse_compression  # noqa: F401
 from ..hashing import checksum_of
 from ..pools import LazyPool
 from ._packs import CODEC_RAW, CODEC_ZSTD, RECORD_MAGIC, RecordHeader
 
 log = logging.getLogger("chunkfs.store")
 
-DEFAULT_LEVEL = 3
-MAX_LEVEL = 22
 PROBE_FROM = 16 * 1024  # chunks this big get a sample probe before a full compression
 PROBE_SIZE = 4 * 1024
 MIN_SAVING = 1 / 32  # keep raw below ~3 % saved
@@ -58,26 +57,6 @@ RETRAIN_AFTER = 64 * 1024 * 1024
 
 class DecodeError(Exception):
     """A compressed record that does not give its chunk back (the reason, for a ChunkCorruptError)."""
-
-
-def parse_compression(text: str) -> tuple[str, int]:
-    """``zstd``, ``zstd:LEVEL`` or ``none`` as (codec name, level); InvalidArgument if malformed."""
-    name, _, level = text.strip().lower().partition(":")
-    if name == "none" and not level:
-        return "none", 0
-    if name == "zstd":
-        try:
-            value = int(level) if level else DEFAULT_LEVEL
-        except ValueError:
-            value = 0
-        if 1 <= value <= MAX_LEVEL:
-            return "zstd", value
-        raise InvalidArgument(f"compression level must be 1 to {MAX_LEVEL}: {text!r}")
-    raise InvalidArgument(f"compression must be zstd, zstd:LEVEL or none: {text!r}")
-
-
-def format_compression(codec: str, level: int) -> str:
-    return "none" if codec == "none" else f"zstd:{level}"
 
 
 def _worth_it(raw_len: int, stored_len: int) -> bool:

@@ -31,7 +31,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "missing-pack": (DAMAGE, "a pack file holding chunks files use is gone"),
     "truncated-chunk": (DAMAGE, "a chunk's bytes run past the end of its pack"),
     "bad-record": (DAMAGE, "the pack holds no record of the chunk where the index says"),
-    "corrupt-chunk": (DAMAGE, "a chunk's bytes do not hash to its address (--verify-data)"),
+    "corrupt-chunk": (DAMAGE, "a chunk's bytes do not hash to its address, or its compressed record does not "
+                              "decompress (--verify-data)"),
+    "missing-dictionary": (DAMAGE, "a compressed record names a store dictionary the store does not have"),
     "refcount-mismatch": (DAMAGE, "a chunk's refcount differs from the references to it"),
     "orphan-chunk": (DAMAGE, "a chunk record no file references"),
     "pack-accounting": (DAMAGE, "a pack's live/dead byte counts differ from its records"),
