@@ -222,7 +222,7 @@ def test_stats_json_fields_and_dedup(tmp_path, store):
 def test_stats_human(tmp_path, store):
     run_cli("ingest", store, "a", write(tmp_path / "a", b"x" * 100_000))
     out = run_cli("stats", store).stdout
-    for label in ("logical bytes:", "stored bytes:", "savings:", "chunks:", "disk bytes:"):
+    for label in ("logical bytes:", "after dedup:", "compressed:", "savings:", "chunks:", "disk bytes:"):
         assert label in out
     assert "100,000 bytes" in out
 
