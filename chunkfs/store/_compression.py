@@ -17,7 +17,7 @@ stored raw.
 Dictionaries are files ``dictionaries/<id:04x>.zdict`` in the store directory,
 written durably before any record names them and never deleted (a record
 may name one for as long as the store lives).  Policy: while a store has no
-dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks (up to
+dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks that compress (up to
 ``SAMPLE_CHUNK`` bytes of each) are kept as a sample; once it is full a
 ``DICT_SIZE`` dictionary is trained and kept only if it shrinks the sample's
 last quarter (held out of training) by at least ``DICT_MIN_GAIN`` more than
@@ -177,7 +177,11 @@ class Codec:
         return found
 
     def observe(self, chunks: list[bytes | memoryview]) -> None:
-        """See new chunks (under the store's lock); train a dictionary once enough were seen."""
+        """See new chunks that compressed (under the store's lock); train a dictionary once enough were seen.
+
+        Only chunks that compressed are sampled: a store of incompressible data
+        never spends CPU on training a dictionary that could not help.
+        """
         if not self.enabled or not self.use_dictionary or self.dict_id:
             return
         for data in chunks:

@@ -322,7 +322,7 @@ class ChunkStore:
                 fresh = [chunks[i] for i in new.values()]
                 records = encode_records(self.codec, ids, fresh)
                 placed = dict(zip(new, zip(ids, self._append_new(records), (len(c) for c in fresh))))
-                self.codec.observe(fresh)
+                self.codec.observe([c for c, r in zip(fresh, records) if len(r) > 2])  # compressible ones
             written = []
             for address in addresses:
                 is_new = address in placed and address not in self.ledger.pins
