@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import zstandard
 
 from ..errors import InvalidArgument
-from ..settings import DEFAULT_LEVEL, MAX_LEVEL, format_compression, parse_compression  # noqa: F401
+from ..settings import DEFAULT_LEVEL
 from ..hashing import checksum_of
 from ..pools import LazyPool
 from ._packs import CODEC_RAW, CODEC_ZSTD, RECORD_MAGIC, RecordHeader

@@ -11,7 +11,7 @@ contents, refcounts and the namespace together):
 =============  ==========================================  ===========================================
 name           key                                         value
 =============  ==========================================  ===========================================
-chunks         chunk id (u32 BE, from ``next_chunk``)      CHUNK: address, refcount, stored length, pack, offset
+chunks         chunk id (u32 BE, from ``next_chunk``)      CHUNK: address, refcount, stored length, pack, offset (+ raw length if compressed)
 lookup         address[:8] + chunk id (u32 BE)             empty: finds a chunk id by its address (dedup)
 files          file id (store-level, bytes)                FILE: fkey, size, chunk count, data bytes
 manifests      fkey (u64 BE) + run start offset (u64 BE)   a run: up to RUN_MAX (chunk id, end) pairs of
@@ -68,7 +68,10 @@ DATABASES = (
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
 
-CHUNK = struct.Struct("<32sIIIII")  # address, refcount, stored length, pack id, data offset, raw length
+CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
+# ... then, only for a chunk stored compressed, its raw length (u32): an uncompressed chunk's is its stored
+# length, and every byte of the chunk record counts in the index's size per chunk
+CHUNK_RAW = struct.Struct("<I")
 FILE = struct.Struct("<QQQQ")  # fkey, logical size, number of chunks, bytes in chunks (size less holes)
 RUN_ENTRY = struct.Struct("<II")  # one manifest entry in a run: chunk id, its end relative to the run's start
 RUN_MAX = 32  # entries per run: 9 bytes an entry in full pages, and a short decode per read

@@ -77,12 +77,14 @@ class ChunkRecord:
 
     @classmethod
     def decode(cls, raw: bytes) -> "ChunkRecord":
-        address, refcount, length, pack, offset, raw_length = ix.CHUNK.unpack(raw)
+        address, refcount, length, pack, offset = ix.CHUNK.unpack_from(raw)
+        raw_length = ix.CHUNK_RAW.unpack_from(raw, ix.CHUNK.size)[0] if len(raw) > ix.CHUNK.size else length
         return cls(address, refcount, Location(pack, offset, length), raw_length)
 
     def encode(self) -> bytes:
         loc = self.location
-        return ix.CHUNK.pack(self.address, self.refcount, loc.length, loc.pack, loc.offset, self.raw)
+        record = ix.CHUNK.pack(self.address, self.refcount, loc.length, loc.pack, loc.offset)
+        return record if self.raw == loc.length else record + ix.CHUNK_RAW.pack(self.raw)
 
     @property
     def lost(self) -> bool:

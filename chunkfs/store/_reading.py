@@ -50,13 +50,13 @@ def _place(chunk: int, rec: ChunkRecord | None) -> Place | None:
 def _places(txn, index: Index, entries: list[Extent]) -> list[Place | None]:
     """Where each entry's chunk lies: one get per entry, decoded straight into a Place (every read does this)."""
     out: list[Place | None] = []
-    db, key, unpack = index.chunks, KEYCHUNK.pack, CHUNK.unpack
+    db, key, unpack = index.chunks, KEYCHUNK.pack, CHUNK.unpack_from
     for e in entries:
         raw = txn.get(key(e.chunk), db=db)
         if raw is None:
             out.append(None)
         else:
-            address, _, length, pack, offset, _ = unpack(raw)
+            address, _, length, pack, offset = unpack(raw)
             out.append(Place(Location(pack, offset, length), address, e.chunk))
     return out
 

@@ -47,7 +47,8 @@ from ._backend import PackBackend
 from ._local_backend import LocalBackend
 from ._packs import HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
 from ._check import FileNamer, check_records
-from ._compression import Codec, Dictionaries, encode_records, format_compression, parse_compression
+from ..settings import format_compression, parse_compression
+from ._compression import Codec, Dictionaries, encode_records
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
