@@ -3,9 +3,12 @@
 Builds a store of ``--chunks`` unique chunks through the library (one file
 per ``--per-file`` chunks of random bytes, cut by the fixed chunker so the
 chunk count is exact), then copies the LMDB environment with compaction
-(``env.copy(path, compact=True)``, which drops free pages and repacks the
-B-trees as a freshly loaded index would be) and divides each database's pages
-(branch + leaf + overflow, times the page size) by its record count.
+(``env.copy(path, compact=True)``, which drops free pages but keeps each
+page as full as it was) and divides pages (branch + leaf + overflow, times
+the page size) by counts: the ``chunks`` and ``lookup`` databases (a chunk's
+record and its address lookup entry) by the unique chunks, the
+``manifests`` database (runs of entries) by the manifest entries, as the
+store counts them (its ``chunk_refs`` counter).
 
     python -m benchmarks.index_size --chunks 200000
     python -m benchmarks.index_size --tiny          # seconds: what tests/test_benchmark_quick.py runs
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import struct
 import tempfile
 import time
 
@@ -50,10 +54,12 @@ def compacted_figures(store_path: str) -> dict:
         try:
             out = {}
             with env.begin() as txn:
-                for name in ("chunks", "manifests", "files", "pending", "packs", "counters"):
+                for name in ("chunks", "lookup", "manifests", "files", "pending", "packs", "counters"):
                     st = txn.stat(env.open_db(name.encode(), txn=txn, create=False))
                     pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
                     out[name] = {"entries": st["entries"], "bytes": pages * st["psize"]}
+                raw = txn.get(b"chunk_refs", db=env.open_db(b"counters", txn=txn, create=False))
+                out["manifest_entries"] = struct.unpack("<Q", raw)[0] if raw else 0
             return out
         finally:
             env.close()
@@ -72,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(work, "store")
         built = build(path, chunks, args.per_file, args.seed)
         dbs = compacted_figures(path)
+    chunks, entries = dbs["chunks"]["entries"], dbs["manifest_entries"]
     result = {
-        "chunks": dbs["chunks"]["entries"],
-        "entries": dbs["manifests"]["entries"],
-        "index_bytes_per_chunk": round(dbs["chunks"]["bytes"] / max(dbs["chunks"]["entries"], 1), 1),
-        "index_bytes_per_entry": round(dbs["manifests"]["bytes"] / max(dbs["manifests"]["entries"], 1), 1),
+        "chunks": chunks,
+        "entries": entries,
+        "manifest_runs": dbs["manifests"]["entries"],
+        "index_bytes_per_chunk": round((dbs["chunks"]["bytes"] + dbs["lookup"]["bytes"]) / max(chunks, 1), 1),
+        "index_bytes_per_entry": round(dbs["manifests"]["bytes"] / max(entries, 1), 1),
         "live_index_bytes_per_chunk": built["live"]["index_bytes_per_chunk"],
         "live_index_bytes_per_entry": built["live"]["index_bytes_per_entry"],
         "build_s": built["build_s"],
@@ -85,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['chunks']} unique chunks, {result['entries']} manifest entries (built in "
-              f"{result['build_s']} s)")
+        print(f"{result['chunks']} unique chunks, {result['entries']} manifest entries in "
+              f"{result['manifest_runs']} runs (built in {result['build_s']} s)")
         print(f"compacted index: {result['index_bytes_per_chunk']} bytes per chunk, "
               f"{result['index_bytes_per_entry']} bytes per manifest entry")
         print(f"live index:      {result['live_index_bytes_per_chunk']} bytes per chunk, "

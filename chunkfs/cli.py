@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
-from .settings import CHUNKERS, StoreSettings, format_size, parse_size
+from .settings import (CHUNKERS, DEFAULT_COMPRESSION, StoreSettings, format_compression, format_size,
+                       parse_compression, parse_size)
 from .store import ChunkStore, FileId, data_location, restore_from_bucket, upgrade_store
 
 PROG = "chunkfs"
@@ -184,13 +185,16 @@ MKFS_OPTIONS = {"chunker": "--chunker", "avg_size": "--avg-size", "min_size": "-
 def cmd_mkfs(args) -> int:
     # checked here first, so that a mistake is told in terms of the options the user gave
     StoreSettings.build(args.chunker, args.min_size, args.avg_size, args.max_size, names=MKFS_OPTIONS)
+    compression = format_compression(*parse_compression(args.compression))
     data = _data_location(args)
     with ChunkStore.create(args.store, chunker=args.chunker, min_size=args.min_size,
-                           avg_size=args.avg_size, max_size=args.max_size, data=data) as store:
+                           avg_size=args.avg_size, max_size=args.max_size, data=data,
+                           compression=compression) as store:
         s = store.settings
     where = f", pack data in {data['url']}" if data else ""
     print(f"created chunkfs store {os.path.abspath(args.store)}: {s.chunker} chunks, "
-          f"min {format_size(s.min_size)}, avg {format_size(s.avg_size)}, max {format_size(s.max_size)}{where}")
+          f"min {format_size(s.min_size)}, avg {format_size(s.avg_size)}, max {format_size(s.max_size)}, "
+          f"compression {s.compression}{where}")
     return 0
 
 
@@ -285,13 +289,20 @@ def _format_stats(s: dict) -> str:
     def pct(value: float | None) -> str:
         return NO_FIGURE if value is None else f"{value:.1f}%"
 
+    def ratio(value: float | None) -> str:
+        return NO_FIGURE if value is None else f"{value:.2f}x"
+
+    dictionary = f"dictionary {s['dictionary']}" if s["dictionary"] else "no dictionary yet"
     mounted = f" (mounted on {', '.join(s['mountpoints'])})" if s["mountpoints"] else ""
     rows = [
         ("store", s["store"] + mounted),
         ("files", f"{s['files']:,}"),
         ("logical bytes", both(s["logical_bytes"])),
-        ("stored bytes", both(s["stored_bytes"])),
-        ("savings", pct(s["savings_pct"])),
+        ("after dedup", f"{both(s['stored_bytes'])}, dedup ratio {ratio(s['dedup_ratio'])}"),
+        ("compressed", f"{both(s['packed_bytes'])}, compression ratio {ratio(s['compression_ratio'])} "
+                       f"({s['compression']}, {dictionary})"),
+        ("savings", f"{pct(s['savings_pct'])} (dedup {pct(s['dedup_savings_pct'])}, then compression "
+                    f"{pct(s['compression_savings_pct'])})"),
         ("chunks", f"{s['unique_chunks']:,} unique, {s['chunk_refs']:,} references "
                    f"({s['chunker']}, average {format_size(s['avg_chunk_size'])})"),
         ("disk bytes", f"{both(s['disk_bytes'])}, savings {pct(s['disk_savings_pct'])}"),
@@ -468,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avg-size", type=_size, metavar="SIZE", help="average chunk size, e.g. 32K (default 32K)")
     p.add_argument("--min-size", type=_size, metavar="SIZE", help="minimum chunk size (default avg/4)")
     p.add_argument("--max-size", type=_size, metavar="SIZE", help="maximum chunk size (default avg*4)")
+    p.add_argument("--compression", metavar="zstd[:LEVEL]|none", default=DEFAULT_COMPRESSION,
+                   help=f"how chunks are compressed (default {DEFAULT_COMPRESSION}; a mount's -o compression= "
+                        "changes it for new chunks)")
     _data_arguments(p, required=False)
     p.set_defaults(func=cmd_mkfs)
 

@@ -114,7 +114,8 @@ class ChunkCorruptError(ChunkfsError):
             where = f" of {self.where}"
         else:
             where = f" of file {self.file_id!r}" if self.file_id is not None else ""
-        return f"chunk {self.address.hex()}{where} is corrupt: {self.reason}"
+        what = f"chunk {self.address.hex()}" if self.address else "a chunk"  # no address: its record is gone
+        return f"{what}{where} is corrupt: {self.reason}"
 
     def located(self, where: str) -> "ChunkCorruptError":
         """The same error, naming the file as ``where``."""

@@ -2,8 +2,9 @@
 
 A chunk's *address* is the SHA-256 of its bytes: dedup identity must be
 collision-resistant, because a false match silently swaps one user's data for
-another's.  Each chunk record also keeps an xxh3-128 *checksum* so that every
-read can be verified at memory speed; full SHA-256 verification is an option.
+another's.  Each pack record header keeps an xxh3-64 *checksum* of the
+chunk, so that every read can be verified at memory speed from the bytes it
+fetches anyway; full SHA-256 verification is an option.
 Both hash functions release the GIL on large buffers.
 """
 
@@ -18,7 +19,7 @@ import xxhash
 from .pools import LazyPool
 
 ADDRESS_SIZE = 32
-CHECKSUM_SIZE = 16
+CHECKSUM_SIZE = 8
 VERIFY_MODES = ("xxh3", "sha256", "off")
 
 
@@ -27,7 +28,7 @@ def address_of(data: bytes | memoryview) -> bytes:
 
 
 def checksum_of(data: bytes | memoryview) -> bytes:
-    return xxhash.xxh3_128_digest(data)
+    return xxhash.xxh3_64_digest(data)
 
 
 # A batch at least this big is hashed by two threads at once (SHA-256 runs

@@ -2,7 +2,7 @@
 
 Three kinds of option reach ``chunkfs mount``:
 
-* chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``,
+* chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``, ``compression=``,
   ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
   object store ``pack_cache=``, ``upload_backlog=``, ``upload_interval=``, ``backlog_wait=``,
   ``request_timeout=``): consumed here, never
@@ -23,7 +23,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgument
-from .settings import parse_size
+from .settings import format_compression, parse_compression, parse_size
 from .store import DEFAULT_CACHE_SIZE
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -68,6 +68,7 @@ class MountOptions:
     log_file: str | None = None
     cache_size: int = DEFAULT_CACHE_SIZE
     verify: str = "xxh3"
+    compression: str | None = None  # None: the store's own setting, for new chunks
     writeback_cache: bool = False
     read_around: bool = True
     read_ahead_kb: int | None = None  # None: DEFAULT_READ_AHEAD_KB, and no warning if it cannot be set
@@ -154,6 +155,11 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
         if value not in VERIFY_CHOICES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_CHOICES)}, not {value!r}")
         opts.verify = value
+    elif name == "compression":
+        try:
+            opts.compression = format_compression(*parse_compression(value))
+        except Exception as exc:  # SettingsError: re-word for the mount context
+            raise InvalidArgument(f"compression: {exc}") from None
     elif name == "read_ahead_kb":
         opts.read_ahead_kb = _read_ahead(value)
     elif name in ("pack_cache", "upload_backlog"):

@@ -28,7 +28,7 @@ UPGRADE_DIR = ".upgrade"  # where 'chunkfs upgrade' builds the new store (store/
 UPGRADE_READY = "READY"  # in UPGRADE_DIR: the upgrade is committed, only renames are left
 CHUNKERS = ("fastcdc", "fixed")
 HASHES = ("sha256",)
-CHECKSUMS = ("xxh3-128",)
+CHECKSUMS = ("xxh3-64",)
 
 DEFAULT_AVG_SIZE = 32 * 1024
 MAX_CHUNK_LIMIT = 16 * 1024 * 1024  # chunks are held whole in memory, so cap them
@@ -41,6 +41,10 @@ FIXED_MIN = 512
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_EXAMPLES = "use e.g. 4096, 16K, 1M, 64KiB"
+_COMPRESSION_RE = re.compile(r"^(?:none|zstd:(\d{1,2}))$")
+DEFAULT_LEVEL = 3
+MAX_LEVEL = 22
+DEFAULT_COMPRESSION = f"zstd:{DEFAULT_LEVEL}"  # for new stores; a store made without the field stores chunks raw
 
 
 def parse_size(text: str | int) -> int:
@@ -62,6 +66,26 @@ def parse_size(text: str | int) -> int:
         raise SettingsError(f"not a size: {text!r} ({why})")
     number, unit = match.groups()
     return int(number) * _UNITS[unit.lower() if unit else None]
+
+
+def parse_compression(text: str) -> tuple[str, int]:
+    """``zstd``, ``zstd:LEVEL`` or ``none`` as (codec name, level); InvalidArgument if malformed."""
+    name, _, level = text.strip().lower().partition(":")
+    if name == "none" and not level:
+        return "none", 0
+    if name == "zstd":
+        try:
+            value = int(level) if level else DEFAULT_LEVEL
+        except ValueError:
+            value = 0
+        if 1 <= value <= MAX_LEVEL:
+            return "zstd", value
+        raise SettingsError(f"compression level must be 1 to {MAX_LEVEL}: {text!r}")
+    raise SettingsError(f"compression must be zstd, zstd:LEVEL or none: {text!r}")
+
+
+def format_compression(codec: str, level: int) -> str:
+    return "none" if codec == "none" else f"zstd:{level}"
 
 
 def format_size(n: float) -> str:
@@ -142,6 +166,7 @@ SCHEMA: dict[str, FieldRule] = {
     "uuid": FieldRule(str, "a UUID in text form"),
     "created": FieldRule(float, "a time in seconds since 1970", low=0),
     "data": FieldRule(dict, 'an object: {} (packs on the local disk) or {"url": "s3://BUCKET/PREFIX", ...}'),
+    "compression": FieldRule(str, '"none" or "zstd:LEVEL" (LEVEL 1 to 22)'),
 }
 
 
@@ -149,6 +174,10 @@ def _check_field(name: str, value: object) -> None:
     SCHEMA[name].check(name, value)
     if name == "data":
         _check_data_location(value)
+    if name == "compression":
+        match = _COMPRESSION_RE.match(value)
+        if not match or match.group(1) and not 1 <= int(match.group(1)) <= 22:
+            raise _Invalid(name, value, f"must be {SCHEMA[name].meaning}")
     if name == "uuid":
         try:
             uuid.UUID(value)
@@ -193,13 +222,15 @@ class StoreSettings:
     avg_size: int = DEFAULT_AVG_SIZE
     max_size: int = DEFAULT_AVG_SIZE * 4
     hash: str = "sha256"
-    checksum: str = "xxh3-128"
+    checksum: str = "xxh3-64"  # in each pack record header (format 1: xxh3-128, in the chunk record)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: float = field(default_factory=time.time)
     # Where pack data lives: {} for files in STORE/packs, else an object store (see _check_data_location)
     data: dict = field(default_factory=dict)
+    # How new chunks are compressed: "none" or "zstd:LEVEL" (a mount may choose another for new chunks)
+    compression: str = DEFAULT_COMPRESSION
 
     @classmethod
     def build(cls, chunker: str = "fastcdc", min_size=None, avg_size=None, max_size=None,
@@ -344,7 +375,8 @@ def read_settings(store_dir: str) -> StoreSettings:
                              f'"format": {json.dumps(FORMAT_NAME)})')
     try:
         _check_version(path, raw)
-        raw = {"data": {}, **raw}  # a store made before the field existed keeps its packs on the local disk
+        # a store made before a field existed: packs on the local disk, chunks stored raw
+        raw = {"data": {}, "compression": "none", **raw}
         for name in SCHEMA:
             if name not in raw:
                 raise SettingsError(f"{path}: damaged settings file: field {name!r} is missing")

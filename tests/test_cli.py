@@ -222,7 +222,7 @@ def test_stats_json_fields_and_dedup(tmp_path, store):
 def test_stats_human(tmp_path, store):
     run_cli("ingest", store, "a", write(tmp_path / "a", b"x" * 100_000))
     out = run_cli("stats", store).stdout
-    for label in ("logical bytes:", "stored bytes:", "savings:", "chunks:", "disk bytes:"):
+    for label in ("logical bytes:", "after dedup:", "compressed:", "savings:", "chunks:", "disk bytes:"):
         assert label in out
     assert "100,000 bytes" in out
 
@@ -243,7 +243,7 @@ def test_stats_of_a_near_empty_store_shows_no_meaningless_percentage(tmp_path, s
     assert stats["disk_bytes"] + stats["reserve_bytes"] == du(store)  # ... and not as the store's own bytes
     assert stats["disk_bytes"] < stats["reserve_bytes"]
     lines = dict(line.split(":", 1) for line in run_cli("stats", store).stdout.splitlines())
-    assert lines["savings"].strip() == "0.0%"
+    assert lines["savings"].strip().startswith("0.0% (dedup 0.0%, then compression 0.0%)")
     assert lines["disk bytes"].rstrip().endswith("savings –")
     assert f"({stats['reserve_bytes']:,} bytes)" in lines["reserve"]
     assert "%" not in lines["disk bytes"]

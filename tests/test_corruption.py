@@ -24,7 +24,7 @@ import pytest
 
 from chunkfs.fs.namespace import ROOT_INO, Namespace
 from chunkfs.fs.openfile import file_id_for
-from chunkfs.store._ledger import ChunkRecord
+from chunkfs.store._ledger import find_chunk
 from chunkfs.store._packs import Location
 from chunkfs.store import ChunkStore
 from conftest import assert_one_line_error, is_mounted, run_cli, store_holder
@@ -82,7 +82,7 @@ def layout(fs) -> Layout:
         chunks, data = {}, {}
         for name, ino in _inodes(store, txn).items():
             chunks[name] = [Chunk(e.offset, e.length, e.address,
-                                  ChunkRecord.decode(txn.get(e.address, db=store.index.chunks)).location)
+                                  find_chunk(txn, store.index, e.address)[1].location)
                             for e in store.manifest(file_id_for(ino))]
             data[name] = store.read(file_id_for(ino))
     return Layout(data, chunks)

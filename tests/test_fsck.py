@@ -31,8 +31,8 @@ from chunkfs.errors import ChunkCorruptError
 from chunkfs.fs import ROOT_INO, Caller, FsCore
 from chunkfs.fs.namespace import Namespace
 from chunkfs.fs.openfile import file_id_for
-from chunkfs.store._ledger import ChunkRecord
-from chunkfs.store._packs import RECORD
+from chunkfs.store._ledger import chunk_key, find_chunk
+from chunkfs.store._packs import RECORD, RecordHeader
 from chunkfs.store import ChunkStore
 
 from conftest import CLI, REPO, assert_one_line_error, cli_env, requires_fuse, run_cli
@@ -130,9 +130,20 @@ def manifest(path, ino: int):
         return store.manifest(file_id_for(ino))
 
 
+def chunk_record(store, txn, address: bytes):
+    """(chunk id, chunk record) of the stored chunk ``address``."""
+    return find_chunk(txn, store.index, address)
+
+
 def chunk_location(path, address: bytes):
     with ChunkStore.open(path, readonly=True) as store, store.index.read() as txn:
-        return ChunkRecord.decode(txn.get(address, db=store.index.chunks)).location
+        return chunk_record(store, txn, address)[1].location
+
+
+def rewrite_manifest(store, txn, fkey: int, keep) -> None:
+    """Rewrite a file's manifest runs with only the entries ``keep(entry)`` accepts, nothing else changed."""
+    entries = store.manifest_index.delete_runs(txn, fkey)
+    store.manifest_index.write_runs(txn, fkey, [e for e in entries if keep(e)])
 
 
 def pack_path(path, pack: int) -> Path:
@@ -328,7 +339,7 @@ def test_flipped_data_byte_needs_verify_data_and_loses_one_chunk(built, capsys):
 def test_flipped_record_header_byte_is_rewritten_and_nothing_is_lost(built, capsys):
     second = manifest(built.path, built.a)[1]
     loc = chunk_location(built.path, second.address)
-    flip(built.path, loc.pack, loc.record_offset + 10)  # inside the address field
+    flip(built.path, loc.pack, loc.record_offset + 14)  # inside the chunk id field
     out = fsck(built.path, code=4, capsys=capsys)
     assert "bad-record" in kinds(out)
     again = repair_cycle(built.path, {"bad-record"}, capsys)
@@ -353,7 +364,7 @@ def test_unreadable_pack_records_are_damage_left_after_repair(built, capsys):
 
 def test_missing_chunk_record_becomes_a_tombstone(built, capsys):
     third = manifest(built.path, built.a)[2]
-    edit(built.path, lambda s, txn: txn.delete(third.address, db=s.index.chunks))
+    edit(built.path, lambda s, txn: txn.delete(chunk_key(chunk_record(s, txn, third.address)[0]), db=s.index.chunks))
     out = fsck(built.path, code=4, capsys=capsys)
     assert finding(out, "missing-chunk")["files"][0]["ranges"] == [[2 * CHUNK, 3 * CHUNK]]
     repair_cycle(built.path, {"missing-chunk", "pack-accounting", "counter-mismatch"}, capsys)
@@ -382,9 +393,9 @@ def test_refcounts_orphan_chunks_and_counters_are_recomputed(built, capsys):
     first = manifest(built.path, built.a)[0]
 
     def damage(store, txn):
-        rec = ChunkRecord.decode(txn.get(first.address, db=store.index.chunks))
+        chunk, rec = chunk_record(store, txn, first.address)
         rec.refcount += 3
-        txn.put(first.address, rec.encode(), db=store.index.chunks)
+        txn.put(chunk_key(chunk), rec.encode(), db=store.index.chunks)
         ix.add_counter(txn, store.index.counters, "logical_bytes", 12345)
 
     edit(built.path, damage)
@@ -394,8 +405,7 @@ def test_refcounts_orphan_chunks_and_counters_are_recomputed(built, capsys):
 
         def drop(txn):
             fkey = ix.FILE.unpack(txn.pop(b"sorphan-chunks", db=store.index.files))[0]
-            for offset in range(0, 3 * CHUNK, CHUNK):
-                txn.delete(nsrec.KEY64x2.pack(fkey, offset), db=store.index.manifests)
+            store.manifest_index.delete_runs(txn, fkey)
             txn.delete(b"sorphan-manifest", db=store.index.files)
 
         store.index.write(drop)
@@ -425,9 +435,9 @@ def test_orphan_blob_in_a_pack_becomes_dead_space_gc_reclaims(built, capsys):
 
     edit(built.path, damage)
     with open(pack_path(built.path, 1), "ab") as fh:  # a whole record nothing references or accounts for
-        fh.write(RECORD.pack(b"CK", len(blob), bytes(32)) + blob)
+        fh.write(RecordHeader.of(0, blob).pack() + blob)
     out = fsck(built.path, code=4, capsys=capsys)
-    assert "dead bytes 0 recorded, 5038 found" in finding(out, "pack-accounting")["message"]
+    assert f"dead bytes 0 recorded, {RECORD.size + len(blob)} found" in finding(out, "pack-accounting")["message"]
     repair_cycle(built.path, {"pack-accounting"}, capsys)
     with ChunkStore.open(built.path) as store:
         assert store.stats()["garbage_bytes"] == RECORD.size + len(blob)
@@ -437,8 +447,8 @@ def test_orphan_blob_in_a_pack_becomes_dead_space_gc_reclaims(built, capsys):
 
 def test_manifest_gap_reads_as_eio_not_zeros(built, capsys):
     third = manifest(built.path, built.a)[2]
-    edit(built.path, lambda s, txn: txn.delete(nsrec.KEY64x2.pack(_fkey(s, txn, built.a), third.offset),
-                                                db=s.index.manifests))
+    edit(built.path, lambda s, txn: rewrite_manifest(s, txn, _fkey(s, txn, built.a),
+                                                     lambda e: e.offset != third.offset))
     out = fsck(built.path, code=4, capsys=capsys)
     assert "broken-manifest" in kinds(out)
     repair_cycle(built.path, {"broken-manifest", "count-mismatch"}, capsys)

@@ -78,8 +78,11 @@ BAD_FILES = [
     pytest.param(lambda g: without_field(g, "uuid"), ["uuid", "missing"], id="uuid-missing"),
     pytest.param(lambda g: with_field(g, "created", "yesterday"), ["created", '"yesterday"'], id="created-string"),
     pytest.param(lambda g: with_field(g, "uuid", 7), ["uuid", "7"], id="uuid-number"),
-    pytest.param(lambda g: with_field(g, "compression", "zstd"), ["compression", "unknown field"],
+    pytest.param(lambda g: with_field(g, "encryption", "aes"), ["encryption", "unknown field"],
                  id="unknown-field"),
+    pytest.param(lambda g: with_field(g, "compression", "zstd:99"), ["compression", '"zstd:99"'],
+                 id="compression-level"),
+    pytest.param(lambda g: with_field(g, "compression", "lz4"), ["compression", '"lz4"'], id="compression-codec"),
     pytest.param(lambda g: with_field(g, "chunker", "fixed"), ["min_size", "equal"], id="fixed-unequal-sizes"),
     pytest.param(lambda g: with_field(g, "avg_size", 1 << 30), ["avg_size", "exceeds"], id="avg_size-too-big"),
 ]
@@ -187,7 +190,7 @@ def test_any_edit_of_the_file_opens_or_is_one_line(store_and_settings, data):
     elif how == "delete":
         gone = data.draw(st.sampled_from(sorted(good)))
         doc = without_field(good, gone)
-        if gone == "data":  # optional: a store made before it existed keeps its packs on the local disk
+        if gone in ("data", "compression"):  # optional: a store made before them: local packs, raw chunks
             how = "delete optional"
     elif how == "add":
         doc = with_field(good, data.draw(st.text(max_size=12).filter(lambda k: k not in good)), data.draw(JSON_VALUES))
@@ -198,7 +201,7 @@ def test_any_edit_of_the_file_opens_or_is_one_line(store_and_settings, data):
         stats, fsck = run_cli_in_process("stats", store), run_cli_in_process("fsck", store)
     finally:
         write_settings(store, good)
-    if how in ("delete", "add"):  # every field but 'data' is required, and no other is allowed
+    if how in ("delete", "add"):  # every field but 'data' and 'compression' is required, and no other is allowed
         assert stats.returncode == 1, f"a settings file with a field {how}ed opened: {doc}"
     if stats.returncode == 0:
         assert fsck.returncode == 0, fsck.stderr

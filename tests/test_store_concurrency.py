@@ -47,7 +47,7 @@ def test_a_file_replaced_between_lookup_and_read_is_read_as_it_is_now(store, rea
     word about corruption."""
     old, new = rand(MiB, 1), rand(MiB, 2)
     store.ingest("x", old)
-    real_read, real_run = store.packs.read, store.packs.read_run
+    real_read, real_run = store.packs.read_record, store.packs.read_run
     replaced = []
 
     def replace_first(real):
@@ -58,7 +58,7 @@ def test_a_file_replaced_between_lookup_and_read_is_read_as_it_is_now(store, rea
             return real(*args, **kwargs)
         return hooked
 
-    monkeypatch.setattr(store.packs, "read", replace_first(real_read))
+    monkeypatch.setattr(store.packs, "read_record", replace_first(real_read))
     monkeypatch.setattr(store.packs, "read_run", replace_first(real_run))
     with caplog.at_level(logging.WARNING, logger="chunkfs"):
         assert READERS[reader](store, "x") == new
@@ -195,7 +195,7 @@ def test_a_partial_version_holds_only_its_range(store):
     data = rand(MiB, 4)
     store.ingest("x", data)
     with store.open_version("x", 300_000, 400_000) as version:
-        held = {e.address for e in version._entries}
+        held = {p.address for p in version._places}
         assert 0 < len(held) < len(store.manifest("x")) // 4
         assert set(store.ledger.pins) == held
         assert bytes(version.read(300_000, 100_000)) == data[300_000:400_000]
@@ -225,7 +225,7 @@ def test_a_damaged_chunk_in_a_version_raises_never_wrong_bytes(store, caplog):
             os.close(fd)
         with pytest.raises(ChunkCorruptError) as info:
             version.read(0, len(data))
-        assert info.value.address == entry.address
+        assert info.value.address == version._places[3].address
         assert bytes(version.read(0, entry.offset)) == data[:entry.offset]  # the chunks before it still read
     assert any("is corrupt" in r.getMessage() for r in caplog.records)
 

@@ -1,9 +1,11 @@
-"""Random ingest / re-ingest / delete / gc / reopen against a dict model.
+"""Random ingest / re-ingest / patch / truncate / delete / gc / reopen against a dict model.
 
 After every step every file reads back as the model says, and ``check_store``
 recounts every refcount from all manifests and every pack's accounting from
 its records.  After gc no record in any pack lacks a reference, and every
-referenced chunk's bytes exist and hash to its address.
+referenced chunk's bytes exist and hash to its address.  Patches replace
+entries in the middle of files, with holes among the new chunks, so manifest
+runs are split, merged and cut at holes (files here span several runs).
 """
 
 import random
@@ -16,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from chunkfs import ChunkStore
 from chunkfs.fsck import check_store
+from chunkfs.store import TO_END, Patch, hole_ref
 
 from conftest import make_backend
 
@@ -56,6 +59,52 @@ class StoreMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(sorted(self.model, key=repr)))
         self.store.delete(name)
         del self.model[name]
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def patch(self, data):
+        """Replace the entries starting in [entry i, entry j) by new chunks and holes laid from entry i."""
+        name = data.draw(st.sampled_from(sorted(self.model, key=repr)))
+        old = self.model[name]
+        entries = self.store.manifest(name)
+        i = data.draw(st.integers(0, len(entries)))
+        j = data.draw(st.integers(i, len(entries)))
+        start = entries[i].offset if i < len(entries) else len(old)
+        room = (entries[j].offset if j < len(entries) else start + 20_000) - start
+        pieces = data.draw(st.lists(st.tuples(st.booleans(), st.integers(1, 3000)), max_size=6))
+        refs, new = [], b""
+        for is_hole, length in pieces:
+            length = min(length, room - len(new))
+            if length <= 0:
+                break
+            if is_hole:
+                refs.append(hole_ref(length))
+                new += bytes(length)
+            else:
+                piece = random.Random(len(new) + length).randbytes(length)
+                refs.append(self.store.put_chunk(piece))
+                new += piece
+        end = start + len(new)
+        if j < len(entries):  # what the removed entries covered and the new ones do not is a hole now
+            size, old_end = len(old), entries[j].offset
+            model = old[:start] + new + bytes(old_end - end) + old[old_end:]
+        else:  # everything from ``start`` on was replaced: past the new chunks, the file is a hole
+            size, old_end = (max(len(old), end) if data.draw(st.booleans()) else end), TO_END
+            model = old[:start] + new + bytes(size - end)
+        self.store.commit_file(name, [Patch(start, old_end, refs)], size)
+        self.model[name] = model
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def truncate(self, data):
+        """Cut a file at a chunk boundary, then give it any size from there (a hole if it grows)."""
+        name = data.draw(st.sampled_from(sorted(self.model, key=repr)))
+        old = self.model[name]
+        entries = self.store.manifest(name)
+        cut = data.draw(st.sampled_from([e.offset for e in entries] + [len(old)]))
+        size = data.draw(st.integers(cut, cut + 50_000))
+        self.store.commit_file(name, [Patch(cut, TO_END, [])], size)
+        self.model[name] = old[:cut].ljust(size, b"\0")
 
     @rule()
     def gc(self):

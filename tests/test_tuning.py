@@ -128,8 +128,10 @@ def test_writeback_cache_batches_small_writes(mount_factory):
 
 @pytest.mark.mount
 def test_verify_sha256_rehashes_instead_of_trusting_the_checksum(mount_factory):
-    """A wrong xxh3 checksum in the index fails xxh3 verification but not SHA-256 re-hashing."""
+    """A wrong xxh3 checksum in a pack record header fails xxh3 verification but not SHA-256 re-hashing."""
     from chunkfs.store import ChunkStore  # noqa: PLC0415
+    from chunkfs.store._ledger import find_chunk  # noqa: PLC0415
+    from chunkfs.store._packs import RECORD  # noqa: PLC0415
 
     fs = mount_factory()
     data = os.urandom(200 * KiB)
@@ -138,14 +140,10 @@ def test_verify_sha256_rehashes_instead_of_trusting_the_checksum(mount_factory):
     fs.unmount()
     with ChunkStore.open(fs.store) as store:
         victim = store.manifest(ino.to_bytes(8, "big"))[0]
-
-        def wrong_checksum(txn):
-            raw = bytearray(txn.get(victim.address, db=store.index.chunks))
-            raw[12:28] = bytes(16)  # CHUNK: refcount u64, length u32, xxh3-128, ...
-            txn.put(victim.address, bytes(raw), db=store.index.chunks)
-            return None, []
-
-        store.write_txn(wrong_checksum)
+        with store.read_txn() as txn:
+            loc = find_chunk(txn, store.index, victim.address)[1].location
+        # the header's last 8 bytes are the xxh3-64 of the chunk; the bytes themselves stay intact
+        store.packs.backend.patch(loc.pack, loc.record_offset + RECORD.size - 8, bytes(8))
     fs.expect_log(r"xxh3 checksum mismatch")
     fs.mount()
     with pytest.raises(OSError) as info:

@@ -519,7 +519,7 @@ def damage_chunk_at(store_path: Path, file_id: str, offset: int) -> tuple[int, i
     with ChunkStore.open(store_path, readonly=True) as store:
         [entry] = store.manifest(file_id, offset, offset + 1)
         with store.index.read() as txn:
-            location, _ = store.ledger.locate(txn, entry.address)
+            _, location = store.ledger.locate(txn, entry.address)
         pack = store.packs.backend.path(location.pack)
     fd = os.open(pack, os.O_RDWR)
     try:

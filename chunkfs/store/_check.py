@@ -25,9 +25,12 @@ from collections.abc import Callable
 import lmdb
 
 from . import _index as ix
-from ..hashing import address_of
-from ._ledger import LOST_PACK, ChunkRecord
-from ._packs import HEADER_SIZE, RECORD_MAGIC, Location, record_size
+from ..errors import IndexCorruptError
+from ..hashing import address_of, checksum_of
+from ._compression import DecodeError
+from ._ledger import ChunkRecord
+from ._manifests import decode_run
+from ._packs import HEADER_SIZE, Location, record_size
 from ._report import CheckReport, FileDamage, Progress, format_ranges, merge_ranges
 from ._fileids import FileId, decode_file_id
 
@@ -50,17 +53,20 @@ class _StoreCheck:
         self.store, self.txn, self.report, self.namer, self.progress = store, txn, report, namer, progress
         self.db = store.index
         self.files: dict[int, tuple[bytes, int, int, int]] = {}  # fkey -> (files key, size, chunks, data bytes)
-        self.refs: Counter = Counter()
-        self.problems: dict[bytes, tuple[str, str]] = {}  # address -> (kind, message)
-        self.missing_packs: dict[int, list[bytes]] = {}
-        self.tombstones: set[bytes] = set()
-        self.live_at: dict[Location, bytes] = {}
-        self.unique = self.stored = 0
+        self.refs: Counter = Counter()  # chunk id -> references from manifests
+        self.entries = 0
+        self.problems: dict[int, tuple[str, str, str]] = {}  # chunk id -> (kind, message, subject)
+        self.missing_packs: dict[int, list[int]] = {}
+        self.tombstones: set[int] = set()
+        self.live_at: dict[Location, tuple[int, bytes]] = {}  # location -> (chunk id, address)
+        self.unique = self.stored = self.packed = self.highest_chunk = 0
+        self.raw_of: dict[int, int] = {}  # chunk id -> raw length, for compressed records
 
     def run(self, verify_data: bool) -> None:
         self._load_files()
         self._check_manifests()
         self._check_chunks()
+        self._check_lookup()
         self._check_counters()
         self._check_packs()
         if verify_data:
@@ -79,27 +85,35 @@ class _StoreCheck:
         self.report.files_checked = len(self.files)
 
     def _check_manifests(self) -> None:
-        """Every file's entries lie in [0, size) without overlaps; recounts the references to every address.
+        """Every file's entries lie in [0, size) without overlaps; recounts the references to every chunk.
 
-        Gaps between entries are holes, so an entry that went missing looks
+        Gaps between runs are holes, so an entry that went missing looks
         like one: the file record's count of data bytes is what tells them apart.
         """
         total = self._entries("manifests")
         current, covered, count, data, broken = None, 0, 0, 0, False
         seen = set()
-        for n, (key, value) in enumerate(self.txn.cursor(db=self.db.manifests), 1):
-            fkey, offset = ix.KEY64x2.unpack(key)
-            address, length = ix.MANIFEST.unpack(value)
-            self.refs[address] += 1
+        for n, (fkey, start, value) in enumerate(self.store.manifest_index.runs(self.txn), 1):
             if fkey != current:
                 if current is not None:
                     self._end_file(current, covered, count, data, broken)
                     seen.add(current)
                 current, covered, count, data, broken = fkey, 0, 0, 0, False
-            if offset < covered and not broken:
+            try:
+                run = decode_run(start, value)
+            except IndexCorruptError:
+                if not broken and fkey in self.files:
+                    self._add_file("broken-manifest", fkey, f"its manifest run at offset {start} is damaged")
                 broken = True
-                self._add_file("broken-manifest", fkey, f"its chunks overlap at offset {offset}")
-            covered, count, data = max(covered, offset + length), count + 1, data + length
+                continue
+            for e in run:
+                self.refs[e.chunk] += 1
+            if start < covered and not broken:
+                broken = True
+                self._add_file("broken-manifest", fkey, f"its chunks overlap at offset {start}")
+            covered, count = max(covered, run[-1].end), count + len(run)
+            data += sum(e.length for e in run)
+            self.entries += len(run)
             if n % PROGRESS_EVERY == 0:
                 self.progress("manifests", n, total)
         if current is not None:
@@ -128,68 +142,106 @@ class _StoreCheck:
         name, paths = self.namer(decode_file_id(self.files[fkey][0]))
         self.report.add(kind, f"file {name}: {what}", f"fkey:{fkey}", [FileDamage(name, paths)])
 
-    # -- chunk records -----------------------------------------------------------------
+    # -- chunk records and the lookup --------------------------------------------------
 
     def _check_chunks(self) -> None:
         total = self._entries("chunks")
         present_packs = set(self.store.packs.existing())
-        for n, (address, value) in enumerate(self.txn.cursor(db=self.db.chunks), 1):
+        unlisted = 0
+        for n, (key, value) in enumerate(self.txn.cursor(db=self.db.chunks), 1):
+            chunk = ix.KEYCHUNK.unpack(key)[0]
             rec = ChunkRecord.decode(value)
-            self._check_refcount(address, rec)
-            if rec.location.pack == LOST_PACK:
-                self.tombstones.add(address)
+            self.highest_chunk = max(self.highest_chunk, chunk)
+            self._check_refcount(chunk, rec)
+            if rec.lost:
+                self.tombstones.add(chunk)
             else:
-                self.unique, self.stored = self.unique + 1, self.stored + rec.location.length
-                self.live_at[rec.location] = address
-                self._check_location(address, rec.location, present_packs)
+                self.unique, self.stored = self.unique + 1, self.stored + rec.raw
+                self.packed += rec.location.length
+                self.live_at[rec.location] = (chunk, rec.address)
+                self._check_location(chunk, rec, present_packs)
+                if self.txn.get(ix.lookup_key(rec.address, chunk), db=self.db.lookup) is None:
+                    unlisted += 1
             if n % PROGRESS_EVERY == 0:
                 self.progress("chunks", n, total)
         self.report.chunks_checked = total
-        for address, count in self.refs.items():
-            if self.txn.get(address, db=self.db.chunks) is None:
-                self._problem(address, "missing-chunk",
-                              f"chunk {address.hex()} is referenced {count} times but has no record")
+        for chunk, count in self.refs.items():
+            if self.txn.get(ix.KEYCHUNK.pack(chunk), db=self.db.chunks) is None:
+                self._problem(chunk, "missing-chunk", f"chunk id {chunk} is referenced {count} times but has "
+                              "no record", f"chunk-id:{chunk}")
+        if unlisted:
+            self.report.add("bad-lookup", f"{unlisted} chunks are missing from the address lookup (new copies of "
+                            "their bytes would not be deduplicated)", "lookup:missing")
         self.progress("chunks", total, total)
 
-    def _check_refcount(self, address: bytes, rec: ChunkRecord) -> None:
-        refs = self.refs.get(address, 0)
+    def _check_refcount(self, chunk: int, rec: ChunkRecord) -> None:
+        refs = self.refs.get(chunk, 0)
         if refs == 0:
-            self.report.add("orphan-chunk", f"chunk {address.hex()} has refcount {rec.refcount} but no file "
-                            "references it", f"chunk:{address.hex()}")
+            self.report.add("orphan-chunk", f"chunk {rec.address.hex()} has refcount {rec.refcount} but no file "
+                            "references it", f"chunk:{rec.address.hex()}")
         elif rec.refcount != refs:
-            self.report.add("refcount-mismatch", f"chunk {address.hex()}: refcount {rec.refcount}, "
-                            f"referenced {refs} times", f"chunk:{address.hex()}")
+            self.report.add("refcount-mismatch", f"chunk {rec.address.hex()}: refcount {rec.refcount}, "
+                            f"referenced {refs} times", f"chunk:{rec.address.hex()}")
 
-    def _check_location(self, address: bytes, loc: Location, present_packs: set[int]) -> None:
+    def _check_location(self, chunk: int, rec: ChunkRecord, present_packs: set[int]) -> None:
+        loc, address = rec.location, rec.address
         if loc.pack not in present_packs:
-            self.missing_packs.setdefault(loc.pack, []).append(address)
-            self.report.bad_chunks[address] = f"pack {loc.pack:08x} is missing"
+            self.missing_packs.setdefault(loc.pack, []).append(chunk)
+            self.report.bad_chunks[chunk] = f"pack {loc.pack:08x} is missing"
             return
-        magic, length, stored_address = self.store.packs.read_record_header(loc)
-        if magic != RECORD_MAGIC or length != loc.length or stored_address != address:
-            self._problem(address, "bad-record", f"chunk {address.hex()}: pack {loc.pack:08x} holds no "
-                          f"record of it at offset {loc.record_offset}")
+        header = self.store.packs.read_record_header(loc)
+        why = "the pack ends inside its record header" if header is None else header.fault(chunk, loc.length)
+        if not why and header.compressed:
+            self.raw_of[chunk] = rec.raw
+            if header.raw != rec.raw:
+                why = f"its record header says {header.raw} raw bytes, the index {rec.raw}"
+            elif header.dictionary and self.store.codec.dictionaries.get(header.dictionary) is None:
+                self._problem(chunk, "missing-dictionary", f"chunk {address.hex()}: its record names compression "
+                              f"dictionary {header.dictionary}, which the store does not have",
+                              f"chunk:{address.hex()}")
+                return
+        elif not why and header.raw != rec.raw:
+            why = f"its record header says {header.raw} raw bytes, the index {rec.raw}"
+        if why:
+            self._problem(chunk, "bad-record", f"chunk {address.hex()}: pack {loc.pack:08x} holds no record "
+                          f"of it at offset {loc.record_offset} ({why})", f"chunk:{address.hex()}")
         elif loc.offset + loc.length > self.store.packs.size(loc.pack):
-            self._problem(address, "truncated-chunk", f"chunk {address.hex()}: its bytes run past the end of "
-                          f"pack {loc.pack:08x}")
+            self._problem(chunk, "truncated-chunk", f"chunk {address.hex()}: its bytes run past the end of "
+                          f"pack {loc.pack:08x}", f"chunk:{address.hex()}")
 
-    def _problem(self, address: bytes, kind: str, message: str) -> None:
-        if address not in self.problems:
-            self.problems[address] = (kind, message)
-            self.report.bad_chunks[address] = message
+    def _check_lookup(self) -> None:
+        """Every lookup entry names a stored chunk whose address has its prefix (the other way: _check_chunks)."""
+        wrong = 0
+        for key in self.txn.cursor(db=self.db.lookup).iternext(values=False):
+            chunk = ix.KEYCHUNK.unpack_from(key, len(key) - ix.KEYCHUNK.size)[0]
+            raw = self.txn.get(ix.KEYCHUNK.pack(chunk), db=self.db.chunks)
+            rec = ChunkRecord.decode(raw) if raw is not None else None
+            if rec is None or rec.lost or ix.lookup_key(rec.address, chunk) != key:
+                wrong += 1
+        if wrong:
+            self.report.add("bad-lookup", f"{wrong} address lookup entries name no stored chunk or the wrong one",
+                            "lookup:wrong")
+
+    def _problem(self, chunk: int, kind: str, message: str, subject: str) -> None:
+        if chunk not in self.problems:
+            self.problems[chunk] = (kind, message, subject)
+            self.report.bad_chunks[chunk] = message
 
     # -- counters and packs -----------------------------------------------------------
 
     def _check_counters(self) -> None:
         sizes = sum(size for _, size, _, _ in self.files.values())
-        actual = {"files": len(self.files), "logical_bytes": sizes,
-                  "unique_chunks": self.unique, "stored_bytes": self.stored}
+        actual = {"files": len(self.files), "logical_bytes": sizes, "chunk_refs": self.entries,
+                  "unique_chunks": self.unique, "stored_bytes": self.stored,
+                  "packed_bytes": self.packed}
         for name, value in actual.items():
             recorded = ix.get_counter(self.txn, self.db.counters, name)
             if recorded != value:
                 self.report.add("counter-mismatch", f"counter {name} is {recorded}, a recount gives {value}",
                                 f"counter:{name}")
         self._check_next_id("next_fkey", max(self.files, default=0))
+        if not ix.get_counter(self.txn, self.db.counters, "chunk_ids_wrapped"):  # else ids below it are reused
+            self._check_next_id("next_chunk", max(self.highest_chunk, max(self.refs, default=0)))
         packs = [ix.KEYPACK.unpack(k)[0] for k in self.txn.cursor(db=self.db.packs).iternext(values=False)]
         self._check_next_id("next_pack", max(packs, default=0))
 
@@ -216,11 +268,12 @@ class _StoreCheck:
                             f"pack:{pack:08x}")
         found_live = found_other = 0
         offset = HEADER_SIZE
-        for loc, address in self.store.packs.scan(pack):
+        for loc, header in self.store.packs.scan(pack):
             if loc.record_offset >= end:
                 break
             offset = loc.offset + loc.length
-            if self.live_at.get(loc) == address:
+            owner = self.live_at.get(loc)
+            if owner is not None and owner[0] == header.chunk:
                 found_live += record_size(loc.length)
             elif (pack, loc.record_offset) not in pending:
                 found_other += record_size(loc.length)
@@ -239,57 +292,85 @@ class _StoreCheck:
     # -- chunk data ------------------------------------------------------------------------
 
     def _verify_data(self) -> None:
-        """Re-hash every stored chunk with SHA-256, in pack order: the only check that catches any corruption."""
-        todo = sorted((loc.pack, loc.offset, loc.length, address) for loc, address in self.live_at.items()
-                      if address not in self.report.bad_chunks)
-        total = sum(length for _, _, length, _ in todo)
+        """Re-hash every stored chunk with SHA-256, in pack order, and check its record header's xxh3.
+
+        The only check that catches any corruption of the bytes; a header
+        whose checksum alone is wrong (the bytes hash to the address) is a
+        damaged header, which a repair rewrites.
+        """
+        todo = sorted((loc.pack, loc.offset, loc.length, chunk, address)
+                      for loc, (chunk, address) in self.live_at.items() if chunk not in self.report.bad_chunks)
+        total = sum(length for _, _, length, _, _ in todo)
         done = 0
-        for n, (pack, offset, length, address) in enumerate(todo, 1):
-            data = self.store.packs.read(Location(pack, offset, length))
-            if len(data) != length:
-                self._problem(address, "truncated-chunk", f"chunk {address.hex()}: only {len(data)} of "
-                              f"{length} bytes are readable")
+        for n, (pack, offset, length, chunk, address) in enumerate(todo, 1):
+            header, data = self.store.packs.read_record(Location(pack, offset, length))
+            subject = f"chunk:{address.hex()}"
+            if header is None or len(data) != length:
+                self._problem(chunk, "truncated-chunk", f"chunk {address.hex()}: only {len(data)} of "
+                              f"{length} bytes are readable", subject)
+            elif header.compressed:
+                self._verify_compressed(chunk, address, header, data, subject)
             elif address_of(data) != address:
-                self._problem(address, "corrupt-chunk", f"chunk {address.hex()}: the SHA-256 of its bytes "
-                              "does not match its address")
+                self._problem(chunk, "corrupt-chunk", f"chunk {address.hex()}: the SHA-256 of its bytes "
+                              "does not match its address", subject)
+            elif checksum_of(data) != header.checksum:
+                self._problem(chunk, "bad-record", f"chunk {address.hex()}: the checksum in its record header "
+                              "does not match its bytes (which are intact)", subject)
             done += length
             if n % 64 == 0:
                 self.progress("verify", done, total)
         self.report.bytes_verified = done
         self.progress("verify", total, total)
 
+    def _verify_compressed(self, chunk: int, address: bytes, header, data, subject: str) -> None:
+        try:
+            raw = self.store.codec.decode(header.codec, header.dictionary, data, self.raw_of.get(chunk, header.raw))
+        except DecodeError as exc:
+            self._problem(chunk, "corrupt-chunk", f"chunk {address.hex()}: its compressed record is damaged: {exc}",
+                          subject)
+            return
+        if address_of(raw) != address:
+            self._problem(chunk, "corrupt-chunk", f"chunk {address.hex()}: the SHA-256 of its decompressed bytes "
+                          "does not match its address", subject)
+        elif checksum_of(raw) != header.checksum:
+            self._problem(chunk, "bad-record", f"chunk {address.hex()}: the checksum in its record header does "
+                          "not match its bytes (which are intact)", subject)
+
     # -- who is hurt ----------------------------------------------------------------------
 
     def _report_chunk_damage(self) -> None:
         """Name every file that uses a damaged or lost chunk, with the byte ranges it loses."""
-        lost_in_packs = {a for addresses in self.missing_packs.values() for a in addresses}
+        lost_in_packs = {c for chunks in self.missing_packs.values() for c in chunks}
         wanted = set(self.problems) | lost_in_packs | self.tombstones
         if not wanted:
             return
         uses = self._uses(wanted)
-        for address, (kind, message) in sorted(self.problems.items(), key=lambda item: item[1]):
-            self.report.add(kind, message, f"chunk:{address.hex()}", self._files(uses, [address]))
-        for pack, addresses in sorted(self.missing_packs.items()):
-            self.report.add("missing-pack", f"pack {pack:08x} is missing: {len(addresses)} chunks are gone",
-                            f"pack:{pack:08x}", self._files(uses, addresses))
+        for chunk, (kind, message, subject) in sorted(self.problems.items(), key=lambda item: item[1]):
+            self.report.add(kind, message, subject, self._files(uses, [chunk]))
+        for pack, chunks in sorted(self.missing_packs.items()):
+            self.report.add("missing-pack", f"pack {pack:08x} is missing: {len(chunks)} chunks are gone",
+                            f"pack:{pack:08x}", self._files(uses, chunks))
         for damage in self._files(uses, self.tombstones):
             self.report.add("lost-data", f"{damage.name}: bytes {_short(damage)} are lost; reading them "
                             "fails with EIO", f"lost:{damage.name}", [damage])
 
-    def _uses(self, wanted: set[bytes]) -> dict[bytes, dict[int, list[tuple[int, int]]]]:
-        """address -> fkey -> byte ranges, for the addresses in ``wanted``: one more pass over manifests."""
-        uses: dict[bytes, dict[int, list[tuple[int, int]]]] = {}
-        for key, value in self.txn.cursor(db=self.db.manifests):
-            address, length = ix.MANIFEST.unpack(value)
-            if address in wanted:
-                fkey, offset = ix.KEY64x2.unpack(key)
-                uses.setdefault(address, {}).setdefault(fkey, []).append((offset, offset + length))
+    def _uses(self, wanted: set[int]) -> dict[int, dict[int, list[tuple[int, int]]]]:
+        """chunk id -> fkey -> byte ranges, for the chunks in ``wanted``: one more pass over manifests."""
+        uses: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        for fkey, start, value in self.store.manifest_index.runs(self.txn):
+            try:
+                run = decode_run(start, value)
+            except IndexCorruptError:
+                continue
+            for e in run:
+                if e.chunk in wanted:
+                    uses.setdefault(e.chunk, {}).setdefault(fkey, []).append((e.offset, e.end))
         return uses
 
-    def _files(self, uses, addresses) -> list[FileDamage]:
+    def _files(self, uses, chunks) -> list[FileDamage]:
         ranges: dict[int, list[tuple[int, int]]] = {}
-        for address in addresses:
-            for fkey, spans in uses.get(address, {}).items():
+        for chunk in chunks:
+            for fkey, spans in uses.get(chunk, {}).items():
                 ranges.setdefault(fkey, []).extend(spans)
         out = []
         for fkey, spans in ranges.items():

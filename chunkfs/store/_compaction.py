@@ -30,7 +30,8 @@ from . import _index as ix
 from . import _packs as pack_files
 from ..errors import PackMissingError, StoreFullError
 from ..hashing import checksum_of
-from ._ledger import ChunkRecord, adjust_pack
+from ._compression import DecodeError
+from ._ledger import adjust_pack, chunk_key, get_record
 from ._packs import HEADER_SIZE, Location, record_size
 
 log = logging.getLogger(__name__)
@@ -180,21 +181,25 @@ class _CorruptLive(Exception):
 
 
 def _compact(store, pack: int, report: GCReport) -> None:
-    """Copy a pack's live records forward, commit their new places, then remove the pack."""
-    moves: list[tuple[bytes, Location]] = []
+    """Copy a pack's live records forward, commit their new places, then remove the pack.
+
+    A chunk keeps its id (its record header goes along), so only its chunk
+    record's location changes: no manifest is touched.
+    """
+    moves: list[tuple[int, Location]] = []
     live = _live_records(store, pack)
     touched = {pack, store.packs.active}  # copies go to the active pack, or to one _make_room starts
     held_before = _held(store, touched)
     if live:
-        _make_room(store, sum(record_size(loc.length) for _, loc, _ in live))
+        _make_room(store, sum(record_size(loc.length) for _, loc in live))
     try:
-        for address, loc, checksum in live:
-            data = store.packs.read(loc)
-            if len(data) != loc.length or checksum_of(data) != checksum:
-                log.error("gc: chunk %s in pack %08x fails verification; leaving the pack for fsck",
-                          address.hex(), pack)
+        for chunk, loc in live:
+            header, data = store.packs.read_record(loc)
+            if header is None or len(data) != loc.length or header.fault(chunk, loc.length) \
+                    or not _intact(store, header, data):
+                log.error("gc: chunk id %d in pack %08x fails verification; leaving the pack for fsck", chunk, pack)
                 raise _CorruptLive
-            moves.append((address, store.packs.append(address, data)))
+            moves.append((chunk, store.packs.append(chunk, data, header)))  # as it is, header and all
         store.packs.sync()  # the copies are durable before the index points at them
         touched.add(store.packs.active)
         store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
@@ -212,6 +217,16 @@ def _compact(store, pack: int, report: GCReport) -> None:
     report.chunks_moved += len(moves)
     report.bytes_moved += sum(record_size(loc.length) for _, loc in moves)
     report.bytes_reclaimed += held_before - _held(store, touched)
+
+
+def _intact(store, header, data) -> bool:
+    """Whether a record's bytes give its chunk back (a compressed one is decompressed to check)."""
+    if header.compressed:
+        try:
+            data = store.codec.decode(header.codec, header.dictionary, data, header.raw)
+        except DecodeError:
+            return False
+    return checksum_of(data) == header.checksum
 
 
 def _make_room(store, needed: int) -> None:
@@ -234,26 +249,28 @@ def _make_room(store, needed: int) -> None:
     store._ensure_active_pack(frees=True)  # compaction gives back more than it takes
 
 
-def _live_records(store, pack: int) -> list[tuple[bytes, Location, bytes]]:
+def _live_records(store, pack: int) -> list[tuple[int, Location]]:
+    """(chunk id, location) of every record of ``pack`` a chunk record points at."""
     live = []
     with store.index.read() as txn:
-        for loc, address in store.packs.scan(pack):
-            raw = txn.get(address, db=store.index.chunks)
-            if raw is not None and ChunkRecord.decode(raw).location == loc:
-                live.append((address, loc, ChunkRecord.decode(raw).checksum))
+        for loc, header in store.packs.scan(pack):
+            rec = get_record(txn, store.index, header.chunk)
+            if rec is not None and rec.location == loc:
+                live.append((header.chunk, loc))
     return live
 
 
-def _relocate(store, txn, pack: int, moves: list[tuple[bytes, Location]]):
-    for address, new in moves:
-        rec = ChunkRecord.decode(txn.get(address, db=store.index.chunks))
-        txn.put(address, ChunkRecord(rec.refcount, new, rec.checksum).encode(), db=store.index.chunks)
+def _relocate(store, txn, pack: int, moves: list[tuple[int, Location]]):
+    for chunk, new in moves:
+        rec = get_record(txn, store.index, chunk)
+        rec.location = new
+        txn.put(chunk_key(chunk), rec.encode(), db=store.index.chunks)
         adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
     txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
     return None, []
 
 
-def _abandon_copies(store, moves: list[tuple[bytes, Location]]) -> None:
+def _abandon_copies(store, moves: list[tuple[int, Location]]) -> None:
     """Copies made by a compaction that did not commit are dead space: account for them.
 
     The transaction also advances the active pack's indexed end over them

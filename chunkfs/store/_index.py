@@ -11,11 +11,14 @@ contents, refcounts and the namespace together):
 =============  ==========================================  ===========================================
 name           key                                         value
 =============  ==========================================  ===========================================
-chunks         address (32, SHA-256)                       CHUNK: refcount, length, xxh3-128, pack, offset
+chunks         chunk id (u32 BE, from ``next_chunk``)      CHUNK: address, refcount, stored length, pack, offset (+ raw length if compressed)
+lookup         address[:8] + chunk id (u32 BE)             empty: finds a chunk id by its address (dedup)
 files          file id (store-level, bytes)                FILE: fkey, size, chunk count, data bytes
-manifests      fkey (u64 BE) + file offset (u64 BE)        MANIFEST: address, length (holes: no entry)
+manifests      fkey (u64 BE) + run start offset (u64 BE)   a run: up to RUN_MAX (chunk id, end) pairs of
+                                                           chunks laid back to back from the start; each
+                                                           end is relative to the start (RUN_ENTRY)
 packs          pack id (u32 BE)                            PACK: indexed end, live bytes, dead bytes
-pending        pack id (u32 BE) + record offset (u64 BE)   address + length: written, not yet referenced
+pending        pack id (u32 BE) + record offset (u64 BE)   PENDING: chunk id, stored length
 counters       name                                        u64 LE
 inodes         ino (u64 BE)                                INODE: mode, nlink, uid, gid, rdev, size, times, parent
 dirents        parent ino (u64 BE) + name                  DIRENT: child ino, entry id
@@ -24,6 +27,18 @@ xattrs         ino (u64 BE) + name                         value
 symlinks       ino (u64 BE)                                target
 orphans        ino (u64 BE)                                empty: nlink 0 but still open or looked up
 =============  ==========================================  ===========================================
+
+Why this shape (docs/store-format.md has the measurements): the index must
+cost little per unique chunk and per manifest entry.  A chunk is named by
+a short id handed out by a counter, so chunk records are written in key
+order (LMDB's ``append``: full pages) and a manifest entry is 8 bytes; the
+address (the dedup identity) is stored once, in the chunk record, and found
+from the ``lookup`` database, whose 8-byte prefix is confirmed against the
+chunk record (two addresses may share a prefix: both are listed).  A file's
+manifest is a few records of up to RUN_MAX entries each, one per run of
+chunks lying back to back; a hole is a gap between runs, and no run spans
+one.  The checksum that verifies a read lives in the pack record header,
+next to the bytes it covers (_packs.py).
 
 The six filesystem databases (inodes ... orphans) belong to the layer above:
 the store keeps them in its environment, so that one transaction can change a
@@ -49,22 +64,39 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DATABASES = (
-    "chunks", "files", "manifests", "packs", "pending", "counters",
+    "chunks", "lookup", "files", "manifests", "packs", "pending", "counters",
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
 
-CHUNK = struct.Struct("<QI16sIQ")  # refcount, length, checksum, pack id, data offset
+CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
+# ... then, only for a chunk stored compressed, its raw length (u32): an uncompressed chunk's is its stored
+# length, and every byte of the chunk record counts in the index's size per chunk
+CHUNK_RAW = struct.Struct("<I")
 FILE = struct.Struct("<QQQQ")  # fkey, logical size, number of chunks, bytes in chunks (size less holes)
-MANIFEST = struct.Struct("<32sI")  # address, length
+RUN_ENTRY = struct.Struct("<II")  # one manifest entry in a run: chunk id, its end relative to the run's start
+RUN_MAX = 32  # entries per run: 9 bytes an entry in full pages, and a short decode per read
+MAX_RUN_SPAN = 0xFFFFFFFF  # a run covers less than 4 GiB: its relative ends are u32
 PACK = struct.Struct("<QQQ")  # indexed end, live bytes, dead bytes
-PENDING = struct.Struct("<32sI")  # address, length
+PENDING = struct.Struct("<II")  # chunk id, stored length
 U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
 KEY64 = struct.Struct(">Q")
 KEY64x2 = struct.Struct(">QQ")
+KEYCHUNK = struct.Struct(">I")
 KEYPACK = struct.Struct(">I")
 KEYPENDING = struct.Struct(">IQ")
+LOOKUP_PREFIX = 8  # bytes of the address that key the lookup (a hit is confirmed by the chunk record)
+MAX_CHUNK_ID = 0xFFFFFFFF  # ids are u32; the counter never hands one out twice
+MAX_REFCOUNT = 0xFFFFFFFF
+MAX_OFFSET = (1 << 64) - 1  # past every manifest key's offset
 
-STORE_DATABASES = ("chunks", "files", "manifests", "packs", "pending", "counters")
+
+def lookup_key(address: bytes, chunk: int) -> bytes:
+    """The ``lookup`` key listing ``chunk`` under its address's prefix."""
+    return address[:LOOKUP_PREFIX] + KEYCHUNK.pack(chunk)
+
+
+STORE_DATABASES = ("chunks", "lookup", "files", "manifests", "packs", "pending", "counters")
 FS_DATABASES = ("inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans")  # layouts: chunkfs.fs.namespace
 
 INITIAL_MAP_SIZE = 256 * 1024 * 1024

@@ -28,13 +28,14 @@ transaction (map growth), so nothing in memory may change inside one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lmdb
 
 from . import _index as ix
-from ..errors import IndexCorruptError
+from ..errors import IndexCorruptError, StoreFullError
+from ._chunkids import ChunkIds
 from ._packs import HEADER_SIZE, Location, record_size
 
 Action = Callable[[], None]
@@ -42,14 +43,15 @@ Action = Callable[[], None]
 # The pack of a *tombstone*: a chunk record ``chunkfs fsck --repair`` puts where a
 # chunk's data was found gone, so that files keep their size and reads of the
 # lost range fail with EIO.  Never a real pack (ids count up from 1); tombstones
-# are in no pack's accounting and no counter.
+# are in no pack's accounting, no counter and not in the lookup.
 LOST_PACK = 0xFFFFFFFF
 
 
 @dataclass(slots=True)
 class Pin:
+    chunk: int  # its chunk id, handed out when its bytes were first written
     location: Location
-    checksum: bytes
+    raw: int  # the chunk's length (the location's is what its record stores: less if compressed)
     pins: int
     committed: bool  # a chunk record exists for it
     registered: bool  # a pending record exists for it
@@ -68,18 +70,62 @@ class Pin:
 
 @dataclass(slots=True)
 class ChunkRecord:
+    address: bytes
     refcount: int
     location: Location
-    checksum: bytes
+    raw: int  # the chunk's length; the location's is its stored (maybe compressed) length
 
     @classmethod
     def decode(cls, raw: bytes) -> "ChunkRecord":
-        refcount, length, checksum, pack, offset = ix.CHUNK.unpack(raw)
-        return cls(refcount, Location(pack, offset, length), checksum)
+        address, refcount, length, pack, offset = ix.CHUNK.unpack_from(raw)
+        raw_length = ix.CHUNK_RAW.unpack_from(raw, ix.CHUNK.size)[0] if len(raw) > ix.CHUNK.size else length
+        return cls(address, refcount, Location(pack, offset, length), raw_length)
 
     def encode(self) -> bytes:
         loc = self.location
-        return ix.CHUNK.pack(self.refcount, loc.length, self.checksum, loc.pack, loc.offset)
+        record = ix.CHUNK.pack(self.address, self.refcount, loc.length, loc.pack, loc.offset)
+        return record if self.raw == loc.length else record + ix.CHUNK_RAW.pack(self.raw)
+
+    @property
+    def lost(self) -> bool:
+        return self.location.pack == LOST_PACK
+
+
+def chunk_key(chunk: int) -> bytes:
+    return ix.KEYCHUNK.pack(chunk)
+
+
+def get_record(txn: lmdb.Transaction, index: ix.Index, chunk: int) -> ChunkRecord | None:
+    raw = txn.get(ix.KEYCHUNK.pack(chunk), db=index.chunks)
+    return ChunkRecord.decode(raw) if raw is not None else None
+
+
+def put_record(txn: lmdb.Transaction, index: ix.Index, chunk: int, rec: ChunkRecord) -> None:
+    """Write a chunk record; a new one in id order costs no search (LMDB's append)."""
+    key, value = ix.KEYCHUNK.pack(chunk), rec.encode()
+    if not txn.put(key, value, append=True, db=index.chunks):
+        txn.put(key, value, db=index.chunks)
+
+
+def find_chunk(txn: lmdb.Transaction, index: ix.Index, address: bytes,
+               cursor: lmdb.Cursor | None = None) -> tuple[int, ChunkRecord] | None:
+    """The stored chunk whose address is ``address``: every lookup entry under its prefix, confirmed."""
+    prefix = address[:ix.LOOKUP_PREFIX]
+    cur = cursor or txn.cursor(db=index.lookup)
+    try:
+        if not cur.set_range(prefix):
+            return None
+        for key in cur.iternext(values=False):
+            if key[:ix.LOOKUP_PREFIX] != prefix:
+                return None
+            chunk = ix.KEYCHUNK.unpack_from(key, len(key) - ix.KEYCHUNK.size)[0]
+            rec = get_record(txn, index, chunk)
+            if rec is not None and rec.address == address and not rec.lost:
+                return chunk, rec
+        return None
+    finally:
+        if cursor is None:
+            cur.close()
 
 
 def pack_record(txn: lmdb.Transaction, db, pack: int) -> list[int]:
@@ -110,6 +156,23 @@ class Ledger:
         self.registered_end: tuple[int | None, int] = (None, 0)  # active pack end the index knows
         self.on_dead = on_dead  # after commit: give a dead record's disk blocks back
         self._tally: _Tally | None = None
+        self.ids = ChunkIds(index)
+
+    # -- chunk ids ------------------------------------------------------------------
+
+    def new_chunk_ids(self, count: int, txn: lmdb.Transaction | None = None) -> Sequence[int]:
+        """``count`` chunk ids no chunk holds, for chunks about to be written (under the store's lock).
+
+        Every write transaction saves the counter (_chunkids.py says why that
+        is enough); ``txn``, the write transaction the caller is in, if any.
+        """
+        return self.ids.take(count, (pin.chunk for pin in self.pins.values()), txn)
+
+    def new_chunk_ids_in(self, txn, count: int) -> Sequence[int]:
+        """:meth:`new_chunk_ids` inside a write transaction, which saves the counter at once."""
+        ids = self.new_chunk_ids(count, txn)
+        self.ids.save(txn)  # again at the next commit: the write is the same
+        return ids
 
     # -- per-transaction totals ----------------------------------------------------
 
@@ -138,7 +201,10 @@ class Ledger:
         else:
             adjust_pack(txn, self.ix.packs, pack, live=live, dead=dead)
 
-    def _count(self, txn, name: str, delta: int) -> None:
+    def count(self, txn, name: str, delta: int) -> None:
+        """Add ``delta`` to a store counter, once per transaction where a tally is open."""
+        if not delta:
+            return
         if self._tally is not None:
             self._tally.counters[name] = self._tally.counters.get(name, 0) + delta
         else:
@@ -146,16 +212,20 @@ class Ledger:
 
     # -- lookups ------------------------------------------------------------
 
-    def record(self, txn, address: bytes) -> ChunkRecord | None:
-        raw = txn.get(address, db=self.ix.chunks)
-        return ChunkRecord.decode(raw) if raw is not None else None
+    def record(self, txn, chunk: int) -> ChunkRecord | None:
+        return get_record(txn, self.ix, chunk)
 
-    def locate(self, txn, address: bytes) -> tuple[Location, bytes] | None:
+    def find(self, txn, address: bytes, cursor: lmdb.Cursor | None = None) -> tuple[int, ChunkRecord] | None:
+        """(chunk id, record) of the stored chunk with this address; None if there is none."""
+        return find_chunk(txn, self.ix, address, cursor)
+
+    def locate(self, txn, address: bytes) -> tuple[int, Location] | None:
+        """(chunk id, location) of a chunk by its address: pinned, or stored."""
         pin = self.pins.get(address)
         if pin is not None:
-            return pin.location, pin.checksum
-        rec = self.record(txn, address)
-        return (rec.location, rec.checksum) if rec else None
+            return pin.chunk, pin.location
+        found = self.find(txn, address)
+        return (found[0], found[1].location) if found else None
 
     # -- in every write transaction ------------------------------------------
 
@@ -168,11 +238,11 @@ class Ledger:
         Chunks in ``committing`` get a chunk record in this same transaction,
         so a pending record for them would only be deleted again.
         """
-        actions: list[Action] = []
+        actions: list[Action] = self.ids.save(txn)
         for address in self.unregistered:
             pin = self.pins.get(address)
             if pin is not None and not pin.committed and not pin.registered and address not in committing:
-                self._put_pending(txn, address, pin.location)
+                self._put_pending(txn, address, pin)
                 actions.append(pin.now_registered)
         if self.unregistered:
             done = set(self.unregistered)
@@ -182,53 +252,69 @@ class Ledger:
             actions.append(lambda: setattr(self, "registered_end", (active_pack, active_end)))
         return actions
 
-    def _put_pending(self, txn, address: bytes, loc: Location) -> None:
+    def _put_pending(self, txn, address: bytes, pin: Pin) -> None:
         if self._tally is not None:
             self._tally.pending_put.add(address)
+        loc = pin.location
         key = ix.KEYPENDING.pack(loc.pack, loc.record_offset)
-        txn.put(key, ix.PENDING.pack(address, loc.length), db=self.ix.pending)
+        txn.put(key, ix.PENDING.pack(pin.chunk, loc.length), db=self.ix.pending)
 
     def _drop_pending(self, txn, loc: Location) -> None:
         txn.delete(ix.KEYPENDING.pack(loc.pack, loc.record_offset), db=self.ix.pending)
 
     # -- reference counting ---------------------------------------------------
 
-    def incref(self, txn, address: bytes) -> list[Action]:
-        rec = self.record(txn, address)
-        if rec is not None:
-            rec.refcount += 1
-            txn.put(address, rec.encode(), db=self.ix.chunks)
-            return []
+    def incref(self, txn, address: bytes, actions: list[Action]) -> int:
+        """Count one more reference to the pinned chunk ``address``; returns its chunk id.
+
+        A writer references only chunks it pinned (put_chunk), so the pin says
+        which chunk id it is; the first reference writes its chunk record and
+        its lookup entry.
+        """
         pin = self.pins.get(address)
         if pin is None:
-            raise IndexCorruptError(f"chunk {address.hex()} referenced without being stored or pinned")
+            raise IndexCorruptError(f"chunk {address.hex()} referenced without being pinned")
+        chunk = pin.chunk
+        rec = self.record(txn, chunk)
+        if rec is not None:
+            if rec.refcount >= ix.MAX_REFCOUNT:
+                raise StoreFullError(f"chunk {address.hex()} is referenced {rec.refcount} times, the most a "
+                                     "chunk can be")
+            rec.refcount += 1
+            txn.put(chunk_key(chunk), rec.encode(), db=self.ix.chunks)
+            return chunk
         loc = pin.location
-        txn.put(address, ChunkRecord(1, loc, pin.checksum).encode(), db=self.ix.chunks)
+        put_record(txn, self.ix, chunk, ChunkRecord(address, 1, loc, pin.raw))
+        txn.put(ix.lookup_key(address, chunk), b"", db=self.ix.lookup)
         if pin.registered or self._tally is None or address in self._tally.pending_put:
             self._drop_pending(txn, loc)  # else there is none to drop (a big commit skips the search)
         self._adjust(txn, loc.pack, live=record_size(loc.length))
-        self._count(txn, "unique_chunks", 1)
-        self._count(txn, "stored_bytes", loc.length)
-        return [pin.now_committed]
+        self.count(txn, "unique_chunks", 1)
+        self.count(txn, "stored_bytes", pin.raw)
+        self.count(txn, "packed_bytes", loc.length)
+        actions.append(pin.now_committed)
+        return chunk
 
-    def decref(self, txn, address: bytes) -> list[Action]:
-        rec = self.record(txn, address)
+    def decref(self, txn, chunk: int) -> list[Action]:
+        rec = self.record(txn, chunk)
         if rec is None or rec.refcount <= 0:
-            raise IndexCorruptError(f"refcount of chunk {address.hex()} would go below zero")
+            raise IndexCorruptError(f"refcount of chunk id {chunk} would go below zero")
         rec.refcount -= 1
         if rec.refcount:
-            txn.put(address, rec.encode(), db=self.ix.chunks)
+            txn.put(chunk_key(chunk), rec.encode(), db=self.ix.chunks)
             return []
         loc = rec.location
-        txn.delete(address, db=self.ix.chunks)
-        if loc.pack == LOST_PACK:  # a tombstone fsck left for lost data: no bytes, not counted
+        txn.delete(chunk_key(chunk), db=self.ix.chunks)
+        if rec.lost:  # a tombstone fsck left for lost data: no bytes, not counted, not in the lookup
             return []
-        self._count(txn, "unique_chunks", -1)
-        self._count(txn, "stored_bytes", -loc.length)
+        txn.delete(ix.lookup_key(rec.address, chunk), db=self.ix.lookup)
+        self.count(txn, "unique_chunks", -1)
+        self.count(txn, "stored_bytes", -rec.raw)
+        self.count(txn, "packed_bytes", -loc.length)
         size = record_size(loc.length)
-        pin = self.pins.get(address)
-        if pin is not None:  # a writer is about to reference it again: keep the bytes
-            self._put_pending(txn, address, loc)
+        pin = self.pins.get(rec.address)
+        if pin is not None and pin.chunk == chunk:  # a writer is about to reference it again: keep the bytes
+            self._put_pending(txn, rec.address, pin)
             self._adjust(txn, loc.pack, live=-size)
             return [pin.now_pending]
         self._adjust(txn, loc.pack, live=-size, dead=size)
@@ -239,11 +325,11 @@ class Ledger:
 
     # -- pins -------------------------------------------------------------------
 
-    def pin_existing(self, address: bytes, rec: ChunkRecord) -> None:
-        self.pins[address] = Pin(rec.location, rec.checksum, 1, committed=True, registered=False)
+    def pin_existing(self, address: bytes, chunk: int, rec: ChunkRecord) -> None:
+        self.pins[address] = Pin(chunk, rec.location, rec.raw, 1, committed=True, registered=False)
 
-    def pin_new(self, address: bytes, loc: Location, checksum: bytes) -> None:
-        self.pins[address] = Pin(loc, checksum, 1, committed=False, registered=False)
+    def pin_new(self, address: bytes, chunk: int, loc: Location, raw: int) -> None:
+        self.pins[address] = Pin(chunk, loc, raw, 1, committed=False, registered=False)
         self.unregistered.add(address)
 
     def add_pin(self, address: bytes) -> bool:
@@ -266,7 +352,7 @@ class Ledger:
                 actions.append(_decrement(pin, n))
                 continue
             gone.append(address)
-            if txn.get(address, db=self.ix.chunks) is None:
+            if txn.get(chunk_key(pin.chunk), db=self.ix.chunks) is None:
                 loc = pin.location
                 self._drop_pending(txn, loc)
                 self._adjust(txn, loc.pack, dead=record_size(loc.length))

@@ -1,27 +1,34 @@
 """A file's manifest in the index, and the patches that change it.
 
-A manifest is the list of chunks that make up a file, stored as one LMDB
-record per chunk keyed by (file key, offset): the chunk covering any offset
-is one cursor seek, and a patch to part of a huge file rewrites only the
-entries it touches.  A *hole* (a range never written, or a run of zeros) is
-a gap between entries, so a hole costs nothing however long it is: a patch
-lists it as a :func:`hole_ref`, which moves the offset on and stores
-nothing.  A patch replaces the entries starting in a range by new chunks
-laid from the range's start; every entry it removes is decref'ed and every
-one it adds incref'ed in the same transaction, and the result is checked to
-lie within the file without overlaps.  The store (_store.py) runs these
-inside its write transactions; nothing else writes manifests.
+A manifest is the list of chunks that make up a file.  It is stored as
+*runs*: one LMDB record per run of up to ``RUN_MAX`` chunks lying back to
+back, keyed by (file key, offset of the run) and holding (chunk id, length)
+pairs, 8 bytes a chunk.  The chunk covering any offset is one cursor seek
+and a short decode; a patch to part of a huge file rewrites only the runs it
+touches (and merges them with the runs they meet, so runs stay full).  A
+*hole* (a range never written, or a run of zeros) is a gap between runs, so
+a hole costs nothing however long it is: a patch lists it as a
+:func:`hole_ref`, which moves the offset on and stores nothing.  A patch
+replaces the entries starting in a range by new chunks laid from the range's
+start; every entry it removes is decref'ed and every one it adds incref'ed
+in the same transaction, and the runs it writes are checked to lie within
+the file without overlaps.  The store (_store.py) runs these inside its
+write transactions; nothing else writes manifests.
 """
 
 from __future__ import annotations
 
+import struct
+import sys
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import _index as ix
 from ..errors import FileNotFoundInStore, FileTooLargeError, IndexCorruptError
 from ._fileids import FileId, encode_file_id
-from ._ledger import Action, Ledger
+from ._ledger import Action, Ledger, get_record
 
 TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
 
@@ -56,9 +63,23 @@ def check_file_size(size: int) -> None:
 
 
 class ManifestEntry(NamedTuple):
+    """One chunk of a file as callers above the store see it."""
+
     offset: int
     length: int
     address: bytes
+
+
+class Extent(NamedTuple):
+    """One manifest entry as the index keeps it: where in the file, how long, which chunk."""
+
+    offset: int
+    length: int
+    chunk: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,73 @@ class Patch:
     chunks: list[ChunkRef]
 
 
+def _u32s(value: bytes) -> memoryview | tuple[int, ...]:
+    """A run's little-endian u32s, indexable, without building them where the machine is little-endian."""
+    if _LITTLE:
+        return memoryview(value).cast("I")
+    return struct.unpack(f"<{len(value) // 4}I", value)
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _check_run(start: int, value: bytes) -> None:
+    if not value or len(value) % ix.RUN_ENTRY.size:
+        raise IndexCorruptError(f"manifest run at offset {start} is {len(value)} bytes long")
+
+
+def decode_run(start: int, value: bytes) -> list[Extent]:
+    """The entries of the run at ``start``; IndexCorruptError if the record is not a run."""
+    _check_run(start, value)
+    out = []
+    pos = start
+    for chunk, end in ix.RUN_ENTRY.iter_unpack(value):
+        if start + end <= pos:
+            raise IndexCorruptError(f"manifest run at offset {start} has an entry that ends before it begins")
+        out.append(Extent(pos, start + end - pos, chunk))
+        pos = start + end
+    return out
+
+
+def encode_run(extents) -> bytes:
+    start = extents[0][0]
+    flat = [x for offset, length, chunk in extents for x in (chunk, offset + length - start)]
+    return struct.pack(f"<{len(flat)}I", *flat)
+
+
+def split_runs(extents) -> Iterator[list]:
+    """Sorted, non-overlapping (offset, length, chunk) entries as runs: a new run at every gap (a hole),
+    every RUN_MAX entries, and before a run would span 4 GiB."""
+    run: list = []
+    start = end = 0
+    for e in extents:
+        offset, length = e[0], e[1]
+        if run and (len(run) == ix.RUN_MAX or offset != end or offset + length - start > ix.MAX_RUN_SPAN):
+            yield run
+            run = []
+        if not run:
+            start = offset
+        run.append(e)
+        end = offset + length
+    if run:
+        yield run
+
+
+def _entries_of(start: int, value: bytes) -> list[tuple[int, int, int]]:
+    """A run's entries as plain (offset, length, chunk) tuples: the patch path's cheaper decode_run."""
+    _check_run(start, value)
+    words = struct.unpack(f"<{len(value) // 4}I", value)
+    out = []
+    pos = start
+    for i in range(0, len(words), 2):
+        end = start + words[i + 1]
+        if end <= pos:
+            raise IndexCorruptError(f"manifest run at offset {start} has an entry that ends before it begins")
+        out.append((pos, end - pos, words[i]))
+        pos = end
+    return out
+
+
 class ManifestIndex:
     """Reads and patches manifests in the index's ``manifests`` and ``files`` databases."""
 
@@ -77,10 +165,12 @@ class ManifestIndex:
         self.index = index
         self.ledger = ledger
 
+    # -- changing a file ------------------------------------------------------------
+
     def patch(self, txn, key: bytes, patches: list[Patch], size: int) -> list[Action]:
         """Apply ``patches`` to the file stored under ``key`` and set its size; returns the ledger's actions."""
         check_file_size(size)
-        db, counters = self.index.manifests, self.index.counters
+        counters = self.index.counters
         raw = txn.get(key, db=self.index.files)
         if raw is None:
             fkey, old_size, count, data = ix.next_id(txn, counters, "next_fkey"), 0, 0, 0
@@ -88,65 +178,106 @@ class ManifestIndex:
         else:
             fkey, old_size, count, data = ix.FILE.unpack(raw)
         actions: list[Action] = []
-        seams = []
+        refs = 0
+        end: int | None = None  # where the file's entries end, if the last patch says (it ran to the end)
         for patch in patches:
-            for entry in self.entries(txn, fkey, patch.start, patch.old_end):
-                txn.delete(ix.KEY64x2.pack(fkey, entry.offset), db=db)
-                actions += self.ledger.decref(txn, entry.address)
-                count, data = count - 1, data - entry.length
-            offset, append = patch.start, True
-            for ref in patch.chunks:
-                if ref.address:
-                    entry_key, value = ix.KEY64x2.pack(fkey, offset), ix.MANIFEST.pack(ref.address, ref.length)
-                    # a new file's entries come last in key order: appending skips the search
-                    append = append and txn.put(entry_key, value, append=True, db=db)
-                    if not append and not txn.put(entry_key, value, overwrite=False, db=db):
-                        raise IndexCorruptError(f"manifest of file key {fkey} overlaps itself at offset {offset}")
-                    actions += self.ledger.incref(txn, ref.address)
-                    count, data = count + 1, data + ref.length
-                offset += ref.length
-            seams += [patch.start, offset]
-        self._check_tiling(txn, fkey, seams, size)
+            added, added_bytes, end = self._apply(txn, fkey, patch, actions)
+            count, data, refs = count + added, data + added_bytes, refs + added
+        if (self._last_end(txn, fkey) if end is None else end) > size:
+            raise IndexCorruptError(f"manifest of file key {fkey} reaches past its size {size}")
         txn.put(key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
-        ix.add_counter(txn, counters, "logical_bytes", size - old_size)
+        self.ledger.count(txn, "logical_bytes", size - old_size)
+        self.ledger.count(txn, "chunk_refs", refs)
         return actions
 
-    def _check_tiling(self, txn, fkey: int, seams: list[int], size: int) -> None:
-        """Refuse a commit whose manifest would have overlapping entries or entries past its end.
+    def _apply(self, txn, fkey: int, patch: Patch, actions: list[Action]) -> tuple[int, int, int | None]:
+        """One patch: (entries added less removed, bytes likewise, and where the file's entries end now if
+        the patch ran to its end, else None)."""
+        laid: list[tuple[int, ChunkRef]] = []
+        offset = patch.start
+        for ref in patch.chunks:
+            if ref.address:
+                laid.append((offset, ref))
+            offset += ref.length
+        reach = TO_END if patch.old_end >= TO_END else max(patch.old_end, offset)
+        keys, region = self._region(txn, fkey, patch.start, reach)
+        kept: list[tuple[int, int, int]] = []
+        delta, delta_bytes = 0, 0
+        for entry in region:
+            if patch.start <= entry[0] < patch.old_end:
+                actions += self.ledger.decref(txn, entry[2])
+                delta, delta_bytes = delta - 1, delta_bytes - entry[1]
+            else:
+                kept.append(entry)
+        for at, ref in laid:
+            kept.append((at, ref.length, self.ledger.incref(txn, ref.address, actions)))
+            delta, delta_bytes = delta + 1, delta_bytes + ref.length
+        kept.sort()
+        covered = 0
+        for offset, length, _ in kept:
+            if offset < covered:
+                raise IndexCorruptError(f"manifest of file key {fkey} overlaps itself at offset {offset}")
+            covered = offset + length
+        db = self.index.manifests
+        for k in keys:
+            txn.delete(k, db=db)
+        self.write_runs(txn, fkey, kept)
+        # to the end, the runs after ``start`` were all rewritten: the last one kept is the file's last
+        return delta, delta_bytes, (covered if reach == TO_END and kept else None)
 
-        Entries lay in ``[0, old size)`` without overlaps before (gaps are
-        holes), so checking that no entry crosses a seam a patch made, and
-        that no entry ends past ``size``, proves it of the result:
-        O(patches), not O(chunks).
-        """
-        for seam in seams:
-            if 0 < seam:
-                pred = self.covering(txn, fkey, seam - 1, seam)
-                if pred and pred[0].offset + pred[0].length > seam:
-                    raise IndexCorruptError(f"manifest of file key {fkey} overlaps itself at offset {seam}")
-        last = self.covering(txn, fkey, size - 1, size) if size else []
-        beyond = self.entries(txn, fkey, size, None, limit=1)
-        if beyond or (last and last[0].offset + last[0].length > size):
-            raise IndexCorruptError(f"manifest of file key {fkey} reaches past its size {size}")
+    def _region(self, txn, fkey: int, start: int, reach: int) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+        """The runs a patch of ``[start, reach)`` rewrites: those overlapping it, and those it meets end to end."""
+        keys: list[bytes] = []
+        entries: list[tuple[int, int, int]] = []
+        with txn.cursor(db=self.index.manifests) as cur:
+            if not _seek_run(cur, fkey, start):
+                return keys, entries
+            for k, v in cur:
+                key_fkey, run_start = ix.KEY64x2.unpack(k)
+                if key_fkey != fkey or run_start > reach:
+                    break
+                _check_run(run_start, v)
+                if run_start + ix.U32.unpack_from(v, len(v) - 4)[0] >= start:
+                    keys.append(k)
+                    entries += _entries_of(run_start, v)
+        return keys, entries
 
-    @staticmethod
-    def _seek_covering(cur, fkey: int, start: int) -> bool:
-        """Put ``cur`` on the entry of ``fkey`` that may contain ``start`` (the one before the first past it).
+    def write_runs(self, txn, fkey: int, extents) -> None:
+        """Store sorted, non-overlapping (offset, length, chunk) entries as runs (where no run of the file lies)."""
+        db = self.index.manifests
+        for run in split_runs(extents):
+            key, value = ix.KEY64x2.pack(fkey, run[0][0]), encode_run(run)
+            # a new file's runs come last in key order: appending skips the search
+            if not txn.put(key, value, append=True, db=db):
+                txn.put(key, value, db=db)
 
-        With holes, the entry before ``start`` may end before it, belong to
-        another file, or not exist; the caller's loop skips what does not
-        overlap its range.
-        """
-        key = ix.KEY64x2.pack(fkey, start)
-        if not cur.set_range(key):
-            return cur.last() and ix.KEY64x2.unpack(cur.key())[0] == fkey
-        if cur.key() == key:
-            return True
-        if not cur.prev():
-            return cur.first()
-        if ix.KEY64x2.unpack(cur.key())[0] != fkey:
-            return cur.next()
-        return True
+    def delete_runs(self, txn, fkey: int) -> list[Extent]:
+        """Remove every run of a file; returns its entries (their references are the caller's to drop)."""
+        out: list[Extent] = []
+        keys = []
+        with txn.cursor(db=self.index.manifests) as cur:
+            if cur.set_range(ix.KEY64x2.pack(fkey, 0)):
+                for k, v in cur:
+                    key_fkey, run_start = ix.KEY64x2.unpack(k)
+                    if key_fkey != fkey:
+                        break
+                    keys.append(k)
+                    out += decode_run(run_start, v)
+        for k in keys:
+            txn.delete(k, db=self.index.manifests)
+        return out
+
+    def _last_end(self, txn, fkey: int) -> int:
+        """Where the file's last entry ends (its last run says: O(1)); 0 if it has none."""
+        with txn.cursor(db=self.index.manifests) as cur:
+            if not _seek_run(cur, fkey, ix.MAX_OFFSET):
+                return 0
+            run_start = ix.KEY64x2.unpack(cur.key())[1]
+            value = cur.value()
+        _check_run(run_start, value)
+        return run_start + ix.U32.unpack_from(value, len(value) - 4)[0]  # the last entry's relative end
+
+    # -- reading ------------------------------------------------------------------------
 
     def file_record(self, txn, file_id: FileId) -> tuple[int, int, int, int]:
         """(fkey, size, chunk count, data bytes) of a stored file; FileNotFoundInStore if there is none."""
@@ -155,40 +286,82 @@ class ManifestIndex:
             raise FileNotFoundInStore(f"no file {file_id!r} in the store")
         return ix.FILE.unpack(raw)
 
-    def covering_file(self, txn, file_id: FileId, start: int, end: int | None) -> list[ManifestEntry]:
+    def covering_file(self, txn, file_id: FileId, start: int, end: int | None) -> list[Extent]:
         """Entries covering ``[start, end)`` of a stored file (to its end if ``end`` is None)."""
         fkey, size, _, _ = self.file_record(txn, file_id)
         return self.covering(txn, fkey, start, size if end is None else min(end, size))
 
-    def entries(self, txn, fkey: int, start: int, end: int | None, limit: int = -1) -> list[ManifestEntry]:
-        """Manifest entries whose offset lies in ``[start, end)`` (at most ``limit`` if given)."""
+    def resolve(self, txn, extents: list[Extent]) -> list[ManifestEntry]:
+        """The entries with their chunks' addresses (empty where a chunk has no record)."""
         out = []
-        with txn.cursor(db=self.index.manifests) as cur:
-            if not cur.set_range(ix.KEY64x2.pack(fkey, start)):
-                return out
-            for k, v in cur:
-                key_fkey, offset = ix.KEY64x2.unpack(k)
-                if key_fkey != fkey or (end is not None and offset >= end):
-                    break
-                address, length = ix.MANIFEST.unpack(v)
-                out.append(ManifestEntry(offset, length, address))
-                if len(out) == limit:
-                    break
+        for e in extents:
+            rec = get_record(txn, self.index, e.chunk)
+            out.append(ManifestEntry(e.offset, e.length, rec.address if rec is not None else b""))
         return out
 
-    def covering(self, txn, fkey: int, start: int, end: int) -> list[ManifestEntry]:
+    def entries(self, txn, fkey: int, start: int, end: int | None, limit: int = -1) -> list[Extent]:
+        """Manifest entries whose offset lies in ``[start, end)`` (at most ``limit`` if given)."""
+        stop = ix.MAX_OFFSET if end is None else end
+        out = [e for e in self._scan(txn, fkey, start, stop) if e.offset >= start]
+        return out if limit < 0 else out[:limit]
+
+    def covering(self, txn, fkey: int, start: int, end: int) -> list[Extent]:
         """Entries that overlap ``[start, end)``: the one containing ``start`` first."""
-        out: list[ManifestEntry] = []
         if start >= end:
-            return out
+            return []
+        return [e for e in self._scan(txn, fkey, start, end) if e.end > start]
+
+    def _scan(self, txn, fkey: int, start: int, end: int) -> list[Extent]:
+        """Entries of the runs that may overlap ``[start, end)``, from the one holding ``start`` to ``end``.
+
+        Only the entries from ``start`` on become Extents: a 4 KiB read in
+        the middle of a run finds its entry by a bisection of the run's
+        offsets, not by building all of them.
+        """
+        out: list[Extent] = []
         with txn.cursor(db=self.index.manifests) as cur:
-            if not self._seek_covering(cur, fkey, start):
+            if not _seek_run(cur, fkey, start):
                 return out
             for k, v in cur:
-                key_fkey, offset = ix.KEY64x2.unpack(k)
-                if key_fkey != fkey or offset >= end:
+                key_fkey, run_start = ix.KEY64x2.unpack(k)
+                if key_fkey != fkey or run_start >= end:
                     break
-                address, length = ix.MANIFEST.unpack(v)
-                if offset + length > start:
-                    out.append(ManifestEntry(offset, length, address))
+                _check_run(run_start, v)
+                words = _u32s(v)
+                ends = words[1::2]
+                first = bisect_right(ends, start - run_start) if start > run_start else 0
+                pos = run_start + (ends[first - 1] if first else 0)
+                for i in range(first, len(ends)):
+                    if pos >= end:
+                        return out
+                    out.append(Extent(pos, run_start + ends[i] - pos, words[2 * i]))
+                    pos = run_start + ends[i]
+                if pos >= end:
+                    break  # the next run starts at or after this one's end: past the range
         return out
+
+    def runs(self, txn) -> Iterator[tuple[int, int, bytes]]:
+        """(fkey, run start, raw run) of every run in the index, in key order (fsck)."""
+        with txn.cursor(db=self.index.manifests) as cur:
+            for k, v in cur:
+                fkey, run_start = ix.KEY64x2.unpack(k)
+                yield fkey, run_start, v
+
+
+def _seek_run(cur, fkey: int, start: int) -> bool:
+    """Put ``cur`` on the run of ``fkey`` that may contain ``start`` (the last one starting at or before it).
+
+    Failing that, on the first run of ``fkey`` after ``start``; False if the
+    file has no run there at all.  With holes, the run found may end before
+    ``start``: the callers skip what does not overlap their range.
+    """
+    key = ix.KEY64x2.pack(fkey, start)
+    if not cur.set_range(key):
+        return cur.last() and ix.KEY64x2.unpack(cur.key())[0] == fkey
+    if cur.key() == key:
+        return True
+    if cur.prev() and ix.KEY64x2.unpack(cur.key())[0] == fkey:
+        return True
+    if not cur.set_range(key):  # back to the first key past ``start``
+        return False
+    return ix.KEY64x2.unpack(cur.key())[0] == fkey

@@ -6,11 +6,15 @@ cost a 4 KiB-rounded inode and a directory entry per chunk: measured on 10,000
 files of 1-8 KiB that is about 1.4x their size on disk before any metadata.
 Appending to a pack costs one ``pwritev`` per batch of chunks and packs the bytes tightly.
 
-A pack is ``packs/<id:08x>.pack``: a 16-byte header, then records of a
-38-byte record header (magic, length, address) and the chunk bytes.  Records
-are self-describing, so ``fsck`` can rebuild what a pack holds from the pack
-alone.  The index (not this module) decides which records are live; space of
-dead records comes back when garbage collection copies a pack's live records
+A pack is ``packs/<id:08x>.pack``: a 16-byte header, then records, each a
+25-byte record header and the chunk bytes.  The header says what follows
+(magic ``CK``, codec, dictionary, stored and raw length), which chunk it
+is (the chunk id, so a read that lands on the wrong record is caught) and
+its xxh3-64 checksum, so a read is verified from the bytes it fetches
+anyway.  Records are self-describing: ``fsck`` walks a pack without the
+index, and the address of any chunk is the SHA-256 of its bytes.  The
+index (not this module) decides which records are live; space of dead
+records comes back when garbage collection copies a pack's live records
 forward and removes the pack.
 
 This module knows the pack format; where the bytes live is a backend's
@@ -23,24 +27,89 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
+
+from ..hashing import checksum_of
 
 from ._backend import REMOVED_PACK_GRACE, PackBackend
 
-PACK_MAGIC = b"CHUNKFS-PACK\x00\x00\x01\n"
+PACK_MAGIC = b"CHUNKFS-PACK\x00\x00\x02\n"
 assert len(PACK_MAGIC) == 16
-RECORD = struct.Struct("<2sI32s")  # magic, length, address
+# magic, codec, dictionary id, stored length (the bytes that follow), raw length, chunk id, xxh3-64 of the raw bytes
+RECORD = struct.Struct("<2sBHIII8s")
 RECORD_MAGIC = b"CK"
+CODEC_RAW = 0  # the bytes are the chunk
+CODEC_ZSTD = 1  # a zstd frame of the chunk, with the store dictionary the header names (0: none)
 HEADER_SIZE = len(PACK_MAGIC)
 PACK_TARGET_SIZE = 64 * 1024 * 1024
+MAX_PACK_SIZE = 0xFFFFFFFF  # data offsets in chunk records are u32
 WRITEBACK_STEP = 8 * 1024 * 1024  # start writeback of every this many appended bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class RecordHeader(NamedTuple):
+    magic: bytes
+    codec: int
+    dictionary: int
+    stored: int
+    raw: int
+    chunk: int
+    checksum: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes | memoryview) -> "RecordHeader | None":
+        """The header in ``raw``; None if it is short."""
+        if len(raw) < RECORD.size:
+            return None
+        return cls._make(RECORD.unpack_from(raw))
+
+    @classmethod
+    def of(cls, chunk: int, data: bytes | memoryview) -> "RecordHeader":
+        """The header of a raw record of ``data`` for ``chunk``."""
+        return cls(RECORD_MAGIC, CODEC_RAW, 0, len(data), len(data), chunk, checksum_of(data))
+
+    @property
+    def compressed(self) -> bool:
+        return self.codec != CODEC_RAW
+
+    def pack(self) -> bytes:
+        return RECORD.pack(*self)
+
+    def fault(self, chunk: int, length: int) -> str | None:
+        """What is wrong with this header as the one of ``chunk`` with ``length`` stored bytes; None if nothing."""
+        if self.magic != RECORD_MAGIC:
+            return "no record header there"
+        if self.chunk != chunk:
+            return f"the record there is chunk id {self.chunk}'s (a misdirected read)"
+        if self.stored != length:
+            return f"its record header says {self.stored} bytes, the index {length}"
+        if self.codec == CODEC_RAW and not self.dictionary:
+            if self.raw != length:
+                return f"its record header says {self.raw} raw bytes for {length} stored ones"
+            return None
+        if self.codec != CODEC_ZSTD:
+            return f"unknown codec {self.codec} (dictionary {self.dictionary})"
+        return None
+
+
+_HEAD = struct.Struct("<2sBHIII")  # a record header but its checksum
+CHECKSUM_AT = _HEAD.size
+
+
+def header_is(raw: bytes, chunk: int, length: int) -> bool:
+    """Whether ``raw`` (a record header) is the one of a raw record of ``chunk`` holding ``length`` bytes.
+
+    The fast test of the long-read path, on the header bytes as read; the
+    checksum is compared apart.  :meth:`RecordHeader.fault` says what is wrong.
+    """
+    return raw[:CHECKSUM_AT] == _HEAD.pack(RECORD_MAGIC, CODEC_RAW, 0, length, length, chunk)
+
+
+class Location(NamedTuple):
+    """Where a record's chunk bytes lie (a named tuple: one is made per chunk looked up)."""
+
     pack: int
     offset: int  # of the chunk bytes, just after the record header
-    length: int
+    length: int  # stored bytes
 
     @property
     def record_offset(self) -> int:
@@ -86,8 +155,9 @@ class PackFiles:
     def active_end(self) -> int:
         return self._end
 
-    def needs_roll(self) -> bool:
-        return self._active is None or self._end >= PACK_TARGET_SIZE
+    def needs_roll(self, nbytes: int = 0) -> bool:
+        """Whether the next append (of ``nbytes`` of records) needs a new pack."""
+        return self._active is None or self._end >= PACK_TARGET_SIZE or self._end + nbytes > MAX_PACK_SIZE
 
     def create(self, pack: int) -> int:
         """Give ``pack`` a file holding at least its header; return the file's size.
@@ -125,11 +195,15 @@ class PackFiles:
                 self.backend.seal(self._active)
             self._active = None
 
-    def append(self, address: bytes, data: bytes | memoryview) -> Location:
-        return self.append_many([(address, data)])[0]
+    def append(self, chunk: int, data: bytes | memoryview, header: "RecordHeader | None" = None) -> Location:
+        return self.append_many([(chunk, data) if header is None else (chunk, data, header)])[0]
 
-    def append_many(self, records: Sequence[tuple[bytes, bytes | memoryview]]) -> list[Location]:
-        """Append ``(address, data)`` records with as few writes as possible and no copying.
+    def append_many(self, records: Sequence[tuple[int, bytes | memoryview] | tuple[int, bytes | memoryview, RecordHeader]]
+                    ) -> list[Location]:
+        """Append ``(chunk id, data)`` records with as few writes as possible and no copying of the data.
+
+        A record may come as ``(chunk id, stored bytes, header)``: a compressed
+        one (its header made by the caller), or one gc copies as it is.
 
         All or nothing for the caller: after a failure the pack's end does
         not move, so whatever part did reach the file lies beyond it and is
@@ -141,10 +215,14 @@ class PackFiles:
             offset = self._end
             buffers: list[bytes | memoryview] = []
             locations = []
-            for address, data in records:
-                buffers += (RECORD.pack(RECORD_MAGIC, len(data), address), data)
+            for record in records:
+                data = record[1]
+                header = record[2] if len(record) > 2 else RecordHeader.of(record[0], data)
+                buffers += (header.pack(), data)
                 locations.append(Location(self._active, offset + RECORD.size, len(data)))
                 offset += RECORD.size + len(data)
+            if offset > MAX_PACK_SIZE:
+                raise RuntimeError(f"pack {self._active:08x} would pass {MAX_PACK_SIZE} bytes")
             self.backend.write(self._active, self._end, buffers)
             self._end = offset
             self._unsynced.add(self._active)
@@ -174,39 +252,44 @@ class PackFiles:
     # -- reading ------------------------------------------------------------
 
     def read(self, loc: Location) -> bytes:
-        """The bytes at ``loc``; short if the pack is truncated, PackMissingError if gone."""
+        """The bytes at ``loc`` (no header); short if the pack is truncated, PackMissingError if gone."""
         return self.backend.read(loc.pack, loc.offset, loc.length)
 
-    def read_run(self, locs: Sequence[Location], into: Sequence[memoryview], nowait: bool = False) -> bool:
+    def read_record(self, loc: Location) -> tuple[RecordHeader | None, bytes]:
+        """The record at ``loc``, header and bytes in one read; the bytes are short if the pack is."""
+        raw = self.backend.read(loc.pack, loc.record_offset, RECORD.size + loc.length)
+        return RecordHeader.parse(raw), raw[RECORD.size:]
+
+    def read_run(self, locs: Sequence[Location], into: Sequence[memoryview], nowait: bool = False) -> bytes | None:
         """Read records that lie back to back in one pack, each chunk into its buffer, with one ``preadv``.
 
-        The record headers between the chunks land in a scratch buffer.  At
-        most IOV_BATCH records.  False if the pack ends early (truncated: the
+        The record headers land in a scratch buffer, returned (RECORD.size
+        bytes each, in order), so the caller verifies every chunk against its
+        own header (:func:`header_is`, then the checksum).  At most
+        IOV_BATCH - 1 records.  None if the pack ends early (truncated: the
         caller reads the chunks one by one to find out which); PackMissingError
         if it is gone.  With ``nowait``, only bytes already in memory (the
         page cache): WouldBlock if any would have to come from the medium.
         """
-        header = memoryview(bytearray(RECORD.size))
+        scratch = memoryview(bytearray(RECORD.size * len(locs)))
         iov: list[memoryview] = []
-        for loc, view in zip(locs, into):
-            if iov:
-                iov.append(header)
-            iov.append(view)
+        for n, view in enumerate(into[: len(locs)]):
+            iov += (scratch[n * RECORD.size : (n + 1) * RECORD.size], view)
         want = sum(len(v) for v in iov)
-        return self.backend.readv(locs[0].pack, locs[0].offset, iov, nowait) == want
+        if self.backend.readv(locs[0].pack, locs[0].record_offset, iov, nowait) != want:
+            return None
+        return bytes(scratch)
 
-    def read_record_header(self, loc: Location) -> tuple[bytes, int, bytes]:
-        raw = self.read_record_header_bytes(loc)
-        if len(raw) < RECORD.size:
-            return b"", -1, b""
-        return RECORD.unpack(raw)
+    def read_record_header(self, loc: Location) -> RecordHeader | None:
+        """The header of the record at ``loc``; None if the pack ends inside it."""
+        return RecordHeader.parse(self.read_record_header_bytes(loc))
 
     def read_record_header_bytes(self, loc: Location) -> bytes:
         return self.backend.read(loc.pack, loc.record_offset, RECORD.size)
 
-    def write_record_header(self, loc: Location, address: bytes) -> None:
+    def write_record_header(self, loc: Location, header: RecordHeader) -> None:
         """Rewrite the header of the record at ``loc`` (fsck --repair, for a damaged one), durably."""
-        self.backend.patch(loc.pack, loc.record_offset, RECORD.pack(RECORD_MAGIC, loc.length, address))
+        self.backend.patch(loc.pack, loc.record_offset, header.pack())
 
     def size(self, pack: int) -> int:
         return self.backend.size(pack)
@@ -215,8 +298,8 @@ class PackFiles:
         """(length, bytes the medium holds for it) of a pack: the second is less where dead records were punched."""
         return self.backend.usage(pack)
 
-    def scan(self, pack: int, start: int = HEADER_SIZE) -> Iterator[tuple[Location, bytes]]:
-        """Yield (location, address) of every well-formed record from ``start``.
+    def scan(self, pack: int, start: int = HEADER_SIZE) -> Iterator[tuple[Location, RecordHeader]]:
+        """Yield (location, header) of every well-formed record from ``start``.
 
         Stops at the first malformed or truncated record header: what follows
         cannot be trusted to be aligned on record boundaries.
@@ -224,11 +307,11 @@ class PackFiles:
         size = self.backend.size(pack)
         offset = start
         while offset + RECORD.size <= size:
-            magic, length, address = RECORD.unpack(self.backend.read(pack, offset, RECORD.size))
-            if magic != RECORD_MAGIC or offset + RECORD.size + length > size:
+            header = RecordHeader.parse(self.backend.read(pack, offset, RECORD.size))
+            if header is None or header.magic != RECORD_MAGIC or offset + RECORD.size + header.stored > size:
                 return
-            yield Location(pack, offset + RECORD.size, length), address
-            offset += RECORD.size + length
+            yield Location(pack, offset + RECORD.size, header.stored), header
+            offset += RECORD.size + header.stored
 
     # -- repair and removal -------------------------------------------------
 

@@ -17,31 +17,57 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ..errors import ChunkCorruptError, ChunkFreedError, InvalidArgument, PackIOError, PackMissingError, WouldBlock
 from ..hashing import address_of, checksum_of
 from ._backend import IOV_BATCH
 from ._cache import ChunkCache
+from ._compression import Codec, DecodeError
 from ._fileids import FileId
-from ._index import Index
-from ._ledger import LOST_PACK, Ledger
-from ._manifests import ManifestEntry, ManifestIndex
-from ._packs import Location, PackFiles
+from ._index import CHUNK, KEYCHUNK, Index
+from ._ledger import LOST_PACK, ChunkRecord, Ledger
+from ._manifests import Extent, ManifestIndex
+from ._packs import CHECKSUM_AT, RECORD, Location, PackFiles, RecordHeader, header_is
 
 log = logging.getLogger("chunkfs.store")
-
-Place = tuple[Location, bytes]  # where a chunk lies and its xxh3 checksum
 T = TypeVar("T")
 READ_ATTEMPTS = 3  # lock-free tries of a read whose file keeps changing under it, before one under the lock
+
+
+class Place(NamedTuple):
+    """Where a chunk lies, what its address is, and its chunk id (which its record header must name)."""
+
+    location: Location
+    address: bytes
+    chunk: int
+
+
+def _place(chunk: int, rec: ChunkRecord | None) -> Place | None:
+    return Place(rec.location, rec.address, chunk) if rec is not None else None
+
+
+def _places(txn, index: Index, entries: list[Extent]) -> list[Place | None]:
+    """Where each entry's chunk lies: one get per entry, decoded straight into a Place (every read does this)."""
+    out: list[Place | None] = []
+    db, key, unpack = index.chunks, KEYCHUNK.pack, CHUNK.unpack_from
+    for e in entries:
+        raw = txn.get(key(e.chunk), db=db)
+        if raw is None:
+            out.append(None)
+        else:
+            address, _, length, pack, offset = unpack(raw)
+            out.append(Place(Location(pack, offset, length), address, e.chunk))
+    return out
 
 
 class ChunkReader:
     """Finds, reads and verifies chunks for every read of the store."""
 
     def __init__(self, index: Index, ledger: Ledger, manifests: ManifestIndex, packs: PackFiles,
-                 cache: ChunkCache, verify: str, commit_lock: threading.RLock):
+                 cache: ChunkCache, verify: str, commit_lock: threading.RLock, codec: Codec):
         self.index, self.ledger, self.manifests, self.packs = index, ledger, manifests, packs
+        self.codec = codec  # decodes compressed records
         self.cache, self.verify = cache, verify
         self.commit_lock = commit_lock  # the store's: no commit frees a chunk while it is held
 
@@ -82,13 +108,13 @@ class ChunkReader:
             fkey, size, _, _ = self.manifests.file_record(txn, file_id)
             end = min(offset + length, size)
             entries = self.manifests.covering(txn, fkey, offset, end)
-            chunks = [self.cache.get(e.address) for e in entries]
-            places = [None if c is not None else self.ledger.locate(txn, e.address) for e, c in zip(entries, chunks)]
-        fetched: dict[bytes, bytes] = {}
+            places = _places(txn, self.index, entries)
+        chunks: list[bytes | None] = [self.cache.get(p.address) if p is not None else None for p in places]
+        fetched: dict[int, bytes] = {}
         for i, (entry, found) in enumerate(zip(entries, places)):
             if chunks[i] is None:  # fetched once even where the range repeats a chunk
-                chunks[i] = fetched.get(entry.address) or self.fetch(entry.address, found, file_id)
-                fetched[entry.address] = chunks[i]
+                chunks[i] = fetched.get(entry.chunk) or self.fetch(found, file_id, entry.chunk)
+                fetched[entry.chunk] = chunks[i]
         start = min(entries[0].offset, offset) if entries else offset
         return start, _with_holes(start, end, entries, chunks)
 
@@ -99,44 +125,55 @@ class ChunkReader:
             return data
         with self.index.read() as txn:
             found = self.ledger.locate(txn, address)
-        return self.fetch(address, found, file_id)
-
-    def fetch(self, address: bytes, found: tuple[Location, bytes] | None, file_id) -> bytes:
-        """Read and verify the chunk ``found`` (location, checksum) says is at ``address``, and cache it."""
         if found is None:
             raise ChunkCorruptError(address, "no such chunk in the index", file_id)
+        chunk, loc = found
+        return self.fetch(Place(loc, address, chunk), file_id, chunk)
+
+    def fetch(self, found: Place | None, file_id, chunk: int) -> bytes:
+        """Read and verify the chunk ``found`` says is where, and cache it."""
+        if found is None:
+            raise self._corrupt(b"", f"chunk id {chunk} has no record in the index", file_id)
         try:
-            data = self._read_verified(address, found[0], found[1], file_id, quiet=True)
+            data = self._read_verified(found, file_id, quiet=True)
         except ChunkCorruptError:
             # gc may have moved the chunk (or the caller's file changed) since it
             # was located: look again, and only a failure at a stable place counts
             with self.index.read() as txn:
-                again = self.ledger.locate(txn, address)
+                again = _place(found.chunk, self.ledger.record(txn, found.chunk))
+                if again is None or again.address != found.address:  # gone (its id may even hold another chunk)
+                    hit = self.ledger.locate(txn, found.address)  # stored again, or pinned and not committed yet
+                    again = Place(hit[1], found.address, hit[0]) if hit is not None else None
             if again is None:  # it was there when the caller looked: freed since, not damaged
-                raise ChunkFreedError(address, "freed while being read", file_id) from None
-            data = self._read_verified(address, again[0], again[1], file_id)
-        self.cache.put(address, data)
+                raise ChunkFreedError(found.address, "freed while being read", file_id) from None
+            data = self._read_verified(again, file_id)
+        self.cache.put(found.address, data)
         return data
 
-    def _read_verified(self, address: bytes, loc: Location, checksum: bytes, file_id,
-                       quiet: bool = False) -> bytes:
+    def _read_verified(self, place: Place, file_id, quiet: bool = False) -> bytes:
+        address, loc = place.address, place.location
+
         def corrupt(reason: str) -> ChunkCorruptError:
             return ChunkCorruptError(address, reason, file_id) if quiet else self._corrupt(address, reason, file_id)
 
         if loc.pack == LOST_PACK:
             raise corrupt("its data was lost ('chunkfs fsck --repair' found it gone)")
         try:
-            data = self.packs.read(loc)
+            header, data = self.packs.read_record(loc)
         except PackMissingError:
             raise corrupt(f"pack {loc.pack:08x} is missing") from None
         except PackIOError as exc:
             raise corrupt(str(exc)) from None
-        if len(data) != loc.length:
+        if header is None or len(data) != loc.length:
             raise corrupt(f"pack {loc.pack:08x} is truncated")
-        if self.verify == "xxh3" and checksum_of(data) != checksum:
-            raise corrupt("xxh3 checksum mismatch")
-        if self.verify == "sha256" and address_of(data) != address:
-            raise corrupt("SHA-256 mismatch")
+        if header.compressed and not header.fault(place.chunk, loc.length):
+            try:
+                data = self.codec.decode(header.codec, header.dictionary, data, header.raw)
+            except DecodeError as exc:
+                raise corrupt(f"its compressed record is damaged: {exc}") from None
+        why = _fault(self.verify, place, header, data)
+        if why:
+            raise corrupt(why)
         return data
 
     def _corrupt(self, address: bytes, reason: str, file_id) -> ChunkCorruptError:
@@ -153,65 +190,112 @@ class ChunkReader:
             fkey, size, _, _ = self.manifests.file_record(txn, file_id)
             end = min(offset + length, size)
             entries = self.manifests.covering(txn, fkey, offset, end)
-            places = [self.ledger.locate(txn, e.address) for e in entries]
+            places = _places(txn, self.index, entries)
         return self.read_entries(file_id, entries, places, offset, end, nowait)
 
-    def read_entries(self, file_id: FileId, entries: list[ManifestEntry], places: list[Place | None],
+    def places(self, txn, entries: list[Extent]) -> list[Place | None]:
+        """Where each entry's chunk lies, in ``txn`` (for a reader that holds them: _versions.py)."""
+        return _places(txn, self.index, entries)
+
+    def read_entries(self, file_id: FileId, entries: list[Extent], places: list[Place | None],
                      offset: int, end: int, nowait: bool = False) -> memoryview:
         """Bytes ``[offset, end)`` laid out from manifest ``entries`` already looked up (those covering
-        the range, in file order) and where each lies; zeros between them (holes).  For a reader that
-        holds them pinned (_versions.py) as much as for read_span."""
+        the range, in file order) and where each lies; zeros between them (holes)."""
         if end <= offset:
             return memoryview(b"")
         base = min(entries[0].offset, offset) if entries else offset
-        top = max(entries[-1].offset + entries[-1].length, end) if entries else end
+        top = max(entries[-1].end, end) if entries else end
         buf = memoryview(bytearray(top - base))  # zeros: what the holes between entries read as
 
         def view(i: int) -> memoryview:
-            return buf[entries[i].offset - base : entries[i].offset - base + entries[i].length]
+            return buf[entries[i].offset - base : entries[i].end - base]
 
-        first: dict[bytes, int] = {}  # address -> index of its first entry: a repeated chunk is read once
+        first: dict[int, int] = {}  # chunk id -> index of its first entry: a repeated chunk is read once
         for i, entry in enumerate(entries):
-            first.setdefault(entry.address, i)
-        for run in _runs([i for i, e in enumerate(entries) if first[e.address] == i], places):
+            first.setdefault(entry.chunk, i)
+        for run in _runs([i for i, e in enumerate(entries) if first[e.chunk] == i], places):
             views = [view(i) for i in run]
             if not self._read_run([entries[i] for i in run], [places[i] for i in run], views, nowait):
                 if nowait:
                     raise WouldBlock(f"file {file_id!r}: a chunk needs a second look")
                 for i, dst in zip(run, views):
-                    dst[:] = self.fetch(entries[i].address, places[i], file_id)
+                    dst[:] = self.fetch(places[i], file_id, entries[i].chunk)
         for i, entry in enumerate(entries):
-            if first[entry.address] != i:
-                view(i)[:] = view(first[entry.address])
+            if first[entry.chunk] != i:
+                view(i)[:] = view(first[entry.chunk])
         return buf[offset - base : end - base]
 
-    def _read_run(self, entries: list[ManifestEntry], places: list[Place | None],
+    def _read_run(self, entries: list[Extent], places: list[Place | None],
                   views: list[memoryview], nowait: bool) -> bool:
-        """Read and verify one run in place; False if any of it needs the one-chunk path."""
-        if any(p is None or p[0].pack == LOST_PACK or p[0].length != e.length for e, p in zip(entries, places)):
+        """Read and verify one run in place, each chunk against its own record header; False if any of
+        it needs the one-chunk path."""
+        if any(p is None or p.location.pack == LOST_PACK for p in places):
             return False
+        # raw records land in the caller's buffer; compressed ones in scratch, then decompress into it
+        targets = [view if p.location.length == e.length else memoryview(bytearray(p.location.length))
+                   for e, p, view in zip(entries, places, views)]
         try:
-            if not self.packs.read_run([p[0] for p in places], views, nowait):
-                return False
+            headers = self.packs.read_run([p.location for p in places], targets, nowait)
         except (PackMissingError, PackIOError, ChunkCorruptError):  # gone or unreadable: the one-chunk path says which
             return False
-        return all(_verified(self.verify, e.address, p[1], v) for e, p, v in zip(entries, places, views))
+        if headers is None:
+            return False
+        mode, size = self.verify, RECORD.size
+        for n, (place, data) in enumerate(zip(places, views)):  # anything wrong: the one-chunk path says what
+            header = headers[n * size : (n + 1) * size]
+            if targets[n] is not data:
+                if not self._decode_into(header, place, targets[n], data):
+                    return False
+            elif not header_is(header, place.chunk, place.location.length):
+                return False
+            if mode == "xxh3" and checksum_of(data) != header[CHECKSUM_AT:]:
+                return False
+            if mode == "sha256" and address_of(data) != place.address:
+                return False
+        return True
+
+    def _decode_into(self, header: bytes, place: Place, stored: memoryview, into: memoryview) -> bool:
+        """Decompress a compressed record of a run into its slice of the caller's buffer; False if it is not one."""
+        parsed = RecordHeader.parse(header)
+        if parsed.fault(place.chunk, place.location.length) or not parsed.compressed or parsed.raw != len(into):
+            return False
+        try:
+            self.codec.decode_into(parsed.dictionary, stored, into)
+        except DecodeError:
+            return False
+        return True
 
 
+def _fault(mode: str, place: Place, header: RecordHeader, data) -> str | None:
+    """Why the record read for ``place`` is not its chunk's bytes; None if they verify.
+
+    The header must be the chunk's own (a read that landed on another record
+    is caught even with verification off), then the bytes must match the
+    header's xxh3 (default) or hash to the address (``sha256``).
+    """
+    why = header.fault(place.chunk, place.location.length)
+    if why:
+        return why
+    if mode == "xxh3" and checksum_of(data) != header.checksum:
+        return "xxh3 checksum mismatch"
+    if mode == "sha256" and address_of(data) != place.address:
+        return "SHA-256 mismatch"
+    return None
 
 
 def _runs(indices: list[int], places: list[Place | None]):
     """``indices`` (entries to read, in file order) grouped into runs of records back to back in one pack.
 
     An entry the index does not know, or whose pack was lost, is a run of its
-    own (the one-chunk path reports it).
+    own (the one-chunk path reports it).  A run reads a header and the bytes
+    of each record, two buffers each, so it has fewer than IOV_BATCH records.
     """
     run: list[int] = []
     last: Location | None = None
     for i in indices:
-        loc = places[i][0] if places[i] is not None else None
+        loc = places[i].location if places[i] is not None else None
         follows = (loc is not None and last is not None and loc.pack == last.pack
-                   and loc.record_offset == last.offset + last.length and len(run) < IOV_BATCH)
+                   and loc.record_offset == last.offset + last.length and len(run) < IOV_BATCH - 1)
         if run and not follows:
             yield run
             run = []
@@ -224,15 +308,7 @@ def _runs(indices: list[int], places: list[Place | None]):
         yield run
 
 
-def _verified(mode: str, address: bytes, checksum: bytes, data: memoryview) -> bool:
-    if mode == "xxh3":
-        return checksum_of(data) == checksum
-    if mode == "sha256":
-        return address_of(data) == address
-    return True
-
-
-def _with_holes(start: int, end: int, entries: list[ManifestEntry], chunks: list[bytes]) -> list[bytes]:
+def _with_holes(start: int, end: int, entries: list[Extent], chunks: list[bytes]) -> list[bytes]:
     """``chunks`` laid from ``start``, with zeros where holes lie between them (and up to ``end``)."""
     out: list[bytes] = []
     pos = start
@@ -240,7 +316,7 @@ def _with_holes(start: int, end: int, entries: list[ManifestEntry], chunks: list
         if entry.offset > pos:
             out.append(bytes(entry.offset - pos))
         out.append(data)
-        pos = entry.offset + entry.length
+        pos = entry.end
     if pos < end:
         out.append(bytes(end - pos))
     return out

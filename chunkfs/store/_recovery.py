@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from . import _index as ix
-from ._ledger import ChunkRecord, adjust_pack
+from ._ledger import adjust_pack, get_record
 from ._packs import RECORD, Location, record_size
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,10 @@ def _resolve_pending(store, txn) -> int:
         items = list(cur)
     for key, value in items:
         pack, rec_offset = ix.KEYPENDING.unpack(key)
-        address, length = ix.PENDING.unpack(value)
+        chunk, length = ix.PENDING.unpack(value)
         loc = Location(pack, rec_offset + RECORD.size, length)
-        raw = txn.get(address, db=store.index.chunks)
-        committed = raw is not None and ChunkRecord.decode(raw).location == loc
+        rec = get_record(txn, store.index, chunk)
+        committed = rec is not None and rec.location == loc
         if not committed and txn.get(ix.KEYPACK.pack(pack), db=store.index.packs) is not None:
             adjust_pack(txn, store.index.packs, pack, dead=record_size(length))
         txn.delete(key, db=store.index.pending)

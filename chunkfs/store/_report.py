@@ -27,10 +27,13 @@ DAMAGE, LOST_DATA, NOTICE = "damage", "lost-data", "notice"
 KINDS: dict[str, tuple[str, str]] = {
     # chunks and packs
     "missing-chunk": (DAMAGE, "a file references a chunk the index has no record of"),
+    "bad-lookup": (DAMAGE, "the address lookup misses a stored chunk or lists one wrongly"),
     "missing-pack": (DAMAGE, "a pack file holding chunks files use is gone"),
     "truncated-chunk": (DAMAGE, "a chunk's bytes run past the end of its pack"),
     "bad-record": (DAMAGE, "the pack holds no record of the chunk where the index says"),
-    "corrupt-chunk": (DAMAGE, "a chunk's bytes do not hash to its address (--verify-data)"),
+    "corrupt-chunk": (DAMAGE, "a chunk's bytes do not hash to its address, or its compressed record does not "
+                              "decompress (--verify-data)"),
+    "missing-dictionary": (DAMAGE, "a compressed record names a store dictionary the store does not have"),
     "refcount-mismatch": (DAMAGE, "a chunk's refcount differs from the references to it"),
     "orphan-chunk": (DAMAGE, "a chunk record no file references"),
     "pack-accounting": (DAMAGE, "a pack's live/dead byte counts differ from its records"),
@@ -112,7 +115,7 @@ class CheckReport:
     inodes_checked: int = 0
     bytes_verified: int = 0
     garbage_bytes: int = 0
-    bad_chunks: dict[bytes, str] = field(default_factory=dict)  # address -> why its bytes are unusable
+    bad_chunks: dict[int, str] = field(default_factory=dict)  # chunk id -> why its bytes are unusable
 
     @property
     def clean(self) -> bool:

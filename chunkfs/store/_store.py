@@ -36,7 +36,7 @@ from . import _index as ix
 from ._cache import ChunkCache
 from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
-from ..hashing import VERIFY_MODES, addresses_of, checksum_of
+from ..hashing import VERIFY_MODES, addresses_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
 from ._filestream import StoreFileReader, blocks_of
@@ -45,8 +45,10 @@ from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
 from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._backend import PackBackend
 from ._local_backend import LocalBackend
-from ._packs import PackFiles
+from ._packs import HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
 from ._check import FileNamer, check_records
+from ..settings import format_compression, parse_compression
+from ._compression import Codec, Dictionaries, encode_records
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
@@ -97,15 +99,20 @@ class ChunkStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, chunker: str = "fastcdc", min_size=None, avg_size=None,
-               max_size=None, data: dict | None = None, **open_kwargs) -> "ChunkStore":
+               max_size=None, data: dict | None = None, compression: str | None = None,
+               **open_kwargs) -> "ChunkStore":
         """Make a new store at ``path`` (absent or an empty directory) and open it.
 
+        ``compression`` is how new chunks are stored: ``"zstd:LEVEL"`` (the
+        default: ``settings.DEFAULT_COMPRESSION``) or ``"none"``.
         ``data`` is where pack data lives: None for files in ``path/packs``, or
         an object store as ``data_location(url, endpoint, region)`` makes it
         (the bucket is checked first: reachable, and holding no store yet).
         """
         path = os.fspath(path)
         settings = StoreSettings.build(chunker, min_size, avg_size, max_size)
+        if compression is not None:
+            settings = dataclasses.replace(settings, compression=format_compression(*parse_compression(compression)))
         if data:
             settings = dataclasses.replace(settings, data=data)
             settings.validate()
@@ -134,8 +141,12 @@ class ChunkStore:
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False, verify: str = "xxh3",
              cache_size: int = DEFAULT_CACHE_SIZE, backend: BackendChoice = None,
-             data_options: dict | None = None) -> "ChunkStore":
+             data_options: dict | None = None, compression: str | None = None) -> "ChunkStore":
         """Open the store at ``path``.
+
+        ``compression`` (``"zstd:LEVEL"`` or ``"none"``) overrides the store's
+        setting for chunks written from now on; chunks already stored read
+        back whatever they were written with.
 
         ``backend`` holds the packs: None for files in ``path/packs``, a
         :class:`PackBackend`, or a factory called as ``factory(packs_dir,
@@ -151,11 +162,11 @@ class ChunkStore:
 
             _object_store.before_open(path, settings, readonly)
         return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size, backend=backend,
-                   data_options=data_options)
+                   data_options=data_options, compression=compression)
 
     def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
                  verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False,
-                 backend: BackendChoice = None, data_options: dict | None = None):
+                 backend: BackendChoice = None, data_options: dict | None = None, compression: str | None = None):
         if verify not in VERIFY_MODES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
         self.path = path
@@ -163,6 +174,8 @@ class ChunkStore:
         self.readonly = readonly
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
+        codec_name, level = parse_compression(compression or settings.compression)
+        self.codec = Codec(Dictionaries(path), codec_name, level)
         self._lock = threading.RLock()  # pins, appends and commits
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
@@ -176,7 +189,7 @@ class ChunkStore:
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
             self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify,
-                                      self._lock)
+                                      self._lock, self.codec)
             self.fs_tables = ix.FsTables(self.index)
             if not readonly:
                 self.recovery = recover(self)
@@ -199,6 +212,7 @@ class ChunkStore:
         if getattr(self, "_closed", True):
             return
         self._closed = True
+        self.codec.wait()
         self._finalizer()  # sync if writable, close packs and index, release the lock (_handles.py)
 
     # -- a little space for a full disk ------------------------------------------
@@ -270,8 +284,9 @@ class ChunkStore:
                 self.ensure_reserve()  # dead records were punched out: maybe there is room again
             return result
 
-    def _ensure_active_pack(self, frees: bool = False) -> None:
-        if not self.packs.needs_roll():
+    def _ensure_active_pack(self, frees: bool = False, nbytes: int = 0) -> None:
+        """Make sure a pack is active with room for ``nbytes`` of records (a new one if need be)."""
+        if not self.packs.needs_roll(nbytes):
             return
 
         def allocate(txn):
@@ -302,35 +317,56 @@ class ChunkStore:
         addresses = addresses_of(chunks)
         with self._lock:
             found, new = self._lookup_unpinned(addresses)
-            locations = {}
+            placed: dict[bytes, tuple[int, Location]] = {}
             if new:
-                self._ensure_active_pack()
-                stored = self.packs.append_many([(a, chunks[i]) for a, i in new.items()])
-                locations = dict(zip(new, stored))
+                ids = self.ledger.new_chunk_ids(len(new))
+                fresh = [chunks[i] for i in new.values()]
+                records = encode_records(self.codec, ids, fresh)
+                placed = dict(zip(new, zip(ids, self._append_new(records), (len(c) for c in fresh))))
+                self.codec.observe([c for c, r in zip(fresh, records) if len(r) > 2])  # compressible ones
             written = []
-            for address, data in zip(addresses, chunks):
-                is_new = address in locations and address not in self.ledger.pins
+            for address in addresses:
+                is_new = address in placed and address not in self.ledger.pins
                 if is_new:
-                    self.ledger.pin_new(address, locations[address], checksum_of(data))
+                    self.ledger.pin_new(address, *placed[address])
                 elif not self.ledger.add_pin(address):
-                    self.ledger.pin_existing(address, found[address])
+                    self.ledger.pin_existing(address, *found[address])
                 written.append(is_new)
         return [ChunkRef(a, len(c)) for a, c in zip(addresses, chunks)], written
 
+    def _append_new(self, records: list[tuple]) -> list[Location]:
+        """Append new chunks' records to the active pack, rolling to a new one where a pack would pass 4 GiB."""
+        total = sum(record_size(len(record[1])) for record in records)
+        if total <= MAX_PACK_SIZE - HEADER_SIZE:  # nearly always: one append
+            self._ensure_active_pack(nbytes=total)
+            return self.packs.append_many(records)
+        locations: list[Location] = []
+        room = MAX_PACK_SIZE - HEADER_SIZE
+        start = 0
+        while start < len(records):
+            stop, size = start, 0
+            while stop < len(records) and (stop == start or size + record_size(len(records[stop][1])) <= room):
+                size += record_size(len(records[stop][1]))
+                stop += 1
+            self._ensure_active_pack(nbytes=size)
+            locations += self.packs.append_many(records[start:stop])
+            start = stop
+        return locations
+
     def _lookup_unpinned(self, addresses: list[bytes]) -> tuple[dict, dict]:
-        """For chunks no writer pins: their stored records, and the ones new to the store (first index)."""
-        found: dict[bytes, ChunkRecord] = {}
+        """For chunks no writer pins: (chunk id, record) of those stored, and those new to the store (first index)."""
+        found: dict[bytes, tuple[int, ChunkRecord]] = {}
         new: dict[bytes, int] = {}
         todo: dict[bytes, int] = {}
         for i, address in enumerate(addresses):
             if address and address not in self.ledger.pins and address not in todo:
                 todo[address] = i
         if todo:
-            with self.index.read() as txn:
+            with self.index.read() as txn, txn.cursor(db=self.index.lookup) as cursor:
                 for address, i in todo.items():
-                    rec = self.ledger.record(txn, address)
-                    if rec is not None:
-                        found[address] = rec
+                    hit = self.ledger.find(txn, address, cursor)
+                    if hit is not None:
+                        found[address] = hit
                     else:
                         new[address] = i
         return found, new
@@ -414,12 +450,13 @@ class ChunkStore:
                 return False, []
             fkey, size, _, _ = ix.FILE.unpack(raw)
             actions: list[Action] = []
-            for entry in self.manifest_index.entries(txn, fkey, 0, None):
-                txn.delete(ix.KEY64x2.pack(fkey, entry.offset), db=self.index.manifests)
-                actions += self.ledger.decref(txn, entry.address)
+            extents = self.manifest_index.delete_runs(txn, fkey)
+            for extent in extents:
+                actions += self.ledger.decref(txn, extent.chunk)
             txn.delete(key, db=self.index.files)
             ix.add_counter(txn, self.index.counters, "files", -1)
             ix.add_counter(txn, self.index.counters, "logical_bytes", -size)
+            ix.add_counter(txn, self.index.counters, "chunk_refs", -len(extents))
             if hook is not None:
                 hook(txn)
             return True, actions
@@ -465,7 +502,7 @@ class ChunkStore:
     def manifest(self, file_id: FileId, start: int = 0, end: int | None = None) -> list[ManifestEntry]:
         """Entries covering ``[start, end)`` of the file, the one containing ``start`` first."""
         with self.index.read() as txn:
-            return self.manifest_index.covering_file(txn, file_id, start, end)
+            return self.manifest_index.resolve(txn, self.manifest_index.covering_file(txn, file_id, start, end))
 
     def read(self, file_id: FileId) -> bytes:
         return self.read_range(file_id, 0, self.size(file_id))
@@ -526,20 +563,25 @@ class ChunkStore:
         """Counters kept exact in every commit, plus what the store occupies on disk."""
         with self.index.read() as txn:
             c = self.index.counters
-            names = ("files", "logical_bytes", "stored_bytes", "unique_chunks")
+            names = ("files", "logical_bytes", "stored_bytes", "packed_bytes", "unique_chunks", "chunk_refs")
             out = {name: ix.get_counter(txn, c, name) for name in names}
             dead = live = 0
             with txn.cursor(db=self.index.packs) as cur:
                 for _, v in cur:
                     _, pack_live, pack_dead = ix.PACK.unpack(v)
                     live, dead = live + pack_live, dead + pack_dead
-            out["chunk_refs"] = txn.stat(self.index.manifests)["entries"]
             pages = {name: ix.db_bytes(txn, getattr(self.index, name)) for name in ix.STORE_DATABASES}
         out["index_bytes"] = sum(pages.values())
-        out["index_bytes_per_chunk"] = _per(pages["chunks"], out["unique_chunks"])
+        out["index_bytes_per_chunk"] = _per(pages["chunks"] + pages["lookup"], out["unique_chunks"])
         out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
         logical = out["logical_bytes"]
-        out["savings_pct"] = _savings(out["stored_bytes"], logical)
+        out["savings_pct"] = _savings(out["packed_bytes"], logical)
+        out["dedup_savings_pct"] = _savings(out["stored_bytes"], logical)
+        out["compression_savings_pct"] = _savings(out["packed_bytes"], out["stored_bytes"])
+        out["dedup_ratio"] = round(logical / out["stored_bytes"], 3) if out["stored_bytes"] else None
+        out["compression_ratio"] = round(out["stored_bytes"] / out["packed_bytes"], 3) if out["packed_bytes"] else None
+        out["compression"] = format_compression(self.codec.codec, self.codec.level)
+        out["dictionary"] = self.codec.dict_id
         out["garbage_bytes"] = dead
         out["disk_bytes"] = self.disk_bytes()
         out["reserve_bytes"] = reserve.held_bytes(self.path)
@@ -592,13 +634,13 @@ class ChunkStore:
         """
         check_records(self, txn, report, namer, progress, verify_data)
 
-    def repair_records(self, bad_chunks: dict[bytes, str]) -> list[str]:
+    def repair_records(self, bad_chunks: dict[int, str]) -> list[str]:
         """Repair what :meth:`check_records` found at the chunk level; one line per kind of change."""
         return repair_store(self, bad_chunks)
 
     def mark_lost_tail(self, txn: lmdb.Transaction, file_id: FileId, size: int) -> bool:
         """Extend a file's contents to ``size`` with lost-data tombstones (fsck: size beyond its contents)."""
-        return mark_lost_tail(self.index, txn, encode_file_id(file_id), size)
+        return mark_lost_tail(self, txn, encode_file_id(file_id), size)
 
     def gc(self, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION, progress=None) -> dict:
         """Reclaim the space of unreferenced chunks by compacting packs; returns what it moved and freed.

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from ..errors import ChunkCorruptError, InvalidArgument
 from ._fileids import FileId
-from ._manifests import ChunkRef, ManifestEntry
+from ._manifests import ChunkRef, Extent
 from ._reading import ChunkReader, Place
 
 
@@ -37,15 +37,15 @@ class FileVersion:
     """The bytes ``[start, end)`` of one version of a stored file, readable until :meth:`close`.
 
     ``size`` and ``fingerprint`` describe the whole version, whatever part of it
-    is held.  ``fingerprint`` is a digest of the size and of every chunk address
-    in order: chunk addresses are SHA-256 of the bytes, so different bytes give
-    a different fingerprint, and the same bytes written the same way (the same
-    chunker, so the same cuts) give the same one: a strong HTTP ETag, say,
-    without a second pass over the data.
+    is held.  ``fingerprint`` is a digest of the size and of every chunk's
+    offset and address in order: chunk addresses are SHA-256 of the bytes, so
+    different bytes give a different fingerprint, and the same bytes written
+    the same way (the same chunker, so the same cuts) give the same one: a
+    strong HTTP ETag, say, without a second pass over the data.
     """
 
     def __init__(self, reader: ChunkReader, release: Callable[[list[ChunkRef]], None] | None, file_id: FileId,
-                 size: int, fingerprint: str, start: int, end: int, entries: list[ManifestEntry],
+                 size: int, fingerprint: str, start: int, end: int, entries: list[Extent],
                  places: list[Place]):
         self._reader, self._release, self.file_id = reader, release, file_id
         self.size, self.fingerprint = size, fingerprint
@@ -79,7 +79,7 @@ class FileVersion:
             return
         self._closed = True
         if self._release is not None:
-            self._release([ChunkRef(e.address, e.length) for e in self._entries])
+            self._release([ChunkRef(p.address, e.length) for e, p in zip(self._entries, self._places)])
 
     def __enter__(self) -> "FileVersion":
         return self
@@ -99,25 +99,19 @@ def open_version(store, file_id: FileId, start: int = 0, end: int | None = None)
     with store._lock if pinning else contextlib.nullcontext(), store.index.read() as txn:
         fkey, size, _, _ = store.manifest_index.file_record(txn, file_id)
         end = size if end is None else min(end, size)
+        entries = store.manifest_index.entries(txn, fkey, 0, None)
+        places = store.reader.places(txn, entries)  # every chunk looked up before any is pinned
         digest = hashlib.sha256(size.to_bytes(8, "little"))
-        held: list[ManifestEntry] = []
-        for entry in store.manifest_index.entries(txn, fkey, 0, None):
-            digest.update(entry.offset.to_bytes(8, "little") + entry.address)  # offsets: holes move nothing else
-            if start < end and entry.offset < end and entry.offset + entry.length > start:
-                held.append(entry)
-        found = {}
-        for entry in held:  # every chunk looked up before any is pinned: a failure leaves no pins
-            if entry.address not in found:
-                pin, rec = ledger.pins.get(entry.address), None
-                if pin is None:
-                    rec = ledger.record(txn, entry.address)
-                    if rec is None:
-                        raise ChunkCorruptError(entry.address, "no such chunk in the index", file_id)
-                found[entry.address] = (pin, rec)
-        for entry in held if pinning else ():  # read-only: no writer here frees anything
-            if not ledger.add_pin(entry.address):
-                ledger.pin_existing(entry.address, found[entry.address][1])
-        places = [ledger.locate(txn, e.address) for e in held]
+        held: list[tuple[Extent, Place]] = []
+        for entry, place in zip(entries, places):
+            if place is None:
+                raise ChunkCorruptError(b"", f"chunk id {entry.chunk} has no record in the index", file_id)
+            digest.update(entry.offset.to_bytes(8, "little") + place.address)  # offsets: holes move nothing else
+            if start < end and entry.offset < end and entry.end > start:
+                held.append((entry, place))
+        for entry, place in held if pinning else ():  # read-only: no writer here frees anything
+            if not ledger.add_pin(place.address):
+                ledger.pin_existing(place.address, entry.chunk, ledger.record(txn, entry.chunk))
     release = (lambda refs: None if store.closed else store.release(refs)) if pinning else None
     return FileVersion(store.reader, release, file_id, size, digest.hexdigest()[:32], start, max(end, start),
-                       held, places)
+                       [e for e, _ in held], [p for _, p in held])
