@@ -5,16 +5,17 @@ Where a pack's bytes are, in the order a read looks:
 * ``packs/<id>.pack`` in the store directory: the *open* pack, written by
   the store like a local pack (the staging copy; ``sync`` is ``fdatasync``);
 * ``packs/<id>.sealed``: a sealed pack waiting for its upload.  :meth:`seal`
-  makes it durable and renames it, and upload workers PUT it as the object
-  ``PREFIX/packs/<id>.pack`` with a Content-MD5; only once the store
-  confirmed that checksum is the local file deleted (blob before
-  reference: until then the local copy is the pack).  After a crash the
-  next open finds the ``.sealed`` files and uploads them again;
-* the object, read with ranged GETs through a bounded on-disk cache of
-  1 MiB blocks (_pack_cache.py); the blocks a read needs that are not
-  cached are fetched with one GET per run of neighbours, and a read that
-  continues the previous one of the same pack has the next blocks fetched
-  ahead of it, several GETs in parallel.
+  only queues it (the store calls it holding its append lock); an upload
+  worker makes the copy durable and renames it ``.sealed``, then PUTs it as
+  the object ``PREFIX/packs/<id>.pack`` with a Content-MD5.  Only once the
+  store confirmed that checksum is the pack "in the bucket" (blob before
+  reference: until then the local copy is the pack), and the local file
+  moves into the pack cache whole.  After a crash the next open uploads the
+  ``.sealed`` files again, and every ``.pack`` but the newest (sealed before
+  its rename);
+* the object, read through _object_reads.py: ranged GETs through a bounded
+  on-disk cache of pack blocks (_pack_cache.py), prefetched for a
+  sequential reader.
 
 What is not yet in the bucket (the open pack, and the sealed packs waiting)
 is the *upload backlog*; when it would pass ``upload_backlog`` bytes, a
@@ -41,9 +42,7 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import ObjectStoreError, PackIOError, PackMissingError, StoreFullError, WouldBlock
@@ -51,15 +50,12 @@ from . import _bucket_meta as meta
 from ._backend import REMOVED_PACK_GRACE, Buffer, PackBackend
 from ._bucket import Bucket, DataLocation, pack_name
 from ._local_backend import LocalBackend
-from ._pack_cache import BLOCK, PackRangeCache
+from ._object_reads import ObjectReads
+from ._pack_cache import PackRangeCache
 
 log = logging.getLogger(__name__)
 
 UPLOAD_WORKERS = 4
-PREFETCH_WINDOW = 32  # blocks (MiB) a sequential reader has fetched, or on their way, ahead of it
-PREFETCH_GET = 8  # blocks per prefetch GET; the GETs of a window run in parallel
-PREFETCH_THREADS = 4
-HOT_BLOCKS = 8  # blocks a sequential reader keeps in memory (see _read_object)
 RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between upload attempts while the store fails
 STATE_NAME = "state.json"
 
@@ -104,10 +100,6 @@ class S3Backend(PackBackend):
         self._retired_fds: list[tuple[float, int]] = []
         self._removed_fds: dict[int, int] = {}  # removed local packs, readable until reaped
         self._uploading: set[int] = set()
-        self._inflight: dict[tuple[int, int], threading.Event] = {}
-        self._last_block: dict[int, int] = {}
-        self._prefetched_to: dict[int, int] = {}
-        self._hot: OrderedDict[tuple[int, int], bytes] = OrderedDict()  # a sequential reader's last blocks
         self._copy_index: Callable[[int], None] | None = None
         self._meta_watermark = 0.0  # removals before this are out of the latest index generation
         self._last_error = ""
@@ -115,7 +107,7 @@ class S3Backend(PackBackend):
         self._flush_requested = threading.Event()
         self._state_lock = threading.Lock()
         self._queue: queue.Queue[int] = queue.Queue()
-        self._prefetcher = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="chunkfs-prefetch")
+        self.reads = ObjectReads(self.bucket, self.cache, lambda: self._objects or {}, self._is_local)
         self._threads: list[threading.Thread] = []
         if not readonly:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -384,19 +376,16 @@ class S3Backend(PackBackend):
     # -- reading -------------------------------------------------------------------------
 
     def read(self, pack: int, offset: int, length: int) -> bytes:
-        block = offset // BLOCK
-        if length > 0 and (offset + length - 1) // BLOCK == block:
-            with self._lock:  # a sequential reader's next chunk, in the block it read last: from memory
-                data = self._hot.get((pack, block)) if self._last_block.get(pack) == block else None
-            if data is not None:
-                return data[offset - block * BLOCK:offset - block * BLOCK + length]
+        data = self.reads.from_memory(pack, offset, length)  # a sequential reader's next chunk
+        if data is not None:
+            return data
         fd = self._local_fd(pack)
         if fd is not None:
             try:
                 return os.pread(fd, length, offset)
             except OSError as exc:
                 raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
-        return self._read_object(pack, offset, length, nowait=False)
+        return self.reads.read(pack, offset, length, self._object_size(pack), nowait=False)
 
     def readv(self, pack: int, offset: int, buffers: Sequence[memoryview], nowait: bool = False) -> int:
         fd = self._local_fd(pack)
@@ -407,7 +396,7 @@ class S3Backend(PackBackend):
                 return os.preadv(fd, buffers, offset)
             except OSError as exc:
                 raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
-        data = self._read_object(pack, offset, sum(len(b) for b in buffers), nowait)
+        data = self.reads.read(pack, offset, sum(len(b) for b in buffers), self._object_size(pack), nowait)
         done = 0
         for view in buffers:
             part = data[done:done + len(view)]
@@ -416,6 +405,10 @@ class S3Backend(PackBackend):
             if len(part) < len(view):
                 break
         return done
+
+    def _is_local(self, pack: int) -> bool:
+        with self._lock:
+            return pack in self._open or pack in self._sealed
 
     def _object_size(self, pack: int) -> int:
         with self._lock:
@@ -426,157 +419,6 @@ class S3Backend(PackBackend):
             raise PackMissingError(f"pack {pack:08x} is missing (no object {pack_name(pack)} in "
                                    f"{self.location.describe()})")
         return size
-
-    def _read_object(self, pack: int, offset: int, length: int, nowait: bool) -> bytes:
-        """Bytes of an uploaded pack, from the cache or with one ranged GET per run of missing blocks.
-
-        A sequential reader (this read continues the previous one of the
-        pack) reads whole blocks and keeps the last few in memory, so its
-        many chunk-sized reads of one block cost one read of the block; any
-        other read takes only its own bytes from the cache.
-        """
-        end = min(offset + length, self._object_size(pack))
-        if end <= offset:
-            return b""
-        first, last = offset // BLOCK, (end - 1) // BLOCK
-        with self._lock:
-            previous = self._last_block.get(pack)
-        sequential = previous is not None and previous <= first <= previous + 1
-        spans = {b: (max(offset, b * BLOCK) - b * BLOCK, min(end, (b + 1) * BLOCK) - b * BLOCK)
-                 for b in range(first, last + 1)}
-        pieces = {}
-        for b, (lo, hi) in spans.items():
-            whole = self._hot_block(pack, b, load=sequential)
-            pieces[b] = whole[lo:hi] if whole is not None else self.cache.read(pack, b, lo, hi)
-        missing = [b for b, data in pieces.items() if data is None]
-        if missing and nowait:
-            raise WouldBlock(f"pack {pack:08x}: not in the cache")
-        for run in _runs(missing):
-            for b, data in self._fetch(pack, run[0], run[-1] + 1).items():
-                self._keep_hot(pack, b, data)
-                pieces[b] = data[spans[b][0]:spans[b][1]]
-        self._maybe_prefetch(pack, first, last)
-        return pieces[first] if first == last else b"".join(pieces[b] for b in range(first, last + 1))
-
-    def _hot_block(self, pack: int, block: int, load: bool) -> bytes | None:
-        """A block kept in memory; with ``load``, read whole from the cache into memory if it is there."""
-        with self._lock:
-            data = self._hot.get((pack, block))
-            if data is not None:
-                self._hot.move_to_end((pack, block))
-                return data
-        if not load:
-            return None
-        data = self.cache.get(pack, block)
-        if data is not None:
-            self._keep_hot(pack, block, data)
-        return data
-
-    def _keep_hot(self, pack: int, block: int, data: bytes) -> None:
-        if len(data) != BLOCK:
-            return  # the last block of a checkpointed open pack may still grow
-        with self._lock:
-            self._hot[(pack, block)] = data
-            while len(self._hot) > HOT_BLOCKS:
-                self._hot.popitem(last=False)
-
-    def _forget_cached(self, pack: int) -> None:
-        """Drop what the cache and memory hold of a removed or rewritten pack."""
-        with self._lock:
-            for key in [k for k in self._hot if k[0] == pack]:
-                del self._hot[key]
-        self.cache.drop_pack(pack)
-
-    def _fetch(self, pack: int, start: int, stop: int) -> dict[int, bytes]:
-        """Blocks ``[start, stop)`` of a pack, with one GET per run of blocks neither cached nor on their way."""
-        with self._lock:
-            mine, theirs, cached = self._claim(pack, start, stop)
-        got = self._get_claimed(pack, mine)
-        for b, event in theirs:
-            event.wait()
-        for b in cached + [b for b, _ in theirs]:
-            data = self.cache.get(pack, b)
-            got[b] = data if data is not None else self.bucket.get(pack_name(pack), b * BLOCK, (b + 1) * BLOCK)
-        return got
-
-    def _claim(self, pack: int, start: int, stop: int) -> tuple[list[int], list[tuple[int, threading.Event]],
-                                                                 list[int]]:
-        """With the lock held: sort blocks into (to fetch, now claimed; on their way; cached)."""
-        mine, theirs, cached = [], [], []
-        for b in range(start, stop):
-            event = self._inflight.get((pack, b))
-            if event is not None:
-                theirs.append((b, event))
-            elif self.cache.has(pack, b):
-                cached.append(b)
-            else:
-                self._inflight[(pack, b)] = threading.Event()
-                mine.append(b)
-        return mine, theirs, cached
-
-    def _get_claimed(self, pack: int, mine: list[int]) -> dict[int, bytes]:
-        """GET the claimed blocks ``mine`` (one request per run), cache them, and release the claims."""
-        got: dict[int, bytes] = {}
-        try:
-            for run in _runs(mine):
-                data = self.bucket.get(pack_name(pack), run[0] * BLOCK, (run[-1] + 1) * BLOCK)
-                for i, b in enumerate(run):
-                    got[b] = data[i * BLOCK:(i + 1) * BLOCK]
-                    if len(got[b]) == BLOCK:  # a short last block may still grow (a checkpointed open pack)
-                        self.cache.put(pack, b, got[b])
-        finally:
-            with self._lock:
-                for b in mine:
-                    self._inflight.pop((pack, b)).set()
-        return got
-
-    def _maybe_prefetch(self, pack: int, first: int, last: int) -> None:
-        """A read that continues the previous one of this pack has the blocks ahead of it fetched.
-
-        Up to ``PREFETCH_WINDOW`` blocks past the read are fetched or on
-        their way, in GETs of ``PREFETCH_GET`` blocks that run in parallel;
-        the window is topped up once a whole GET's worth of it was used.
-        Once it reaches the pack's end, the next pack's first blocks are
-        fetched too: a file written in one go continues there.  The blocks
-        are claimed here, so that a reader arriving before the GET starts
-        waits for it instead of sending its own.
-        """
-        objects = self._objects or {}
-        blocks = (objects.get(pack, 0) + BLOCK - 1) // BLOCK
-        with self._lock:
-            previous = self._last_block.get(pack)
-            self._last_block[pack] = last
-            if previous is None or not previous <= first <= previous + 1 or self._stopping:
-                return
-            start = max(self._prefetched_to.get(pack, 0), last + 1)
-            stop = min(blocks, last + 1 + PREFETCH_WINDOW)
-            if stop - start < (PREFETCH_GET if stop < blocks else 1):
-                return
-            self._prefetched_to[pack] = stop
-            claims = [(pack, self._claim(pack, piece, min(stop, piece + PREFETCH_GET))[0])
-                      for piece in range(start, stop, PREFETCH_GET)]
-            following = pack + 1
-            if stop == blocks and following in objects and following not in self._prefetched_to \
-                    and following not in self._open and following not in self._sealed:
-                following_stop = min(PREFETCH_WINDOW // 2, (objects[following] + BLOCK - 1) // BLOCK)
-                self._prefetched_to[following] = following_stop
-                self._last_block.setdefault(following, -1)  # its first read counts as continuing
-                claims += [(following, self._claim(following, piece, min(following_stop, piece + PREFETCH_GET))[0])
-                           for piece in range(0, following_stop, PREFETCH_GET)]
-        for which, mine in claims:
-            if mine:
-                try:
-                    self._prefetcher.submit(self._prefetch, which, mine)
-                except RuntimeError:  # closing: give the claims back
-                    with self._lock:
-                        for b in mine:
-                            self._inflight.pop((which, b)).set()
-
-    def _prefetch(self, pack: int, mine: list[int]) -> None:
-        try:
-            self._get_claimed(pack, mine)
-        except (ObjectStoreError, PackMissingError) as exc:
-            log.debug("prefetch of pack %08x failed: %s", pack, exc)
 
     # -- sizes and listing ---------------------------------------------------------------
 
@@ -622,7 +464,7 @@ class S3Backend(PackBackend):
         with self._lock:
             self._sealed.add(pack)
             self._local_size[pack] = len(data)
-        self._forget_cached(pack)
+        self.reads.forget(pack)
         return self._local_fd(pack)
 
     def _rewrite(self, pack: int, change: Callable[[int], None]) -> None:
@@ -643,7 +485,7 @@ class S3Backend(PackBackend):
         with self._lock:
             self._local_size[pack] = size
             again = pack in self._sealed
-        self._forget_cached(pack)
+        self.reads.forget(pack)
         if again:
             self._queue.put(pack)
 
@@ -689,7 +531,7 @@ class S3Backend(PackBackend):
                         self._retired_fds.append((now - REMOVED_PACK_GRACE, fd))
                     if self._objects is not None:
                         self._objects.pop(pack, None)
-                    self._forget_cached(pack)
+                    self.reads.forget(pack)
             old = [fd for when, fd in self._retired_fds if now - when >= REMOVED_PACK_GRACE]
             self._retired_fds = [r for r in self._retired_fds if now - r[0] < REMOVED_PACK_GRACE]
         for fd in old:
@@ -861,7 +703,7 @@ class S3Backend(PackBackend):
                 self._queue.put(-1)
             for t in self._threads:
                 t.join(timeout=60)
-            self._prefetcher.shutdown(wait=True)
+            self.reads.close()
             if not self.readonly:
                 self._seal_for_the_next_open()
                 self._write_state("")
@@ -872,17 +714,6 @@ class S3Backend(PackBackend):
                 os.close(fd)
             self.local.close()
             self.cache.close()
-
-
-def _runs(blocks: list[int]) -> list[list[int]]:
-    """Consecutive block numbers grouped: each group is one ranged GET."""
-    runs: list[list[int]] = []
-    for b in blocks:
-        if runs and runs[-1][-1] + 1 == b:
-            runs[-1].append(b)
-        else:
-            runs.append([b])
-    return runs
 
 
 def _unlink(path: str) -> None:
