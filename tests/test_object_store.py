@@ -87,6 +87,25 @@ def test_write_close_reopen_read_and_every_pack_is_one_object(tmp_path, seaweed,
     assert stats["requests"]["get"] <= 64 // 4, "reads of the sealed pack should be coalesced into few ranged GETs"
 
 
+def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, seaweed, data):
+    """The staging copy moves into the pack cache once uploaded: read back with no GET, also after a reopen."""
+    content = payload(PACK + 2 * MIB, 21)
+    with ChunkStore.create(tmp_path / "s", data=data) as store:
+        store.ingest("f", content)
+    cache = tmp_path / "s" / "bucket" / "cache"
+    assert "00000001.pack" in os.listdir(cache) and not waiting_packs(tmp_path / "s")
+    with ChunkStore.open(tmp_path / "s", readonly=True) as store:
+        assert store.read("f") == content
+        assert store.stats()["object_store"]["requests"]["get"] == 0
+    small = tmp_path / "small"  # a cache smaller than a pack keeps none of it whole
+    with ChunkStore.create(small, data=data_location(data["url"] + "-small", data["endpoint"]),
+                           data_options={"pack_cache": 16 * MIB}) as store:
+        store.ingest("f", content)
+        store.flush()
+        assert store.stats()["object_store"]["cache"]["bytes"] <= 16 * MIB
+    assert not [n for n in os.listdir(small / "bucket" / "cache") if n.endswith(".pack")]
+
+
 def test_a_crash_with_uploads_waiting_loses_nothing_and_the_next_open_uploads_them(tmp_path, own_seaweed):
     """The writer dies (os._exit) while the object store is down; after both come back, all is there."""
     data = data_location(own_seaweed.url("crash"), own_seaweed.endpoint)
