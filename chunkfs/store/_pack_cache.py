@@ -6,12 +6,13 @@ in one directory and served again without a request.  A pack this store
 uploaded itself is kept whole, as ``<pack:08x>.pack``: its local copy is
 moved here (:meth:`PackRangeCache.adopt`, a rename, no copy) once the
 object store confirmed it, so what was just written stays readable without
-a GET, even while the object store is away, until newer data pushes it out.  The cache never holds
-more than its capacity: every block is counted when it is stored, and the
-least recently used ones are deleted before that (one lock, whatever the
-number of readers).  It survives a remount: at start the directory is
-scanned, blocks are ranked by modification time (touched on every hit) and
-trimmed to the capacity, and half-written files are removed.
+a GET, even while the object store is away, until newer data pushes it
+out.  The cache never holds more than its capacity: every entry is counted
+when it is stored, and the least recently used ones are deleted before
+that (one lock, whatever the number of readers).  It survives a remount:
+at start the directory is scanned, entries are ranked by modification time
+(renewed at most every ``TOUCH_INTERVAL`` seconds while read) and trimmed
+to the capacity, and half-written files are removed.
 
 Only one process at a time uses the directory (an flock on ``.lock``); a
 second one (``chunkfs fsck`` while mounted, a read-only second open) keeps
