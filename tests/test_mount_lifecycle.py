@@ -393,6 +393,9 @@ def test_mount_already_a_mountpoint(mount_factory, tmp_path):
     ("max_read=4096", "not supported"),
     ("nodefault_permissions", "not supported"),
     ("fsname=x", "fsname"),
+    ("upload_interval=0", "upload_interval must be a number of seconds from 1 to 86400"),
+    ("backlog_wait=soon", "backlog_wait must be a number of seconds from 0 to 3600"),
+    ("request_timeout=0.1", "request_timeout must be a number of seconds from 0.5 to 3600"),
 ])
 def test_mount_bad_option(targets, option, contains):
     store, mnt = targets
