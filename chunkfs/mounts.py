@@ -38,6 +38,8 @@ class MountEntry:
     fstype: str
     source: str
     device: str = "0:0"  # major:minor of the superblock (for FUSE: names the connection)
+    root: str = "/"  # the directory of the filesystem mounted here ("/" unless a bind mount of a subtree)
+    owner_uid: int | None = None  # FUSE: the user who mounted it (user_id=), whose daemon serves it
 
     @property
     def store(self) -> str:
@@ -58,8 +60,16 @@ def read_mounts() -> list[MountEntry]:
             fields = line.split()
             sep = fields.index("-")
             out.append(MountEntry(int(fields[0]), _unescape(fields[4]), _unescape(fields[sep + 1]),
-                                  _unescape(fields[sep + 2]), fields[2]))
+                                  _unescape(fields[sep + 2]), fields[2], _unescape(fields[3]),
+                                  _user_id(fields[sep + 3] if len(fields) > sep + 3 else "")))
     return out
+
+
+def _user_id(super_options: str) -> int | None:
+    for option in super_options.split(","):
+        if option.startswith("user_id=") and option[8:].isdigit():
+            return int(option[8:])
+    return None
 
 
 def canonical_path(path: str) -> str:

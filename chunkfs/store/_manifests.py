@@ -29,6 +29,7 @@ TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
 # 4 KiB), so a staging file on ext4 can hold any offset of any file.  Past it,
 # write, truncate and ftruncate fail with EFBIG (man 2 write, man 2 truncate).
 MAX_FILE_SIZE = (2**32 - 1) * 4096
+COPY_SLICE = 4096  # manifest entries a copy reads before writing them
 
 
 class ChunkRef(NamedTuple):
@@ -110,6 +111,36 @@ class ManifestIndex:
         txn.put(key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
         ix.add_counter(txn, counters, "logical_bytes", size - old_size)
         return actions
+
+    def copy(self, txn, src_key: bytes, dst_key: bytes) -> tuple[bool, list[Action]]:
+        """Give ``dst_key`` (no file yet) the manifest of ``src_key``, raising the refcount of every chunk.
+
+        Holes stay holes (no entries); no chunk is read.  Returns whether the
+        source existed (a missing one is an empty file: nothing is copied).
+        """
+        raw = txn.get(src_key, db=self.index.files)
+        if raw is None:
+            return False, []
+        if txn.get(dst_key, db=self.index.files) is not None:
+            raise IndexCorruptError(f"file {dst_key!r} already exists: a copy must not overwrite it")
+        src_fkey, size, count, data = ix.FILE.unpack(raw)
+        db, counters = self.index.manifests, self.index.counters
+        fkey = ix.next_id(txn, counters, "next_fkey")
+        actions: list[Action] = []
+        start = 0
+        while True:  # in slices: no cursor is moved while its database is written
+            batch = self.entries(txn, src_fkey, start, None, limit=COPY_SLICE)
+            for entry in batch:
+                value = ix.MANIFEST.pack(entry.address, entry.length)
+                txn.put(ix.KEY64x2.pack(fkey, entry.offset), value, append=True, db=db)  # the newest fkey sorts last
+                actions += self.ledger.incref(txn, entry.address)
+            if len(batch) < COPY_SLICE:
+                break
+            start = batch[-1].offset + 1
+        txn.put(dst_key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
+        ix.add_counter(txn, counters, "files", 1)
+        ix.add_counter(txn, counters, "logical_bytes", size)
+        return True, actions
 
     def _check_tiling(self, txn, fkey: int, seams: list[int], size: int) -> None:
         """Refuse a commit whose manifest would have overlapping entries or entries past its end.
