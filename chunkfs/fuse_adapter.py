@@ -412,10 +412,18 @@ class KernelCache:
     """
 
     def entry(self, parent: int, name: bytes, deleted: int = 0) -> None:
-        try:
-            pyfuse3.invalidate_entry(parent, name, deleted)
-        except OSError as exc:  # ENOENT: the kernel did not know the name; nothing to drop
-            log.debug("cannot invalidate entry %r of inode %d: %s", name, parent, exc)
+        """Drop the kernel's entry ``name`` of ``parent``; with ``deleted``, tell it the inode is gone too.
+
+        The kernel refuses the latter for a directory with entries it still
+        uses (a process inside the removed tree): then the entry is only
+        dropped, which is what matters, since the next lookup asks us.
+        """
+        for gone in ((deleted, 0) if deleted else (0,)):
+            try:
+                pyfuse3.invalidate_entry(parent, name, gone)
+                return
+            except OSError as exc:  # ENOENT: the kernel did not know the name; nothing to drop
+                log.debug("cannot invalidate entry %r of inode %d (deleted %d): %s", name, parent, gone, exc)
 
     def attributes(self, ino: int) -> None:
         try:
