@@ -63,7 +63,7 @@ def encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def read_line(sock: socket.socket) -> bytes:
+def read_line(sock: socket.socket, limit: int = MAX_LINE) -> bytes:
     """One newline-terminated line (without it); b"" if the peer closed first."""
     chunks, size = [], 0
     while True:
@@ -74,8 +74,8 @@ def read_line(sock: socket.socket) -> bytes:
         size += len(data)
         if data.endswith(b"\n"):
             return b"".join(chunks)[:-1]
-        if size > MAX_LINE:
-            raise MountError("the chunkfs daemon sent an answer too long to be one")
+        if size > limit:
+            raise MountError(f"a control message longer than {limit} bytes")
 
 
 def text(path: bytes) -> str:

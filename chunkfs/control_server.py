@@ -34,6 +34,9 @@ from .fs.tools import TreeOps
 log = logging.getLogger(__name__)
 
 STOP_WAIT = 30.0  # seconds unmounting waits for requests to notice they must stop
+REQUEST_WAIT = 60.0  # seconds a client has to send its request (and to read the answer)
+MAX_REQUEST = 64 * 1024  # bytes of one request line
+MAX_REQUESTS = 32  # served at once; more are refused (EAGAIN) rather than each given a thread
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ControlServer:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
+        self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
         self._lock = threading.Lock()
         self._acceptor: threading.Thread | None = None
 
@@ -104,6 +108,10 @@ class ControlServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 continue
+            if not self._slots.acquire(blocking=False):
+                with conn:
+                    _send(conn, _failure(errno.EAGAIN, "the chunkfs daemon is busy with other requests; retry"))
+                continue
             thread = threading.Thread(target=self._serve, args=(conn,), name="chunkfs-request", daemon=True)
             with self._lock:
                 self._threads.add(thread)
@@ -112,13 +120,11 @@ class ControlServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             with conn:
+                conn.settimeout(REQUEST_WAIT)  # a client that connects and says nothing does not hold a slot
                 pid, uid, gid = peer_credentials(conn)
-                answer = self._answer(conn, pid, uid, gid)
-                try:
-                    conn.sendall(encode(answer))
-                except OSError:
-                    pass  # the client went away: nobody to tell
+                _send(conn, self._answer(conn, pid, uid, gid))
         finally:
+            self._slots.release()
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
@@ -129,8 +135,8 @@ class ControlServer:
                 raise PathError(errno.EACCES, b"/", "this mount is not open to other users (mount it with "
                                 "-o allow_other)")
             try:
-                request = json.loads(read_line(conn) or b"null")
-            except ValueError:
+                request = json.loads(read_line(conn, MAX_REQUEST) or b"null")
+            except (ValueError, ChunkfsError, OSError):
                 request = None
             if not isinstance(request, dict) or request.get("v") != VERSION:
                 return _failure(errno.EPROTO, "not a chunkfs control request of this version")
@@ -172,6 +178,13 @@ class ControlServer:
 
 def _unknown(op: str) -> object:
     raise PathError(errno.EINVAL, b"/", f"unknown control request {op!r}")
+
+
+def _send(conn: socket.socket, answer: dict) -> None:
+    try:
+        conn.sendall(encode(answer))
+    except OSError:
+        pass  # the client went away: nobody to tell
 
 
 def _failure(err: int, message: str, path: bytes | None = None) -> dict:

@@ -481,3 +481,42 @@ def test_du_unique_bytes_are_what_deleting_frees(mount_factory):
 
 def pack_bytes(store: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in (store / "packs").iterdir())
+
+
+# -- the control channel itself ----------------------------------------------------------------------------
+
+
+def test_ctrl_c_of_a_clone_cancels_it(mount_factory):
+    fs = mount_factory(mount=False)
+    populate(fs.store, 30, 1000)
+    fs.mount()
+    with ChunkStore.open(fs.store, readonly=True) as watcher:
+        start = inode_count(watcher)
+        clone = subprocess.Popen(CLI + ["clone", str(fs.mountpoint), str(fs / "copy")], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=cli_env())
+        assert wait_until(lambda: inode_count(watcher) > start + 2000 or clone.poll() is not None, timeout=60)
+        clone.send_signal(signal.SIGINT)
+        out, err = clone.communicate(timeout=30)
+        assert clone.returncode == 130 and err.strip() == "chunkfs: interrupted", (clone.returncode, err)
+        assert wait_until(lambda: inode_count(watcher) == start, timeout=60)
+    assert not (fs / "copy").exists()
+    assert "clone by uid 0 refused: cancelled" in fs.log_text()
+    fsck_clean(fs)
+
+
+def test_the_control_socket_refuses_what_is_not_a_request(mounted_fs):
+    import socket
+
+    from chunkfs import control, mounts
+
+    entry = mounts.chunkfs_mount_at(str(mounted_fs.mountpoint))
+    path = control.socket_path(entry.store, 0)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 and stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
+    for request in (b"not json\n", b'{"v": 99, "op": "du"}\n', b'{"v": 1, "op": "frobnicate"}\n'):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            sock.sendall(request)
+            answer = json.loads(control.read_line(sock))
+        assert answer["ok"] is False and answer["errno"] in (errno.EPROTO, errno.EINVAL), answer
+    mounted_fs.unmount()
+    assert not os.path.exists(path)  # removed at unmount
