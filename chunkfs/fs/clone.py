@@ -36,7 +36,7 @@ import lmdb
 from ..errors import FSError, PathError
 from .access import (CAP_CHOWN, CAP_MKNOD, CAP_SETFCAP, CAP_SYS_ADMIN, MAY_EXEC, MAY_READ, MAY_WRITE, Credentials,
                      allowed, join_path)
-from .namespace import IMMUTABLE, KEY64, Inode, check_mutable
+from .namespace import FIRST_ENTRY_ID, IMMUTABLE, KEY64, ROOT_INO, Inode, check_mutable
 
 BATCH_INODES = 256  # inodes per transaction
 BATCH_CHUNKS = 16384  # manifest entries per transaction (estimated from file sizes): big files make small batches
@@ -152,7 +152,9 @@ class TreeClone:
         """A file, symlink or special file: one transaction makes and names the copy."""
         def plan(txn: lmdb.Transaction) -> list:
             batch.counts = CloneResult()
-            inode, pairs = self._make(txn, self.ns.need(txn, self.src.ino), self.dst_parent, batch)
+            ids = _Ids(self.ns, txn, 1)
+            inode, pairs = self._make(txn, self.ns.need(txn, self.src.ino), self.dst_parent, batch, ids)
+            ids.done()
             batch.counts.ino = inode.ino
             self._name(txn, inode.ino, is_dir=False)
             return pairs
@@ -182,7 +184,9 @@ class TreeClone:
     def _make_root(self, txn: lmdb.Transaction) -> int:
         """The copy's top directory: no name, link count 0 and an orphan mark until the last transaction."""
         self._target(txn, self.ns.need_dir(txn, self.dst_parent))
-        inode, _ = self._make(txn, self.ns.need(txn, self.src.ino), self.dst_parent, _Batch())
+        ids = _Ids(self.ns, txn, 1)
+        inode, _ = self._make(txn, self.ns.need(txn, self.src.ino), self.dst_parent, _Batch(), ids)
+        ids.done()
         inode.nlink = 0
         self.ns.put(txn, inode)
         self.ns.mark_orphan(txn, inode.ino)
@@ -243,6 +247,7 @@ class TreeClone:
         """Copy the inodes of ``items`` and name them in their copied directories, in one transaction."""
         def plan(txn: lmdb.Transaction) -> list:
             batch.__init__()  # the transaction may run again (map growth): start over each time
+            ids = _Ids(self.ns, txn, len(items))
             pairs = []
             for item in items:
                 src = self.ns.get(txn, item.src)
@@ -253,7 +258,7 @@ class TreeClone:
                     self._add_name(txn, copy)
                     batch.counts.hard_links += 1
                 else:
-                    inode, more = self._make(txn, src, item.dst_parent, batch)
+                    inode, more = self._make(txn, src, item.dst_parent, batch, ids)
                     pairs += more
                     copy = inode.ino
                     if src.is_dir:
@@ -261,7 +266,8 @@ class TreeClone:
                         batch.to_visit.append((item.src, copy, item.path))
                     elif src.nlink > 1:
                         batch.linked[item.src] = copy
-                self.ns.link(txn, item.dst_parent, item.name, copy)
+                self.ns.link(txn, item.dst_parent, item.name, copy, next(ids.entries))
+            ids.done()
             for directory, n in batch.subdirs.items():
                 inode = self.ns.need(txn, directory)
                 if inode.nlink:  # not the top directory, which gets its count when it is named
@@ -279,14 +285,16 @@ class TreeClone:
 
     # -- one inode -----------------------------------------------------------------------------
 
-    def _make(self, txn: lmdb.Transaction, src: Inode, parent: int, batch: _Batch) -> tuple[Inode, list]:
-        """A new inode copying ``src`` (not named yet); returns it and the contents to copy."""
+    def _make(self, txn: lmdb.Transaction, src: Inode, parent: int, batch: _Batch,
+              ids: "_Ids") -> tuple[Inode, list]:
+        """A new inode copying ``src`` (not named yet), numbered from ``ids``; and the contents to copy."""
         uid, gid, mode = self._owner(src)
         now = time.time_ns()
-        inode = self.ns.allocate(txn, mode, uid, gid, now, src.rdev, parent if src.is_dir else 0)
-        inode.size, inode.atime_ns, inode.mtime_ns = src.size, src.atime_ns, src.mtime_ns
-        inode.flags = IMMUTABLE if self.snapshot else 0
+        inode = Inode(next(ids.inos), mode, 2 if src.is_dir else 1, uid, gid, src.rdev, src.size, src.atime_ns,
+                      src.mtime_ns, now, now, parent if src.is_dir else 0,
+                      flags=IMMUTABLE if self.snapshot else 0)
         self.ns.put(txn, inode)
+        ids.made += 1
         for name in self.ns.xattr_names(txn, src.ino):
             if self._may_copy_xattr(name):
                 self.ns.set_xattr(txn, inode.ino, name, self.ns.xattr(txn, src.ino, name))
@@ -328,3 +336,18 @@ class TreeClone:
         if name == b"security.capability":
             return self.cred.has(CAP_SETFCAP)
         return True
+
+
+class _Ids:
+    """Inode numbers and entry ids for a batch, reserved at once (ids are never reused: unused ones are gaps)."""
+
+    def __init__(self, ns, txn: lmdb.Transaction, n: int):
+        self.ns, self.txn = ns, txn
+        self.inos = iter(ns.reserve(txn, "next_ino", n, ROOT_INO + 1))
+        self.entries = iter(ns.reserve(txn, "next_entry", n, FIRST_ENTRY_ID))
+        self.made = 0
+
+    def done(self) -> None:
+        """Count the inodes made (once per batch)."""
+        self.ns.add_inodes(self.txn, self.made)
+        self.made = 0

@@ -191,6 +191,19 @@ class Namespace:
         self.index.add_counter(txn, INODE_COUNTER, 1)
         return inode
 
+    def reserve(self, txn: lmdb.Transaction, counter: str, n: int, first: int) -> range:
+        """``n`` consecutive ids of ``counter`` (``next_ino``, ``next_entry``) at once, for a batch of copies.
+
+        Ids are never reused, so ids reserved and left unused are only a gap.
+        """
+        start = max(self.index.counter(txn, counter), first)
+        self.index.set_counter(txn, counter, start + n)
+        return range(start, start + n)
+
+    def add_inodes(self, txn: lmdb.Transaction, n: int) -> None:
+        """Count ``n`` inodes stored with :meth:`put` under numbers from :meth:`reserve`."""
+        self.index.add_counter(txn, INODE_COUNTER, n)
+
     def ensure_root(self, txn: lmdb.Transaction, uid: int, gid: int, now: int) -> bool:
         """Create the root directory if absent; True if it was created."""
         if self.get(txn, ROOT_INO) is not None:
@@ -221,9 +234,12 @@ class Namespace:
         child, entry_id = DIRENT.unpack(raw)
         return Entry(entry_id, name, child)
 
-    def link(self, txn: lmdb.Transaction, parent: int, name: bytes, child: int) -> Entry:
-        """Add the entry ``name`` -> ``child``; the caller checked it does not exist."""
-        entry_id = self.index.next_id(txn, "next_entry", first=FIRST_ENTRY_ID)
+    def link(self, txn: lmdb.Transaction, parent: int, name: bytes, child: int, entry_id: int = 0) -> Entry:
+        """Add the entry ``name`` -> ``child``; the caller checked it does not exist.
+
+        ``entry_id``: one from :meth:`reserve` (else a new one is allocated).
+        """
+        entry_id = entry_id or self.index.next_id(txn, "next_entry", first=FIRST_ENTRY_ID)
         txn.put(_key(parent, name), DIRENT.pack(child, entry_id), db=self.index.dirents)
         txn.put(KEY64x2.pack(parent, entry_id), DIRORDER.pack(child) + name, db=self.index.dirorder)
         return Entry(entry_id, name, child)

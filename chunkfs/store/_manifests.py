@@ -30,6 +30,7 @@ TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
 # write, truncate and ftruncate fail with EFBIG (man 2 write, man 2 truncate).
 MAX_FILE_SIZE = (2**32 - 1) * 4096
 COPY_SLICE = 4096  # manifest entries a copy reads before writing them
+ADDRESS_BYTES = ix.MANIFEST.size - 4  # a MANIFEST value: the address, then the length (u32)
 
 
 class ChunkRef(NamedTuple):
@@ -112,35 +113,73 @@ class ManifestIndex:
         ix.add_counter(txn, counters, "logical_bytes", size - old_size)
         return actions
 
-    def copy(self, txn, src_key: bytes, dst_key: bytes) -> tuple[bool, list[Action]]:
-        """Give ``dst_key`` (no file yet) the manifest of ``src_key``, raising the refcount of every chunk.
+    def copy(self, txn, pairs: list[tuple[bytes, bytes]]) -> tuple[list[bool], list[Action]]:
+        """Give each destination key (no file yet) the manifest of its source key; raise the chunks' refcounts.
 
-        Holes stay holes (no entries); no chunk is read.  Returns whether the
-        source existed (a missing one is an empty file: nothing is copied).
+        Holes stay holes (no entries); no chunk is read.  Returns, per pair,
+        whether the source existed (a missing one is an empty file: nothing
+        is copied).  Counters and refcounts are summed over all the pairs and
+        written once each: a copy of a tree copies many small files.
         """
-        raw = txn.get(src_key, db=self.index.files)
-        if raw is None:
-            return False, []
-        if txn.get(dst_key, db=self.index.files) is not None:
-            raise IndexCorruptError(f"file {dst_key!r} already exists: a copy must not overwrite it")
-        src_fkey, size, count, data = ix.FILE.unpack(raw)
         db, counters = self.index.manifests, self.index.counters
-        fkey = ix.next_id(txn, counters, "next_fkey")
+        next_fkey = max(ix.get_counter(txn, counters, "next_fkey"), 1)
+        uses: dict[bytes, int] = {}
+        found, logical = [], 0
+        for src_key, dst_key in pairs:
+            raw = txn.get(src_key, db=self.index.files)
+            found.append(raw is not None)
+            if raw is None:
+                continue
+            if txn.get(dst_key, db=self.index.files) is not None:
+                raise IndexCorruptError(f"file {dst_key!r} already exists: a copy must not overwrite it")
+            src_fkey, size, count, data = ix.FILE.unpack(raw)
+            fkey, next_fkey = next_fkey, next_fkey + 1
+            for entries in self._raw_entries(txn, src_fkey):
+                with txn.cursor(db=db) as cur:  # the newest fkey sorts last: appends, one call per slice
+                    cur.putmulti([(ix.KEY64x2.pack(fkey, offset), value) for offset, value in entries], append=True)
+                for _, value in entries:
+                    address = value[:ADDRESS_BYTES]
+                    uses[address] = uses.get(address, 0) + 1
+            txn.put(dst_key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
+            logical += size
+        if any(found):
+            txn.put(b"next_fkey", ix.U64.pack(next_fkey), db=counters)
+            ix.add_counter(txn, counters, "files", sum(found))
+            ix.add_counter(txn, counters, "logical_bytes", logical)
         actions: list[Action] = []
+        for address, n in uses.items():
+            rec = self.ledger.record(txn, address)
+            if rec is None:  # not committed yet (a writer's pinned chunk): the ledger's own way
+                for _ in range(n):
+                    actions += self.ledger.incref(txn, address)
+                continue
+            rec.refcount += n  # a chunk with a record only counts one more reference: no pack or counter changes
+            txn.put(address, rec.encode(), db=self.index.chunks)
+        return found, actions
+
+    def _raw_entries(self, txn, fkey: int):
+        """Slices of (offset, raw MANIFEST value) of every entry of ``fkey``.
+
+        The caller writes the same database between slices: no cursor is
+        moved while it is written.
+        """
         start = 0
-        while True:  # in slices: no cursor is moved while its database is written
-            batch = self.entries(txn, src_fkey, start, None, limit=COPY_SLICE)
-            for entry in batch:
-                value = ix.MANIFEST.pack(entry.address, entry.length)
-                txn.put(ix.KEY64x2.pack(fkey, entry.offset), value, append=True, db=db)  # the newest fkey sorts last
-                actions += self.ledger.incref(txn, entry.address)
-            if len(batch) < COPY_SLICE:
-                break
-            start = batch[-1].offset + 1
-        txn.put(dst_key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
-        ix.add_counter(txn, counters, "files", 1)
-        ix.add_counter(txn, counters, "logical_bytes", size)
-        return True, actions
+        while True:
+            got = []
+            with txn.cursor(db=self.index.manifests) as cur:
+                if cur.set_range(ix.KEY64x2.pack(fkey, start)):
+                    for k, v in cur:
+                        key_fkey, offset = ix.KEY64x2.unpack(k)
+                        if key_fkey != fkey:
+                            break
+                        got.append((offset, v))
+                        if len(got) == COPY_SLICE:
+                            break
+            if got:
+                yield got
+            if len(got) < COPY_SLICE:
+                return
+            start = got[-1][0] + 1
 
     def _check_tiling(self, txn, fkey: int, seams: list[int], size: int) -> None:
         """Refuse a commit whose manifest would have overlapping entries or entries past its end.

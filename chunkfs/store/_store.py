@@ -401,12 +401,8 @@ class ChunkStore:
         source is an empty file: its destination gets no record either).
         """
         def copy(txn):
-            found, actions = [], []
-            for src, dst in list(plan(txn)):
-                existed, more = self.manifest_index.copy(txn, encode_file_id(src), encode_file_id(dst))
-                found.append(existed)
-                actions += more
-            return found, actions
+            pairs = [(encode_file_id(src), encode_file_id(dst)) for src, dst in plan(txn)]
+            return self.manifest_index.copy(txn, pairs)
 
         return self.write_txn(copy)
 
