@@ -144,8 +144,14 @@ def call(mount: mounts.MountEntry, op: str, **args) -> object:
         _, server_uid, _ = peer_credentials(sock)
         if server_uid not in (owner, 0):
             raise MountError(f"{path}: answered by uid {server_uid}, not by the daemon of {mount.mountpoint}")
-        sock.sendall(encode({"v": VERSION, "op": op, **args}))
-        line = read_line(sock)
+        try:
+            sock.sendall(encode({"v": VERSION, "op": op, **args}))
+        except OSError:  # the daemon may have answered and closed already: its answer says why
+            pass
+        try:
+            line = read_line(sock)
+        except ConnectionResetError:
+            line = b""
     finally:
         sock.close()
     if not line:

@@ -131,13 +131,13 @@ class ControlServer:
     def _answer(self, conn: socket.socket, pid: int, uid: int, gid: int) -> dict:
         op = "?"
         try:
-            if not self.access.admits(uid, gid):
-                raise PathError(errno.EACCES, b"/", "this mount is not open to other users (mount it with "
-                                "-o allow_other)")
-            try:
+            try:  # read it all first: closing a socket with unread data would reset the client's end
                 request = json.loads(read_line(conn, MAX_REQUEST) or b"null")
             except (ValueError, ChunkfsError, OSError):
                 request = None
+            if not self.access.admits(uid, gid):
+                raise PathError(errno.EACCES, b"/", "this mount is not open to other users (mount it with "
+                                "-o allow_other)")
             if not isinstance(request, dict) or request.get("v") != VERSION:
                 return _failure(errno.EPROTO, "not a chunkfs control request of this version")
             op = str(request.get("op"))
