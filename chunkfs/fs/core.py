@@ -164,13 +164,14 @@ class FsCore(FileOps, XattrOps):
                     self._lookups[ino] = left
                     continue
                 self._lookups.pop(ino, None)
-            self._purge_if_unreachable(ino)
+            self.purge_if_unreachable(ino)
 
-    def _orphaned(self, ino: int) -> None:
+    def orphaned(self, ino: int) -> None:
+        """``ino`` lost its last name: purge it now, or when the kernel forgets it and its last handle closes."""
         self.files.mark_unlinked(ino)
-        self._purge_if_unreachable(ino)
+        self.purge_if_unreachable(ino)
 
-    def _purge_if_unreachable(self, ino: int) -> None:
+    def purge_if_unreachable(self, ino: int) -> None:
         with self.files.lock:
             if self._lookups.get(ino) or self.files.is_open(ino):
                 return
@@ -204,7 +205,7 @@ class FsCore(FileOps, XattrOps):
         with self._read() as txn:
             orphans = self.ns.orphans(txn)
         for ino in orphans:
-            self._purge_if_unreachable(ino)
+            self.purge_if_unreachable(ino)
         return len(orphans)
 
     def close(self) -> None:
@@ -331,7 +332,7 @@ class FsCore(FileOps, XattrOps):
         check_name(name)
 
         def make(txn: lmdb.Transaction) -> Inode:
-            directory = self._live_dir(txn, parent)
+            directory = self.live_dir(txn, parent)
             check_mutable(directory)
             if self.ns.lookup(txn, parent, name) is not None:
                 raise FSError(errno.EEXIST)
@@ -361,7 +362,7 @@ class FsCore(FileOps, XattrOps):
         self.remember(inode.ino)
         return inode
 
-    def _live_dir(self, txn: lmdb.Transaction, ino: int) -> Inode:
+    def live_dir(self, txn: lmdb.Transaction, ino: int) -> Inode:
         directory = self.ns.need_dir(txn, ino)
         if directory.nlink == 0:
             raise FSError(errno.ENOENT)  # removed while someone still sits in it
@@ -412,7 +413,7 @@ class FsCore(FileOps, XattrOps):
                 raise FSError(errno.EPERM)
             if inode.nlink == 0:
                 raise FSError(errno.ENOENT)
-            directory = self._live_dir(txn, parent)
+            directory = self.live_dir(txn, parent)
             check_mutable(inode, directory)
             if self.ns.lookup(txn, parent, name) is not None:
                 raise FSError(errno.EEXIST)
@@ -467,7 +468,7 @@ class FsCore(FileOps, XattrOps):
 
         victim = self._write(remove, frees=True)
         if victim.nlink == 0:
-            self._orphaned(victim.ino)
+            self.orphaned(victim.ino)
 
     # -- rename -----------------------------------------------------------------------
 
@@ -480,7 +481,7 @@ class FsCore(FileOps, XattrOps):
         victim = self._write(lambda txn: Rename(self.ns, txn, old_parent, old_name, new_parent,
                                                 new_name, flags).run(), frees=True)
         if victim is not None and victim.nlink == 0:
-            self._orphaned(victim.ino)
+            self.orphaned(victim.ino)
 
     # -- directories --------------------------------------------------------------------
 

@@ -208,5 +208,5 @@ class FileOps:
     def release(self, fh: int) -> None:
         oi = self.files.release(fh)
         if oi is not None and oi.unlinked:
-            self._purge_if_unreachable(oi.ino)
+            self.purge_if_unreachable(oi.ino)
 

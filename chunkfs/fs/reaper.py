@@ -6,7 +6,7 @@ process still sits in it (the same transaction, so a crash leaves it either
 named or detached).  From then on nothing can name it, and this module
 deletes what is below it, bottom up, a page of entries per transaction, so
 that requests through the mount get the write lock in between; each file's
-inode and contents go as an unlinked file's do (``FsCore._orphaned``: at
+inode and contents go as an unlinked file's do (``FsCore.orphaned``: at
 once, or when the kernel forgets it or its last handle closes), which gives
 its chunks' space back at once, and the background gc compacts the packs.
 Partial copies (clone.py) are detached trees too.
@@ -119,8 +119,8 @@ class TreeReaper:
             gone = self.core.store.write_txn(lambda txn: (self._remove_page(txn, directory, page), []), frees=True)
             removed += len(page)
             for ino in gone:
-                self.core._orphaned(ino)
-        self.core._purge_if_unreachable(root)
+                self.core.orphaned(ino)
+        self.core.purge_if_unreachable(root)
         return removed
 
     def _remove_page(self, txn: lmdb.Transaction, directory: int, page: list) -> list[int]:

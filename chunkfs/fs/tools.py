@@ -116,7 +116,7 @@ class TreeOps:
         if victim.is_dir:
             self.core.reaper.add(victim.ino)
         elif victim.nlink == 0:
-            self.core._orphaned(victim.ino)
+            self.core.orphaned(victim.ino)
         self.invalidate.entry(parent, name, victim.ino)
         self.invalidate.attributes(parent)
         done = self.core.reaper.wait(victim.ino, should_stop) if wait and victim.is_dir else not victim.is_dir

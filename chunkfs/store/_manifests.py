@@ -15,6 +15,8 @@ inside its write transactions; nothing else writes manifests.
 
 from __future__ import annotations
 
+import operator
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,7 +32,8 @@ TO_END = 1 << 63  # a patch's old_end meaning "everything from start on"
 # write, truncate and ftruncate fail with EFBIG (man 2 write, man 2 truncate).
 MAX_FILE_SIZE = (2**32 - 1) * 4096
 COPY_SLICE = 4096  # manifest entries a copy reads before writing them
-ADDRESS_BYTES = ix.MANIFEST.size - 4  # a MANIFEST value: the address, then the length (u32)
+_ADDRESS = operator.itemgetter(slice(0, ix.MANIFEST.size - 4))  # a MANIFEST value: address, then length (u32)
+_VALUE = operator.itemgetter(1)
 
 
 class ChunkRef(NamedTuple):
@@ -123,7 +126,7 @@ class ManifestIndex:
         """
         db, counters = self.index.manifests, self.index.counters
         next_fkey = max(ix.get_counter(txn, counters, "next_fkey"), 1)
-        uses: dict[bytes, int] = {}
+        uses: Counter = Counter()
         found, logical = [], 0
         for src_key, dst_key in pairs:
             raw = txn.get(src_key, db=self.index.files)
@@ -134,52 +137,56 @@ class ManifestIndex:
                 raise IndexCorruptError(f"file {dst_key!r} already exists: a copy must not overwrite it")
             src_fkey, size, count, data = ix.FILE.unpack(raw)
             fkey, next_fkey = next_fkey, next_fkey + 1
+            prefix = ix.KEY64.pack(fkey)  # a manifest key is fkey + offset, both u64 BE
             for entries in self._raw_entries(txn, src_fkey):
                 with txn.cursor(db=db) as cur:  # the newest fkey sorts last: appends, one call per slice
-                    cur.putmulti([(ix.KEY64x2.pack(fkey, offset), value) for offset, value in entries], append=True)
-                for _, value in entries:
-                    address = value[:ADDRESS_BYTES]
-                    uses[address] = uses.get(address, 0) + 1
+                    cur.putmulti([(prefix + offset, value) for offset, value in entries], append=True)
+                uses.update(map(_ADDRESS, map(_VALUE, entries)))
             txn.put(dst_key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
             logical += size
         if any(found):
             txn.put(b"next_fkey", ix.U64.pack(next_fkey), db=counters)
             ix.add_counter(txn, counters, "files", sum(found))
             ix.add_counter(txn, counters, "logical_bytes", logical)
+        return found, self._add_references(txn, uses)
+
+    def _add_references(self, txn, uses: Counter) -> list[Action]:
         actions: list[Action] = []
+        chunks = self.index.chunks
         for address, n in uses.items():
-            rec = self.ledger.record(txn, address)
-            if rec is None:  # not committed yet (a writer's pinned chunk): the ledger's own way
+            raw = txn.get(address, db=chunks)
+            if raw is None:  # not committed yet (a writer's pinned chunk): the ledger's own way
                 for _ in range(n):
                     actions += self.ledger.incref(txn, address)
                 continue
-            rec.refcount += n  # a chunk with a record only counts one more reference: no pack or counter changes
-            txn.put(address, rec.encode(), db=self.index.chunks)
-        return found, actions
+            # A chunk with a record only gains references: no pin, pack or counter changes (Ledger.incref).
+            refcount, *rest = ix.CHUNK.unpack(raw)
+            txn.put(address, ix.CHUNK.pack(refcount + n, *rest), db=chunks)
+        return actions
 
     def _raw_entries(self, txn, fkey: int):
-        """Slices of (offset, raw MANIFEST value) of every entry of ``fkey``.
+        """Slices of (offset as 8 key bytes, raw MANIFEST value) of every entry of ``fkey``.
 
         The caller writes the same database between slices: no cursor is
         moved while it is written.
         """
-        start = 0
+        prefix = ix.KEY64.pack(fkey)
+        start = ix.KEY64x2.pack(fkey, 0)
         while True:
             got = []
             with txn.cursor(db=self.index.manifests) as cur:
-                if cur.set_range(ix.KEY64x2.pack(fkey, start)):
+                if cur.set_range(start):
                     for k, v in cur:
-                        key_fkey, offset = ix.KEY64x2.unpack(k)
-                        if key_fkey != fkey:
+                        if not k.startswith(prefix):
                             break
-                        got.append((offset, v))
+                        got.append((k[8:], v))
                         if len(got) == COPY_SLICE:
                             break
             if got:
                 yield got
             if len(got) < COPY_SLICE:
                 return
-            start = got[-1][0] + 1
+            start = ix.KEY64x2.pack(fkey, ix.KEY64.unpack(got[-1][0])[0] + 1)
 
     def _check_tiling(self, txn, fkey: int, seams: list[int], size: int) -> None:
         """Refuse a commit whose manifest would have overlapping entries or entries past its end.
