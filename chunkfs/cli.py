@@ -20,12 +20,18 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
 from .settings import CHUNKERS, StoreSettings, format_size, parse_size
-from .store import ChunkStore, FileId, upgrade_store
+
+if TYPE_CHECKING:
+    from .store import FileId
+
+# The storage engine is imported by the verbs that open a store, not here: clone, snapshot, rmtree and du
+# only talk to a mount's daemon, and importing the engine is most of a command's start-up time.
 
 PROG = "chunkfs"
 EXIT_FAILURE = 1
@@ -164,6 +170,8 @@ MKFS_OPTIONS = {"chunker": "--chunker", "avg_size": "--avg-size", "min_size": "-
 
 
 def cmd_mkfs(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     # checked here first, so that a mistake is told in terms of the options the user gave
     StoreSettings.build(args.chunker, args.min_size, args.avg_size, args.max_size, names=MKFS_OPTIONS)
     with ChunkStore.create(args.store, chunker=args.chunker, min_size=args.min_size,
@@ -186,6 +194,8 @@ def resolve_store(target: str) -> tuple[str, list[str]]:
 
 
 def cmd_stats(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     store_path, mounted_on = resolve_store(args.target)
     with ChunkStore.open(store_path, readonly=True) as store:
         stats = store.stats()
@@ -225,6 +235,8 @@ def _format_stats(s: dict) -> str:
 
 
 def cmd_ingest(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     file_id = parse_file_id(args.file_id)
     with ChunkStore.open(args.store) as store:
         if args.path == "-":
@@ -238,6 +250,8 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_cat(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     file_id = parse_file_id(args.file_id)
     with ChunkStore.open(args.store, readonly=True) as store, store.open_reader(file_id) as reader:
         shutil.copyfileobj(reader, sys.stdout.buffer, 1024 * 1024)
@@ -246,6 +260,8 @@ def cmd_cat(args) -> int:
 
 
 def cmd_rm(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     with ChunkStore.open(args.store) as store:
         for text in args.file_ids:
             store.delete(parse_file_id(text))
@@ -253,6 +269,8 @@ def cmd_rm(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     with ChunkStore.open(args.store, readonly=True) as store:
         for file_id in sorted(store.list_files(), key=lambda f: (isinstance(f, bytes), f)):
             name = format_file_id(file_id)
@@ -261,6 +279,8 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     with ChunkStore.open(args.store) as store, _pack_progress("gc", quiet=args.json) as progress:
         report = store.gc(progress=progress)
     print(json.dumps(report) if args.json else _format_gc(report))
@@ -328,6 +348,8 @@ def _pack_progress(verb: str, quiet: bool = False):
 
 
 def cmd_upgrade(args) -> int:
+    from .store import upgrade_store  # noqa: PLC0415
+
     with _byte_progress("upgrade") as progress:
         report = upgrade_store(args.store, progress=progress)
     if args.json:

@@ -36,7 +36,7 @@ import lmdb
 from ..errors import FSError, PathError
 from .access import (CAP_CHOWN, CAP_MKNOD, CAP_SETFCAP, CAP_SYS_ADMIN, MAY_EXEC, MAY_READ, MAY_WRITE, Credentials,
                      allowed, join_path)
-from .namespace import FIRST_ENTRY_ID, IMMUTABLE, KEY64, ROOT_INO, Inode, check_mutable
+from .namespace import FIRST_ENTRY_ID, IMMUTABLE, ROOT_INO, Inode, check_mutable
 
 BATCH_INODES = 256  # inodes per transaction
 BATCH_CHUNKS = 16384  # manifest entries per transaction (estimated from file sizes): big files make small batches
@@ -196,7 +196,7 @@ class TreeClone:
         inode = self.ns.need(txn, root)
         inode.nlink = 2 + self.subdirs.get(root, 0)
         self.ns.put(txn, inode)
-        txn.delete(KEY64.pack(root), db=self.store.fs_tables.orphans)
+        self.ns.clear_orphan(txn, root)
         self._name(txn, root, is_dir=True)
 
     def _copy_descendants(self) -> None:

@@ -317,6 +317,10 @@ class Namespace:
         """Record an inode whose last name is gone but which is still open or looked up."""
         txn.put(_key(ino), b"", db=self.index.orphans)
 
+    def clear_orphan(self, txn: lmdb.Transaction, ino: int) -> None:
+        """The inode got a name after all (the top of a finished clone)."""
+        txn.delete(_key(ino), db=self.index.orphans)
+
     def orphans(self, txn: lmdb.Transaction) -> list[int]:
         with txn.cursor(db=self.index.orphans) as cur:
             return [KEY64.unpack(k)[0] for k in cur.iternext(keys=True, values=False)]
