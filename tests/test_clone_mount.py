@@ -443,6 +443,17 @@ def test_rmtree_returns_at_once_and_the_space_comes_back(mount_factory):
     fsck_clean(fs)
 
 
+def test_rmtree_of_a_file_with_another_name_keeps_that_name(mounted_fs):
+    fs = mounted_fs
+    (fs / "a").write_bytes(b"both names")
+    os.link(fs / "a", fs / "b")
+    assert os.stat(fs / "b").st_nlink == 2
+    run_cli("rmtree", fs / "a")
+    assert not (fs / "a").exists()
+    assert os.stat(fs / "b").st_nlink == 1 and (fs / "b").read_bytes() == b"both names"
+    fsck_clean(fs)
+
+
 # -- du --------------------------------------------------------------------------------------------------
 
 
@@ -511,7 +522,8 @@ def test_the_control_socket_refuses_what_is_not_a_request(mounted_fs):
 
     entry = mounts.chunkfs_mount_at(str(mounted_fs.mountpoint))
     path = control.socket_path(entry.store, 0)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 and stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
     for request in (b"not json\n", b'{"v": 99, "op": "du"}\n', b'{"v": 1, "op": "frobnicate"}\n'):
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(path)

@@ -106,8 +106,8 @@ class Inode:
         return bool(self.flags & IMMUTABLE)
 
     def encode(self) -> bytes:
-        return INODE.pack(self.mode | self.flags << FLAG_SHIFT, self.nlink, self.uid, self.gid, self.rdev, self.size, self.atime_ns,
-                             self.mtime_ns, self.ctime_ns, self.btime_ns, self.parent)
+        return INODE.pack(self.mode | self.flags << FLAG_SHIFT, self.nlink, self.uid, self.gid, self.rdev, self.size,
+                          self.atime_ns, self.mtime_ns, self.ctime_ns, self.btime_ns, self.parent)
 
     @classmethod
     def decode(cls, ino: int, raw: bytes) -> "Inode":

@@ -117,8 +117,11 @@ class TreeOps:
             self.core.reaper.add(victim.ino)
         elif victim.nlink == 0:
             self.core.orphaned(victim.ino)
-        self.invalidate.entry(parent, name, victim.ino)
+        gone = victim.is_dir or victim.nlink == 0
+        self.invalidate.entry(parent, name, victim.ino if gone else 0)  # "deleted" would zero its link count
         self.invalidate.attributes(parent)
+        if not gone:
+            self.invalidate.attributes(victim.ino)  # one name fewer
         done = self.core.reaper.wait(victim.ino, should_stop) if wait and victim.is_dir else not victim.is_dir
         return {"path": path, "deleted": done}
 
