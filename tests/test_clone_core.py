@@ -188,13 +188,13 @@ def test_acls_are_checked_as_the_kernel_does(fs, ops):
 
 
 def test_a_cancelled_clone_leaves_nothing_and_is_deleted(fs, ops, store):
-    for i in range(600):
+    for i in range(3000):
         write(fs, ROOT_INO, b"f%d" % i, b"%d" % i * 100)
     forget_all(fs)
     files = store.stats()["files"]
     calls = []
     with pytest.raises(CloneCancelled):
-        ops.clone(ROOT, b"/", b"/copy", should_stop=lambda: calls.append(1) or len(calls) > 2)
+        ops.clone(ROOT, b"/", b"/copy", should_stop=lambda: calls.append(1) or len(calls) > 8)
     assert fs.find(ROOT_INO, b"copy") is None
     _wait_reaped(fs)
     assert store.stats()["files"] == files
@@ -215,14 +215,14 @@ def test_an_interrupted_clone_is_purged_at_the_next_mount_or_by_repair(tmp_path)
     with ChunkStore.create(path, avg_size="4K") as store:
         core = FsCore(store, root_uid=0, root_gid=0)
         d = core.mkdir(ROOT_INO, b"d", 0o755, AS_ROOT).ino
-        for i in range(600):
+        for i in range(3000):
             write(core, d, b"f%d" % i, os.urandom(3000))
         forget_all(core)
         files = store.stats()["files"]
         core.reaper.stop()  # as if the daemon died: nothing deletes the partial copy
         calls = []
         with pytest.raises(CloneCancelled):
-            TreeOps(core).clone(ROOT, b"/d", b"/copy", should_stop=lambda: calls.append(1) or len(calls) > 2)
+            TreeOps(core).clone(ROOT, b"/d", b"/copy", should_stop=lambda: calls.append(1) or len(calls) > 8)
         assert store.stats()["files"] > files
         report = check_store(store, in_use=False)
         kinds = {f.kind for f in report.findings}

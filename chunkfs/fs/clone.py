@@ -15,8 +15,9 @@ Each file is copied as of one commit, in the same transaction that reads its
 inode: uncommitted writes of a file open elsewhere are not in the copy (close
 or fsync it first), so a copy of a tree being written is consistent per file.
 
-A tree is copied in bounded transactions (a few hundred inodes each), so
-requests through the mount get the write lock in between.  Until the last
+A tree is copied in bounded transactions (at most 1,024 inodes or about
+65,536 chunk references each: tens of milliseconds), so requests through the
+mount get the write lock in between.  Until the last
 transaction, the copy's top directory has no name and is marked as an
 orphan: a crash, a failure or a cancelled request leaves no partial copy in
 sight, and the orphan tree is deleted in the background, at once or at the
@@ -38,8 +39,8 @@ from .access import (CAP_CHOWN, CAP_MKNOD, CAP_SETFCAP, CAP_SYS_ADMIN, MAY_EXEC,
                      allowed, join_path)
 from .namespace import FIRST_ENTRY_ID, IMMUTABLE, ROOT_INO, Inode, check_mutable
 
-BATCH_INODES = 256  # inodes per transaction
-BATCH_CHUNKS = 16384  # manifest entries per transaction (estimated from file sizes): big files make small batches
+BATCH_INODES = 1024  # inodes per transaction: tens of milliseconds of holding the write lock
+BATCH_CHUNKS = 65536  # manifest entries per transaction (estimated from file sizes): big files make small batches
 LISTING_PAGE = 256  # directory entries read per read transaction
 DROPPED_ON_LOST_OWNER = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX  # as cp -a does when it cannot chown
 
