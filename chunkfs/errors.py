@@ -155,6 +155,14 @@ class FSError(ChunkfsError):
         super().__init__(message or _errno.errorcode.get(err, str(err)))
 
 
+class PathError(FSError):
+    """A filesystem error about one path of the mount (``path``: bytes, from its root), for the control channel."""
+
+    def __init__(self, err: int, path: bytes, message: str = ""):
+        self.path = path
+        super().__init__(err, message or _errno.errorcode.get(err, str(err)))
+
+
 class MountError(ChunkfsError):
     """Mounting or unmounting failed; the message says why."""
 

@@ -403,11 +403,45 @@ async def _terminate_on_signal() -> None:
             return
 
 
+class KernelCache:
+    """Tells the kernel about namespace changes it did not make itself (control requests: fs/tools.py).
+
+    Called from a request thread of the control channel, never from a FUSE
+    handler, holding no lock: the notification blocks until the kernel has
+    dropped the entry, which may wait for a request on that directory.
+    """
+
+    def entry(self, parent: int, name: bytes, deleted: int = 0) -> None:
+        """Drop the kernel's entry ``name`` of ``parent``; with ``deleted``, tell it the inode is gone too.
+
+        The kernel refuses the latter for a directory with entries it still
+        uses (a process inside the removed tree): then the entry is only
+        dropped, which is what matters, since the next lookup asks us.
+        """
+        for gone in ((deleted, 0) if deleted else (0,)):
+            try:
+                pyfuse3.invalidate_entry(parent, name, gone)
+                return
+            except OSError as exc:  # ENOENT: the kernel did not know the name; nothing to drop
+                log.debug("cannot invalidate entry %r of inode %d (deleted %d): %s", name, parent, gone, exc)
+
+    def attributes(self, ino: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as exc:
+            log.debug("cannot invalidate the attributes of inode %d: %s", ino, exc)
+
+
 def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         ready: Callable[[], None] | None = None, handle_signals: bool = False,
         filedata_factory=None, file_id_for=None, writeback_cache: bool = False,
-        read_around: bool = True) -> None:
-    """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring."""
+        read_around: bool = True, control: Callable[[FsCore, KernelCache], object] | None = None) -> None:
+    """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring.
+
+    ``control(core, kernel_cache)``, if given, starts the control channel
+    before the mount appears and returns an object whose ``stop()`` is
+    called before the core closes (daemon.py: control_server.py).
+    """
     opts = mount_options(store.path, options)
     if debug:
         opts.add("debug")
@@ -417,7 +451,9 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
     except BaseException:
         store.close()
         raise
+    server = None
     try:
+        server = control(core, KernelCache()) if control is not None else None
         operations = Operations(core, writeback_cache, read_around=read_around)
         _mount(operations, mountpoint, opts)
         try:
@@ -425,11 +461,15 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
                 ready()
             trio.run(_serve_until_unmounted, handle_signals)
         finally:
+            if server is not None:
+                server.stop()  # before the session closes: a request may still notify the kernel
             if operations.pusher is not None:
                 operations.pusher.close()
             pyfuse3.close(unmount=True)
     finally:
         try:
+            if server is not None:
+                server.stop()
             core.close()
         finally:
             store.close()

@@ -21,7 +21,7 @@ import lmdb
 from ..errors import ChunkCorruptError, FSError, StoreFullError
 from .chunkrun import ChunkRun
 from .handles import OpenFiles
-from .namespace import Inode, Namespace
+from .namespace import Inode, Namespace, check_mutable
 from .recovery import resolve_paths
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class FileOps:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if (writable or flags & os.O_TRUNC) and self.readonly:
             raise FSError(errno.EROFS)
+        if writable or flags & os.O_TRUNC:
+            check_mutable(inode)
         handle, keep_cache = self.files.open(ino, flags, committed_size)
         if inode.nlink == 0:
             self.files.mark_unlinked(ino)  # reopened through /proc/PID/fd after its last name went
@@ -100,7 +102,7 @@ class FileOps:
             return self.ns.need(txn, ino).size
 
     def _relatime(self, inode: Inode) -> None:
-        if self.atime != "relatime":
+        if self.atime != "relatime" or inode.immutable:  # a snapshot does not change, not even its atimes
             return
         now = time.time_ns()
         atime = inode.atime_ns
@@ -206,5 +208,5 @@ class FileOps:
     def release(self, fh: int) -> None:
         oi = self.files.release(fh)
         if oi is not None and oi.unlinked:
-            self._purge_if_unreachable(oi.ino)
+            self.purge_if_unreachable(oi.ino)
 

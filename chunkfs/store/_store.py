@@ -463,6 +463,43 @@ class ChunkStore:
 
         return self.write_txn(remove, frees=True)
 
+    # -- copies by metadata (chunkfs clone, snapshot, du) ------------------------------
+
+    def clone_files(self, plan: Callable[[lmdb.Transaction], Iterable[tuple[FileId, FileId]]]) -> list[bool]:
+        """Copy files by metadata, in one transaction: no chunk is read or hashed.
+
+        ``plan(txn)`` runs first, inside the transaction (the filesystem writes
+        the new inodes with it), and names the (source, destination) pairs to
+        copy.  Each destination (which must not exist) gets its source's
+        manifest, and every chunk named gets one more reference, so the copies
+        are independent: a later commit to either side patches only its own
+        manifest.  Returns, per pair, whether the source existed (a missing
+        source is an empty file: its destination gets no record either).
+        """
+        def copy(txn):
+            pairs = [(encode_file_id(src), encode_file_id(dst)) for src, dst in plan(txn)]
+            return self.manifest_index.copy(txn, pairs), []
+
+        return self.write_txn(copy)
+
+    def file_chunks(self, file_id: FileId, txn: lmdb.Transaction) -> list[tuple[bytes, int, int]]:
+        """(address, length, refcount) of every chunk a file's manifest names, in file order ([] if missing).
+
+        For ``chunkfs du``: which bytes a set of files alone holds is which of
+        their chunks have no reference from elsewhere, known from the index
+        without reading chunk data.
+        """
+        raw = txn.get(encode_file_id(file_id), db=self.index.files)
+        if raw is None:
+            return []
+        out, records = [], {}
+        for extent in self.manifest_index.entries(txn, ix.FILE.unpack(raw)[0], 0, None):
+            rec = records.get(extent.chunk)
+            if rec is None:
+                rec = records[extent.chunk] = self.ledger.record(txn, extent.chunk)
+            out.append((rec.address if rec is not None else b"", extent.length, rec.refcount if rec is not None else 0))
+        return out
+
     def exists(self, file_id: FileId) -> bool:
         return self._file_record(file_id) is not None
 
