@@ -2,6 +2,7 @@
 
     python -m benchmarks.crash_soak --rounds 1000            # the long mode
     python -m benchmarks.crash_soak --rounds 50 --seed 7     # what CI runs (tests/test_crash.py)
+    python -m benchmarks.crash_soak --s3 --rounds 50 --object-store-kills 20   # packs in a SeaweedFS bucket
 
 One store is reused across rounds.  Each round:
 
@@ -23,6 +24,15 @@ One store is reused across rounds.  Each round:
    namespace call) unless it was being changed at the kill
    (``crash_workload.allowed_states``); sizes match contents; nothing extra;
 6. the daemon log has no ERROR line and no traceback.
+
+With ``--s3`` the store keeps its packs in a bucket of a SeaweedFS started
+for the run (tests/seaweedfs.py), mounted with ``upload_interval=1`` so that
+uploads are under way at most kills.  In ``--object-store-kills`` of the
+rounds, spread evenly, SeaweedFS itself gets SIGKILL during the workload and
+is started again a moment later, before the daemon is killed.  At the end the
+store is unmounted (which uploads everything), restored from the bucket alone
+into an empty directory with ``chunkfs restore``, mounted read-only, and must
+hold exactly what the last round verified.
 
 Needs /dev/fuse and fusermount3; mounts through this checkout's CLI.
 """
@@ -126,6 +136,8 @@ class RoundResult:
 class Summary:
     rounds: list[RoundResult] = field(default_factory=list)
     fsck_cli: bool = False
+    object_store_kills: int = 0
+    restored_paths: int | None = None
 
     def line(self) -> str:
         n = len(self.rounds)
@@ -134,7 +146,10 @@ class Summary:
         recovered = sum(1 for r in self.rounds if r.recovery)
         total = sum(r.seconds for r in self.rounds)
         checks = ", ".join(CHECKS + (("chunkfs fsck clean",) if self.fsck_cli else ()))
-        return (f"crash test: {n} rounds of SIGKILL in {total:.0f} s; each round checked: {checks}; "
+        store = "" if self.restored_paths is None else \
+            (f" (packs in an object store, itself killed in {self.object_store_kills} of the rounds; "
+             f"restored from the bucket alone at the end: all {self.restored_paths} paths identical)")
+        return (f"crash test: {n} rounds of SIGKILL in {total:.0f} s{store}; each round checked: {checks}; "
                 f"{durable} checks of a durable path (exact contents) and {uncertain} of an uncertain one "
                 f"(an allowed state) passed; the remount logged a recovery in {recovered} rounds")
 
@@ -142,8 +157,14 @@ class Summary:
 class CrashRig:
     """A store, a mountpoint and the kill / recover / verify cycle; see the module docstring."""
 
-    def __init__(self, workdir: str, seed: int = 0, max_kill_delay: float = 0.8, log=print):
+    def __init__(self, workdir: str, seed: int = 0, max_kill_delay: float = 0.8, log=print,
+                 object_store=None, object_store_kills: frozenset[int] = frozenset()):
+        """``object_store``: a started tests/seaweedfs.py SeaweedServer to keep the packs in;
+        ``object_store_kills``: the round numbers in which it is killed too."""
         self.dir = workdir
+        self.object_store = object_store
+        self.object_store_kills = object_store_kills
+        self.data_url = object_store.url("crash-soak") if object_store is not None else None
         self.store = os.path.join(workdir, "store")
         self.mnt = os.path.join(workdir, "mnt")
         self.root = os.path.join(self.mnt, "w")
@@ -161,7 +182,9 @@ class CrashRig:
     def setup(self) -> None:
         os.makedirs(self.mnt, exist_ok=True)
         if not os.path.exists(os.path.join(self.store, "chunkfs.json")):
-            cli("mkfs", self.store)
+            where = [] if self.object_store is None else \
+                ["--data", self.data_url, "--endpoint", self.object_store.endpoint]
+            cli("mkfs", self.store, *where)
         self.mount()
         os.makedirs(self.root, exist_ok=True)
         self.state = cw.snapshot(self.root)
@@ -169,7 +192,8 @@ class CrashRig:
     def mount(self) -> None:
         from chunkfs import mounts  # noqa: PLC0415
 
-        cli("mount", self.store, self.mnt)
+        options = [] if self.object_store is None else ["-o", "upload_interval=1"]
+        cli("mount", self.store, self.mnt, *options)
         self.pid = mounts.lock_holder(self.store)
         if self.pid is None:
             raise CrashCheckFailed("no daemon holds the store after mounting")
@@ -233,6 +257,8 @@ class CrashRig:
                 raise CrashCheckFailed(f"the workload died before the kill: {proc.stderr.read()}")
             delay = self.rng.uniform(0.0, self.max_kill_delay)
             time.sleep(delay)
+            if number in self.object_store_kills:
+                self._kill_object_store_for_a_moment()
             if proc.poll() is not None:
                 raise CrashCheckFailed(f"the workload failed before the kill: {proc.stderr.read()}")
             os.kill(self.pid, signal.SIGKILL)
@@ -250,6 +276,13 @@ class CrashRig:
                 proc.kill()
                 proc.wait()
             proc.stderr.close()
+
+    def _kill_object_store_for_a_moment(self) -> None:
+        """SIGKILL SeaweedFS while the workload writes, start it again, let the workload go on a little."""
+        self.object_store.kill()
+        time.sleep(self.rng.uniform(0.0, 1.0))
+        self.object_store.start()
+        time.sleep(self.rng.uniform(0.0, self.max_kill_delay))
 
     def _remove_dead_mount(self) -> None:
         subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True, check=False)
@@ -340,12 +373,54 @@ class CrashRig:
         for number in range(1, rounds + 1):
             result = self.round(number)
             self.summary.rounds.append(result)
-            self.log(f"round {number}: killed after {result.kill_after:.2f} s, {result.journal_lines} journal "
+            self.summary.object_store_kills += number in self.object_store_kills
+            what = "the object store and the daemon" if number in self.object_store_kills else "the daemon"
+            self.log(f"round {number}: {what} killed after {result.kill_after:.2f} s, {result.journal_lines} journal "
                      f"lines, {result.durable} durable + {result.uncertain} uncertain paths ok"
                      + (f"; recovery: {result.recovery}" if result.recovery else "")
                      + f" ({result.seconds:.1f} s)")
         self.unmount()
+        if self.object_store is not None:
+            self.verify_restore()
         return self.summary
+
+    def verify_restore(self) -> None:
+        """The bucket alone, restored into an empty directory and mounted read-only, holds the last state."""
+        from chunkfs import mounts  # noqa: PLC0415
+
+        restored, mnt = os.path.join(self.dir, "restored"), os.path.join(self.dir, "restored-mnt")
+        shutil.rmtree(restored, ignore_errors=True)
+        os.makedirs(mnt, exist_ok=True)
+        cli("restore", restored, "--data", self.data_url, "--endpoint", self.object_store.endpoint)
+        cli("mount", restored, mnt, "-o", "ro")
+        try:
+            found = cw.snapshot(os.path.join(mnt, "w"))
+        finally:
+            pid = mounts.lock_holder(restored)
+            cli("umount", mnt, check=False)
+            if pid is not None:
+                _wait(lambda: _gone(pid), 30)
+        if found != self.state:
+            wrong = sorted(p for p in found.keys() | self.state.keys() if found.get(p) != self.state.get(p))
+            raise CrashCheckFailed(f"the store restored from the bucket differs in {len(wrong)} paths: {wrong[:10]}")
+        self.summary.restored_paths = len(found)
+        shutil.rmtree(restored, ignore_errors=True)
+
+
+def spread(count: int, rounds: int) -> frozenset[int]:
+    """``count`` round numbers out of 1..``rounds``, evenly spaced."""
+    count = min(count, rounds)
+    return frozenset(1 + (i * rounds) // count for i in range(count)) if count > 0 else frozenset()
+
+
+def start_object_store(workdir: str):
+    """A SeaweedFS for ``--s3`` (tests/seaweedfs.py), its credentials in this process's environment."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from seaweedfs import SeaweedServer  # noqa: PLC0415
+
+    server = SeaweedServer(os.path.join(workdir, "seaweedfs")).start()
+    os.environ.update(server.env())
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,11 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     parser.add_argument("--dir", default=None, help="work directory (default: a new one under /tmp)")
     parser.add_argument("--max-kill-delay", type=float, default=0.8, help="seconds of workload before the kill")
+    parser.add_argument("--s3", action="store_true", help="keep the packs in a SeaweedFS bucket started for the run")
+    parser.add_argument("--object-store-kills", type=int, default=0,
+                        help="with --s3: in this many rounds, kill SeaweedFS during the workload too")
     parser.add_argument("--json", action="store_true", help="print the per-round results as JSON at the end")
     args = parser.parse_args(argv)
     workdir = args.dir or f"/tmp/chunkfs-crash-soak-{os.getpid()}"
     os.makedirs(workdir, exist_ok=True)
-    rig = CrashRig(workdir, seed=args.seed, max_kill_delay=args.max_kill_delay)
+    server = start_object_store(workdir) if args.s3 else None
+    rig = CrashRig(workdir, seed=args.seed, max_kill_delay=args.max_kill_delay, object_store=server,
+                   object_store_kills=spread(args.object_store_kills, args.rounds) if server else frozenset())
     print(f"crash soak: seed {args.seed}, work directory {workdir}")
     try:
         summary = rig.run(args.rounds)
@@ -367,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         rig.cleanup()
+        if server is not None:
+            server.stop()
+            server.remove_sockets()
     print(summary.line())
     if args.json:
         print(json.dumps([r.__dict__ for r in summary.rounds], indent=1))

@@ -55,6 +55,10 @@ mount options (-o, comma-separated, may be repeated):
                          ENOSPC (default 4G)
   upload_interval=SEC    object store: how often the open pack and an index copy
                          are uploaded (default 60)
+  backlog_wait=SEC       object store: how long a write waits for uploads to make
+                         room in a full backlog before ENOSPC (default 5)
+  request_timeout=SEC    object store: how long a request may wait for an answer
+                         before it is retried (default 60)
   writeback_cache        let the kernel cache writes (off by default; see
                          docs/tuning.md before turning it on)
   noreadaround           do not push the rest of a chunk a short read fetched

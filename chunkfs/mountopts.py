@@ -4,7 +4,8 @@ Three kinds of option reach ``chunkfs mount``:
 
 * chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``, ``compression=``,
   ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
-  object store ``pack_cache=``, ``upload_backlog=``, ``upload_interval=``): consumed here, never
+  object store ``pack_cache=``, ``upload_backlog=``, ``upload_interval=``, ``backlog_wait=``,
+  ``request_timeout=``): consumed here, never
   shown to libfuse, which would reject them (the writeback cache is asked for
   in FUSE's init reply, read-ahead is set through sysfs after mounting; see
   docs/tuning.md);
@@ -27,6 +28,8 @@ from .settings import format_compression, parse_compression, parse_size
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR}
 VERIFY_CHOICES = ("xxh3", "sha256", "off")
+# object-store options given in seconds, and the range each accepts (docs/object-store.md)
+SECONDS_OPTIONS = {"upload_interval": (1, 86400), "backlog_wait": (0, 3600), "request_timeout": (0.5, 3600)}
 
 # Kernel mount flags libfuse 3 translates itself (lib/mount.c, mount_flags[]).
 _KERNEL_FLAGS = {
@@ -169,13 +172,14 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
             opts.data_options[name] = parse_size(value)
         except Exception as exc:  # SettingsError: re-word for the mount context
             raise InvalidArgument(f"{name}: {exc}") from None
-    elif name == "upload_interval":
+    elif name in SECONDS_OPTIONS:
+        low, high = SECONDS_OPTIONS[name]
         try:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not 1 <= seconds <= 86400:
-            raise InvalidArgument(f"upload_interval must be a number of seconds from 1 to 86400, not {value!r}")
+        if not low <= seconds <= high:
+            raise InvalidArgument(f"{name} must be a number of seconds from {low:g} to {high:g}, not {value!r}")
         opts.data_options[name] = seconds
     elif name in _FUSE_VALUED:
         opts.fuse.add(item)

