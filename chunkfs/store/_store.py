@@ -34,6 +34,7 @@ import lmdb
 
 from . import _index as ix
 from ._cache import ChunkCache
+from ._deadspace import DeadSpace
 from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
 from ..hashing import VERIFY_MODES, addresses_of, checksum_of
@@ -164,6 +165,9 @@ class ChunkStore:
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
         self._lock = threading.RLock()  # pins, appends and commits
+        self._sync_done = threading.Condition()  # sync(): one flush at a time, shared by those who wait
+        self._syncing = False
+        self._synced_txn = -2  # the transaction sync() last made durable (none yet: the first always flushes)
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
         try:
@@ -172,7 +176,8 @@ class ChunkStore:
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
             backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
             self.packs = handles.packs = PackFiles(backend, readonly=readonly)
-            self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
+            self.dead_space = DeadSpace(self.packs.punch)  # punched at once, or by the background gc
+            self.ledger = Ledger(self.index, on_dead=None if readonly else self.dead_space.died)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
             self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify,
@@ -219,9 +224,37 @@ class ChunkStore:
         return True
 
     def sync(self) -> None:
-        """Make everything committed so far survive power loss: packs first, then the index."""
-        self.packs.sync()
-        self.index.sync()
+        """Make everything committed so far survive power loss: packs first, then the index.
+
+        It costs what was committed since the last sync: nothing at all (no
+        disk flush) if no transaction has committed since, and callers that
+        arrive while a sync is under way wait for it and share the next one
+        (group commit): an application's fsync storm costs one flush per
+        round, not one per call.  LMDB's own transaction counter says what
+        is committed, so no commit path has to report to this one.
+        """
+        want = self._last_txn()
+        with self._sync_done:
+            while self._syncing and self._synced_txn < want:
+                self._sync_done.wait()
+            if self._synced_txn >= want:
+                return
+            self._syncing = True
+        upto, ok = self._last_txn(), False
+        try:
+            self.packs.sync()
+            self.index.sync()
+            ok = True
+        finally:
+            with self._sync_done:
+                self._syncing = False
+                if ok:
+                    self._synced_txn = max(self._synced_txn, upto)
+                self._sync_done.notify_all()
+
+    def _last_txn(self) -> int:
+        """LMDB's id of the last committed write transaction (read-only: nothing to sync, ever)."""
+        return -1 if self.readonly else self.index.env.info()["last_txnid"]
 
     def flush(self) -> dict:
         """:meth:`sync`, then have the backend put everything on its medium (an object store: upload all).
