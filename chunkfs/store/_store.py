@@ -36,7 +36,7 @@ from . import _index as ix
 from ._cache import ChunkCache
 from ._deadspace import DeadSpace
 from ..chunker import make_chunker
-from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
+from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, WouldBlock
 from ..hashing import VERIFY_MODES, addresses_of, checksum_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
@@ -223,7 +223,7 @@ class ChunkStore:
         log.warning("%s: disk full; released the space reserve so metadata can still change", self.path)
         return True
 
-    def sync(self) -> None:
+    def sync(self, nowait: bool = False) -> None:
         """Make everything committed so far survive power loss: packs first, then the index.
 
         It costs what was committed since the last sync: nothing at all (no
@@ -231,10 +231,13 @@ class ChunkStore:
         arrive while a sync is under way wait for it and share the next one
         (group commit): an application's fsync storm costs one flush per
         round, not one per call.  LMDB's own transaction counter says what
-        is committed, so no commit path has to report to this one.
+        is committed, so no commit path has to report to this one.  With
+        ``nowait``, WouldBlock instead of flushing or waiting for a flush.
         """
         want = self._last_txn()
         with self._sync_done:
+            if nowait and self._synced_txn < want:
+                raise WouldBlock("a sync would flush the disk")
             while self._syncing and self._synced_txn < want:
                 self._sync_done.wait()
             if self._synced_txn >= want:
