@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 Hook = Callable[[lmdb.Transaction], None]
 Around = Callable[[ChunkRun], None]
 READ_BLOCK = 1024 * 1024
+# A re-chunked run usually meets the base's cuts again within a chunk or two of the change: it reads
+# this much first, and twice as much each time after, up to READ_BLOCK.
+RECHUNK_FIRST_BLOCK = 128 * 1024
 SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on the event loop
 
 
@@ -388,6 +391,7 @@ class FileData:
         chunker = make_chunker(self.store.settings)
         first = len(refs)
         cut = fed = start
+        step = RECHUNK_FIRST_BLOCK
         while fed < self._size:
             hole_end = self._hole_end(fed)
             if hole_end is not None:  # what the chunker holds ends here: cut it, then the hole
@@ -400,18 +404,19 @@ class FileData:
                     patches.append(Patch(start, cut, refs[first:]))
                     return self._restart_point(self._next_change(resume))
                 continue
-            block = self._read_merged(fed, max(self._data_end(fed, min(fed + READ_BLOCK, self._size)), fed + 1))
+            block = self._read_merged(fed, max(self._data_end(fed, min(fed + step, self._size)), fed + 1))
             fed += len(block)
+            step = min(2 * step, READ_BLOCK)
             chunks = chunker.feed(block)
-            put = self.store.put_chunks(chunks)
-            for k, chunk in enumerate(chunks):
-                refs.append(put[k])
-                cut += len(chunk)
+            taken, resume = 0, None
+            while taken < len(chunks) and resume is None:  # realigned? then the rest is the base's already
+                cut += len(chunks[taken])
+                taken += 1
                 resume = self._reusable_run_end(cut)
-                if resume is not None:
-                    self.store.release(put[k + 1:])  # cut, hashed and pinned, but the base has them
-                    patches.append(Patch(start, cut, refs[first:]))
-                    return self._restart_point(self._next_change(resume))
+            refs += self.store.put_chunks(chunks[:taken])  # only what the patch needs is hashed and stored
+            if resume is not None:
+                patches.append(Patch(start, cut, refs[first:]))
+                return self._restart_point(self._next_change(resume))
         refs += self.store.put_chunks(chunker.finish())
         patches.append(Patch(start, TO_END, refs[first:]))
         return None
