@@ -81,7 +81,8 @@ class BackgroundGC:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("background gc did not stop within %.0f s", timeout)
-        self.store.dead_space.stop_deferring()  # what is still queued is given back now
+        # what is still queued is given back now, except in packs nothing lives in: the next gc removes them
+        self.store.dead_space.stop_deferring(self._removed_whole)
 
     def kick(self) -> None:
         """Look at the garbage now rather than at the next interval (after a big delete)."""
