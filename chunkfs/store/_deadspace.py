@@ -12,6 +12,10 @@ The worker also skips punching a pack nothing in it is alive any more: gc
 removes such a pack whole (one unlink instead of thousands of punches).
 Without a worker (the library), every death is punched at once, as before.
 
+On a full disk (the store's low-space mode) deaths are punched at once
+again, and what is queued is punched by the commit that freed it: the space
+must come back before the next write, not at the worker's next look.
+
 Nothing here needs to survive a crash: a dead record's bytes are already
 counted as dead in its pack's index record, so gc gives them back in any case;
 the queue only decides *when* the blocks come back.
@@ -34,8 +38,9 @@ KICK_BYTES = 256 * 1024 * 1024  # this much queued: wake the worker rather than 
 class DeadSpace:
     """Where the ledger reports a record's death (``died``); see the module docstring."""
 
-    def __init__(self, punch: Callable[[Location], None]):
+    def __init__(self, punch: Callable[[Location], None], urgent: Callable[[], bool] = lambda: False):
         self._punch = punch
+        self._urgent = urgent  # true while the disk is full: space must come back at once
         self._lock = threading.Lock()
         self._queue: list[Location] = []
         self._queued_bytes = 0
@@ -47,7 +52,7 @@ class DeadSpace:
 
     def died(self, loc: Location) -> None:
         """A record died in a commit that just ended: punch it now, or queue it for the worker."""
-        if self._wake is None:
+        if self._wake is None or self._urgent():
             self._punch_logged(loc)
             return
         with self._lock:

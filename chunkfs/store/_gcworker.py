@@ -103,7 +103,8 @@ class BackgroundGC:
 
     def _punch_guarded(self) -> None:
         try:
-            self.store.dead_space.drain(self._removed_whole, stop=self._stop.is_set)
+            if self.store.dead_space.drain(self._removed_whole, stop=self._stop.is_set):
+                self.store.ensure_reserve()  # space came back: leave low-space mode if it was on
         except Exception:  # noqa: BLE001 (the thread must survive; the bytes stay counted as dead)
             log.exception("background gc could not give back dead records' space")
 

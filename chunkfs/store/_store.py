@@ -176,7 +176,8 @@ class ChunkStore:
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
             backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
             self.packs = handles.packs = PackFiles(backend, readonly=readonly)
-            self.dead_space = DeadSpace(self.packs.punch)  # punched at once, or by the background gc
+            index = self.index  # not self: nothing the store owns may keep it alive
+            self.dead_space = DeadSpace(self.packs.punch, urgent=lambda: index.low_space)  # now, or by the bg gc
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.dead_space.died)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
@@ -303,6 +304,7 @@ class ChunkStore:
             for action in actions:
                 action()
             if frees and self.index.low_space:
+                self.dead_space.drain()  # a full disk wants the space now, not at the background gc's next look
                 self.ensure_reserve()  # dead records were punched out: maybe there is room again
             return result
 
