@@ -274,7 +274,7 @@ class ManifestIndex:
                 raise IndexCorruptError(f"file {dst_key!r} already exists: a copy must not overwrite it")
             src_fkey, size, count, data = ix.FILE.unpack(raw)
             fkey = ix.next_id(txn, counters, "next_fkey")
-            runs = list(self.runs_of(txn, src_fkey))
+            runs = self.runs_of(txn, src_fkey)
             for start, value in runs:
                 uses.update(extent.chunk for extent in decode_run(start, value))
             with txn.cursor(db=db) as cur:  # the newest file key sorts last: appended
@@ -289,8 +289,8 @@ class ManifestIndex:
             self.ledger.add_references(txn, chunk, n)
         return found
 
-    def runs_of(self, txn, fkey: int) -> Iterator[tuple[int, bytes]]:
-        """(start, raw run value) of every run of a file, in order (read before the database is written)."""
+    def runs_of(self, txn, fkey: int) -> list[tuple[int, bytes]]:
+        """(start, raw run value) of every run of a file, in order (read whole before the database is written)."""
         out = []
         with txn.cursor(db=self.index.manifests) as cur:
             if cur.set_range(ix.KEY64x2.pack(fkey, 0)):
@@ -299,22 +299,14 @@ class ManifestIndex:
                     if key_fkey != fkey:
                         break
                     out.append((start, bytes(v)))
-        return iter(out)
+        return out
 
     def delete_runs(self, txn, fkey: int) -> list[Extent]:
         """Remove every run of a file; returns its entries (their references are the caller's to drop)."""
         out: list[Extent] = []
-        keys = []
-        with txn.cursor(db=self.index.manifests) as cur:
-            if cur.set_range(ix.KEY64x2.pack(fkey, 0)):
-                for k, v in cur:
-                    key_fkey, run_start = ix.KEY64x2.unpack(k)
-                    if key_fkey != fkey:
-                        break
-                    keys.append(k)
-                    out += decode_run(run_start, v)
-        for k in keys:
-            txn.delete(k, db=self.index.manifests)
+        for start, value in self.runs_of(txn, fkey):
+            txn.delete(ix.KEY64x2.pack(fkey, start), db=self.index.manifests)
+            out += decode_run(start, value)
         return out
 
     def _last_end(self, txn, fkey: int) -> int:
