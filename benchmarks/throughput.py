@@ -30,7 +30,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -38,8 +37,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `python benchmarks/throughput.py` too, and this checkout's chunkfs first
     sys.path.insert(0, REPO)
 
-from benchmarks.common import MB, Timer, ToolError, run  # noqa: E402
-from benchmarks.mounts import ChunkfsMount, PassthroughMount  # noqa: E402
+from benchmarks.common import Timer, ToolError, run  # noqa: E402
+from benchmarks import apps  # noqa: E402
+from benchmarks.mounts import ChunkfsMount, PassthroughMount, find_peers  # noqa: E402
+from benchmarks.inputs import count_entries, git_tree, random_bytes, tree_tar, warm  # noqa: E402
+from benchmarks.profiling import Profiler  # noqa: E402
 from benchmarks.throughput_report import (DERIVED_OPS, OPS, markdown, summarize,  # noqa: E402,F401 (OPS: API)
                                           write_chart)
 
@@ -50,11 +52,12 @@ RANDOM_BLOCK = 4 * KiB
 SCALES: dict[str, dict] = {
     # file_size: the sequential file; random_reads: 4 KiB preads; tree: "django" (a release sdist, ~10k files,
     # downloaded once into benchmarks/cache/) or "generated" (network-free, tree_files small files)
-    "tiny": dict(file_size=32 * MiB, random_reads=2000, tree="generated", tree_files=600),
-    "quick": dict(file_size=1 * GiB, random_reads=20000, tree="django", tree_files=0),
-    "huge": dict(file_size=4 * GiB, random_reads=20000, tree="django", tree_files=0),
+    # git_files: the files of the tree the git workflow commits (apps.py)
+    "tiny": dict(file_size=32 * MiB, random_reads=2000, tree="generated", tree_files=600, git_files=150),
+    "quick": dict(file_size=1 * GiB, random_reads=20000, tree="django", tree_files=0, git_files=1500),
+    "huge": dict(file_size=4 * GiB, random_reads=20000, tree="django", tree_files=0, git_files=1500),
 }
-DJANGO_RELEASE = "5.2.18"
+WRITE_OPS = ("seq_write", "overwrite", "rewrite", "untar", "rsync", "sqlite", "git")  # profiled one by one
 
 
 # -- small system helpers -------------------------------------------------------------------------
@@ -222,57 +225,12 @@ def find_stat(top: str, expect: int | None) -> dict:
     return {"seconds": t.seconds, "entries": entries}
 
 
-def warm(path: str) -> None:
-    """Read a file or tree so the source side of a copy is in the page cache for both targets alike."""
-    files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
-    for f in files:
-        if os.path.islink(f):
-            continue
-        with open(f, "rb") as fh:
-            while fh.read(IO_BLOCK):
-                pass
-
-
-# -- the tree of small files ----------------------------------------------------------------------
-
-def tree_tar(scale: dict, work: str, seed: int) -> tuple[str, str]:
-    """(tar path, description): a Django release sdist as a plain tar, or a generated tree (network-free)."""
-    if scale["tree"] == "django":
-        from benchmarks.releases import ReleaseUnavailable, release_tars
-        cache = os.environ.get("CHUNKFS_BENCH_CACHE", os.path.join(REPO, "benchmarks", "cache"))
-        try:
-            [tar] = release_tars("django", (DJANGO_RELEASE,), cache)
-            return tar, f"Django {DJANGO_RELEASE} sdist ({os.path.getsize(tar) / MB:.0f} MB tar)"
-        except ReleaseUnavailable as exc:
-            print(f"Django release unavailable ({exc}); using a generated tree", file=sys.stderr)
-    count = scale["tree_files"] or 10000
-    rng = random.Random(f"chunkfs-throughput:{seed}:tree")
-    src = os.path.join(work, "gen-tree")
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(500)]
-    for i in range(count):
-        d = os.path.join(src, f"pkg{i % 37:02d}", f"mod{i % 7}")
-        os.makedirs(d, exist_ok=True)
-        size = int(rng.lognormvariate(8.5, 1.0))  # median ~5 KB, like source files
-        body = b" ".join(rng.choice(words) for _ in range(size // 6 + 1))[:size]
-        with open(os.path.join(d, f"file{i}.py"), "wb") as fh:
-            fh.write(body)
-    tar = os.path.join(work, "gen-tree.tar")
-    with tarfile.open(tar, "w") as tf:
-        tf.add(src, arcname="tree")
-    shutil.rmtree(src)
-    return tar, f"generated tree of {count} text files ({os.path.getsize(tar) / MB:.1f} MB tar)"
-
-
-def count_entries(top: str) -> int:
-    return 1 + sum(len(ds) + len(fs) for _, ds, fs in os.walk(top))
-
-
 # -- one run -----------------------------------------------------------------------------------
 
 def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree: str, work: str,
-            log) -> dict:
-    """Every operation on the plain directory, a fresh chunkfs store and (unless --no-passthrough) the
-    passthrough; returns raw seconds and extras."""
+            log, inputs: dict) -> dict:
+    """Every operation on the plain directory, a fresh chunkfs store, the passthrough (unless
+    --no-passthrough) and each peer found; returns raw seconds and extras."""
     plain = os.path.join(work, "plain")
     shutil.rmtree(plain, ignore_errors=True)
     os.makedirs(plain)
@@ -283,6 +241,9 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
     if args.passthrough:
         pt = mounts["passthrough"] = PassthroughMount(os.path.join(work, "pt-backing"), os.path.join(work, "pt-mnt"))
         targets["passthrough"], syncs["passthrough"] = pt.mnt, [pt.backing]
+    for name, factory in inputs["peers"].items():
+        peer = mounts[name] = factory(os.path.join(work, f"{name}-fs"), os.path.join(work, f"{name}-mnt"))
+        targets[name], syncs[name] = peer.mnt, [peer.mnt, peer.work]
     # Rotate which side goes first, so none always meets a disk still busy with another's writeback.
     sides = list(targets)
     order = sides[k % len(sides):] + sides[:k % len(sides)]
@@ -293,7 +254,15 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
     entries = count_entries(src_tree)
     cold_ok = True
 
+    profiler = inputs.get("profiler")
+
     def each_side(op: str, fn, cold: bool = False) -> None:
+        if profiler is not None and op in WRITE_OPS:
+            _profiled(op, lambda: measure(op, fn, cold))
+        else:
+            measure(op, fn, cold)
+
+    def measure(op: str, fn, cold: bool) -> None:
         nonlocal cold_ok
         out = {}
         for side in order:
@@ -310,7 +279,26 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
             out[side] = value
         res["seconds"][op] = out
         log(f"  run {k + 1} {op:<13} " + "  ".join(f"{side} {out[side]:8.3f} s" for side in sides)
-            + f"  ratio {out['plain'] / out['chunkfs']:.3f}")
+            + f"  ratio {out['plain'] / out['chunkfs']:.3f}"
+            + (f", to the passthrough {out['passthrough'] / out['chunkfs']:.3f}" if "passthrough" in out else ""))
+
+    def _profiled(op: str, measured) -> None:
+        """--profile: chunkfs and the passthrough mounted afresh with the request trace on, py-spy on chunkfs."""
+        traced = [s for s in ("chunkfs", "passthrough") if s in mounts]
+        for side in traced:
+            mounts[side].umount("write")
+            mounts[side].env = profiler.trace_env(side, op, k + 1)
+            mounts[side].mount()
+        profiler.start(fs.pid, op, k + 1)
+        try:
+            measured()
+        finally:
+            profiler.stop()
+            for side in traced:
+                mounts[side].umount(f"profile-{op}")
+                mounts[side].env = {}
+                mounts[side].mount()
+        profiler.record(op, k + 1, res["seconds"][op])
 
     def session(name: str):
         """A fresh mount of every FUSE side for one cold session, all at the same read-ahead."""
@@ -332,6 +320,19 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
         if "rsync" in ops:
             warm(src_tree)
             each_side("rsync", lambda side, top: rsync(src_tree, os.path.join(top, "rsync"), syncs[side]))
+        if "sqlite" in ops:
+            each_side("sqlite", lambda side, top: apps.sqlite(top, args.seed + k))
+        if "git" in ops:
+            warm(inputs["git_tree"])
+            each_side("git", lambda side, top: apps.git(os.path.join(top, "git"), inputs["git_tree"], args.seed + k))
+        # Last in the session: the gigabytes these two leave dead are given back by the background gc, which
+        # must not run under the operations above.
+        if "overwrite" in ops:  # new bytes through O_TRUNC: the old contents die during the write
+            each_side("overwrite", lambda side, top: apps.overwrite(os.path.join(top, big), inputs["other_data"]))
+            size, head = len(data), bytes(inputs["other_data"][:IO_BLOCK])
+        if "rewrite" in ops:  # the first contents again, written over the file in place
+            each_side("rewrite", lambda side, top: apps.rewrite(os.path.join(top, big), data))
+            head = bytes(data[:IO_BLOCK])
         res["extra"]["store_after_writes"] = fs.stats()
         for m in mounts.values():
             m.umount("write")
@@ -459,7 +460,19 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-passthrough", dest="passthrough", action="store_false",
                     help="leave out the plain pyfuse3 passthrough (benchmarks/passthrough.py) run beside chunkfs")
+    ap.add_argument("--peers", default="s3ql,juicefs",
+                    help="other FUSE filesystems run beside chunkfs, those of s3ql,juicefs that are installed "
+                         "(default: both), or 'none'")
+    ap.add_argument("--s3ql-bin", help="bin directory of an S3QL install (default: benchmarks/cache/s3ql-venv/bin)")
+    ap.add_argument("--s3ql-source", help="an S3QL source checkout to build benchmarks/cache/s3ql-venv from")
+    ap.add_argument("--profile", action="store_true",
+                    help="profiling mode: each write-side operation in a fresh mount of chunkfs and the passthrough "
+                         "with the request trace on, py-spy on chunkfs (profile/profile.md in --out); its times "
+                         "are not the benchmark's")
     args = ap.parse_args(argv)
+    args.peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    if set(args.peers) - {"s3ql", "juicefs"}:
+        ap.error("--peers takes s3ql, juicefs or none")
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     bad = [o for o in args.ops if o not in OPS or o in DERIVED_OPS]
     if bad:
@@ -493,18 +506,28 @@ def main(argv: list[str] | None = None, log=print) -> int:
             "git_commit": git_commit(),
             "mount_opts": args.mount_opts, "ops": args.ops, "load_start": _load()}
     runs: list[dict] = []
+    cache = os.environ.get("CHUNKFS_BENCH_CACHE", os.path.join(REPO, "benchmarks", "cache"))
+    inputs: dict = {"peers": find_peers(args.peers, args.s3ql_bin, args.s3ql_source, cache, log),
+                    "profiler": Profiler(out) if args.profile else None}
+    meta["peers"] = {name: factory.settings() for name, factory in inputs["peers"].items()}
     try:
         log(f"throughput ({scale_name}): generating {scale['file_size'] / MiB:.0f} MiB of random data, tree")
-        data = memoryview(_random_bytes(scale["file_size"], args.seed))
+        data = memoryview(random_bytes(scale["file_size"], args.seed))
+        if "overwrite" in args.ops:
+            inputs["other_data"] = memoryview(random_bytes(scale["file_size"], args.seed + 1))
         tar_path, meta["tree"] = tree_tar(scale, work, args.seed)
         src_tree = os.path.join(work, "src-tree")
         os.makedirs(src_tree)
         run(["tar", "-xf", tar_path, "-C", src_tree])
+        inputs["git_tree"] = git_tree(src_tree, os.path.join(work, "git-tree"), scale["git_files"])
         for k in range(args.runs):
             log(f"run {k + 1}/{args.runs} (load {_load()})")
-            runs.append(one_run(k, args, scale, data, tar_path, src_tree, work, log))
+            runs.append(one_run(k, args, scale, data, tar_path, src_tree, work, log, inputs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if inputs["profiler"] is not None:
+        inputs["profiler"].write()
+        log(f"profile: {out}/profile/profile.md")
     meta["load_end"] = _load()
     meta["avg_chunk_size"] = runs[0]["extra"]["append"]["avg_chunk_size"]
     summary = summarize(runs, scale["file_size"])
@@ -518,15 +541,6 @@ def main(argv: list[str] | None = None, log=print) -> int:
     log(text)
     log(f"results: {out}/throughput.md")
     return 0
-
-
-def _random_bytes(n: int, seed: int) -> bytearray:
-    """n unique random bytes (nothing in them dedups); os.urandom: ~300 MB/s here, untimed."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    for off in range(0, n, 64 * MiB):
-        view[off:off + 64 * MiB] = os.urandom(min(64 * MiB, n - off))
-    return buf
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ OPS: dict[str, tuple[str, float | None]] = {
     "untar": ("untar of the small-files tree (+ sync -f)", 0.4),
     "rsync": ("rsync -a of the small-files tree (+ sync -f)", 0.4),
     "find_stat": ("find + stat over the tree, cold", None),
+    "overwrite": ("overwrite of the file with new bytes (O_TRUNC, write, fsync, close)", None),
+    "rewrite": ("rewrite of the file in place (no O_TRUNC, write, fsync, close)", None),
+    "sqlite": ("SQLite: 10,000 inserts in 100 transactions, rollback journal and WAL, VACUUM", None),
+    "git": ("git: init, 10 commits, gc, fsck, 2 clones, repack", None),
     # derived from untar / rsync (not separate --ops): the command alone, before its sync -f
     "untar_nosync": ("untar alone (its sync -f left out)", None),
     "rsync_nosync": ("rsync -a alone (its sync -f left out)", None),
@@ -58,7 +62,8 @@ def summarize(runs: list[dict], file_size: int) -> dict:
             if target is not None and op in ISSUE_PASSTHROUGH:
                 row["target_share_of_passthrough"] = round(target / ISSUE_PASSTHROUGH[op], 3)
         sides = [s for s in ("plain", "chunkfs", "passthrough") if all(s in p for p in pairs)]
-        if op in ("seq_write", "cold_read", "cold_read_ra"):
+        row["by_side"] = _by_side(pairs)
+        if op in ("seq_write", "cold_read", "cold_read_ra", "overwrite", "rewrite"):
             for side in sides:
                 row[f"{side}_mb_s"] = round(file_size / MB / statistics.median(p[side] for p in pairs), 1)
         if op == "random_read":
@@ -90,6 +95,25 @@ def summarize(runs: list[dict], file_size: int) -> dict:
                       "met": (max(peaks) <= RSS_TARGET) if peaks else None,
                       "target_applies": file_size >= 4 * GiB}
     return summary
+
+
+PEERS = ("s3ql", "juicefs")  # other filesystems run beside chunkfs when installed (benchmarks/mounts.py)
+SIDES = ("chunkfs", "passthrough", *PEERS)
+
+
+def _by_side(pairs: list[dict]) -> dict:
+    """Every FUSE side measured in every run: its ratio to the plain directory and to the passthrough."""
+    out = {}
+    for side in SIDES:
+        if not all(side in p for p in pairs):
+            continue
+        row = {"seconds_median": round(statistics.median(p[side] for p in pairs), 4),
+               "vs_plain": _ratio_row(pairs, "plain", side)["ratio_median"]}
+        if all("passthrough" in p for p in pairs):
+            vs = _ratio_row(pairs, "passthrough", side)
+            row["vs_passthrough"], row["vs_passthrough_runs"] = vs["ratio_median"], vs["ratios"]
+        out[side] = row
+    return out
 
 
 def _ratio_row(pairs: list[dict], base: str, side: str) -> dict:
@@ -169,6 +193,7 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
             lines.append(f"| {label} | {pt['ratio_median']:.2f} | {_per_run(pt)} | {_speed(row, 'passthrough')} | "
                          f"**{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
                          f"{'–' if share is None else f'{share:.2f}'} |")
+    lines += _peers_table(rows, meta)
     a, rss = summary["append"], summary["rss"]
     lines += ["", "## Append 4 KiB to the committed file (open + write + fsync + close)", "",
               f"- chunkfs: {', '.join(f'{x:.1f}' for x in a['chunkfs_ms'])} ms "
@@ -192,6 +217,30 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
     if not all(r["cold_caches_dropped"] for r in runs):
         lines.append("- WARNING: the page cache could not be dropped (not root): cold figures are warm")
     return "\n".join(lines) + "\n"
+
+
+def _peers_table(rows: list, meta: dict) -> list[str]:
+    """Every FUSE filesystem of the run against the passthrough: speed ratio (above 1: faster) and median time."""
+    sides = [side for side in SIDES if side != "passthrough" and any(side in row["by_side"] for _, _, row in rows)]
+    if not any("vs_passthrough" in row["by_side"].get("chunkfs", {}) for _, _, row in rows):
+        return []
+    out = ["", "## Every filesystem against the passthrough (speed ratio, median; median seconds)", "",
+           "passthrough seconds ÷ the filesystem's seconds, run by run (1.0: as fast as the passthrough). "
+           + "; ".join(f"{name}: {', '.join(f'{k} {v}' for k, v in cfg.items())}"
+                       for name, cfg in meta.get("peers", {}).items()), "",
+           "| operation | passthrough | " + " | ".join(sides) + " |", "|---|---|" + "---|" * len(sides)]
+    for _, label, row in rows:
+        pt = row["by_side"].get("passthrough")
+        if pt is None:
+            continue
+        cells = []
+        for side in sides:
+            cell = row["by_side"].get(side)
+            cells.append("–" if cell is None else
+                         f"{'**' if side == 'chunkfs' else ''}{cell['vs_passthrough']:.2f}"
+                         f"{'**' if side == 'chunkfs' else ''} ({cell['seconds_median']:.2f} s)")
+        out.append(f"| {label} | {pt['seconds_median']:.2f} s | " + " | ".join(cells) + " |")
+    return out
 
 
 NOTES = [
@@ -242,29 +291,31 @@ def write_chart(path: str, meta: dict, summary: dict) -> bool:
         print("chart skipped: matplotlib is not installed (pip install matplotlib)")
         return False
     ops = [op for op in OPS if op in summary]
-    fig, ax = plt.subplots(figsize=(8.0, 3.8))
-    with_pt = any("passthrough" in summary[op] for op in ops)
-    width = 0.38 if with_pt else 0.6
-    for i, op in enumerate(ops):
-        row = summary[op]
-        x = i - width / 2 if with_pt else i
-        ax.bar(x, row["ratio_median"], width, color="#4c72b0", label="chunkfs" if i == 0 else None)
-        ax.plot([x] * len(row["ratios"]), row["ratios"], "o", color="black", markersize=3)
-        if "passthrough" in row:
-            pt = row["passthrough"]
-            ax.bar(i + width / 2, pt["ratio_median"], width, color="#aaaaaa",
-                   label="plain pyfuse3 passthrough" if i == 0 else None)
-            ax.plot([i + width / 2] * len(pt["ratios"]), pt["ratios"], "o", color="black", markersize=3)
-        if row["target"] is not None:
-            ax.hlines(row["target"], x - width / 2, x + width / 2, colors="#c44e52", linewidth=2)
+    sides = [side for side in SIDES if any(side in summary[op].get("by_side", {}) for op in ops)]
+    colors = {"chunkfs": "#4c72b0", "passthrough": "#aaaaaa", "s3ql": "#dd8452", "juicefs": "#55a868"}
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(ops) * len(sides) / 2), 4.0))
+    width = 0.8 / len(sides)
+    labeled: set[str] = set()
+    for j, side in enumerate(sides):
+        for i, op in enumerate(ops):
+            row = summary[op]
+            cell = row["by_side"].get(side)
+            if cell is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            label = None if side in labeled else {"passthrough": "plain pyfuse3 passthrough"}.get(side, side)
+            labeled.add(side)
+            ax.bar(x, cell["vs_plain"], width, color=colors.get(side, "#8172b3"), label=label)
+            if side == "chunkfs":
+                ax.plot([x] * len(row["ratios"]), row["ratios"], "o", color="black", markersize=2)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(ops)), [op.replace("_", " ") for op in ops], rotation=15, fontsize=8)
+    ax.set_xticks(range(len(ops)), [op.replace("_", " ") for op in ops], rotation=20, fontsize=8)
     ax.set_ylabel("speed vs plain directory (ratio)")
-    ax.set_title(f"chunkfs throughput, {meta['scale']} scale, avg chunk {meta['avg_chunk_size'] // KiB} KiB, "
-                 f"{meta['date'][:10]}\nbars: median; dots: runs; red: issue 4 target", fontsize=9)
+    ax.set_title(f"FUSE filesystems against a plain directory, {meta['scale']} scale, chunkfs avg chunk "
+                 f"{meta['avg_chunk_size'] // KiB} KiB, {meta['date'][:10]}\nbars: median of the runs; "
+                 "dots: chunkfs's runs", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    if with_pt:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return True

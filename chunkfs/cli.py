@@ -20,13 +20,19 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__, daemon, mounts
 from .errors import ChunkfsError, InvalidArgument
 from .mountopts import parse_options
 from .settings import (CHUNKERS, DEFAULT_COMPRESSION, StoreSettings, format_compression, format_size,
                        parse_compression, parse_size)
-from .store import ChunkStore, FileId, data_location, restore_from_bucket, upgrade_store
+
+if TYPE_CHECKING:
+    from .store import FileId
+
+# The storage engine is imported by the verbs that open a store, not here: clone, snapshot, rmtree and du
+# only talk to a mount's daemon, and importing the engine is most of a command's start-up time.
 
 PROG = "chunkfs"
 EXIT_FAILURE = 1
@@ -176,6 +182,8 @@ def _data_location(args) -> dict | None:
         if args.endpoint or args.region:
             raise InvalidArgument("--endpoint and --region go with --data s3://BUCKET/PREFIX")
         return None
+    from .store import data_location  # noqa: PLC0415
+
     return data_location(args.data, args.endpoint, args.region, replica=getattr(args, "replica", False))
 
 
@@ -183,6 +191,8 @@ MKFS_OPTIONS = {"chunker": "--chunker", "avg_size": "--avg-size", "min_size": "-
 
 
 def cmd_mkfs(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     # checked here first, so that a mistake is told in terms of the options the user gave
     StoreSettings.build(args.chunker, args.min_size, args.avg_size, args.max_size, names=MKFS_OPTIONS)
     compression = format_compression(*parse_compression(args.compression))
@@ -199,6 +209,8 @@ def cmd_mkfs(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    from .store import ChunkStore, restore_from_bucket  # noqa: PLC0415
+
     data = _data_location(args)
     settings, generation = restore_from_bucket(args.store, data)
     if not args.replica:  # recovery runs once, and the store's first index copy of its own is uploaded
@@ -214,6 +226,8 @@ def cmd_sync(args) -> int:
     """Commit and upload everything; for a mounted store, ask its daemon (SIGUSR1) and wait for its answer."""
     store_path, mounted_on = resolve_store(args.target)
     if not mounted_on:
+        from .store import ChunkStore  # noqa: PLC0415
+
         with ChunkStore.open(store_path) as store:
             store.flush()
         return 0
@@ -267,6 +281,8 @@ def resolve_store(target: str) -> tuple[str, list[str]]:
 
 
 def cmd_stats(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     store_path, mounted_on = resolve_store(args.target)
     with ChunkStore.open(store_path, readonly=True) as store:
         stats = store.stats()
@@ -333,6 +349,8 @@ def _object_store_rows(o: dict | None) -> list[tuple[str, str]]:
 
 
 def cmd_ingest(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     file_id = parse_file_id(args.file_id)
     with ChunkStore.open(args.store) as store:
         if args.path == "-":
@@ -346,6 +364,8 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_cat(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     file_id = parse_file_id(args.file_id)
     with ChunkStore.open(args.store, readonly=True) as store, store.open_reader(file_id) as reader:
         shutil.copyfileobj(reader, sys.stdout.buffer, 1024 * 1024)
@@ -354,6 +374,8 @@ def cmd_cat(args) -> int:
 
 
 def cmd_rm(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     with ChunkStore.open(args.store) as store:
         for text in args.file_ids:
             store.delete(parse_file_id(text))
@@ -361,6 +383,8 @@ def cmd_rm(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     with ChunkStore.open(args.store, readonly=True) as store:
         for file_id in sorted(store.list_files(), key=lambda f: (isinstance(f, bytes), f)):
             name = format_file_id(file_id)
@@ -369,6 +393,8 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
+    from .store import ChunkStore  # noqa: PLC0415
+
     with ChunkStore.open(args.store) as store, _progress("gc: packs", quiet=args.json, unit="pack") as progress:
         report = store.gc(progress=progress)
     print(json.dumps(report) if args.json else _format_gc(report))
@@ -436,6 +462,8 @@ def _progress(desc: str, quiet: bool = False, **units):
 
 
 def cmd_upgrade(args) -> int:
+    from .store import upgrade_store  # noqa: PLC0415
+
     with _progress("upgrade", unit="B", unit_scale=True, unit_divisor=1024) as progress:
         report = upgrade_store(args.store, progress=progress)
     if args.json:
@@ -465,7 +493,129 @@ def cmd_umount(args) -> int:
     return 0
 
 
-# -- the parser ---------------------------------------------------------------------------
+# -- verbs served by a mounted filesystem's daemon (control.py) ----------------------------------------
+
+
+def _ask(place, op: str, **args):
+    """One control request; a refusal becomes one line naming the path as the user sees it."""
+    from . import control  # noqa: PLC0415
+
+    try:
+        return control.call(place.mount, op, **args)
+    except control.RemoteError as exc:
+        raise ChunkfsError(control.describe(place, exc)) from None
+
+
+def _where(path: str, follow: bool = False):
+    from . import control  # noqa: PLC0415
+
+    return control.locate(path, follow)
+
+
+def _same_mount(a, b, what: str) -> None:
+    if a.mount.mountpoint != b.mount.mountpoint:
+        raise InvalidArgument(f"{what} must be on the same chunkfs mount ({a.mount.mountpoint} and "
+                              f"{b.mount.mountpoint} are different mounts)")
+
+
+def _made(result: dict) -> str:
+    parts = [f"{result['files']:,} files", f"{result['directories']:,} directories"]
+    if result["others"]:
+        parts.append(f"{result['others']:,} other")
+    if result["hard_links"]:
+        parts.append(f"{result['hard_links']:,} hard links")
+    return f"{', '.join(parts)}, {format_size(result['bytes'])} without copying data, in {result['seconds']:.2f} s"
+
+
+def cmd_clone(args) -> int:
+    src = _where(args.src)
+    dst_path = args.dst
+    if os.path.isdir(dst_path):  # as cp: into an existing directory, under the source's name
+        dst_path = os.path.join(dst_path, os.path.basename(src.user_path()))
+    dst = _where(dst_path)
+    _same_mount(src, dst, "SRC and DST")
+    result = _ask(src, "clone", src=src.path, dst=dst.path)
+    if not args.quiet:
+        print(f"cloned {src.user_path()} to {dst.user_path()}: {_made(result)}")
+    return 0
+
+
+def cmd_snapshot(args) -> int:
+    if args.list:
+        return _list_snapshots(args)
+    if args.delete:
+        if len(args.args) != 2:
+            raise UsageError("snapshot --delete takes PATH NAME: a path on the mount and the snapshot's name")
+        place = _where(args.args[0], follow=True)
+        result = _ask(place, "snapshot-delete", name=args.args[1], wait=args.wait)
+        if not args.quiet:
+            freed = "its space is freed" if result["deleted"] else "its space is being freed in the background"
+            print(f"deleted snapshot {place.user_path(result['path'])}; {freed}")
+        return 0
+    if len(args.args) != 2:
+        raise UsageError("snapshot takes SRC NAME (or --list PATH, or --delete PATH NAME)")
+    src = _where(args.args[0])
+    result = _ask(src, "snapshot", src=src.path, name=args.args[1])
+    if not args.quiet:
+        print(f"snapshot of {src.user_path()} at {src.user_path(result['path'])}: {_made(result)}")
+    return 0
+
+
+def _list_snapshots(args) -> int:
+    import pwd  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    if len(args.args) != 1:
+        raise UsageError("snapshot --list takes one PATH on the mount")
+    place = _where(args.args[0], follow=True)
+    snapshots = _ask(place, "snapshot-list")
+    if args.json:
+        print(json.dumps(snapshots, indent=2))
+        return 0
+
+    def owner(uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+    for snap in snapshots:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["created_ns"] / 1e9))
+        print(f"{created}  {owner(snap['uid']):<12} {snap['type']:<9} {snap['name']}")
+    return 0
+
+
+def cmd_rmtree(args) -> int:
+    place = _where(args.path)
+    result = _ask(place, "rmtree", path=place.path, wait=args.wait)
+    if not args.quiet:
+        freed = "its space is freed" if result["deleted"] else "its space is being freed in the background"
+        print(f"removed {place.user_path()}; {freed}")
+    return 0
+
+
+def cmd_du(args) -> int:
+    if args.depth < 0:
+        raise UsageError(f"--depth {args.depth}: must not be negative")
+    place = _where(args.path, follow=True)
+    usages = _ask(place, "du", path=place.path, depth=args.depth)
+    for usage in usages:
+        usage["path"] = place.user_path(usage["path"])
+    if args.json:
+        print(json.dumps(usages, indent=2))
+        return 0
+    size = str if args.bytes else format_size
+    rows = [("logical", "stored", "unique", "shared", "path")]
+    for u in sorted(usages, key=lambda u: u["path"], reverse=True):
+        rows.append((size(u["logical_bytes"]), size(u["stored_bytes"]), size(u["unique_bytes"]),
+                     size(u["shared_bytes"]), u["path"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -557,6 +707,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_upgrade)
 
+    p = verbs.add_parser("clone", help="copy a file or tree inside a mount without copying data (like cp -a)",
+                         description="Copy SRC to DST, both on one mounted chunkfs, by metadata: no byte of data "
+                                     "is read or written; the copy shares its chunks with the source and is "
+                                     "independent of it from then on. Keeps modes, owners (as cp -a run by you "
+                                     "would), times, xattrs, ACLs, symlinks, device nodes and hard links. If "
+                                     "DST is a directory, the copy goes into it. See docs/usage.md.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it worked")
+    p.set_defaults(func=cmd_clone)
+
+    p = verbs.add_parser("snapshot", help="make, list or delete read-only snapshots",
+                         usage="chunkfs snapshot SRC NAME\n       chunkfs snapshot --list PATH\n"
+                               "       chunkfs snapshot --delete PATH NAME",
+                         description="Make a read-only clone of SRC named NAME in the directory .snapshots at "
+                                     "the root of its mount; nothing can change it. --list lists the "
+                                     "snapshots of the mount PATH is on; --delete removes one (its owner or "
+                                     "root only).")
+    p.add_argument("args", nargs="*", metavar="ARG")
+    p.add_argument("--list", action="store_true", help="list the snapshots of the mount PATH is on")
+    p.add_argument("--delete", action="store_true", help="delete the snapshot NAME of the mount PATH is on")
+    p.add_argument("--wait", action="store_true", help="with --delete: return once its space is freed")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it worked")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = verbs.add_parser("rmtree", help="remove a tree of any size at once; its space is freed in the background",
+                         description="Remove PATH (a tree of any size, or a file) in one step: it is gone when "
+                                     "the command returns, and the daemon deletes its files in the background. "
+                                     "Needs the permissions 'rm -rf' would.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--wait", action="store_true", help="return only once everything below PATH is deleted")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when it worked")
+    p.set_defaults(func=cmd_rmtree)
+
+    p = verbs.add_parser("du", help="logical, stored, unique and shared bytes of a tree inside a mount",
+                         description="For PATH on a mounted chunkfs: logical bytes (what its files add up "
+                                     "to), stored bytes (its distinct chunks), unique bytes (chunks nothing "
+                                     "outside PATH uses: what deleting it would free) and shared bytes (the "
+                                     "rest), from the index, without reading data.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-d", "--depth", type=int, default=0, metavar="N",
+                   help="also every directory down to depth N below PATH (like du -d)")
+    p.add_argument("-b", "--bytes", action="store_true", help="exact byte counts instead of K/M/G")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_du)
+
     p = verbs.add_parser("mount", help="mount a store", epilog=MOUNT_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Mount STORE on MOUNTPOINT. Without -f, returns once the mount is ready "
@@ -626,6 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         return args.func(args)
+    except UsageError as exc:  # a combination of arguments the parser cannot see is wrong
+        return _error(f"{exc} (see '{PROG} {args.verb} --help')", EXIT_USAGE)
     except BrokenPipeError:  # 'chunkfs cat ... | head': the reader is gone, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE

@@ -263,10 +263,26 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
     with store_obj, _ReadyWatcher(store, mountpoint, reporter, read_ahead, opts.read_ahead_kb is not None) as watcher, \
             _SignalStopper(mountpoint, watcher), SyncRequests(store_obj):
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store),  # closes the store itself
-                         writeback_cache=opts.writeback_cache, read_around=opts.read_around)
+                         writeback_cache=opts.writeback_cache, read_around=opts.read_around,
+                         control=_control_channel(store, opts))
         if not watcher.seen.is_set():
             raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
     log.info("daemon done: %s closed", store)
+
+
+def _control_channel(store: str, opts: MountOptions):
+    """A starter for the control socket of this mount (chunkfs clone, snapshot, rmtree, du: control.py)."""
+    from .control import socket_path  # noqa: PLC0415 (only the daemon serves it)
+    from .control_server import ControlServer, MountAccess  # noqa: PLC0415
+    from .fs.tools import TreeOps  # noqa: PLC0415
+
+    access = MountAccess(os.getuid(), os.getgid(), allow_other=opts.allow_other or "allow_root" in opts.fuse,
+                         allow_root="allow_root" in opts.fuse)
+
+    def start(core, kernel_cache):
+        return ControlServer(socket_path(store, os.getuid()), TreeOps(core, kernel_cache), access).start()
+
+    return start
 
 
 class _ReadyWatcher:

@@ -134,10 +134,10 @@ class ChunkFreedError(ChunkCorruptError):
 
 
 class WouldBlock(ChunkfsError):
-    """A read asked not to wait for the disk found bytes that are not in memory yet.
+    """A call asked not to wait (``nowait``) would have: for the disk, another thread, or long work.
 
-    Never a failure: the event loop reads what the page cache holds and hands
-    the rest of the request to a worker thread (FileData.read_nowait).
+    Never a failure: the FUSE event loop tries each data call at once and,
+    on this, repeats it in a worker thread (FileData decides, openfile.py).
     """
 
     errno = _errno.EAGAIN
@@ -153,6 +153,14 @@ class FSError(ChunkfsError):
     def __init__(self, err: int, message: str = ""):
         self.errno = err
         super().__init__(message or _errno.errorcode.get(err, str(err)))
+
+
+class PathError(FSError):
+    """A filesystem error about one path of the mount (``path``: bytes, from its root), for the control channel."""
+
+    def __init__(self, err: int, path: bytes, message: str = ""):
+        self.path = path
+        super().__init__(err, message or _errno.errorcode.get(err, str(err)))
 
 
 class MountError(ChunkfsError):

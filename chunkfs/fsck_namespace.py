@@ -7,8 +7,9 @@ expects (see docs/filesystem.md):
 * every entry sits in an existing directory and names an existing inode,
   and its ``dirents`` record and ``dirorder`` record say the same;
 * every inode the root does not reach is an orphan (link count 0, marked in
-  ``orphans``): a file unlinked while open.  On a mounted store that is
-  normal (a notice); on an unmounted one it is left by a crash;
+  ``orphans``): a file unlinked while open, or lies below such a directory (a
+  tree ``chunkfs rmtree`` is deleting, a clone not finished).  On a mounted
+  store that is normal (a notice); on an unmounted one it is left by a crash;
 * a non-directory's link count is the number of its names; a directory's is
   2 plus its subdirectories; a directory has one name, and its ``parent``
   is the directory holding it;
@@ -58,6 +59,7 @@ class _NamespaceCheck:
                  in_use: bool):
         self.store, self.db = store, store.fs_tables
         self.txn, self.tree, self.report, self.in_use = txn, tree, report, in_use
+        self.detached = tree.detached()
 
     def run(self, progress: Progress) -> None:
         total = len(self.tree.inodes)
@@ -147,6 +149,15 @@ class _NamespaceCheck:
 
     def _check_unreached(self, ino: int, inode: Inode) -> None:
         what = f"inode {ino} ({kind_of(inode)}, {inode.size} bytes)"
+        if ino in self.detached:
+            if self.in_use:
+                self.report.add("detached-tree", f"{what} lies in a tree being deleted in the background "
+                                "(chunkfs rmtree) or a clone not finished yet", f"ino:{ino}")
+            else:
+                self.report.add("orphan-inode", f"{what} lies in a tree whose deletion (chunkfs rmtree) or "
+                                "copy (chunkfs clone) was interrupted; the next mount deletes it, and so does "
+                                "repair", f"ino:{ino}")
+            return
         if inode.nlink == 0 or ino in self.tree.orphan_marks:
             if self.in_use and inode.nlink == 0 and ino in self.tree.orphan_marks:
                 self.report.add("open-unlinked", f"{what} is unlinked but still open", f"ino:{ino}")

@@ -3,10 +3,13 @@
 This is the only module that imports pyfuse3.  Every handler maps every
 exception to ``FUSEError(errno_for(exc))``, because any other exception
 escaping a handler kills the pyfuse3 main loop.  Data calls (read, write,
-flush, fsync, release, truncate) run in worker threads so that disk IO and
-chunking never stall the trio loop, except where they are cheaper than the
-thread hop: small files, short reads, and long reads whose chunks are all in
-memory (``FsCore.read_now``); metadata calls run inline.
+flush, fsync, release) are first tried on the trio loop with ``nowait=True``
+and repeated in a worker thread when the data path answers WouldBlock (it
+alone decides: FileData, fs/openfile.py), so disk IO and chunking never stall
+the loop while cheap calls skip the thread hop; truncates run in threads,
+metadata calls inline.  With ``CHUNKFS_REQUEST_TRACE=FILE`` in its
+environment the daemon times every request and writes a summary to FILE at
+unmount (reqtrace.py).
 
 Entry point for the daemon (``chunkfs mount``)::
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import errno
 import functools
 import logging
@@ -46,14 +50,16 @@ import re
 import signal
 import stat
 import sys
+import time
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
-from .errors import ChunkfsError, FSError, MountError, errno_for
+from .errors import ChunkfsError, FSError, MountError, WouldBlock, errno_for
 from .fs import Caller, FsCore, Inode, SetAttr
 from .readaround import PagePusher
+from .reqtrace import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +131,25 @@ def _fuse_error(exc: Exception, what: str) -> pyfuse3.FUSEError:
 
 
 def _translated(handler: Callable) -> Callable:
-    """Wrap a handler so that only FUSEError ever leaves it."""
+    """Wrap a handler so that only FUSEError ever leaves it; time it when the request trace is on."""
+    name = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(self, *args):
+        trace = self.trace
+        if trace is not None:
+            start = time.perf_counter()
+            _went_to_thread.set(False)
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:  # noqa: BLE001 (every failure must become an errno)
-            raise _fuse_error(exc, handler.__name__) from None
+            raise _fuse_error(exc, name) from None
+        finally:
+            if trace is not None:
+                trace.record(name, time.perf_counter() - start, len(args[2]) if name == "write" else 0,
+                             threaded=_went_to_thread.get())
 
     return wrapper
 
@@ -153,6 +168,23 @@ async def _in_thread(fn: Callable, *args):
     return await trio.to_thread.run_sync(fn, *args)
 
 
+async def _now_or_in_thread(fn: Callable, *args, **now_only):
+    """``fn(*args, nowait=True, **now_only)`` on the event loop; on WouldBlock, ``fn(*args)`` in a thread.
+
+    The data path (FileData) alone decides what may run on the loop: it
+    either finishes a call cheaply or raises WouldBlock before changing
+    anything.  ``now_only`` are arguments only the loop's call may take.
+    """
+    try:
+        return fn(*args, nowait=True, **now_only)
+    except WouldBlock:
+        _went_to_thread.set(True)
+        return await _in_thread(fn, *args)
+
+
+_went_to_thread = contextvars.ContextVar("went_to_thread", default=False)  # for the request trace
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers; each is one FsCore call."""
 
@@ -163,6 +195,7 @@ class Operations(pyfuse3.Operations):
                  read_around: bool = True):
         super().__init__()
         self.core = core
+        self.trace = RequestTrace.from_environment()  # off unless CHUNKFS_REQUEST_TRACE names a file
         self.pusher = PagePusher(pyfuse3.notify_store) if read_around else None
         # off by default: measured no gain for sequential writes, extra setattrs for untar (docs/tuning.md)
         self.enable_writeback_cache = writeback_cache
@@ -267,14 +300,12 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def read(self, fh, off, size):
-        """Inline when FsCore.read_now can (short reads, long ones from memory), else in a thread."""
-        found = self.core.read_now_around(fh, off, size)
-        if found is None:
-            return await _in_thread(self.core.read, fh, off, size)
-        data, run = found
-        if run is not None and self.pusher is not None:
-            self.pusher.offer(run.ino, functools.partial(run.pages, PAGE_SIZE, off, off + len(data)))
-        return data
+        around = None if self.pusher is None else functools.partial(self._push_around, off, size)
+        return await _now_or_in_thread(self.core.read, fh, off, size, around=around)
+
+    def _push_around(self, off: int, size: int, run) -> None:
+        """Offer the other pages of the chunks a short read fetched to the kernel's cache (readaround.py)."""
+        self.pusher.offer(run.ino, functools.partial(run.pages, PAGE_SIZE, off, off + size))
 
     def _writing(self, ino: int) -> contextlib.AbstractAsyncContextManager:
         """Around anything that lets ``ino``'s bytes change: no read-around push lands meanwhile."""
@@ -282,25 +313,17 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def write(self, fh, off, buf):
-        return await self._data(self.core.small_io(fh, off + len(buf)), self.core.write, fh, off, buf)
+        return await _now_or_in_thread(self.core.write, fh, off, buf)
 
     @_translated
     async def flush(self, fh):
-        if self.core.flush_may_commit(fh):
-            await self._data(self.core.small_io(fh), self.core.flush, fh)
+        if await _now_or_in_thread(self.core.flush, fh):
             self._refresh_blocks(fh)
-
-    @staticmethod
-    async def _data(small: bool, fn: Callable, *args):
-        """Small files inline (cheaper than a thread hop), everything else in a worker thread."""
-        if small:
-            return fn(*args)
-        return await _in_thread(fn, *args)
 
     @_translated
     async def fsync(self, fh, datasync):
-        await _in_thread(self.core.fsync, fh, datasync)
-        self._refresh_blocks(fh)
+        if await _now_or_in_thread(self.core.fsync, fh, datasync):
+            self._refresh_blocks(fh)
 
     def _refresh_blocks(self, fh: int) -> None:
         """After a commit, drop the kernel's cached attributes of a file that may hold holes.
@@ -319,7 +342,7 @@ class Operations(pyfuse3.Operations):
 
     @_translated
     async def release(self, fh):
-        await self._data(self.core.small_io(fh), self.core.release, fh)
+        await _now_or_in_thread(self.core.release, fh)
 
     @_translated
     async def opendir(self, inode, ctx):
@@ -403,11 +426,45 @@ async def _terminate_on_signal() -> None:
             return
 
 
+class KernelCache:
+    """Tells the kernel about namespace changes it did not make itself (control requests: fs/tools.py).
+
+    Called from a request thread of the control channel, never from a FUSE
+    handler, holding no lock: the notification blocks until the kernel has
+    dropped the entry, which may wait for a request on that directory.
+    """
+
+    def entry(self, parent: int, name: bytes, deleted: int = 0) -> None:
+        """Drop the kernel's entry ``name`` of ``parent``; with ``deleted``, tell it the inode is gone too.
+
+        The kernel refuses the latter for a directory with entries it still
+        uses (a process inside the removed tree): then the entry is only
+        dropped, which is what matters, since the next lookup asks us.
+        """
+        for gone in ((deleted, 0) if deleted else (0,)):
+            try:
+                pyfuse3.invalidate_entry(parent, name, gone)
+                return
+            except OSError as exc:  # ENOENT: the kernel did not know the name; nothing to drop
+                log.debug("cannot invalidate entry %r of inode %d (deleted %d): %s", name, parent, gone, exc)
+
+    def attributes(self, ino: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as exc:
+            log.debug("cannot invalidate the attributes of inode %d: %s", ino, exc)
+
+
 def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         ready: Callable[[], None] | None = None, handle_signals: bool = False,
         filedata_factory=None, file_id_for=None, writeback_cache: bool = False,
-        read_around: bool = True) -> None:
-    """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring."""
+        read_around: bool = True, control: Callable[[FsCore, KernelCache], object] | None = None) -> None:
+    """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring.
+
+    ``control(core, kernel_cache)``, if given, starts the control channel
+    before the mount appears and returns an object whose ``stop()`` is
+    called before the core closes (daemon.py: control_server.py).
+    """
     opts = mount_options(store.path, options)
     if debug:
         opts.add("debug")
@@ -417,7 +474,9 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
     except BaseException:
         store.close()
         raise
+    server = None
     try:
+        server = control(core, KernelCache()) if control is not None else None
         operations = Operations(core, writeback_cache, read_around=read_around)
         _mount(operations, mountpoint, opts)
         try:
@@ -425,11 +484,17 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
                 ready()
             trio.run(_serve_until_unmounted, handle_signals)
         finally:
+            if server is not None:
+                server.stop()  # before the session closes: a request may still notify the kernel
             if operations.pusher is not None:
                 operations.pusher.close()
+            if operations.trace is not None:
+                operations.trace.write()
             pyfuse3.close(unmount=True)
     finally:
         try:
+            if server is not None:
+                server.stop()
             core.close()
         finally:
             store.close()

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidArgument
 from .settings import format_compression, parse_compression, parse_size
-from .store import DEFAULT_CACHE_SIZE
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR}
@@ -57,6 +56,12 @@ MOUNT8_ONLY = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "o
 MOUNT8_ONLY_PREFIXES = ("x-", "comment=", "X-", "helper=")
 
 
+def _default_cache_size() -> int:
+    from .store import DEFAULT_CACHE_SIZE  # noqa: PLC0415 (the store's import is most of a CLI command's start)
+
+    return DEFAULT_CACHE_SIZE
+
+
 @dataclass
 class MountOptions:
     """Everything ``-o`` can say, with the defaults a plain ``chunkfs mount`` uses."""
@@ -66,7 +71,7 @@ class MountOptions:
     nonempty: bool = False
     log_level: int = logging.INFO
     log_file: str | None = None
-    cache_size: int = DEFAULT_CACHE_SIZE
+    cache_size: int = field(default_factory=_default_cache_size)
     verify: str = "xxh3"
     compression: str | None = None  # None: the store's own setting, for new chunks
     writeback_cache: bool = False

@@ -39,16 +39,8 @@ class MountEntry:
     fstype: str
     source: str
     device: str = "0:0"  # major:minor of the superblock (for FUSE: names the connection)
-    super_options: str = ""  # for FUSE: user_id=N names the user who mounted it
-
-    @property
-    def user_id(self) -> int | None:
-        """The uid that mounted a FUSE filesystem (from its ``user_id=`` option), if known."""
-        for option in self.super_options.split(","):
-            name, _, value = option.partition("=")
-            if name == "user_id" and value.isdigit():
-                return int(value)
-        return None
+    root: str = "/"  # the directory of the filesystem mounted here ("/" unless a bind mount of a subtree)
+    owner_uid: int | None = None  # FUSE: the user who mounted it (user_id=), whose daemon serves it
 
     @property
     def store(self) -> str:
@@ -69,9 +61,16 @@ def read_mounts() -> list[MountEntry]:
             fields = line.split()
             sep = fields.index("-")
             out.append(MountEntry(int(fields[0]), _unescape(fields[4]), _unescape(fields[sep + 1]),
-                                  _unescape(fields[sep + 2]), fields[2],
-                                  _unescape(fields[sep + 3]) if len(fields) > sep + 3 else ""))
+                                  _unescape(fields[sep + 2]), fields[2], _unescape(fields[3]),
+                                  _user_id(fields[sep + 3] if len(fields) > sep + 3 else "")))
     return out
+
+
+def _user_id(super_options: str) -> int | None:
+    for option in super_options.split(","):
+        if option.startswith("user_id=") and option[8:].isdigit():
+            return int(option[8:])
+    return None
 
 
 def canonical_path(path: str) -> str:
@@ -187,7 +186,7 @@ def _check_may_unmount(entry: MountEntry) -> None:
     fusermount3 would refuse with "entry for ... not found in /etc/mtab", which
     reads like a broken system rather than someone else's mount.
     """
-    uid = entry.user_id
+    uid = entry.owner_uid
     if os.geteuid() == 0 or uid is None or uid == os.geteuid():
         return
     try:

@@ -11,8 +11,10 @@ The policy, in the order it runs (docs/fsck.md says the same for users):
    walk from the root finds first.
 3. Inodes the root does not reach: *orphans* (link count 0 or marked in
    ``orphans``: unlinked while open when the filesystem stopped) are purged
-   with their contents, as the next mount would do; nobody can name them
-   again, so they are not relinked.  Any other unreachable inode lost its
+   with their contents, as the next mount would do, and so is everything
+   named only below an orphan directory (a tree ``chunkfs rmtree`` was
+   deleting, a clone that did not finish); nobody can name them again, so
+   they are not relinked.  Any other unreachable inode lost its
    name to damage, not to an unlink: it is moved to ``/lost+found`` as
    ``#<ino>`` (a directory with everything below it), like e2fsck does.
 4. Link counts, directories' ``..``, orphan marks, and regular files' sizes
@@ -170,13 +172,14 @@ class _NamespaceRepair:
                 return purge
             progressed = False
             for ino in pending:
-                names = [lk for lk in tree.names.get(ino, ()) if tree.valid(lk) and lk.parent not in purge]
-                if names:
+                names = [lk for lk in tree.names.get(ino, ()) if tree.valid(lk)]
+                if any(lk.parent not in purge for lk in names):
                     continue  # named in an unreachable directory: resolved with that directory
+                in_detached_tree = bool(names)  # named only in orphans: below an rmtree or unfinished clone
                 for link in tree.names.get(ino, ()):
                     self._unlink(link)
                 inode = tree.inodes[ino]
-                if inode.nlink == 0 or ino in tree.orphan_marks:
+                if inode.nlink == 0 or ino in tree.orphan_marks or in_detached_tree:
                     purge[ino] = inode
                 else:
                     self._to_lost_found(ino, inode)

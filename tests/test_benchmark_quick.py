@@ -148,7 +148,8 @@ def _digest(top, rel):
 
 # -- the throughput benchmark (issue 4 / issue 6 item 4) at tiny scale -------------------------------
 
-THROUGHPUT_OPS = {"seq_write", "cold_read", "cold_read_ra", "random_read", "untar", "rsync", "find_stat"}
+THROUGHPUT_OPS = {"seq_write", "cold_read", "cold_read_ra", "random_read", "untar", "rsync", "find_stat",
+                  "overwrite", "rewrite", "sqlite", "git"}
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +159,8 @@ def throughput_run(tmp_path_factory):
         pytest.skip("/dev/fuse is absent: the throughput benchmark needs a real mount")
     base = tmp_path_factory.mktemp("throughput")
     out = base / "out"
-    _run_module("benchmarks.throughput", "--tiny", "--runs", "2", "--out", str(out), "--work-dir", str(base),
-                timeout=240)
+    _run_module("benchmarks.throughput", "--tiny", "--runs", "2", "--peers", "none", "--out", str(out),
+                "--work-dir", str(base), timeout=300)
     with open(out / "throughput.json") as fh:
         return base, out, json.load(fh)
 

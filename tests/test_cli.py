@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from chunkfs import cli, daemon
 from conftest import CLI, REPO, assert_one_line_error, cli_env, requires_fuse, run_cli, run_cli_in_process
 
-VERBS = ["mkfs", "stats", "ingest", "cat", "rm", "ls", "gc", "fsck", "mount", "umount", "upgrade", "restore", "sync"]
+VERBS = ["mkfs", "stats", "ingest", "cat", "rm", "ls", "gc", "fsck", "mount", "umount", "upgrade", "restore", "sync",
+         "clone", "snapshot", "rmtree", "du"]
 
 
 @pytest.fixture
@@ -426,7 +427,7 @@ SLOTS = {
 }
 FORMS = {"mkfs": ["NEW"], "stats": ["STORE"], "ingest": ["STORE", "ID", "SRC"], "cat": ["STORE", "ID"],
          "rm": ["STORE", "ID"], "ls": ["STORE"], "gc": ["STORE"], "fsck": ["STORE"], "mount": ["STORE", "MNT"],
-         "umount": ["MNT"]}
+         "umount": ["MNT"], "clone": ["SRC", "NEW"], "snapshot": ["SRC", "ID"], "rmtree": ["MNT"], "du": ["MNT"]}
 
 
 @st.composite

@@ -116,6 +116,11 @@ def source_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("clients") / "src"
     excludes = [f"--exclude={e}" for e in STDLIB_EXCLUDES]
     run("rsync", "-a", *excludes, f"{stdlib}/", f"{root}/")
+    if sum(1 for p in root.rglob("*") if p.is_file()) < 1500:  # Debian's python3 splits its stdlib into packages
+        purelib = Path(sysconfig.get_paths()["purelib"])  # the venv's pure-Python packages: a thousand more files
+        (root / "zz-site").mkdir()
+        for package in ("pip", "setuptools", "hypothesis", "trio", "_pytest"):
+            run("rsync", "-a", "--exclude=__pycache__", f"{purelib / package}/", f"{root}/zz-site/{package}/")
     extras = root / "zz-extras"
     extras.mkdir()
     (extras / "empty").write_bytes(b"")

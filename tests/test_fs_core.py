@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from chunkfs.errors import ChunkfsError, FSError, StoreFullError
+from chunkfs.errors import ChunkfsError, FSError, StoreFullError, WouldBlock
 from chunkfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Caller, FsCore, SetAttr
 from chunkfs.fs.openfile import FileData, file_id_for
 from chunkfs.store import ChunkStore
@@ -383,7 +383,7 @@ def test_write_time_is_committed_unless_utimens_followed(fs):
 
 def test_flush_reports_commit_failure(store):
     class Failing(FileData):
-        def commit(self, hook=None):
+        def commit(self, hook=None, nowait=False):
             raise StoreFullError("disk full")
 
     fs = FsCore(store, filedata_factory=Failing, file_id_for=file_id_for)
@@ -581,10 +581,10 @@ def test_explicit_mtime_survives_a_commit_that_began_before_it(fs, store):
     real_commit = oi.data.commit
     explicit = 1_000_000_000 * 1_234_567
 
-    def commit_with_utimens_in_between(hook=None):
+    def commit_with_utimens_in_between(hook=None, nowait=False):
         # the release of `reader` has begun its commit; utimensat lands now
         fs.setattr(ino, SetAttr(mtime_ns=explicit))
-        return real_commit(hook)
+        return real_commit(hook, nowait)
 
     fs.write(writer, 0, b"NEW")  # leaves a pending write time for the release to store
     oi.data.commit = commit_with_utimens_in_between
@@ -595,9 +595,27 @@ def test_explicit_mtime_survives_a_commit_that_began_before_it(fs, store):
     assert read_file(fs, ino) == b"NEW"
 
 
+def read_now(fs, fh: int, offset: int, length: int):
+    """The event loop's read (``nowait``): the bytes, or None where the data path leaves it to a thread."""
+    try:
+        return fs.read(fh, offset, length, nowait=True)
+    except WouldBlock:
+        return None
+
+
+def read_now_around(fs, fh: int, offset: int, length: int):
+    """``read_now`` with the chunk run the read offered for read-around (None if it offered none)."""
+    runs = []
+    try:
+        data = fs.read(fh, offset, length, nowait=True, around=runs.append)
+    except WouldBlock:
+        return None
+    return data, (runs[0] if runs else None)
+
+
 def test_read_now_serves_short_reads_of_clean_big_files(fs, store):
-    """Short reads run on the event loop (read_now), waiting for the disk if need be;
-    long reads of big files run there only from memory, else they are left to a thread (None)."""
+    """Short reads run on the event loop (nowait), waiting for the disk if need be;
+    long reads of big files run there only from memory, else they are left to a thread (WouldBlock)."""
     data = os.urandom(600 * 1024)  # above the small-file limit
     ino = write_file(fs, ROOT, b"big", data)
     if not drop_pack_pages(store.path):
@@ -605,15 +623,15 @@ def test_read_now_serves_short_reads_of_clean_big_files(fs, store):
     fh, _ = fs.open(ino, os.O_RDONLY)
     try:
         short = store.settings.min_size
-        assert fs.read_now(fh, 300_001, short) == data[300_001:300_001 + short]
-        assert fs.read_now(fh, len(data) - 10, 4096) == data[-10:]
-        assert fs.read_now(fh, 0, 128 * 1024) is None  # its chunks are on disk only
+        assert read_now(fs, fh, 300_001, short) == data[300_001:300_001 + short]
+        assert read_now(fs, fh, len(data) - 10, 4096) == data[-10:]
+        assert read_now(fs, fh, 0, 128 * 1024) is None  # its chunks are on disk only
         assert fs.read(fh, 0, 128 * 1024) == data[:128 * 1024]
-        assert fs.read_now(fh, 1, 128 * 1024) == data[1:128 * 1024 + 1]  # now they are in memory
-        assert fs.read_now_around(fh, 1, 128 * 1024)[1] is None  # no read-around for long reads
+        assert read_now(fs, fh, 1, 128 * 1024) == data[1:128 * 1024 + 1]  # now they are in memory
+        assert read_now_around(fs, fh, 1, 128 * 1024)[1] is None  # no read-around for long reads
         writer, _ = fs.open(ino, os.O_WRONLY)
         fs.write(writer, 0, b"x")  # an uncommitted change: a long read leaves it to a thread
-        assert fs.read_now(fh, 1, 128 * 1024) is None
+        assert read_now(fs, fh, 1, 128 * 1024) is None
         assert fs.read(fh, 0, 2) == b"x" + data[1:2]
         fs.release(writer)
     finally:
@@ -621,7 +639,7 @@ def test_read_now_serves_short_reads_of_clean_big_files(fs, store):
 
 
 def test_read_now_never_waits_for_another_thread(fs):
-    """A file held by another thread (say a long commit) or being streamed answers None, not a stall."""
+    """A file held by another thread (say a long commit) or being streamed answers WouldBlock, not a stall."""
     import threading
     ino = write_file(fs, ROOT, b"f", b"x" * 5000)
     fh, _ = fs.open(ino, os.O_RDWR)
@@ -638,13 +656,13 @@ def test_read_now_never_waits_for_another_thread(fs):
         t.start()
         held.wait(10)
         try:
-            assert fs.read_now(fh, 0, 100) is None
+            assert read_now(fs, fh, 0, 100) is None
         finally:
             release.set()
             t.join()
-        assert fs.read_now(fh, 0, 100) == b"x" * 100
+        assert read_now(fs, fh, 0, 100) == b"x" * 100
         fs.write(fh, 5000, b"y" * 100)  # an append: the file streams until committed
-        assert fs.read_now(fh, 4950, 100) is None
+        assert read_now(fs, fh, 4950, 100) is None
         assert fs.read(fh, 4950, 100) == b"x" * 50 + b"y" * 50
     finally:
         fs.release(fh)

@@ -21,7 +21,7 @@ from chunkfs.fs.chunkrun import ChunkRun
 from chunkfs.readaround import BATCH, MAX_QUEUED, PagePusher
 
 from conftest import wait_until
-from test_fs_core import USER, fs, store  # noqa: F401 (the core tests' fixtures)
+from test_fs_core import USER, fs, read_now_around, store  # noqa: F401 (the core tests' fixtures)
 
 PAGE = 4096
 
@@ -149,15 +149,15 @@ def test_the_core_offers_chunks_only_of_files_nobody_can_write(fs):
     fs.write(fh, 0, data)
     fs.flush(fh)
     reader = fs.open(inode.ino, os.O_RDONLY)[0]
-    assert fs.read_now_around(reader, 5000, PAGE)[1] is None  # the writer is still open
+    assert read_now_around(fs, reader, 5000, PAGE)[1] is None  # the writer is still open
     fs.release(fh)
-    got, run = fs.read_now_around(reader, 500_000, PAGE)
+    got, run = read_now_around(fs, reader, 500_000, PAGE)
     assert got == data[500_000 : 500_000 + PAGE]
     assert run.ino == inode.ino and run.start <= 500_000 < run.start + sum(map(len, run.chunks))
     assert b"".join(run.chunks) == data[run.start : run.start + len(b"".join(run.chunks))]
     writer = fs.open(inode.ino, os.O_RDWR)[0]
     fs.write(writer, 10, b"new")
-    assert fs.read_now_around(reader, 0, PAGE) == (data[:10] + b"new" + data[13:PAGE], None)
+    assert read_now_around(fs, reader, 0, PAGE) == (data[:10] + b"new" + data[13:PAGE], None)
     fs.release(writer)
     fs.release(reader)
 

@@ -487,3 +487,64 @@ def test_list_files_pages_through_a_prefix(store):
     assert store.list_files(prefix="nothing") == [] and store.list_files(limit=0) == []
     with pytest.raises(InvalidArgument):
         store.list_files(prefix=3)
+
+
+# -- copies by metadata (chunkfs clone) and what du reads ------------------------------------------------
+
+
+def _refcounts(store, file_id) -> dict:
+    with store.read_txn() as txn:
+        return {address: refcount for address, _, refcount in store.file_chunks(file_id, txn)}
+
+
+def test_clone_files_shares_chunks_and_stays_independent(store):
+    data = rand(2 << 20, seed=7)
+    store.ingest("a", data)
+    before = store.stats()
+    assert store.clone_files(lambda txn: [("a", "b"), ("missing", "c")]) == [True, False]
+    after = store.stats()
+    assert store.read("b") == data and not store.exists("c")
+    assert after["stored_bytes"] == before["stored_bytes"]  # nothing stored twice
+    assert after["logical_bytes"] == 2 * before["logical_bytes"] and after["files"] == before["files"] + 1
+    assert set(_refcounts(store, "a").values()) == {2}  # every chunk named by both
+    new = rand(1 << 20, seed=8)
+    store.ingest("a", new)  # a new version of one side
+    assert store.read("b") == data and store.read("a") == new
+    assert set(_refcounts(store, "b").values()) == {1}
+    assert check_store(store, verify_data=True).clean
+    store.delete("b")
+    with store.read_txn() as txn:
+        lengths = {address: length for address, length, _ in store.file_chunks("a", txn)}
+    assert store.stats()["stored_bytes"] == sum(lengths.values())
+    assert check_store(store).clean
+
+
+def test_clone_files_keeps_holes_and_refuses_an_existing_destination(store):
+    from chunkfs.store import Patch, hole_ref
+
+    refs = store.put_chunks([b"x" * 5000])
+    store.commit_file("sparse", [Patch(0, 1 << 62, [hole_ref(1 << 30), *refs])], (1 << 30) + 5000)
+    store.ingest("other", b"y")
+    store.clone_files(lambda txn: [("sparse", "copy")])
+    assert store.size("copy") == (1 << 30) + 5000 and store.data_bytes("copy") == 5000
+    assert store.read_range("copy", (1 << 30) - 2, 4) == b"\0\0xx"
+    with pytest.raises(IndexCorruptError):
+        store.clone_files(lambda txn: [("sparse", "other")])
+    assert store.read("other") == b"y"  # the failed transaction changed nothing
+    assert check_store(store).clean
+
+
+def test_file_chunks_gives_lengths_and_refcounts(store):
+    store.ingest("a", rand(300_000, seed=3) * 2)
+    store.ingest("b", rand(300_000, seed=3))
+    with store.read_txn() as txn:
+        chunks = store.file_chunks("a", txn)
+        assert store.file_chunks("absent", txn) == []
+    assert sum(length for _, length, _ in chunks) == 600_000
+    uses = {}
+    for name in ("a", "b"):
+        with store.read_txn() as txn:
+            for address, _, _ in store.file_chunks(name, txn):
+                uses[address] = uses.get(address, 0) + 1
+    assert all(refcount == uses[address] for address, _, refcount in chunks)
+    assert any(refcount > 1 for _, _, refcount in chunks)

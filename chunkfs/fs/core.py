@@ -45,7 +45,8 @@ from ..errors import FSError
 from . import acl
 from .blocks import BlockCounter
 from .handles import FileDataFactory, OpenFiles
-from .namespace import ROOT_INO, Entry, Inode, Namespace, check_name
+from .namespace import ROOT_INO, Entry, Inode, Namespace, check_mutable, check_name
+from .reaper import TreeReaper
 from .recovery import recover_at_mount
 from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename, drop_link
 from .fileops import FileOps
@@ -121,6 +122,7 @@ class FsCore(FileOps, XattrOps):
         self.file_id_for = file_id_for
         self.block_counter = BlockCounter(store, file_id_for, self.files)
         self._lookups: dict[int, int] = {}
+        self.reaper = TreeReaper(self)  # deletes detached trees (rmtree, interrupted clones) in the background
         uid = os.getuid() if root_uid is None else root_uid
         gid = os.getgid() if root_gid is None else root_gid
         if not store.readonly:
@@ -162,13 +164,14 @@ class FsCore(FileOps, XattrOps):
                     self._lookups[ino] = left
                     continue
                 self._lookups.pop(ino, None)
-            self._purge_if_unreachable(ino)
+            self.purge_if_unreachable(ino)
 
-    def _orphaned(self, ino: int) -> None:
+    def orphaned(self, ino: int) -> None:
+        """``ino`` lost its last name: purge it now, or when the kernel forgets it and its last handle closes."""
         self.files.mark_unlinked(ino)
-        self._purge_if_unreachable(ino)
+        self.purge_if_unreachable(ino)
 
-    def _purge_if_unreachable(self, ino: int) -> None:
+    def purge_if_unreachable(self, ino: int) -> None:
         with self.files.lock:
             if self._lookups.get(ino) or self.files.is_open(ino):
                 return
@@ -178,29 +181,38 @@ class FsCore(FileOps, XattrOps):
             self._purge(inode)
 
     def _purge(self, inode: Inode) -> None:
-        """Delete an unlinked inode, its records and stored contents in one transaction."""
+        """Delete an unlinked inode, its records and stored contents in one transaction.
+
+        A directory that still has entries is the top of a detached tree (an
+        interrupted ``rmtree`` or clone): the reaper deletes what is below it
+        first, in the background, and purges it last.
+        """
         ino = inode.ino
 
-        def drop(txn: lmdb.Transaction) -> None:
+        def drop(txn: lmdb.Transaction) -> bool:
+            if inode.is_dir and not self.ns.is_empty(txn, ino):
+                return False
             self.ns.remove(txn, ino)
+            return True
 
         if inode.is_reg:
             self.store.delete(self.file_id_for(ino), hook=drop, missing_ok=True)
-        else:
-            self._write_always(drop)
+        elif not self._write_always(drop, frees=True):
+            self.reaper.add(ino)
 
     def purge_orphans(self) -> int:
         """Purge every orphan no handle or lookup holds; at mount, that is all of them."""
         with self._read() as txn:
             orphans = self.ns.orphans(txn)
         for ino in orphans:
-            self._purge_if_unreachable(ino)
+            self.purge_if_unreachable(ino)
         return len(orphans)
 
     def close(self) -> None:
         """Unmounted: commit every open file, then purge orphans (the kernel holds nothing now)."""
         if self.gc_worker is not None:
             self.gc_worker.stop()  # before the final commits, and long before the store closes
+        self.reaper.stop()  # a tree half deleted stays detached: the next mount goes on with it
         self.files.commit_all()
         with self.files.lock:
             self._lookups.clear()
@@ -261,6 +273,8 @@ class FsCore(FileOps, XattrOps):
     def setattr(self, ino: int, changes: SetAttr, fh: int | None = None) -> Inode:
         """chmod/chown/utimens/truncate; a size change blocks (call from a worker thread)."""
         if changes.size is not None:
+            with self._read() as txn:
+                check_mutable(self.ns.need(txn, ino))
             self._truncate(ino, changes.size, fh)
         if (changes.mode is None and changes.uid is None and changes.gid is None and changes.atime_ns is None
                 and changes.mtime_ns is None and changes.ctime_ns is None):
@@ -271,6 +285,7 @@ class FsCore(FileOps, XattrOps):
 
     def _apply_attrs(self, txn: lmdb.Transaction, ino: int, c: SetAttr) -> Inode:
         inode = self.ns.need(txn, ino)
+        check_mutable(inode)
         if c.mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (c.mode & 0o7777)
             self._chmod_acl(txn, inode)
@@ -317,7 +332,8 @@ class FsCore(FileOps, XattrOps):
         check_name(name)
 
         def make(txn: lmdb.Transaction) -> Inode:
-            directory = self._live_dir(txn, parent)
+            directory = self.live_dir(txn, parent)
+            check_mutable(directory)
             if self.ns.lookup(txn, parent, name) is not None:
                 raise FSError(errno.EEXIST)
             now = _now()
@@ -346,7 +362,7 @@ class FsCore(FileOps, XattrOps):
         self.remember(inode.ino)
         return inode
 
-    def _live_dir(self, txn: lmdb.Transaction, ino: int) -> Inode:
+    def live_dir(self, txn: lmdb.Transaction, ino: int) -> Inode:
         directory = self.ns.need_dir(txn, ino)
         if directory.nlink == 0:
             raise FSError(errno.ENOENT)  # removed while someone still sits in it
@@ -397,7 +413,8 @@ class FsCore(FileOps, XattrOps):
                 raise FSError(errno.EPERM)
             if inode.nlink == 0:
                 raise FSError(errno.ENOENT)
-            directory = self._live_dir(txn, parent)
+            directory = self.live_dir(txn, parent)
+            check_mutable(inode, directory)
             if self.ns.lookup(txn, parent, name) is not None:
                 raise FSError(errno.EEXIST)
             now = _now()
@@ -438,6 +455,7 @@ class FsCore(FileOps, XattrOps):
                 raise FSError(errno.ENOTDIR)
             if not want_dir and victim.is_dir:
                 raise FSError(errno.EISDIR)
+            check_mutable(directory, victim)
             if victim.is_dir and not self.ns.is_empty(txn, victim.ino):
                 raise FSError(errno.ENOTEMPTY)
             now = _now()
@@ -450,7 +468,7 @@ class FsCore(FileOps, XattrOps):
 
         victim = self._write(remove, frees=True)
         if victim.nlink == 0:
-            self._orphaned(victim.ino)
+            self.orphaned(victim.ino)
 
     # -- rename -----------------------------------------------------------------------
 
@@ -463,7 +481,7 @@ class FsCore(FileOps, XattrOps):
         victim = self._write(lambda txn: Rename(self.ns, txn, old_parent, old_name, new_parent,
                                                 new_name, flags).run(), frees=True)
         if victim is not None and victim.nlink == 0:
-            self._orphaned(victim.ino)
+            self.orphaned(victim.ino)
 
     # -- directories --------------------------------------------------------------------
 

@@ -2,9 +2,9 @@
 
 A mixin of :class:`chunkfs.fs.core.FsCore`, like xattrs.py: it uses the
 core's namespace, transaction helpers and open-file table (handles.py), which
-holds one FileData (openfile.py) per open inode.  Also here: which data calls
-are cheap enough for the adapter to run on the event loop (``small_io``,
-``read_now``), and the atime policy of opens ("relatime", see core.py).
+holds one FileData (openfile.py) per open inode; FileData decides which data
+calls are cheap enough for the adapter to run on the event loop (``nowait``).
+Also here: the atime policy of opens ("relatime", see core.py).
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from collections.abc import Callable
 import lmdb
 
 from ..errors import ChunkCorruptError, FSError, StoreFullError
-from .chunkrun import ChunkRun
 from .handles import OpenFiles
-from .namespace import Inode, Namespace
+from .namespace import Inode, Namespace, check_mutable
+from .openfile import Around
 from .recovery import resolve_paths
 
 log = logging.getLogger(__name__)
 
-SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on the event loop
 RELATIME_WINDOW_NS = 24 * 3600 * 10**9
 
 
@@ -58,6 +57,8 @@ class FileOps:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if (writable or flags & os.O_TRUNC) and self.readonly:
             raise FSError(errno.EROFS)
+        if writable or flags & os.O_TRUNC:
+            check_mutable(inode)
         handle, keep_cache = self.files.open(ino, flags, committed_size)
         if inode.nlink == 0:
             self.files.mark_unlinked(ino)  # reopened through /proc/PID/fd after its last name went
@@ -100,7 +101,7 @@ class FileOps:
             return self.ns.need(txn, ino).size
 
     def _relatime(self, inode: Inode) -> None:
-        if self.atime != "relatime":
+        if self.atime != "relatime" or inode.immutable:  # a snapshot does not change, not even its atimes
             return
         now = time.time_ns()
         atime = inode.atime_ns
@@ -118,66 +119,21 @@ class FileOps:
         except StoreFullError:  # best effort: on a full disk, reading must still work
             log.debug("inode %d: atime not updated, the disk is full", inode.ino)
 
-    def small_io(self, fh: int, end: int = 0) -> bool:
-        """Whether a data call on ``fh`` is cheap enough to run on the event loop.
+    def read(self, fh: int, offset: int, length: int, nowait: bool = False,
+             around: Around | None = None) -> bytes | memoryview:
+        """The one read of the filesystem: ``FileData.read`` (openfile.py) says what may run on the event loop.
 
-        A file of at most 256 KiB costs microseconds to read, write or commit,
-        less than handing the call to a worker thread and back; untar and
-        rsync of many small files spend most of their requests here.
+        ``nowait=True`` is the event loop's call: it reads now if that is
+        cheap, else raises WouldBlock and the adapter repeats the call in a
+        worker thread.  ``around(run)`` gets the whole verified chunks a short
+        read fetched, when nobody can write the file (so they are its
+        contents); the adapter pushes their other pages into the kernel's
+        cache (readaround.py), which keeps writers out while a push is under way.
         """
         try:
-            size = self.files.handle(fh).inode.data.size
-        except FSError:
-            return True  # the call itself reports the bad handle
-        return max(size, end) <= SMALL_FILE
-
-    def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
-        try:
-            return self.files.read(fh, offset, length)
+            return self.files.read(fh, offset, length, nowait, around)
         except ChunkCorruptError as exc:
             raise self._located(fh, exc) from None
-
-    def read_now(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
-        """``read`` if it is short enough for the event loop, else None: then call ``read`` in a thread."""
-        found = self.read_now_around(fh, offset, length)
-        return None if found is None else found[0]
-
-    def read_now_around(self, fh: int, offset: int,
-                        length: int) -> tuple[bytes | memoryview, ChunkRun | None] | None:
-        """``read_now``, with the whole verified chunks the bytes came from if the kernel may cache them.
-
-        Short means a small file (``small_io``), or a request of at most the
-        store's minimum chunk size: it touches at most two chunks, so it costs a
-        cache hit or one or two chunk preads and their xxh3 check, tens of
-        microseconds, while the hop to a worker thread and back cost more than
-        the read itself (cold 4 KiB random reads of a 1 GiB file, 3 runs:
-        daemon CPU per read 216 us with the hop, 144 us without).  The loop
-        may wait for the disk during those preads.
-
-        A longer read (the kernel's 128 KiB and read-ahead requests) of a
-        file with no uncommitted change runs here too when the page cache
-        holds every chunk it needs (``ChunkStore.read_view`` with ``nowait``),
-        else None.  Its CPU is a few microseconds per chunk, less than the hop:
-        while the kernel keeps several read-ahead requests in flight, worker
-        threads and the loop take turns at the GIL (1 GiB through a fresh
-        mount, the packs' pages cached, 3 runs: 1.2-1.4 s in threads, 0.65 s
-        here).  Never waits for another thread: a file busy in a commit or a
-        stream gives None.
-
-        The chunks come only with a short read of a file nobody can write (no
-        writable handle, no uncommitted change), so they are its contents;
-        the adapter pushes their other pages into the kernel's cache
-        (readaround.py), which keeps writers out while a push is under way.
-        """
-        short = length <= self.store.settings.min_size or self.small_io(fh, offset + length)
-        oi = self.files.handle(fh).inode
-        try:
-            found = oi.data.read_nowait(offset, length, wait_for_disk=short)
-        except ChunkCorruptError as exc:
-            raise self._located(fh, exc) from None
-        if found is None or found[1] is None or not (oi.writers or oi.unlinked):
-            return found
-        return found[0], None
 
     def _located(self, fh: int, exc: ChunkCorruptError) -> ChunkCorruptError:
         """The store knows only the inode's file id: name the file, by path if it has one."""
@@ -185,26 +141,37 @@ class FileOps:
         path = resolve_paths(self.ns, self.store.fs_tables, {ino}).get(ino)
         return exc.located(f"inode {ino} ({path})" if path else f"inode {ino}")
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes, nowait: bool = False) -> int:
+        """Write at ``offset``; with ``nowait``, WouldBlock unless it is cheap (FileData.write decides)."""
         if self.readonly:
             raise FSError(errno.EROFS)
-        return self.files.write(fh, offset, data)
+        return self.files.write(fh, offset, data, nowait)
 
-    def flush(self, fh: int) -> None:
-        """close(2) of a descriptor: commit, so ENOSPC/EIO reach the application that wrote."""
-        if self.flush_may_commit(fh):
-            self.files.commit(self.files.handle(fh).inode)
+    def flush(self, fh: int, nowait: bool = False) -> bool:
+        """close(2) of a descriptor: commit, so ENOSPC/EIO reach the application that wrote.
 
-    def flush_may_commit(self, fh: int) -> bool:
-        """False if flushing ``fh`` is a no-op (read-only handle): the adapter then skips the thread."""
-        return self.files.handle(fh).writable
+        Returns whether the handle is writable (it may have committed); a
+        read-only handle's flush does nothing.  With ``nowait``, WouldBlock
+        unless the commit is cheap (nothing changed, or a small file).
+        """
+        handle = self.files.handle(fh)
+        if not handle.writable:
+            return False
+        self.files.commit(handle.inode, nowait)
+        return True
 
-    def fsync(self, fh: int, datasync: bool = False) -> None:
-        self.flush(fh)
-        self.store.sync()
+    def fsync(self, fh: int, datasync: bool = False, nowait: bool = False) -> bool:
+        """Commit, then make it survive power loss; costs nothing more when nothing new was committed.
 
-    def release(self, fh: int) -> None:
-        oi = self.files.release(fh)
+        Returns what ``flush`` returns.  With ``nowait``, WouldBlock unless
+        the commit is cheap and the store has nothing left to flush to disk.
+        """
+        committed = self.flush(fh, nowait)
+        self.store.sync(nowait=nowait)
+        return committed
+
+    def release(self, fh: int, nowait: bool = False) -> None:
+        oi = self.files.release(fh, nowait)
         if oi is not None and oi.unlinked:
-            self._purge_if_unreachable(oi.ino)
+            self.purge_if_unreachable(oi.ino)
 

@@ -7,8 +7,9 @@ uncommitted change.  Reads and writes go straight to the FileData; a commit
 LMDB transaction as the new manifest, stores the inode's size and times, so a
 crash never leaves a size that disagrees with the contents.
 
-Data calls block (disk IO, hashing) and run in worker threads, so this table
-is guarded by a lock; the FileData guards its own bytes.
+Data calls may block (disk IO, hashing) and then run in worker threads, so
+this table is guarded by a lock; the FileData guards its own bytes, and
+decides whether a call may run on the event loop (``nowait``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-from ..errors import ChunkfsError, FSError
+from ..errors import ChunkfsError, FSError, WouldBlock
 from .namespace import Namespace
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,20 @@ class OpenFiles:
         with self.lock:
             return list(self._inodes.values())
 
-    # -- data (blocking: call from worker threads) ---------------------------------
+    # -- data (may block, unless called with nowait: see FileData) -------------------
 
-    def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
-        return self.handle(fh).inode.data.read(offset, length)
+    def read(self, fh: int, offset: int, length: int, nowait: bool = False, around=None) -> bytes | memoryview:
+        """FileData.read; ``around`` is dropped while anyone can write the file (its chunks may change)."""
+        oi = self.handle(fh).inode
+        if oi.writers or oi.unlinked:
+            around = None
+        return oi.data.read(offset, length, nowait, around)
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes, nowait: bool = False) -> int:
         handle = self.handle(fh)
         if not handle.writable:
             raise FSError(errno.EBADF)
-        written = handle.inode.data.write(offset, data)
+        written = handle.inode.data.write(offset, data, nowait)
         self._changed(handle.inode)
         return written
 
@@ -149,7 +154,7 @@ class OpenFiles:
             oi.changes += 1
             self._stale.add(oi.ino)
 
-    def commit(self, oi: OpenInode) -> None:
+    def commit(self, oi: OpenInode, nowait: bool = False) -> None:
         """Commit the inode's dirty data with its size and times; errors propagate (flush, fsync)."""
         if oi.unlinked:
             return
@@ -159,7 +164,7 @@ class OpenFiles:
         def persist(txn: lmdb.Transaction) -> None:
             self._persist(txn, oi)
 
-        if not oi.data.commit(persist) and changed_ns is not None:
+        if not oi.data.commit(persist, nowait) and changed_ns is not None:
             self.store.write_txn(lambda txn: (persist(txn), []))
         with self.lock:
             if oi.changes == changes:
@@ -183,15 +188,19 @@ class OpenFiles:
                 inode.ctime_ns = max(inode.ctime_ns, changed_ns)
             self.ns.put(txn, inode)
 
-    def release(self, fh: int) -> OpenInode | None:
+    def release(self, fh: int, nowait: bool = False) -> OpenInode | None:
         """Drop a handle after a best-effort commit; returns its OpenInode if that was the last handle.
 
         The commit happens before the handle leaves the table, so an open()
         racing with this release attaches to the same FileData rather than
-        building a second one over not-yet-committed contents.
+        building a second one over not-yet-committed contents.  With
+        ``nowait``, WouldBlock (before anything changes) unless that commit,
+        and the purge of an unlinked file's contents after it, are cheap.
         """
         handle = self.handle(fh)
         oi = handle.inode
+        if nowait and not oi.data.cheap_to_close(purge=oi.unlinked):
+            raise WouldBlock(f"inode {oi.ino}: closing it takes a while")
         self._commit_logged(oi)
         with self.lock:
             del self._handles[fh]

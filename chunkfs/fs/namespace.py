@@ -30,7 +30,10 @@ symlinks   ino (u64 BE)                                target
 orphans    ino (u64 BE)                                empty: nlink 0 but still open or looked up
 =========  ==========================================  ===================================================
 
-``INODE`` times are nanoseconds since the epoch (signed); ``parent`` is the
+``INODE``'s mode word holds the file type and permission bits in its low 16
+bits and the inode's flags above them (``IMMUTABLE``: a snapshot's inode,
+which no operation may change; see snapshots.py).  ``INODE`` times are
+nanoseconds since the epoch (signed); ``parent`` is the
 containing directory of a directory (for ``..``), 0 for other types, whose
 parents are the dirents naming them.  A regular file's contents are the store
 file ``chunkfs.fs.openfile.file_id_for(ino)``.  Entry ids come from the
@@ -57,7 +60,10 @@ NAME_MAX = 255
 FIRST_ENTRY_ID = 3  # 1 and 2 are the cookies after "." and ".."
 INODE_COUNTER = "fs_inodes"
 
-INODE = struct.Struct("<IIIIQQqqqqQ")  # mode, nlink, uid, gid, rdev, size, atime/mtime/ctime/btime ns, parent
+INODE = struct.Struct("<IIIIQQqqqqQ")  # mode|flags, nlink, uid, gid, rdev, size, atime/mtime/ctime/btime ns, parent
+MODE_BITS = 0xFFFF  # S_IFMT and permission bits; the inode's flags live above them
+FLAG_SHIFT = 16
+IMMUTABLE = 1  # a flag: the inode belongs to a read-only snapshot
 DIRENT = struct.Struct("<QQ")  # child ino, entry id
 DIRORDER = struct.Struct("<Q")  # child ino; the entry's name follows
 KEY64 = struct.Struct(">Q")
@@ -81,6 +87,7 @@ class Inode:
     btime_ns: int = 0
     parent: int = 0
     blocks: int | None = field(default=None, compare=False)  # st_blocks, set by the core; not stored
+    flags: int = 0  # IMMUTABLE...
 
     @property
     def is_dir(self) -> bool:
@@ -94,22 +101,34 @@ class Inode:
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
+    @property
+    def immutable(self) -> bool:
+        return bool(self.flags & IMMUTABLE)
+
     def encode(self) -> bytes:
-        return INODE.pack(self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, self.atime_ns,
-                             self.mtime_ns, self.ctime_ns, self.btime_ns, self.parent)
+        return INODE.pack(self.mode | self.flags << FLAG_SHIFT, self.nlink, self.uid, self.gid, self.rdev, self.size,
+                          self.atime_ns, self.mtime_ns, self.ctime_ns, self.btime_ns, self.parent)
 
     @classmethod
     def decode(cls, ino: int, raw: bytes) -> "Inode":
         try:
-            return cls(ino, *INODE.unpack(raw))
+            word, *rest = INODE.unpack(raw)
         except Exception:
             raise IndexCorruptError(f"inode {ino}: malformed record") from None
+        return cls(ino, word & MODE_BITS, *rest, flags=word >> FLAG_SHIFT)
 
     def touch(self, now: int, modified: bool = True) -> None:
         """Set ctime (and, if the contents changed, mtime) to ``now``."""
         self.ctime_ns = now
         if modified:
             self.mtime_ns = now
+
+
+def check_mutable(*inodes: Inode | None) -> None:
+    """EPERM for a change to a snapshot's inode, as for an immutable file on ext4 (``chattr +i``)."""
+    for inode in inodes:
+        if inode is not None and inode.flags & IMMUTABLE:
+            raise FSError(errno.EPERM, "read-only snapshot")
 
 
 @dataclass(frozen=True)
@@ -172,6 +191,19 @@ class Namespace:
         self.index.add_counter(txn, INODE_COUNTER, 1)
         return inode
 
+    def reserve(self, txn: lmdb.Transaction, counter: str, n: int, first: int) -> range:
+        """``n`` consecutive ids of ``counter`` (``next_ino``, ``next_entry``) at once, for a batch of copies.
+
+        Ids are never reused, so ids reserved and left unused are only a gap.
+        """
+        start = max(self.index.counter(txn, counter), first)
+        self.index.set_counter(txn, counter, start + n)
+        return range(start, start + n)
+
+    def add_inodes(self, txn: lmdb.Transaction, n: int) -> None:
+        """Count ``n`` inodes stored with :meth:`put` under numbers from :meth:`reserve`."""
+        self.index.add_counter(txn, INODE_COUNTER, n)
+
     def ensure_root(self, txn: lmdb.Transaction, uid: int, gid: int, now: int) -> bool:
         """Create the root directory if absent; True if it was created."""
         if self.get(txn, ROOT_INO) is not None:
@@ -202,9 +234,12 @@ class Namespace:
         child, entry_id = DIRENT.unpack(raw)
         return Entry(entry_id, name, child)
 
-    def link(self, txn: lmdb.Transaction, parent: int, name: bytes, child: int) -> Entry:
-        """Add the entry ``name`` -> ``child``; the caller checked it does not exist."""
-        entry_id = self.index.next_id(txn, "next_entry", first=FIRST_ENTRY_ID)
+    def link(self, txn: lmdb.Transaction, parent: int, name: bytes, child: int, entry_id: int = 0) -> Entry:
+        """Add the entry ``name`` -> ``child``; the caller checked it does not exist.
+
+        ``entry_id``: one from :meth:`reserve` (else a new one is allocated).
+        """
+        entry_id = entry_id or self.index.next_id(txn, "next_entry", first=FIRST_ENTRY_ID)
         txn.put(_key(parent, name), DIRENT.pack(child, entry_id), db=self.index.dirents)
         txn.put(KEY64x2.pack(parent, entry_id), DIRORDER.pack(child) + name, db=self.index.dirorder)
         return Entry(entry_id, name, child)
@@ -281,6 +316,10 @@ class Namespace:
     def mark_orphan(self, txn: lmdb.Transaction, ino: int) -> None:
         """Record an inode whose last name is gone but which is still open or looked up."""
         txn.put(_key(ino), b"", db=self.index.orphans)
+
+    def clear_orphan(self, txn: lmdb.Transaction, ino: int) -> None:
+        """The inode got a name after all (the top of a finished clone)."""
+        txn.delete(_key(ino), db=self.index.orphans)
 
     def orphans(self, txn: lmdb.Transaction) -> list[int]:
         with txn.cursor(db=self.index.orphans) as cur:

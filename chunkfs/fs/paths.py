@@ -119,6 +119,25 @@ class NamespaceTree:
         return link.parent != parent and any(lk.parent == parent for lk in self.names.get(link.child, ())
                                              if self.is_dir(lk.parent))
 
+    def detached(self) -> set[int]:
+        """Inodes below a directory with no name left (a tree ``rmtree`` is deleting, an unfinished clone).
+
+        Such a directory has link count 0 or an orphan mark, the root does
+        not reach it, and a mount deletes it with everything below it
+        (fs/reaper.py).
+        """
+        tops = [ino for ino, inode in self.inodes.items() if inode.is_dir and ino not in self.reached
+                and (inode.nlink == 0 or ino in self.orphan_marks) and self.children.get(ino)]
+        seen: set[int] = set(tops)
+        queue = deque(tops)
+        while queue:
+            for link in self.children.get(queue.popleft(), ()):
+                if link.child in self.inodes and link.child not in self.reached and link.child not in seen:
+                    seen.add(link.child)
+                    if self.is_dir(link.child):
+                        queue.append(link.child)
+        return seen
+
     def live_names(self, ino: int) -> list[Link]:
         """Entries naming ``ino`` from directories the root reaches."""
         return [lk for lk in self.names.get(ino, ()) if lk.parent in self.reached and self.is_dir(lk.parent)]

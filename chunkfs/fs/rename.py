@@ -14,7 +14,7 @@ import time
 import lmdb
 
 from ..errors import FSError
-from .namespace import ROOT_INO, Inode, Namespace
+from .namespace import ROOT_INO, Inode, Namespace, check_mutable
 
 RENAME_NOREPLACE = 1  # the values of <linux/fs.h>, as the kernel passes them
 RENAME_EXCHANGE = 2
@@ -41,10 +41,13 @@ class Rename:
     def run(self) -> Inode | None:
         """Apply the rename; returns the replaced inode, if one lost a name."""
         moved = self.ns.need(self.txn, self.src.ino)
+        check_mutable(*self.dirs.values(), moved)
         if self.flags & RENAME_EXCHANGE:
             if self.dst is None:
                 raise FSError(errno.ENOENT)
-            self._exchange(moved, self.ns.need(self.txn, self.dst.ino))
+            other = self.ns.need(self.txn, self.dst.ino)
+            check_mutable(other)
+            self._exchange(moved, other)
             return None
         if self.dst is not None and self.flags & RENAME_NOREPLACE:
             raise FSError(errno.EEXIST)
@@ -52,6 +55,7 @@ class Rename:
             return None  # both names are links to one inode: POSIX says do nothing
         victim = self.ns.need(self.txn, self.dst.ino) if self.dst is not None else None
         if victim is not None:
+            check_mutable(victim)
             self._check_replaceable(moved, victim)
         self._check_not_into_itself(moved, self.old_parent, self.new_parent)
         self.ns.unlink(self.txn, self.old_parent, self.src)

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from ..chunker import make_chunker
-from ..errors import StoreFullError
+from ..errors import StoreFullError, WouldBlock
 from ..pools import LazyPool
 from ..store import ChunkRef, ChunkStore
 
@@ -57,13 +57,19 @@ class ChunkStream:
 
     # -- the writer's side ------------------------------------------------------
 
-    def submit(self, data: bytes) -> None:
-        """Accept ``data`` (the next bytes of the run); store it now or in the pump."""
+    def submit(self, data: bytes, nowait: bool = False) -> None:
+        """Accept ``data`` (the next bytes of the run); store it now or in the pump.
+
+        With ``nowait``, WouldBlock (before accepting anything) rather than
+        wait for the pump to make room in the inbox.
+        """
         with self._cond:
             idle = not self._pumping and not self.backlog and not self._inbox
             if idle and self.chunker.pending + len(data) < self.chunker.ready_at:
                 self.chunker.feed(data)  # it only buffers: cheaper than a hand-over
                 return
+            if nowait and self._inbox_bytes >= self.INBOX_LIMIT and self._pumping:
+                raise WouldBlock("the stream's pump is behind")
             while self._inbox_bytes >= self.INBOX_LIMIT and self._pumping:
                 self._cond.wait()
             self._inbox.append(data)
@@ -105,10 +111,15 @@ class ChunkStream:
                 log.debug("storing streamed chunks failed; retried at the next call", exc_info=True)
         _PUMPS.submit(self._pump)  # still pumping: its turn ended
 
-    def check(self) -> None:
-        """Before accepting more: if the pump stopped on a failure, retry now and raise if it persists."""
+    def check(self, nowait: bool = False) -> None:
+        """Before accepting more: if the pump stopped on a failure, retry now and raise if it persists.
+
+        With ``nowait``, WouldBlock instead of the retry (it stores chunks).
+        """
         with self._cond:
             if not self._pumping and self.backlog:
+                if nowait:
+                    raise WouldBlock("streamed chunks wait to be stored")
                 self.drain()
 
     # -- under quiesce ------------------------------------------------------------

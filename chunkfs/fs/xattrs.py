@@ -18,7 +18,7 @@ import lmdb
 
 from ..errors import FSError
 from . import acl
-from .namespace import Inode, Namespace
+from .namespace import Inode, Namespace, check_mutable
 
 XATTR_NAME_MAX = 255
 
@@ -59,6 +59,7 @@ class XattrOps:
 
         def put(txn: lmdb.Transaction) -> None:
             inode = self.ns.need(txn, ino)
+            check_mutable(inode)
             exists = self.ns.xattr(txn, ino, name) is not None
             if flags & os.XATTR_CREATE and exists:
                 raise FSError(errno.EEXIST)
@@ -80,6 +81,7 @@ class XattrOps:
 
         def remove(txn: lmdb.Transaction) -> None:
             inode = self.ns.need(txn, ino)
+            check_mutable(inode)
             if not self.ns.remove_xattr(txn, ino, name):
                 raise FSError(errno.ENODATA)
             inode.ctime_ns = time.time_ns()

@@ -18,7 +18,13 @@ located a chunk just before it moved still gets its bytes.
 It follows the same rule as ``chunkfs gc`` (see _compaction.py): a pack is
 rewritten only when at least half the disk blocks it holds would come back,
 so the worker never writes more than it frees.  A pack that is only a little
-dead costs little: its dead records were punched out when they died.
+dead costs little: its dead records are punched out soon after they die.
+
+Punching is this worker's job too while it runs (_deadspace.py): a commit
+that kills thousands of records (an overwrite of a big file) only queues
+them, and the worker punches them before it looks at the garbage, except in
+packs where nothing is alive any more, which its gc run removes whole.  So
+the writer's commit does not wait for the disk to give blocks back.
 
 Stopping (at unmount) waits for the pack in progress, never abandons one
 half-way; a crash half-way is covered by the store's recovery (gc copies are
@@ -31,6 +37,7 @@ import logging
 import threading
 
 from ..errors import ChunkfsError, StoreFullError
+from . import _index as ix
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, reclaimable_bytes
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ class BackgroundGC:
         self._thread = threading.Thread(target=self._loop, name="chunkfs-gc", daemon=True)
 
     def start(self) -> "BackgroundGC":
+        self.store.dead_space.defer(self.kick)
         self._thread.start()
         return self
 
@@ -73,6 +81,8 @@ class BackgroundGC:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("background gc did not stop within %.0f s", timeout)
+        # what is still queued is given back now, except in packs nothing lives in: the next gc removes them
+        self.store.dead_space.stop_deferring(self._removed_whole)
 
     def kick(self) -> None:
         """Look at the garbage now rather than at the next interval (after a big delete)."""
@@ -87,8 +97,16 @@ class BackgroundGC:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            self._punch_guarded()
             wait = self.interval if self._run_guarded() else BACKOFF_AFTER_FAILURE
             self.store.packs.reap()  # space of packs removed a while ago goes back to the disk
+
+    def _punch_guarded(self) -> None:
+        try:
+            if self.store.dead_space.drain(self._removed_whole, stop=self._stop.is_set):
+                self.store.ensure_reserve()  # space came back: leave low-space mode if it was on
+        except Exception:  # noqa: BLE001 (the thread must survive; the bytes stay counted as dead)
+            log.exception("background gc could not give back dead records' space")
 
     def _run_guarded(self) -> bool:
         """One run; False after a failure (the thread must survive anything and back off)."""
@@ -120,6 +138,26 @@ class BackgroundGC:
                       report["packs_removed"], report["packs_rewritten"], report["bytes_moved"],
                       report["bytes_reclaimed"])
         return report
+
+    def _removed_whole(self, pack: int) -> bool:
+        """Whether this worker's next gc run removes ``pack`` whole, so punching its dead records is wasted.
+
+        True for a pack other than the active one with nothing alive in it
+        that holds at least ``min_garbage`` bytes on the medium (so the run
+        happens) and no pin points into (gc leaves those); such a pack is
+        always worth compacting, and costs no copying.
+        """
+        pins = list(self.store.ledger.pins.values())
+        if pack == self.store.packs.active or any(pin.location.pack == pack for pin in pins):
+            return False
+        with self.store.index.read() as txn:
+            raw = txn.get(ix.KEYPACK.pack(pack), db=self.store.index.packs)
+        if raw is None or ix.PACK.unpack(raw)[1] != 0:
+            return False
+        try:
+            return self.store.packs.usage(pack)[1] >= self.min_garbage
+        except ChunkfsError:
+            return False
 
     def garbage_bytes(self) -> int:
         """Disk bytes a gc would give back now (cheap: no chunk data read)."""

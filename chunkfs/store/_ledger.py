@@ -295,6 +295,17 @@ class Ledger:
         actions.append(pin.now_committed)
         return chunk
 
+    def add_references(self, txn, chunk: int, n: int) -> None:
+        """``n`` more references to a committed chunk (a copy of a manifest): only its refcount changes."""
+        rec = self.record(txn, chunk)
+        if rec is None:
+            raise IndexCorruptError(f"chunk id {chunk} is referenced but has no record")
+        if rec.refcount + n > ix.MAX_REFCOUNT:
+            raise StoreFullError(f"chunk {rec.address.hex()} would be referenced {rec.refcount + n} times, "
+                                 f"more than a chunk can be ({ix.MAX_REFCOUNT})")
+        rec.refcount += n
+        txn.put(chunk_key(chunk), rec.encode(), db=self.ix.chunks)
+
     def decref(self, txn, chunk: int) -> list[Action]:
         rec = self.record(txn, chunk)
         if rec is None or rec.refcount <= 0:

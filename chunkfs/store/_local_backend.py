@@ -64,6 +64,7 @@ class LocalBackend(PackBackend):
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}
         self._removed: list[tuple[float, int, int]] = []  # (when, pack, fd) of removed packs, see remove()
+        self._new_entries: set[int] = set()  # packs created since the last sync
         if not readonly:
             os.makedirs(directory, mode=0o700, exist_ok=True)
 
@@ -90,7 +91,11 @@ class LocalBackend(PackBackend):
     # -- writing --------------------------------------------------------------
 
     def create(self, pack: int) -> int:
-        return self.size(pack, self._fd(pack, create=True))
+        size = self.size(pack, self._fd(pack, create=True))
+        if size == 0:
+            with self._lock:
+                self._new_entries.add(pack)  # its directory entry is made durable by the next sync
+        return size
 
     def write(self, pack: int, offset: int, buffers: Sequence[Buffer]) -> None:
         fd = self._fd(pack)
@@ -117,16 +122,19 @@ class LocalBackend(PackBackend):
     def sync(self, packs: Iterable[int]) -> None:
         with self._lock:
             fds = [(p, self._fds[p]) for p in packs if p in self._fds]
+            new, self._new_entries = self._new_entries, set()
         try:
             for pack, fd in fds:
                 os.fdatasync(fd)
-            if fds:  # new packs' directory entries too
+            if new:  # new packs' directory entries too (only they: a directory fsync is a journal commit)
                 dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
         except OSError as exc:
+            with self._lock:
+                self._new_entries |= new  # not made durable: the next sync tries again
             raise _medium_error(exc, None, "cannot sync") from None
 
     def patch(self, pack: int, offset: int, data: Buffer) -> None:

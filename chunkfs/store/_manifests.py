@@ -22,6 +22,7 @@ import struct
 import sys
 from bisect import bisect_right
 from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -251,20 +252,61 @@ class ManifestIndex:
             if not txn.put(key, value, append=True, db=db):
                 txn.put(key, value, db=db)
 
-    def delete_runs(self, txn, fkey: int) -> list[Extent]:
-        """Remove every run of a file; returns its entries (their references are the caller's to drop)."""
-        out: list[Extent] = []
-        keys = []
+    def copy(self, txn, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+        """Give each destination key (no file yet) the manifest of its source key; raise the chunks' refcounts.
+
+        The source's runs are copied as they are under a new file key (chunk
+        ids and relative ends do not depend on which file holds them), so the
+        cost is one put per run and one refcount update per distinct chunk:
+        metadata only, no chunk read.  Holes stay holes.  Returns, per pair,
+        whether the source existed (a missing one is an empty file: nothing is
+        copied).  Counters are summed over all the pairs and written once.
+        """
+        db, counters = self.index.manifests, self.index.counters
+        uses: Counter = Counter()
+        found, logical, entries = [], 0, 0
+        for src_key, dst_key in pairs:
+            raw = txn.get(src_key, db=self.index.files)
+            found.append(raw is not None)
+            if raw is None:
+                continue
+            if txn.get(dst_key, db=self.index.files) is not None:
+                raise IndexCorruptError(f"file {dst_key!r} already exists: a copy must not overwrite it")
+            src_fkey, size, count, data = ix.FILE.unpack(raw)
+            fkey = ix.next_id(txn, counters, "next_fkey")
+            runs = self.runs_of(txn, src_fkey)
+            for start, value in runs:
+                uses.update(extent.chunk for extent in decode_run(start, value))
+            with txn.cursor(db=db) as cur:  # the newest file key sorts last: appended
+                cur.putmulti([(ix.KEY64x2.pack(fkey, start), value) for start, value in runs], append=True)
+            txn.put(dst_key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
+            logical, entries = logical + size, entries + count
+        if any(found):
+            ix.add_counter(txn, counters, "files", sum(found))
+            self.ledger.count(txn, "logical_bytes", logical)
+            self.ledger.count(txn, "chunk_refs", entries)
+        for chunk, n in uses.items():
+            self.ledger.add_references(txn, chunk, n)
+        return found
+
+    def runs_of(self, txn, fkey: int) -> list[tuple[int, bytes]]:
+        """(start, raw run value) of every run of a file, in order (read whole before the database is written)."""
+        out = []
         with txn.cursor(db=self.index.manifests) as cur:
             if cur.set_range(ix.KEY64x2.pack(fkey, 0)):
                 for k, v in cur:
-                    key_fkey, run_start = ix.KEY64x2.unpack(k)
+                    key_fkey, start = ix.KEY64x2.unpack(k)
                     if key_fkey != fkey:
                         break
-                    keys.append(k)
-                    out += decode_run(run_start, v)
-        for k in keys:
-            txn.delete(k, db=self.index.manifests)
+                    out.append((start, bytes(v)))
+        return out
+
+    def delete_runs(self, txn, fkey: int) -> list[Extent]:
+        """Remove every run of a file; returns its entries (their references are the caller's to drop)."""
+        out: list[Extent] = []
+        for start, value in self.runs_of(txn, fkey):
+            txn.delete(ix.KEY64x2.pack(fkey, start), db=self.index.manifests)
+            out += decode_run(start, value)
         return out
 
     def _last_end(self, txn, fkey: int) -> int:

@@ -60,6 +60,7 @@ KINDS: dict[str, tuple[str, str]] = {
     # already handled
     "lost-data": (LOST_DATA, "byte ranges whose data is gone; reading them fails with EIO"),
     "open-unlinked": (NOTICE, "a file unlinked while open on the mounted filesystem"),
+    "detached-tree": (NOTICE, "on the mounted filesystem, an inode of a tree being deleted or copied"),
 }
 
 

@@ -34,8 +34,9 @@ import lmdb
 
 from . import _index as ix
 from ._cache import ChunkCache
+from ._deadspace import DeadSpace
 from ..chunker import make_chunker
-from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError
+from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, WouldBlock
 from ..hashing import VERIFY_MODES, addresses_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
@@ -177,6 +178,9 @@ class ChunkStore:
         codec_name, level = parse_compression(compression or settings.compression)
         self.codec = Codec(Dictionaries(path), codec_name, level)
         self._lock = threading.RLock()  # pins, appends and commits
+        self._sync_done = threading.Condition()  # sync(): one flush at a time, shared by those who wait
+        self._syncing = False
+        self._synced_txn = -2  # the transaction sync() last made durable (none yet: the first always flushes)
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
         try:
@@ -185,7 +189,9 @@ class ChunkStore:
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
             backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
             self.packs = handles.packs = PackFiles(backend, readonly=readonly)
-            self.ledger = Ledger(self.index, on_dead=None if readonly else self.packs.punch)
+            index = self.index  # not self: nothing the store owns may keep it alive
+            self.dead_space = DeadSpace(self.packs.punch, urgent=lambda: index.low_space)  # now, or by the bg gc
+            self.ledger = Ledger(self.index, on_dead=None if readonly else self.dead_space.died)
             self.manifest_index = ManifestIndex(self.index, self.ledger)
             self.cache = ChunkCache(cache_size)
             self.reader = ChunkReader(self.index, self.ledger, self.manifest_index, self.packs, self.cache, verify,
@@ -232,10 +238,41 @@ class ChunkStore:
         log.warning("%s: disk full; released the space reserve so metadata can still change", self.path)
         return True
 
-    def sync(self) -> None:
-        """Make everything committed so far survive power loss: packs first, then the index."""
-        self.packs.sync()
-        self.index.sync()
+    def sync(self, nowait: bool = False) -> None:
+        """Make everything committed so far survive power loss: packs first, then the index.
+
+        It costs what was committed since the last sync: nothing at all (no
+        disk flush) if no transaction has committed since, and callers that
+        arrive while a sync is under way wait for it and share the next one
+        (group commit): an application's fsync storm costs one flush per
+        round, not one per call.  LMDB's own transaction counter says what
+        is committed, so no commit path has to report to this one.  With
+        ``nowait``, WouldBlock instead of flushing or waiting for a flush.
+        """
+        want = self._last_txn()
+        with self._sync_done:
+            if nowait and self._synced_txn < want:
+                raise WouldBlock("a sync would flush the disk")
+            while self._syncing and self._synced_txn < want:
+                self._sync_done.wait()
+            if self._synced_txn >= want:
+                return
+            self._syncing = True
+        upto, ok = self._last_txn(), False
+        try:
+            self.packs.sync()
+            self.index.sync()
+            ok = True
+        finally:
+            with self._sync_done:
+                self._syncing = False
+                if ok:
+                    self._synced_txn = max(self._synced_txn, upto)
+                self._sync_done.notify_all()
+
+    def _last_txn(self) -> int:
+        """LMDB's id of the last committed write transaction (read-only: nothing to sync, ever)."""
+        return -1 if self.readonly else self.index.env.info()["last_txnid"]
 
     def flush(self) -> dict:
         """:meth:`sync`, then have the backend put everything on its medium (an object store: upload all).
@@ -281,6 +318,7 @@ class ChunkStore:
             for action in actions:
                 action()
             if frees and self.index.low_space:
+                self.dead_space.drain()  # a full disk wants the space now, not at the background gc's next look
                 self.ensure_reserve()  # dead records were punched out: maybe there is room again
             return result
 
@@ -462,6 +500,43 @@ class ChunkStore:
             return True, actions
 
         return self.write_txn(remove, frees=True)
+
+    # -- copies by metadata (chunkfs clone, snapshot, du) ------------------------------
+
+    def clone_files(self, plan: Callable[[lmdb.Transaction], Iterable[tuple[FileId, FileId]]]) -> list[bool]:
+        """Copy files by metadata, in one transaction: no chunk is read or hashed.
+
+        ``plan(txn)`` runs first, inside the transaction (the filesystem writes
+        the new inodes with it), and names the (source, destination) pairs to
+        copy.  Each destination (which must not exist) gets its source's
+        manifest, and every chunk named gets one more reference, so the copies
+        are independent: a later commit to either side patches only its own
+        manifest.  Returns, per pair, whether the source existed (a missing
+        source is an empty file: its destination gets no record either).
+        """
+        def copy(txn):
+            pairs = [(encode_file_id(src), encode_file_id(dst)) for src, dst in plan(txn)]
+            return self.manifest_index.copy(txn, pairs), []
+
+        return self.write_txn(copy)
+
+    def file_chunks(self, file_id: FileId, txn: lmdb.Transaction) -> list[tuple[bytes, int, int]]:
+        """(address, length, refcount) of every chunk a file's manifest names, in file order ([] if missing).
+
+        For ``chunkfs du``: which bytes a set of files alone holds is which of
+        their chunks have no reference from elsewhere, known from the index
+        without reading chunk data.
+        """
+        raw = txn.get(encode_file_id(file_id), db=self.index.files)
+        if raw is None:
+            return []
+        out, records = [], {}
+        for extent in self.manifest_index.entries(txn, ix.FILE.unpack(raw)[0], 0, None):
+            rec = records.get(extent.chunk)
+            if rec is None:
+                rec = records[extent.chunk] = self.ledger.record(txn, extent.chunk)
+            out.append((rec.address if rec is not None else b"", extent.length, rec.refcount if rec is not None else 0))
+        return out
 
     def exists(self, file_id: FileId) -> bool:
         return self._file_record(file_id) is not None

@@ -1,0 +1,145 @@
+"""What an fsync and a dropped file cost (issue 20): only what is new, and never the dead space's punching.
+
+* ``ChunkStore.sync`` flushes nothing when no transaction committed since the
+  last sync, and callers arriving while a flush is under way share the next
+  one (group commit).
+* While a background gc worker runs (a mounted filesystem), the records an
+  overwrite or a delete kills are punched by the worker, not inside the
+  writer's commit.
+* The event loop's calls (``nowait``) either finish cheaply or raise
+  WouldBlock before changing anything; the request trace of a real mount
+  shows an fsync with nothing new answered without a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from chunkfs.errors import WouldBlock
+from chunkfs.fs import ROOT_INO
+from chunkfs.store import BackgroundGC, ChunkStore
+from conftest import wait_until
+from test_fs_core import USER, fs, store  # noqa: F401 (the core tests' fixtures)
+
+
+class FlushCounter:
+    """Counts the store's disk flushes (packs, then index), optionally making each one slow."""
+
+    def __init__(self, store: ChunkStore, delay: float = 0.0):
+        self.packs = self.index = 0
+        self.delay = delay
+        real_packs, real_index = store.packs.sync, store.index.sync
+
+        def packs_sync():
+            self.packs += 1
+            real_packs()
+
+        def index_sync():
+            time.sleep(self.delay)
+            self.index += 1
+            real_index()
+
+        store.packs.sync, store.index.sync = packs_sync, index_sync
+
+
+def test_a_sync_with_nothing_new_flushes_nothing(store):
+    store.ingest("a", os.urandom(100_000))
+    flushes = FlushCounter(store)
+    store.sync()
+    assert (flushes.packs, flushes.index) == (1, 1)
+    store.sync()
+    store.sync(nowait=True)  # nothing to flush: answers at once instead of WouldBlock
+    assert (flushes.packs, flushes.index) == (1, 1)
+    store.ingest("b", b"new bytes")
+    with pytest.raises(WouldBlock):
+        store.sync(nowait=True)  # a flush is due: the event loop must not do it
+    store.sync()
+    assert (flushes.packs, flushes.index) == (2, 2)
+
+
+def test_concurrent_syncs_share_one_flush(store):
+    store.ingest("a", b"first")
+    flushes = FlushCounter(store, delay=0.3)
+    first = threading.Thread(target=store.sync)
+    first.start()
+    assert wait_until(lambda: store._syncing, timeout=10)
+    store.ingest("b", b"committed while the first flush runs")
+    waiters = [threading.Thread(target=store.sync) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    for t in [first, *waiters]:
+        t.join(20)
+    assert flushes.index == 2  # the first, then one more for all four that waited
+    store.sync()
+    assert flushes.index == 2
+
+
+def test_the_worker_punches_dead_records_the_commit_only_queues(store):
+    punched = []
+    backend = store.packs.backend
+    real_punch = backend.punch
+    backend.punch = lambda pack, offset, length: (punched.append((pack, offset)), real_punch(pack, offset, length))[1]
+    store.ingest("old", os.urandom(400_000))
+    gc = BackgroundGC(store, interval=3600).start()
+    try:
+        store.ingest("old", os.urandom(400_000))  # an overwrite: every old record dies in this commit
+        assert punched == [] and store.dead_space.pending() > 0
+        gc.kick()
+        assert wait_until(lambda: store.dead_space.pending() == 0 and punched, timeout=20)
+    finally:
+        gc.stop()
+    store.delete("old")  # no worker any more: punched at once, as the library always did
+    assert store.dead_space.pending() == 0 and len(punched) > 10
+
+
+def test_the_worker_gives_the_queue_back_when_it_stops(store):
+    gc = BackgroundGC(store, interval=3600).start()
+    store.ingest("f", os.urandom(300_000))
+    store.delete("f")
+    assert store.dead_space.pending() > 0
+    gc.stop()
+    assert store.dead_space.pending() == 0 and not store.dead_space.deferred
+
+
+def test_the_loops_calls_finish_or_leave_everything_as_it_was(fs):
+    big = os.urandom(600 * 1024)  # above the small-file limit: streamed, and committed in a thread
+    fh, inode = fs.create(ROOT_INO, b"f", 0o644, os.O_RDWR, USER)
+    assert fs.write(fh, 0, big, nowait=True) == len(big)  # an append hands its bytes to the pump
+    with pytest.raises(WouldBlock):
+        fs.write(fh, 10, b"x", nowait=True)  # out of order: the stream would have to commit first
+    with pytest.raises(WouldBlock):
+        fs.flush(fh, nowait=True)  # committing 600 KiB is a worker's job
+    assert fs.getattr(inode.ino).size == len(big) and fs.read(fh, 0, 20) == big[:20]
+    fs.write(fh, 10, b"x")
+    fs.fsync(fh)
+    assert fs.fsync(fh, nowait=True)  # nothing new: no commit, no flush, no thread
+    assert fs.write(fh, 100, b"y", nowait=True) == 1  # a write into the staging file is cheap
+    assert fs.read(fh, 0, 101) == big[:10] + b"x" + big[11:100] + b"y"
+    fs.release(fh)
+
+
+@pytest.mark.mount
+def test_the_request_trace_shows_a_clean_fsync_answered_on_the_loop(mount_factory, tmp_path, monkeypatch):
+    trace = tmp_path / "trace.json"
+    monkeypatch.setenv("CHUNKFS_REQUEST_TRACE", str(trace))
+    fs = mount_factory()
+    path = fs / "big"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        for _ in range(8):
+            os.write(fd, os.urandom(1024 * 1024))
+        os.fsync(fd)  # commits 8 MiB and flushes: in a worker thread
+        os.fsync(fd)  # nothing new
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fs.unmount()
+    requests = json.loads(trace.read_text())["requests"]
+    assert requests["fsync"]["count"] == 3 and requests["fsync"]["threaded"] == 1
+    assert requests["write"]["bytes"] == 8 * 1024 * 1024
+    assert requests["write"]["threaded"] < requests["write"]["count"]  # appends run on the loop
