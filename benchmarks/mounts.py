@@ -113,6 +113,10 @@ class ChunkfsMount(FuseMount):
     def stats(self) -> dict:
         return json.loads(run([*chunkfs_cli(), "stats", self.mnt, "--json"], env=checkout_env()).stdout)
 
+    def gc(self) -> dict:
+        """``chunkfs gc`` of the unmounted store: its report."""
+        return json.loads(run([*chunkfs_cli(), "gc", "--json", self.store], env=checkout_env(), timeout=3600).stdout)
+
     def cleanup(self) -> None:
         """Unmount if still mounted (never leave a daemon), then remove the store."""
         if os.path.ismount(self.mnt):

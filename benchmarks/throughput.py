@@ -336,6 +336,8 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
         res["extra"]["store_after_writes"] = fs.stats()
         for m in mounts.values():
             m.umount("write")
+        if {"overwrite", "rewrite"} & set(ops):  # untimed: the cold sessions must not meet the background gc
+            res["extra"]["gc_after_writes"] = fs.gc()  # giving back the gigabytes those two left dead
 
         # --- cold sessions: a fresh mount for each, caches dropped before each side.  The two sequential
         # read sessions swap places every run: the plain side's second "cold" read in a row tends to be
