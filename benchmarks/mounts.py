@@ -201,6 +201,7 @@ class PeerMount(FuseMount):
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         self.mounted_before = False
+        self.aborted = False
         self.make()
 
     def make(self) -> None:
@@ -240,8 +241,19 @@ class PeerMount(FuseMount):
             time.sleep(0.05)  # the daemon finishes its uploads after the kernel let go
         self.pid = None
 
+    def abort(self) -> None:
+        """The peer hung: kill its daemon, so the calls waiting on the mount fail (ENOTCONN) instead."""
+        self.aborted = True
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+
     def cleanup(self) -> None:
-        if os.path.ismount(self.mnt):
+        if self.aborted:
+            self._force_unmount()
+        elif os.path.ismount(self.mnt):
             subprocess.run(self._umount_command(), capture_output=True, timeout=1800)
         self._force_unmount()
         shutil.rmtree(self.work, ignore_errors=True)
