@@ -251,7 +251,8 @@ class PeerMount(FuseMount):
                 pass
 
     def cleanup(self) -> None:
-        if self.aborted:
+        if self.aborted:  # a dead FUSE mount fails stat, so ismount says no: unmount it anyway
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
             self._force_unmount()
         elif os.path.ismount(self.mnt):
             subprocess.run(self._umount_command(), capture_output=True, timeout=1800)
