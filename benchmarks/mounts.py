@@ -113,6 +113,10 @@ class ChunkfsMount(FuseMount):
     def stats(self) -> dict:
         return json.loads(run([*chunkfs_cli(), "stats", self.mnt, "--json"], env=checkout_env()).stdout)
 
+    def gc(self) -> dict:
+        """``chunkfs gc`` of the unmounted store: its report."""
+        return json.loads(run([*chunkfs_cli(), "gc", "--json", self.store], env=checkout_env(), timeout=3600).stdout)
+
     def cleanup(self) -> None:
         """Unmount if still mounted (never leave a daemon), then remove the store."""
         if os.path.ismount(self.mnt):
@@ -197,6 +201,7 @@ class PeerMount(FuseMount):
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         self.mounted_before = False
+        self.aborted = False
         self.make()
 
     def make(self) -> None:
@@ -236,8 +241,20 @@ class PeerMount(FuseMount):
             time.sleep(0.05)  # the daemon finishes its uploads after the kernel let go
         self.pid = None
 
+    def abort(self) -> None:
+        """The peer hung: kill its daemon, so the calls waiting on the mount fail (ENOTCONN) instead."""
+        self.aborted = True
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+
     def cleanup(self) -> None:
-        if os.path.ismount(self.mnt):
+        if self.aborted:  # a dead FUSE mount fails stat, so ismount says no: unmount it anyway
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
+            self._force_unmount()
+        elif os.path.ismount(self.mnt):
             subprocess.run(self._umount_command(), capture_output=True, timeout=1800)
         self._force_unmount()
         shutil.rmtree(self.work, ignore_errors=True)

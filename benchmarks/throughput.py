@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,12 +266,17 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
     def measure(op: str, fn, cold: bool) -> None:
         nonlocal cold_ok
         out = {}
-        for side in order:
+        for side in list(order):
             if cold:
                 cold_ok &= drop_caches()  # syncs first
             else:
                 os.sync()  # untimed: no side meets writeback the step before left dirty
-            value = fn(side, targets[side])
+            if side in inputs["peers"]:
+                value = _peer_side(op, side, fn)
+                if value is None:
+                    continue
+            else:
+                value = fn(side, targets[side])
             if isinstance(value, dict):
                 res["extra"].setdefault(op, {})[side] = value
                 if "command_seconds" in value:  # untar / rsync: also the ratio without the final syncfs
@@ -278,9 +284,27 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
                 value = value["seconds"]
             out[side] = value
         res["seconds"][op] = out
-        log(f"  run {k + 1} {op:<13} " + "  ".join(f"{side} {out[side]:8.3f} s" for side in sides)
+        log(f"  run {k + 1} {op:<13} " + "  ".join(f"{side} {out[side]:8.3f} s" for side in sides if side in out)
             + f"  ratio {out['plain'] / out['chunkfs']:.3f}"
             + (f", to the passthrough {out['passthrough'] / out['chunkfs']:.3f}" if "passthrough" in out else ""))
+
+    def _peer_side(op: str, side: str, fn):
+        """A peer's turn, watched: one that fails or hangs (past --peer-timeout its daemon is killed, which
+        fails the waiting call) is dropped for the rest of the run with one line, and the run goes on."""
+        peer = mounts[side]
+        watchdog = threading.Timer(args.peer_timeout, peer.abort)
+        watchdog.start()
+        try:
+            return fn(side, targets[side])
+        except (OSError, ToolError, subprocess.SubprocessError) as exc:
+            reason = f"hung for {args.peer_timeout:.0f} s" if peer.aborted else f"failed: {exc}"
+            log(f"  run {k + 1} {op}: {side} {reason}; left out of the rest of this run")
+            res["extra"].setdefault("peer_failures", {})[side] = f"{op}: {reason}"
+            order.remove(side)
+            mounts.pop(side).cleanup()
+            return None
+        finally:
+            watchdog.cancel()
 
     def _profiled(op: str, measured) -> None:
         """--profile: chunkfs and the passthrough mounted afresh with the request trace on, py-spy on chunkfs."""
@@ -336,6 +360,8 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
         res["extra"]["store_after_writes"] = fs.stats()
         for m in mounts.values():
             m.umount("write")
+        if {"overwrite", "rewrite"} & set(ops):  # untimed: the cold sessions must not meet the background gc
+            res["extra"]["gc_after_writes"] = fs.gc()  # giving back the gigabytes those two left dead
 
         # --- cold sessions: a fresh mount for each, caches dropped before each side.  The two sequential
         # read sessions swap places every run: the plain side's second "cold" read in a row tends to be
@@ -463,6 +489,8 @@ def parse_args(argv):
     ap.add_argument("--peers", default="s3ql,juicefs",
                     help="other FUSE filesystems run beside chunkfs, those of s3ql,juicefs that are installed "
                          "(default: both), or 'none'")
+    ap.add_argument("--peer-timeout", type=float, default=600.0,
+                    help="seconds a peer may take for one operation before it counts as hung (default 600)")
     ap.add_argument("--s3ql-bin", help="bin directory of an S3QL install (default: benchmarks/cache/s3ql-venv/bin)")
     ap.add_argument("--s3ql-source", help="an S3QL source checkout to build benchmarks/cache/s3ql-venv from")
     ap.add_argument("--profile", action="store_true",

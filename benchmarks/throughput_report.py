@@ -102,15 +102,17 @@ SIDES = ("chunkfs", "passthrough", *PEERS)
 
 
 def _by_side(pairs: list[dict]) -> dict:
-    """Every FUSE side measured in every run: its ratio to the plain directory and to the passthrough."""
+    """Every FUSE side: its ratio to the plain directory and to the passthrough, over the runs it took part
+    in (a peer left out of a run after failing there has fewer; ``runs`` says how many)."""
     out = {}
     for side in SIDES:
-        if not all(side in p for p in pairs):
+        took_part = [p for p in pairs if side in p]
+        if not took_part:
             continue
-        row = {"seconds_median": round(statistics.median(p[side] for p in pairs), 4),
-               "vs_plain": _ratio_row(pairs, "plain", side)["ratio_median"]}
-        if all("passthrough" in p for p in pairs):
-            vs = _ratio_row(pairs, "passthrough", side)
+        row = {"runs": len(took_part), "seconds_median": round(statistics.median(p[side] for p in took_part), 4),
+               "vs_plain": _ratio_row(took_part, "plain", side)["ratio_median"]}
+        if all("passthrough" in p for p in took_part):
+            vs = _ratio_row(took_part, "passthrough", side)
             row["vs_passthrough"], row["vs_passthrough_runs"] = vs["ratio_median"], vs["ratios"]
         out[side] = row
     return out
@@ -236,9 +238,10 @@ def _peers_table(rows: list, meta: dict) -> list[str]:
         cells = []
         for side in sides:
             cell = row["by_side"].get(side)
+            fewer = "" if cell is None or cell["runs"] == len(row["ratios"]) else f", {cell['runs']} runs"
             cells.append("–" if cell is None else
                          f"{'**' if side == 'chunkfs' else ''}{cell['vs_passthrough']:.2f}"
-                         f"{'**' if side == 'chunkfs' else ''} ({cell['seconds_median']:.2f} s)")
+                         f"{'**' if side == 'chunkfs' else ''} ({cell['seconds_median']:.2f} s{fewer})")
         out.append(f"| {label} | {pt['seconds_median']:.2f} s | " + " | ".join(cells) + " |")
     return out
 

@@ -70,8 +70,9 @@ mount options (-o, comma-separated, may be repeated):
 GC_DESCRIPTION = """\
 Give back the disk space of chunks no file uses any more, by rewriting packs
 (the files chunk data lives in) without their dead records. A chunk's disk
-blocks are already punched out of its pack when its last reference goes, so
-what a rewrite gains is the rest: the partly used blocks around each dead
+blocks are punched out of its pack when its last reference goes (in a mount,
+by its background gc soon after), so what a rewrite gains is the rest: the
+partly used blocks around each dead
 record. A pack is rewritten only when at least half of the disk space it
 holds would come back, so gc never writes (moves) more bytes than it frees;
 packs with a little dead space are left alone, and packs with nothing live
