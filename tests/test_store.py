@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from chunkfs import ChunkCorruptError, ChunkStore, StoreLockedError
 from chunkfs.errors import (FileNotFoundInStore, FormatVersionError, IndexCorruptError, InvalidArgument,
-                            NotAStoreError, SettingsError, StoreExistsError, WouldBlock)
+                            NotAStoreError, SettingsError, StoreExistsError, StoreFullError, WouldBlock)
 from chunkfs.fsck import check_store
 from chunkfs.store import _index as ix
 from chunkfs.store._packs import HEADER_SIZE, PACK_MAGIC, PackFiles
@@ -531,6 +531,19 @@ def test_clone_files_keeps_holes_and_refuses_an_existing_destination(store):
     with pytest.raises(IndexCorruptError):
         store.clone_files(lambda txn: [("sparse", "other")])
     assert store.read("other") == b"y"  # the failed transaction changed nothing
+    assert check_store(store).clean
+
+
+def test_clone_past_the_refcount_limit_is_refused_and_changes_nothing(store, monkeypatch):
+    data = rand(400_000, seed=5)
+    store.ingest("a", data)
+    monkeypatch.setattr(ix, "MAX_REFCOUNT", 3)  # the u32 limit, made reachable
+    store.clone_files(lambda txn: [("a", "b"), ("a", "c")])  # refcounts 1 -> 3: at the limit, allowed
+    assert set(_refcounts(store, "a").values()) == {3}
+    with pytest.raises(StoreFullError, match="more than a chunk can be"):
+        store.clone_files(lambda txn: [("a", "d")])
+    assert not store.exists("d") and set(_refcounts(store, "a").values()) == {3}
+    assert store.read("b") == data == store.read("c")
     assert check_store(store).clean
 
 

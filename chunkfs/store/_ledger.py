@@ -91,6 +91,9 @@ class ChunkRecord:
         return self.location.pack == LOST_PACK
 
 
+_REFCOUNT_AT = 32  # the refcount's offset in a chunk record (ix.CHUNK: address, then refcount)
+
+
 def chunk_key(chunk: int) -> bytes:
     return ix.KEYCHUNK.pack(chunk)
 
@@ -295,16 +298,24 @@ class Ledger:
         actions.append(pin.now_committed)
         return chunk
 
-    def add_references(self, txn, chunk: int, n: int) -> None:
-        """``n`` more references to a committed chunk (a copy of a manifest): only its refcount changes."""
-        rec = self.record(txn, chunk)
-        if rec is None:
-            raise IndexCorruptError(f"chunk id {chunk} is referenced but has no record")
-        if rec.refcount + n > ix.MAX_REFCOUNT:
-            raise StoreFullError(f"chunk {rec.address.hex()} would be referenced {rec.refcount + n} times, "
-                                 f"more than a chunk can be ({ix.MAX_REFCOUNT})")
-        rec.refcount += n
-        txn.put(chunk_key(chunk), rec.encode(), db=self.ix.chunks)
+    def add_references(self, txn, uses: dict[int, int]) -> None:
+        """More references to committed chunks (copies of manifests), ``uses`` = {chunk id: how many more}.
+
+        Only the refcount changes, so it is patched in the stored record
+        without decoding the rest; ids are visited in key order, so a big
+        clone walks the chunk table's pages once instead of at random.
+        """
+        db, at = self.ix.chunks, _REFCOUNT_AT
+        for chunk in sorted(uses):
+            key = ix.KEYCHUNK.pack(chunk)
+            raw = txn.get(key, db=db)
+            if raw is None:
+                raise IndexCorruptError(f"chunk id {chunk} is referenced but has no record")
+            refcount = ix.U32.unpack_from(raw, at)[0] + uses[chunk]
+            if refcount > ix.MAX_REFCOUNT:
+                raise StoreFullError(f"chunk {raw[:32].hex()} would be referenced {refcount} times, "
+                                     f"more than a chunk can be ({ix.MAX_REFCOUNT})")
+            txn.put(key, raw[:at] + ix.U32.pack(refcount) + raw[at + 4:], db=db)
 
     def decref(self, txn, chunk: int) -> list[Action]:
         rec = self.record(txn, chunk)

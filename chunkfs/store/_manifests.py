@@ -276,7 +276,8 @@ class ManifestIndex:
             fkey = ix.next_id(txn, counters, "next_fkey")
             runs = self.runs_of(txn, src_fkey)
             for start, value in runs:
-                uses.update(extent.chunk for extent in decode_run(start, value))
+                _check_run(start, value)
+                uses.update(_u32s(value)[::2])  # the chunk ids: every other u32 of a run
             with txn.cursor(db=db) as cur:  # the newest file key sorts last: appended
                 cur.putmulti([(ix.KEY64x2.pack(fkey, start), value) for start, value in runs], append=True)
             txn.put(dst_key, ix.FILE.pack(fkey, size, count, data), db=self.index.files)
@@ -285,8 +286,7 @@ class ManifestIndex:
             ix.add_counter(txn, counters, "files", sum(found))
             self.ledger.count(txn, "logical_bytes", logical)
             self.ledger.count(txn, "chunk_refs", entries)
-        for chunk, n in uses.items():
-            self.ledger.add_references(txn, chunk, n)
+        self.ledger.add_references(txn, uses)
         return found
 
     def runs_of(self, txn, fkey: int) -> list[tuple[int, bytes]]:
