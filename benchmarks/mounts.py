@@ -216,10 +216,14 @@ class PeerMount(FuseMount):
     def drop_local_cache(self) -> None:
         """Forget cached blocks between mounts (nothing by default)."""
 
+    def _command_env(self) -> dict | None:
+        """Additions to the environment of the peer's own commands (none by default)."""
+        return None
+
     def mount(self) -> None:
         if self.mounted_before:
             self.drop_local_cache()
-        run(self._mount_command(), timeout=300)
+        run(self._mount_command(), timeout=300, env=self._command_env())
         deadline = time.monotonic() + 60
         while not os.path.ismount(self.mnt):
             if time.monotonic() > deadline:
@@ -235,7 +239,7 @@ class PeerMount(FuseMount):
 
     def umount(self, session: str) -> None:
         self._record_peak(session)
-        run(self._umount_command(), timeout=1800)
+        run(self._umount_command(), timeout=1800, env=self._command_env())
         deadline = time.monotonic() + 120
         while self.pid is not None and os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
             time.sleep(0.05)  # the daemon finishes its uploads after the kernel let go
@@ -255,7 +259,8 @@ class PeerMount(FuseMount):
             subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
             self._force_unmount()
         elif os.path.ismount(self.mnt):
-            subprocess.run(self._umount_command(), capture_output=True, timeout=1800)
+            subprocess.run(self._umount_command(), capture_output=True, timeout=1800,
+                           env={**os.environ, **(self._command_env() or {})})
         self._force_unmount()
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -336,6 +341,46 @@ class JuicefsMount(PeerMount):
                 "cache_size": 0, "compression": "none"}
 
 
+class BaselineChunkfsMount(PeerMount):
+    """chunkfs as another checkout (an earlier commit) has it: the same benchmark, paired run by run,
+    answers "is this change slower than before?" (``--baseline DIR``; DIR a ``git worktree`` of that commit,
+    run with this interpreter and its packages)."""
+
+    name = "baseline"
+
+    def __init__(self, checkout: str, work: str, mnt: str):
+        self.checkout = checkout
+        super().__init__(work, mnt)
+
+    def _cli(self) -> list[str]:
+        return [sys.executable, "-m", "chunkfs.cli"]
+
+    def _command_env(self) -> dict:
+        return {"PYTHONPATH": self.checkout}
+
+    def _store(self) -> str:
+        return os.path.join(self.work, "store")
+
+    def make(self) -> None:
+        run([*self._cli(), "mkfs", self._store()], env=self._command_env())
+
+    def _mount_command(self) -> list[str]:
+        return [*self._cli(), "mount", self._store(), self.mnt]
+
+    def _umount_command(self) -> list[str]:
+        return [*self._cli(), "umount", self.mnt, "--timeout", "600"]
+
+    def _daemon_pid(self) -> int | None:
+        proc = subprocess.run(["pgrep", "-f", f"chunkfs.*{self._store()}"], capture_output=True, text=True)
+        pids = [int(p) for p in proc.stdout.split() if int(p) != os.getpid()]
+        return pids[0] if pids else None
+
+    @staticmethod
+    def settings_of(checkout: str) -> dict:
+        commit = run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
+        return {"checkout": checkout, "commit": commit, "settings": "mkfs defaults"}
+
+
 class PeerFactory:
     """Makes a fresh peer filesystem for each run: ``factory(work, mnt)``; ``settings()`` says what it runs."""
 
@@ -349,7 +394,8 @@ class PeerFactory:
         return self.cls.settings_of(self.tool)
 
 
-def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, cache: str, log=print) -> dict:
+def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, cache: str, log=print,
+               baseline: str | None = None) -> dict:
     """``{name: factory(work, mnt) -> PeerMount}`` of the peers asked for that can run here; one line per one that cannot.
 
     S3QL is not a Debian or PyPI package here: it runs from ``--s3ql-bin``
@@ -361,6 +407,8 @@ def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, 
     interpreter, or on PATH.
     """
     found = {}
+    if baseline:
+        found["baseline"] = PeerFactory(BaselineChunkfsMount, os.path.abspath(baseline))
     if "s3ql" in names:
         bin_dir = s3ql_bin or _s3ql_venv(cache, s3ql_source, log)
         if bin_dir and os.access(os.path.join(bin_dir, "mount.s3ql"), os.X_OK):

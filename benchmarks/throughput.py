@@ -489,6 +489,9 @@ def parse_args(argv):
     ap.add_argument("--peers", default="s3ql,juicefs",
                     help="other FUSE filesystems run beside chunkfs, those of s3ql,juicefs that are installed "
                          "(default: both), or 'none'")
+    ap.add_argument("--baseline", metavar="CHECKOUT",
+                    help="another checkout of chunkfs (a git worktree of an earlier commit) run as one more side, "
+                         "'baseline': is this checkout slower than that one, run by run?")
     ap.add_argument("--peer-timeout", type=float, default=600.0,
                     help="seconds a peer may take for one operation before it counts as hung (default 600)")
     ap.add_argument("--s3ql-bin", help="bin directory of an S3QL install (default: benchmarks/cache/s3ql-venv/bin)")
@@ -535,7 +538,8 @@ def main(argv: list[str] | None = None, log=print) -> int:
             "mount_opts": args.mount_opts, "ops": args.ops, "load_start": _load()}
     runs: list[dict] = []
     cache = os.environ.get("CHUNKFS_BENCH_CACHE", os.path.join(REPO, "benchmarks", "cache"))
-    inputs: dict = {"peers": find_peers(args.peers, args.s3ql_bin, args.s3ql_source, cache, log),
+    inputs: dict = {"peers": find_peers(args.peers, args.s3ql_bin, args.s3ql_source, cache, log,
+                                        args.baseline),
                     "profiler": Profiler(out) if args.profile else None}
     meta["peers"] = {name: factory.settings() for name, factory in inputs["peers"].items()}
     try:

@@ -61,6 +61,8 @@ def summarize(runs: list[dict], file_size: int) -> dict:
             row["vs_passthrough"] = _ratio_row(pairs, "passthrough", "chunkfs")
             if target is not None and op in ISSUE_PASSTHROUGH:
                 row["target_share_of_passthrough"] = round(target / ISSUE_PASSTHROUGH[op], 3)
+        if all("baseline" in p for p in pairs):  # --baseline: this checkout against an earlier one, run by run
+            row["vs_baseline"] = _ratio_row(pairs, "baseline", "chunkfs")
         sides = [s for s in ("plain", "chunkfs", "passthrough") if all(s in p for p in pairs)]
         row["by_side"] = _by_side(pairs)
         if op in ("seq_write", "cold_read", "cold_read_ra", "overwrite", "rewrite"):
@@ -97,7 +99,7 @@ def summarize(runs: list[dict], file_size: int) -> dict:
     return summary
 
 
-PEERS = ("s3ql", "juicefs")  # other filesystems run beside chunkfs when installed (benchmarks/mounts.py)
+PEERS = ("s3ql", "juicefs", "baseline")  # other filesystems run beside chunkfs when installed (benchmarks/mounts.py)
 SIDES = ("chunkfs", "passthrough", *PEERS)
 
 
@@ -196,6 +198,7 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
                          f"**{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
                          f"{'–' if share is None else f'{share:.2f}'} |")
     lines += _peers_table(rows, meta)
+    lines += _baseline_table(rows, meta)
     a, rss = summary["append"], summary["rss"]
     lines += ["", "## Append 4 KiB to the committed file (open + write + fsync + close)", "",
               f"- chunkfs: {', '.join(f'{x:.1f}' for x in a['chunkfs_ms'])} ms "
@@ -219,6 +222,23 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
     if not all(r["cold_caches_dropped"] for r in runs):
         lines.append("- WARNING: the page cache could not be dropped (not root): cold figures are warm")
     return "\n".join(lines) + "\n"
+
+
+def _baseline_table(rows: list, meta: dict) -> list[str]:
+    """With --baseline: this checkout against the earlier one, paired run by run (above 1: this one is faster)."""
+    if not any("vs_baseline" in row for _, _, row in rows):
+        return []
+    base = meta.get("peers", {}).get("baseline", {})
+    lines = ["", f"## Against the baseline checkout ({base.get('commit', '?')}), measured in the same runs", "",
+             "baseline seconds ÷ chunkfs seconds, per run and median: below 0.95 is more than 5 % slower.", "",
+             "| operation | chunkfs ÷ baseline speed (median) | per run | baseline | chunkfs |", "|---|---|---|---|---|"]
+    for op, label, row in rows:
+        vs = row.get("vs_baseline")
+        if vs is not None:
+            lines.append(f"| {label} | **{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
+                         f"{statistics.median(vs['baseline_seconds']):.2f} s | "
+                         f"{statistics.median(vs['chunkfs_seconds']):.2f} s |")
+    return lines
 
 
 def _peers_table(rows: list, meta: dict) -> list[str]:
