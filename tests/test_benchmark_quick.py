@@ -121,6 +121,7 @@ def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
     assert 90.0 < a.ideal_pct < 91.0
 
 
+@pytest.mark.slow
 def test_chunk_study_savings_at_tiny_scale(tmp_path):
     """The chunk-size study's savings half (issue 6 item 5) end to end: one store per size, both tables."""
     out = tmp_path / "study"

@@ -162,6 +162,7 @@ def test_ingest_cat_ls_rm_round_trip(tmp_path, store):
     assert run_cli("ls", store).stdout.splitlines() == ["from-stdin"]
 
 
+@pytest.mark.slow
 def test_reingest_replaces(tmp_path, store):
     run_cli("ingest", store, "f", write(tmp_path / "1", b"one"))
     run_cli("ingest", store, "f", write(tmp_path / "2", b"two"))
@@ -169,6 +170,7 @@ def test_reingest_replaces(tmp_path, store):
     assert json.loads(run_cli("stats", "--json", store).stdout)["files"] == 1
 
 
+@pytest.mark.slow
 def test_bytes_and_prefixed_file_ids(tmp_path, store):
     src = write(tmp_path / "x", b"bytes id")
     run_cli("ingest", store, "hex:00ff", src)
@@ -205,6 +207,7 @@ STATS_FIELDS = {"files", "logical_bytes", "stored_bytes", "unique_chunks", "savi
                 "chunk_refs", "garbage_bytes", "store", "mountpoints", "reserve_bytes", "disk_savings_pct"}
 
 
+@pytest.mark.slow
 def test_stats_json_fields_and_dedup(tmp_path, store):
     data = os.urandom(2 << 20)
     src = write(tmp_path / "d", data)
@@ -314,6 +317,7 @@ def held_store(store):
         holder.stdout.close()
 
 
+@pytest.mark.slow
 def test_locked_store(tmp_path, held_store):
     store, pid = held_store
     src = write(tmp_path / "f", b"data")
@@ -328,6 +332,7 @@ def test_locked_store(tmp_path, held_store):
 # -- against a mounted filesystem -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stats_by_mountpoint_while_mounted(mounted_fs):
     data = os.urandom(1 << 20)
     (mounted_fs / "a").write_bytes(data)
@@ -351,6 +356,7 @@ def test_writing_verbs_refuse_a_mounted_store(tmp_path, mounted_fs):
     assert str(mounted_fs.pid) in line
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 @requires_fuse
 def test_umount_says_what_it_did_and_q_silences_it(mounted_fs):
@@ -446,6 +452,7 @@ def _never_mount(*args, **kwargs):
     raise AssertionError("a random command line got past every check to mounting: the arena must prevent it")
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(argv=command_lines())
 def test_any_command_line_is_done_or_one_line_with_the_verbs_exit_code(arena, argv):

@@ -187,6 +187,7 @@ def test_acls_are_checked_as_the_kernel_does(fs, ops):
     assert ops.clone(readable_by_override, b"/secret", b"/home/d")["files"] == 1
 
 
+@pytest.mark.slow
 def test_a_cancelled_clone_leaves_nothing_and_is_deleted(fs, ops, store):
     for i in range(3000):
         write(fs, ROOT_INO, b"f%d" % i, b"%d" % i * 100)
@@ -210,6 +211,7 @@ def _wait_reaped(fs: FsCore) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_an_interrupted_clone_is_purged_at_the_next_mount_or_by_repair(tmp_path):
     path = tmp_path / "store"
     with ChunkStore.create(path, avg_size="4K") as store:

@@ -127,6 +127,7 @@ def stats_json(fs: MountedFS) -> dict:
 # -- clone -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_clone_equals_its_source_and_costs_no_data(mounted_fs):
     fs = mounted_fs
     build_tree(fs / "src", fs / "outside")
@@ -143,6 +144,7 @@ def test_a_clone_equals_its_source_and_costs_no_data(mounted_fs):
     fsck_clean(fs)
 
 
+@pytest.mark.slow
 def test_clone_into_a_directory_and_refusals_are_one_line(mounted_fs, mount_factory, tmp_path):
     fs = mounted_fs
     (fs / "file").write_bytes(b"data")
@@ -161,6 +163,7 @@ def test_clone_into_a_directory_and_refusals_are_one_line(mounted_fs, mount_fact
     assert_one_line_error(run_cli("rmtree", fs.mountpoint, check=False), contains="cannot remove the root")
 
 
+@pytest.mark.slow
 def test_a_clone_and_its_source_stay_independent(mounted_fs):
     fs = mounted_fs
     data = os.urandom(2 << 20)
@@ -185,6 +188,7 @@ def test_a_clone_and_its_source_stay_independent(mounted_fs):
     fsck_clean(fs)
 
 
+@pytest.mark.slow
 def test_a_file_being_written_is_cloned_as_of_its_last_commit(mounted_fs):
     fs = mounted_fs
     (fs / "log").write_bytes(b"first version\n")
@@ -208,6 +212,7 @@ def test_a_file_being_written_is_cloned_as_of_its_last_commit(mounted_fs):
 # -- snapshots ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_snapshot_refuses_every_change(mounted_fs):
     fs = mounted_fs
     (fs / "data" / "sub").mkdir(parents=True)
@@ -389,6 +394,7 @@ def inode_count(store: ChunkStore) -> int:
         return store.fs_tables.counter(txn, "fs_inodes")
 
 
+@pytest.mark.slow
 def test_kill_9_in_the_middle_of_a_clone_leaves_no_clone(mount_factory):
     fs = mount_factory(mount=False)
     populate(fs.store, 40, 1000)
@@ -417,6 +423,7 @@ def test_kill_9_in_the_middle_of_a_clone_leaves_no_clone(mount_factory):
 # -- rmtree --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rmtree_returns_at_once_and_the_space_comes_back(mount_factory):
     fs = mount_factory(mount=False)
     populate(fs.store, 10, 1000)
@@ -443,6 +450,7 @@ def test_rmtree_returns_at_once_and_the_space_comes_back(mount_factory):
     fsck_clean(fs)
 
 
+@pytest.mark.slow
 def test_rmtree_of_a_file_with_another_name_keeps_that_name(mounted_fs):
     fs = mounted_fs
     (fs / "a").write_bytes(b"both names")
@@ -457,6 +465,7 @@ def test_rmtree_of_a_file_with_another_name_keeps_that_name(mounted_fs):
 # -- du --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_du_unique_bytes_are_what_deleting_frees(mount_factory):
     fs = mount_factory()
     build_tree(fs / "tree", fs / "outside")
@@ -497,6 +506,7 @@ def pack_bytes(store: Path) -> int:
 # -- the control channel itself ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_a_clone_cancels_it(mount_factory):
     fs = mount_factory(mount=False)
     populate(fs.store, 30, 1000)

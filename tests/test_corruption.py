@@ -171,6 +171,7 @@ def _merge(spans):
     return out
 
 
+@pytest.mark.slow
 def test_flipped_byte_fails_exactly_its_chunk(fs):
     lay = layout(fs)
     victim = lay.chunks["a"][1]
@@ -182,6 +183,7 @@ def test_flipped_byte_fails_exactly_its_chunk(fs):
     damage_cycle(fs, lay, {"a": [(victim.offset, victim.offset + victim.length)]}, "corrupt-chunk", verify=True)
 
 
+@pytest.mark.slow
 def test_truncated_pack_fails_only_the_cut_chunk(fs):
     lay = layout(fs)  # pack 2 is the one the mount appends to: new chunks must go elsewhere
     last = max((c for cs in lay.chunks.values() for c in cs if c.location.pack == 2),
@@ -191,6 +193,7 @@ def test_truncated_pack_fails_only_the_cut_chunk(fs):
     damage_cycle(fs, lay, {n: s for n, s in bad.items() if s}, "truncated-chunk", verify=False)
 
 
+@pytest.mark.slow
 def test_missing_pack_fails_the_chunks_it_held(fs):
     lay = layout(fs)
     os.unlink(pack_path(fs, 2))
@@ -215,6 +218,7 @@ def daemons_of(store: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_damaged_index_makes_mount_refuse_with_one_line(mount_factory, damage):
     fs = mount_factory(mkfs_args=MKFS)

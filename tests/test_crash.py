@@ -73,6 +73,7 @@ def test_sigkill_rounds(tmp_path, capsys):
 # -- one precise window --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_stream_broken_by_random_write_then_kill(mounted_fs):
     """Stream 2 MiB, pwrite into it (commits the stream), write more, kill: the streamed version survives."""
@@ -99,6 +100,7 @@ def test_stream_broken_by_random_write_then_kill(mounted_fs):
     assert "recovered after an unclean shutdown: discarded uncommitted writes of 1 file(s)" in log
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_recovery_is_logged_once(mounted_fs):
     """One INFO summary after a crash (plus a line per discarded file); nothing after a clean unmount."""
@@ -261,6 +263,7 @@ def test_gc_with_a_writer_in_flight_then_killed(tmp_path):
         assert check_store(store).clean
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["commit", "append"])
 def test_gc_killed_at_every_step(tmp_path, where):
     """Kill a gc after each of its commits (or pack appends) in turn: recovery always leaves a clean store.

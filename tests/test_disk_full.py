@@ -110,6 +110,7 @@ def _unlink(path: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 @pytest.mark.parametrize("backwards", [False, True], ids=["streamed", "staged"])
 def test_full_disk(small_disk, backwards):

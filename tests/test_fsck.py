@@ -657,6 +657,7 @@ def test_inode_and_entry_counters_are_raised_past_ids_in_use(built, capsys):
 # -- mounted stores --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @requires_fuse
 def test_read_only_fsck_works_on_a_mounted_store_and_repair_refuses(mount_factory):
     fs = mount_factory(mkfs_args=["--chunker", "fixed", "--avg-size", "16K"])

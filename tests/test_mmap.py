@@ -55,6 +55,7 @@ def map_write(path, edits: dict[int, bytes], length: int | None = None) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_shared_mapping_write_msync_reopen_and_remount(mounted_fs):
     path = mounted_fs / "f"
     data = bytearray(os.urandom(3 * 1024 * 1024 + 123))
@@ -69,6 +70,7 @@ def test_shared_mapping_write_msync_reopen_and_remount(mounted_fs):
     assert read(path) == data
 
 
+@pytest.mark.slow
 def test_mapping_after_ftruncate_of_a_new_file(mounted_fs):
     path = mounted_fs / "new"
     size = 5 * 1024 * 1024
@@ -90,6 +92,7 @@ def test_mapping_after_ftruncate_of_a_new_file(mounted_fs):
     assert os.stat(path).st_size == size
 
 
+@pytest.mark.slow
 def test_mapping_beyond_eof_becomes_usable_after_ftruncate(mounted_fs):
     """A mapping that reaches past EOF (the file shrank under it); ftruncate up makes its pages usable."""
     path = mounted_fs / "grow"
@@ -134,6 +137,7 @@ def test_access_beyond_eof_after_ftruncate_down_is_sigbus(mounted_fs):
     assert os.stat(path).st_size == PAGE
 
 
+@pytest.mark.slow
 def test_private_mapping_does_not_change_the_file(mounted_fs):
     path = mounted_fs / "private"
     data = os.urandom(300_000)

@@ -40,6 +40,7 @@ def test_background_mount_returns_when_ready(mount_factory):
     assert (fs / "hello").read_text() == "hi"
 
 
+@pytest.mark.slow
 def test_umount_waits_for_the_daemon_to_exit(mount_factory):
     fs = mount_factory()
     data = os.urandom(3 << 20)
@@ -62,6 +63,7 @@ def test_repeated_mount_cycles_always_exit(mount_factory):
     assert sorted(os.listdir(fs.mountpoint)) == ["f0", "f1", "f2", "f3"]
 
 
+@pytest.mark.slow
 def test_foreground_mount_logs_to_stderr(mount_factory):
     fs = mount_factory(mount=False)
     proc = subprocess.Popen(CLI + ["mount", "-f", str(fs.store), str(fs.mountpoint)], cwd=REPO, env=cli_env(),
@@ -85,6 +87,7 @@ def test_foreground_mount_logs_to_stderr(mount_factory):
     assert read_back(fs, "f") == b"foreground"
 
 
+@pytest.mark.slow
 def test_foreground_mount_stops_on_ctrl_c(mount_factory):
     fs = mount_factory(mount=False)
     proc = subprocess.Popen(CLI + ["mount", "-f", str(fs.store), str(fs.mountpoint)], cwd=REPO, env=cli_env(),
@@ -121,6 +124,7 @@ def test_signal_unmounts_cleanly_with_data_committed(mount_factory, sig):
     assert os.readlink(fs / "dir" / "link") == "closed"
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_file_open_detaches_and_exits_at_last_close(mount_factory):
     fs = mount_factory()
     pid = fs.pid
@@ -154,6 +158,7 @@ def fusectl():
         subprocess.run(["umount", path], check=False, capture_output=True)
 
 
+@pytest.mark.slow
 def test_second_signal_stops_at_once_with_data_committed(mount_factory, fusectl):
     fs = mount_factory()
     pid = fs.pid
@@ -188,6 +193,7 @@ def test_umount_of_a_busy_mount_says_so(mount_factory):
     fs.unmount()
 
 
+@pytest.mark.slow
 def test_lazy_umount_exits_when_the_last_file_closes(mount_factory):
     fs = mount_factory()
     pid = fs.pid
@@ -209,6 +215,7 @@ def test_lazy_umount_exits_when_the_last_file_closes(mount_factory):
     assert read_back(fs, "f") == b"a" * 1000 + b"b" * 1000
 
 
+@pytest.mark.slow
 def test_umount_after_the_daemon_died(mount_factory):
     fs = mount_factory()
     fs.allow_daemon_death()
@@ -224,6 +231,7 @@ def test_umount_after_the_daemon_died(mount_factory):
 # -- options -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_read_only_mount(mount_factory):
     fs = mount_factory()
     (fs / "f").write_text("data")
@@ -252,6 +260,7 @@ def test_default_permissions_and_fsname_in_mount_table(mounted_fs):
     assert mount_entry(mounted_fs.mountpoint) == ("fuse.chunkfs", str(mounted_fs.store))
 
 
+@pytest.mark.slow
 def test_store_path_with_spaces_commas_and_non_ascii(tmp_path):
     store, mnt = tmp_path / "my store, v2 % ü", tmp_path / "mnt dir ü"
     run_cli("mkfs", store)
@@ -341,6 +350,7 @@ def test_mount_mountpoint_is_a_file(tmp_path, targets):
     assert_one_line_error(run_cli("mount", store, tmp_path / "file", check=False), contains="not a directory")
 
 
+@pytest.mark.slow
 def test_mount_nonempty_mountpoint(targets):
     store, mnt = targets
     (mnt / "underneath").write_text("x")
@@ -448,6 +458,7 @@ def _mount8(*args) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fstype", ["fuse.chunkfs", "chunkfs"])
 def test_mount_t_fuse_chunkfs(mount_helper, mount_factory, fstype):
     fs = mount_factory(mount=False)
@@ -484,6 +495,7 @@ def test_fstab_line(mount_helper, mount_factory, tmp_path):
     fs.unmount()
 
 
+@pytest.mark.slow
 def test_umount8_unmounts_and_daemon_exits(mount_helper, mount_factory):
     fs = mount_factory()
     pid = fs.pid
@@ -503,6 +515,7 @@ def _helper(*args) -> subprocess.CompletedProcess:
                           env=cli_env(), capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_helper_fake_and_verbose(targets):
     store, mnt = targets
     result = _helper(store, mnt, "-f", "-v", "-o", "rw,defaults,noauto,x-systemd.automount,noatime")
@@ -518,6 +531,7 @@ def tmp_path_absent(mnt):
     return mnt.parent / "absent"
 
 
+@pytest.mark.slow
 def test_helper_sloppy_drops_unknown_options(targets):
     store, mnt = targets
     assert _helper(store, mnt, "-f", "-o", "whatever=1").returncode == 32

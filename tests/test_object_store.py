@@ -69,6 +69,7 @@ def data(seaweed, bucket_url) -> dict:
     return data_location(bucket_url, seaweed.endpoint)
 
 
+@pytest.mark.slow
 def test_write_close_reopen_read_and_every_pack_is_one_object(tmp_path, seaweed, data):
     files = {f"f{i}": payload(36 * MIB + i, i) for i in range(2)}  # a sealed pack and an open one
     with ChunkStore.create(tmp_path / "s", data=data) as store:
@@ -87,6 +88,7 @@ def test_write_close_reopen_read_and_every_pack_is_one_object(tmp_path, seaweed,
     assert stats["requests"]["get"] <= 64 // 4, "reads of the sealed pack should be coalesced into few ranged GETs"
 
 
+@pytest.mark.slow
 def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, seaweed, data):
     """The staging copy moves into the pack cache once uploaded: read back with no GET, also after a reopen."""
     content = payload(PACK + 2 * MIB, 21)
@@ -106,6 +108,7 @@ def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, se
     assert not [n for n in os.listdir(small / "bucket" / "cache") if n.endswith(".pack")]
 
 
+@pytest.mark.slow
 def test_a_crash_with_uploads_waiting_loses_nothing_and_the_next_open_uploads_them(tmp_path, own_seaweed):
     """The writer dies (os._exit) while the object store is down; after both come back, all is there."""
     data = data_location(own_seaweed.url("crash"), own_seaweed.endpoint)
@@ -144,6 +147,7 @@ def test_a_crash_with_uploads_waiting_loses_nothing_and_the_next_open_uploads_th
             assert s.read(f"f{i}") == payload(40 * MIB, i), "the bucket alone holds everything"
 
 
+@pytest.mark.slow
 def test_object_store_down_writes_fill_the_backlog_then_enospc_and_resume_when_it_is_back(tmp_path, own_seaweed):
     data = data_location(own_seaweed.url("down"), own_seaweed.endpoint)
     options = {"upload_backlog": PACK + 26 * MIB, "backlog_wait": 0.2, "close_wait": 10}
@@ -201,6 +205,7 @@ def test_packs_sealed_but_not_renamed_before_a_crash_are_uploaded_at_the_next_op
 # -- throttling and requests that get no answer: botocore retries them, with backoff ---------------
 
 
+@pytest.mark.slow
 def test_throttled_uploads_are_retried_with_backoff_and_nothing_is_lost(tmp_path, seaweed, bucket_url):
     """503 SlowDown to a pack's PUT: botocore's retries (not a chunkfs error) get it uploaded."""
     with FaultProxy(seaweed.s3) as proxy:
@@ -220,6 +225,7 @@ def test_throttled_uploads_are_retried_with_backoff_and_nothing_is_lost(tmp_path
         assert s.read("f") == content
 
 
+@pytest.mark.slow
 def test_requests_without_an_answer_time_out_and_are_retried(tmp_path, seaweed, bucket_url):
     """A PUT and a GET the object store sits on for longer than request_timeout are sent again."""
     with FaultProxy(seaweed.s3) as proxy:
@@ -268,6 +274,7 @@ def _cold(path: str) -> None:
         os.unlink(os.path.join(cache, name))
 
 
+@pytest.mark.slow
 def test_a_missing_object_fails_exactly_its_ranges_and_fsck_names_it(tmp_path, seaweed, data):
     path, a, b = _two_pack_store(tmp_path, data)
     bucket, prefix = data["url"][5:].split("/", 1)
@@ -284,6 +291,7 @@ def test_a_missing_object_fails_exactly_its_ranges_and_fsck_names_it(tmp_path, s
     assert result.returncode == 4 and "missing-pack" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_corrupted_object_fails_only_the_chunks_it_damaged(tmp_path, seaweed, data):
     path, a, b = _two_pack_store(tmp_path, data)
     bucket, prefix = data["url"][5:].split("/", 1)
@@ -310,6 +318,7 @@ def test_a_corrupted_object_fails_only_the_chunks_it_damaged(tmp_path, seaweed, 
 # -- metadata in the bucket: restore, a replica, gc ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_restore_on_an_empty_directory_and_a_replica_follows_the_writer(tmp_path, seaweed, data):
     with ChunkStore.create(tmp_path / "s", data=data) as writer:
         writer.ingest("one", payload(3 * MIB, 1))
@@ -334,6 +343,7 @@ def test_restore_on_an_empty_directory_and_a_replica_follows_the_writer(tmp_path
         assert r.read("three") == b"written after the restore"
 
 
+@pytest.mark.slow
 def test_gc_deletes_objects_only_after_an_index_copy_without_them(tmp_path, seaweed, data):
     with ChunkStore.create(tmp_path / "s", data=data) as store:
         store.ingest("big", payload(PACK + 2 * MIB, 3))
@@ -355,6 +365,7 @@ def test_gc_deletes_objects_only_after_an_index_copy_without_them(tmp_path, seaw
 # -- the command line: one line for a wrong bucket, wrong credentials, no server ---------------
 
 
+@pytest.mark.slow
 def test_mkfs_with_a_missing_bucket_wrong_credentials_or_no_server_is_one_line(tmp_path, seaweed, bucket_url):
     result = run_cli("mkfs", tmp_path / "a", "--data", "s3://no-such-bucket-here/x", "--endpoint", seaweed.endpoint,
                      check=False)
@@ -374,12 +385,14 @@ def test_mkfs_with_a_missing_bucket_wrong_credentials_or_no_server_is_one_line(t
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_mkfs_refuses_a_prefix_that_already_holds_a_store(tmp_path, seaweed, bucket_url):
     run_cli("mkfs", tmp_path / "one", "--data", bucket_url, "--endpoint", seaweed.endpoint)
     result = run_cli("mkfs", tmp_path / "two", "--data", bucket_url, "--endpoint", seaweed.endpoint, check=False)
     assert_one_line_error(result, contains="restore")
 
 
+@pytest.mark.slow
 def test_stats_show_objects_requests_backlog_and_cache(tmp_path, seaweed, bucket_url):
     store = tmp_path / "s"
     run_cli("mkfs", store, "--data", bucket_url, "--endpoint", seaweed.endpoint)
@@ -403,6 +416,7 @@ def write_fsynced(path, content: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_mounted_writes_reach_the_bucket_on_sync_and_survive_remount_and_kill(seaweed, bucket_url, mount_factory,
                                                                            tmp_path):
@@ -447,6 +461,7 @@ def test_mounted_writes_reach_the_bucket_on_sync_and_survive_remount_and_kill(se
         run_cli("umount", mnt)
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_mounted_outage_writes_go_on_into_the_backlog_then_enospc_and_resume(own_seaweed, mount_factory):
     fs = mount_factory(mkfs_args=["--data", own_seaweed.url("outage"), "--endpoint", own_seaweed.endpoint],
@@ -479,6 +494,7 @@ def test_mounted_outage_writes_go_on_into_the_backlog_then_enospc_and_resume(own
     assert (fs / "after").read_bytes() == payload(16 * MIB, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_kill_9_rounds_of_the_daemon_and_the_object_store_lose_nothing_fsynced(tmp_path, own_seaweed, capsys):
     """benchmarks/crash_soak.py --s3 for a few rounds: the daemon killed during uploads (and SeaweedFS once)."""

@@ -206,6 +206,7 @@ def test_a_10_gib_sparse_file_stores_only_its_data(store_dir):
         assert store.read_range(file_id_for(13), (10 << 30) - 2, 10) == b"\0\0end"
 
 
+@pytest.mark.slow
 def test_a_stream_pumped_in_the_background_reads_back_and_commits_exactly(store, monkeypatch):
     """Big appends are chunked by the pump thread while the writer goes on; a small inbox makes it wait."""
     from chunkfs.fs import stream
@@ -285,6 +286,7 @@ def test_a_failure_while_streaming_loses_no_accepted_byte(store, monkeypatch, fa
     assert not store.ledger.pins and check_store(store).clean
 
 
+@pytest.mark.slow
 def test_more_streaming_files_than_pump_threads_are_all_stored_exactly(store, monkeypatch):
     """Three files stream at once through two pump threads that take turns (TURN) and wait on small inboxes."""
     import threading

@@ -57,6 +57,7 @@ def read(path) -> bytes:
 # -- files, directories, names ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_file_contents_and_attributes(mounted_fs):
     path = mounted_fs / "f"
     data = os.urandom(300_000)
@@ -77,6 +78,7 @@ def test_file_contents_and_attributes(mounted_fs):
     assert read(path) == b"short" and os.stat(path).st_blocks == 1
 
 
+@pytest.mark.slow
 def test_read_only_open_with_o_trunc_truncates_as_on_ext4(mounted_fs):
     path = mounted_fs / "f"
     write(path, os.urandom(100_000))
@@ -89,6 +91,7 @@ def test_read_only_open_with_o_trunc_truncates_as_on_ext4(mounted_fs):
     assert os.stat(path).st_size == 0 and read(path) == b""
 
 
+@pytest.mark.slow
 def test_truncate_extends_with_zeros_and_shrinks(mounted_fs):
     path = mounted_fs / "t"
     write(path, b"0123456789")
@@ -103,6 +106,7 @@ def test_truncate_extends_with_zeros_and_shrinks(mounted_fs):
     assert oserror(os.truncate, mounted_fs.mountpoint, 0) == errno.EISDIR
 
 
+@pytest.mark.slow
 def test_directories_and_their_errors(mounted_fs):
     d = mounted_fs / "d"
     os.mkdir(d)
@@ -126,6 +130,7 @@ def test_directories_and_their_errors(mounted_fs):
     assert os.listdir(mounted_fs.mountpoint) == []
 
 
+@pytest.mark.slow
 def test_name_length_limit(mounted_fs):
     ok, long = "n" * 255, "n" * 256
     write(mounted_fs / ok, b"x")
@@ -138,6 +143,7 @@ def test_name_length_limit(mounted_fs):
     assert os.statvfs(mounted_fs.mountpoint).f_namemax == 255
 
 
+@pytest.mark.slow
 def test_hard_links(mounted_fs):
     a, b = mounted_fs / "a", mounted_fs / "b"
     write(a, b"shared")
@@ -153,6 +159,7 @@ def test_hard_links(mounted_fs):
     assert oserror(os.link, mounted_fs / "d", mounted_fs / "dlink") == errno.EPERM
 
 
+@pytest.mark.slow
 def test_symlinks(mounted_fs):
     write(mounted_fs / "target", b"via link")
     os.symlink("target", mounted_fs / "link")
@@ -166,6 +173,7 @@ def test_symlinks(mounted_fs):
     assert oserror(os.symlink, "x", mounted_fs / "link") == errno.EEXIST
 
 
+@pytest.mark.slow
 def test_mknod_fifo_and_device(mounted_fs):
     fifo = mounted_fs / "fifo"
     os.mkfifo(fifo, 0o640)
@@ -188,6 +196,7 @@ def test_mknod_fifo_and_device(mounted_fs):
 # -- rename -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rename_semantics_and_errors(mounted_fs):
     m = mounted_fs.mountpoint
     write(m / "a", b"A")
@@ -211,6 +220,7 @@ def test_rename_semantics_and_errors(mounted_fs):
     assert os.stat(m / "full").st_nlink == 3 and os.stat(m).st_nlink == 4
 
 
+@pytest.mark.slow
 def test_renameat2_noreplace_and_exchange(mounted_fs):
     m = mounted_fs.mountpoint
     write(m / "a", b"A")
@@ -231,6 +241,7 @@ def test_renameat2_noreplace_and_exchange(mounted_fs):
     assert os.path.isdir(m / "c") and read(m / "e") == b"B"
 
 
+@pytest.mark.slow
 def test_rename_across_mounts_is_exdev(mount_factory):
     one, two = mount_factory("one"), mount_factory("two")
     write(one / "f", b"x")
@@ -259,6 +270,7 @@ def test_chmod_chown_and_nanosecond_times(mounted_fs):
     assert os.stat(path).st_mtime_ns > 1_222_222_222_987_654_321
 
 
+@pytest.mark.slow
 def test_mtime_after_write_and_utime_before_close(mounted_fs):
     path = mounted_fs / "f"
     with open(path, "wb") as fh:
@@ -394,6 +406,7 @@ def test_fsync_and_fdatasync(mounted_fs):
 # -- directories under change ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_readdir_while_creating_and_removing(mounted_fs):
     d = mounted_fs / "d"
     os.mkdir(d)

@@ -55,6 +55,7 @@ def du_bytes(path) -> int:
     return int(subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
+@pytest.mark.slow
 def test_sparse_10_gib_file_stores_almost_nothing(mounted_fs):
     path = mounted_fs / "sparse"
     size = 10 * GiB
@@ -80,6 +81,7 @@ def test_sparse_10_gib_file_stores_almost_nothing(mounted_fs):
     check()
 
 
+@pytest.mark.slow
 def test_holes_between_data_read_as_zeros(mounted_fs):
     path = mounted_fs / "holey"
     pieces = {0: os.urandom(100 * KiB), 3 * MiB + 17: os.urandom(50 * KiB), 40 * MiB: os.urandom(1 * MiB)}
@@ -101,6 +103,7 @@ def test_holes_between_data_read_as_zeros(mounted_fs):
     check()
 
 
+@pytest.mark.slow
 def test_truncate_up_and_down(mounted_fs):
     path = mounted_fs / "t"
     data = os.urandom(1 * MiB)
@@ -127,6 +130,7 @@ def test_truncate_up_and_down(mounted_fs):
     assert mounted_fs.stats()["logical_bytes"] == 0
 
 
+@pytest.mark.slow
 def test_writes_past_eof_then_fill_the_hole(mounted_fs):
     path = mounted_fs / "fill"
     expected = bytearray()
@@ -291,6 +295,7 @@ def test_a_mebibyte_in_the_middle_of_a_tebibyte_hole_stores_only_itself(mounted_
     assert pread(path, 12345 * MiB, MiB) == bytes(MiB)  # a hole reads as zeros
 
 
+@pytest.mark.slow
 def test_pjdfstest_style_truncate_sizes_and_contents(mounted_fs):
     """truncate/00.t, ftruncate/00.t: size and content after truncating up and down, by path and by fd."""
     path = mounted_fs / "pjd"

@@ -430,6 +430,7 @@ def test_read_view_reads_each_record_once_and_back_to_back_records_together(stor
         assert store.read_view("f", len(data) - 100, 1000) == data[-100:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_kind", BACKENDS)
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())

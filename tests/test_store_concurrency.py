@@ -66,6 +66,7 @@ def test_a_file_replaced_between_lookup_and_read_is_read_as_it_is_now(store, rea
     assert check_store(store).clean
 
 
+@pytest.mark.slow
 def test_reads_racing_replacements_and_deletes_see_whole_versions(store, caplog):
     versions = [rand(MiB, seed) for seed in range(3)]
     store.ingest("x", versions[0])
@@ -230,6 +231,7 @@ def test_a_damaged_chunk_in_a_version_raises_never_wrong_bytes(store, caplog):
     assert any("is corrupt" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_streamed_versions_are_whole_while_the_file_changes(store):
     versions = [rand(MiB, seed) for seed in range(3)]
     store.ingest("x", versions[0])

@@ -126,6 +126,7 @@ def test_writeback_cache_batches_small_writes(mount_factory):
     assert requests["writeback"] < 0.75 * requests["plain"], requests
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_verify_sha256_rehashes_instead_of_trusting_the_checksum(mount_factory):
     """A wrong xxh3 checksum in a pack record header fails xxh3 verification but not SHA-256 re-hashing."""
@@ -176,6 +177,7 @@ def test_cache_size_decides_what_a_reread_costs(mount_factory, cache_size, cache
 # -- the page cache ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_keep_cache_serves_a_second_read_from_the_page_cache(mounted_fs):
     path = mounted_fs / "f"

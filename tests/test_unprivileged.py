@@ -105,6 +105,7 @@ def test_a_mount_fusermount3_refuses_says_why(nobody, public_dir):
     assert store_holder(store) is None
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 def test_a_user_mounts_and_unmounts_where_fuse_is_open_to_users(nobody, public_dir):
     store, mnt = _own_store_and_mountpoint(nobody, public_dir)

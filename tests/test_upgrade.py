@@ -132,6 +132,7 @@ def test_upgrade_of_what_is_not_a_store_is_one_line(tmp_path):
     assert_one_line_error(run_cli("upgrade", tmp_path, check=False), contains="not a chunkfs store")
 
 
+@pytest.mark.slow
 @pytest.mark.mount
 @requires_fuse
 def test_mounted_upgraded_store_shows_the_v1_tree(mount_factory, tmp_path):
