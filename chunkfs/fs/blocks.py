@@ -17,6 +17,8 @@ commit.
 
 from __future__ import annotations
 
+import lmdb
+
 from ..store import ChunkStore
 from .handles import OpenFiles
 from .namespace import Inode
@@ -34,18 +36,19 @@ class BlockCounter:
         self.file_id_for = file_id_for
         self.files = files
 
-    def of(self, inode: Inode) -> int:
+    def of(self, inode: Inode, txn: lmdb.Transaction | None = None) -> int:
         """``st_blocks`` of a regular file; uncommitted changes count in full until committed.
 
         ``changed_ns`` is checked first: it is set while a commit may be
         running, so ``data.dirty`` (which waits for the FileData's lock) is
         asked only when that lock is free in practice (a utimens cleared the
         time of writes not yet committed, as ``cp -p`` does before close).
+        ``txn``: the caller's read transaction, so a stat costs one, not two.
         """
         oi = self.files.inode(inode.ino)
         if oi is not None and (oi.changed_ns is not None or (oi.writers and oi.data.dirty)):
             return full_blocks(inode.size)
-        return self.blocks(inode)
+        return self.blocks(inode, txn)
 
     def holey_inode(self, fh: int) -> int | None:
         """The inode of ``fh`` if, committed, its st_blocks differs from ceil(size / 512).
@@ -58,8 +61,8 @@ class BlockCounter:
         size = oi.data.size
         return oi.ino if self.store.data_bytes(self.file_id_for(oi.ino)) < size else None
 
-    def blocks(self, inode: Inode) -> int:
+    def blocks(self, inode: Inode, txn: lmdb.Transaction | None = None) -> int:
         """``st_blocks`` of a committed regular file whose record is ``inode``."""
         if inode.size == 0:
             return 0
-        return full_blocks(min(self.store.data_bytes(self.file_id_for(inode.ino)), inode.size))
+        return full_blocks(min(self.store.data_bytes(self.file_id_for(inode.ino), txn), inode.size))

@@ -221,8 +221,11 @@ class FsCore(FileOps, XattrOps):
 
     # -- attributes -----------------------------------------------------------------
 
-    def _current(self, inode: Inode) -> Inode:
-        """Apply what open files know and LMDB does not yet: size and time of uncommitted writes."""
+    def _current(self, inode: Inode, txn: lmdb.Transaction | None = None) -> Inode:
+        """Apply what open files know and LMDB does not yet: size and time of uncommitted writes.
+
+        ``txn``: the read transaction ``inode`` came from, which st_blocks reuses (a stat is one transaction).
+        """
         overlay = self.files.overlay(inode.ino)
         if overlay is not None:
             inode.size, changed = overlay
@@ -230,7 +233,7 @@ class FsCore(FileOps, XattrOps):
                 inode.mtime_ns = changed
                 inode.ctime_ns = max(inode.ctime_ns, changed)
         if inode.is_reg:
-            inode.blocks = self.block_counter.of(inode)
+            inode.blocks = self.block_counter.of(inode, txn)
         return inode
 
     def holey_inode(self, fh: int) -> int | None:
@@ -239,8 +242,7 @@ class FsCore(FileOps, XattrOps):
 
     def getattr(self, ino: int) -> Inode:
         with self._read() as txn:
-            inode = self.ns.need(txn, ino)
-        return self._current(inode)
+            return self._current(self.ns.need(txn, ino), txn)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
         inode = self.find(parent, name)
@@ -259,16 +261,16 @@ class FsCore(FileOps, XattrOps):
                 self.ns.need_dir(txn, parent)  # ENOENT or ENOTDIR for a bad parent
                 return None
             inode = self.ns.need(txn, entry.ino)  # an entry exists only in a directory: no parent check
-        self.remember(inode.ino)
-        return self._current(inode)
+            self.remember(inode.ino)
+            return self._current(inode, txn)
 
     def _dot_lookup(self, parent: int, name: bytes) -> Inode:
         with self._read() as txn:
             directory = self.ns.need_dir(txn, parent)
             ino = parent if name == b"." else directory.parent or ROOT_INO
             inode = self.ns.need(txn, ino)
-        self.remember(ino)
-        return self._current(inode)
+            self.remember(ino)
+            return self._current(inode, txn)
 
     def setattr(self, ino: int, changes: SetAttr, fh: int | None = None) -> Inode:
         """chmod/chown/utimens/truncate; a size change blocks (call from a worker thread)."""
@@ -507,7 +509,7 @@ class FsCore(FileOps, XattrOps):
                 child = self.ns.get(txn, entry.ino)
                 if child is not None:
                     out.append(DirEntry(entry.name, child, entry.entry_id))
-        return [DirEntry(e.name, self._current(e.attr), e.next_id, e.counted) for e in out]
+            return [DirEntry(e.name, self._current(e.attr, txn), e.next_id, e.counted) for e in out]
 
     def fsyncdir(self, ino: int) -> None:
         self.store.sync()

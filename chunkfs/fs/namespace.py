@@ -112,10 +112,11 @@ class Inode:
     @classmethod
     def decode(cls, ino: int, raw: bytes) -> "Inode":
         try:
-            word, *rest = INODE.unpack(raw)
+            values = INODE.unpack(raw)
         except Exception:
             raise IndexCorruptError(f"inode {ino}: malformed record") from None
-        return cls(ino, word & MODE_BITS, *rest, flags=word >> FLAG_SHIFT)
+        word = values[0]  # positional, blocks (not stored) then flags: every stat decodes one
+        return cls(ino, word & MODE_BITS, *values[1:], None, word >> FLAG_SHIFT)
 
     def touch(self, now: int, modified: bool = True) -> None:
         """Set ctime (and, if the contents changed, mtime) to ``now``."""
