@@ -178,6 +178,7 @@ def test_object_store_down_writes_fill_the_backlog_then_enospc_and_resume_when_i
         assert s.read("after") == payload(16 * MIB, 7) and s.read("before") == payload(MIB, 1)
 
 
+@pytest.mark.slow  # starts the SeaweedFS server
 def test_packs_sealed_but_not_renamed_before_a_crash_are_uploaded_at_the_next_open(tmp_path, seaweed, data):
     """seal() only queues: a crash before the upload thread renamed the pack leaves it named .pack."""
     from chunkfs.store._object_store import location_of  # noqa: PLC0415
