@@ -3,6 +3,9 @@
 Recovery runs every time a store is opened for writing.  It relies on the
 ledger's accounting (see _ledger.py):
 
+0. Pack bytes a sync made durable in the index's sync log are written back
+   into their packs and flushed, and the log is emptied (_synclog.py): after
+   power loss the packs may lack them; after ``kill -9`` this changes nothing.
 1. A pack file the index does not know is the leftover of a crash while a pack
    was being created or compacted: remove it.  A pack the index knows whose
    file is gone is lost (fsck's business), unless nothing in it was alive or
@@ -20,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 
 from . import _index as ix
+from . import _synclog as synclog
 from ._ledger import adjust_pack, get_record
 from ._packs import HEADER_SIZE, RECORD, Location, record_size
 
@@ -33,6 +37,7 @@ class RecoveryReport:
     missing_packs: list[int] = field(default_factory=list)
     pending_resolved: int = 0
     dropped_packs: int = 0
+    log_replayed: int = 0  # bytes of pack tails written back from the sync log (not damage: see _synclog.py)
 
     @property
     def clean(self) -> bool:
@@ -58,6 +63,7 @@ class RecoveryReport:
 def recover(store) -> RecoveryReport:
     report = RecoveryReport()
     packs = store.packs
+    report.log_replayed = synclog.replay(store)
     with store.index.read() as txn:
         registered = {ix.KEYPACK.unpack(k)[0]: ix.PACK.unpack(v) for k, v in txn.cursor(db=store.index.packs)}
     on_disk = set(packs.existing())

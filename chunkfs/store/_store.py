@@ -33,10 +33,12 @@ from typing import BinaryIO
 import lmdb
 
 from . import _index as ix
+from . import _synclog as synclog
 from ._cache import ChunkCache
 from ._deadspace import DeadSpace
 from ..chunker import make_chunker
-from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, WouldBlock
+from ..errors import (FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, StoreFullError,
+                      WouldBlock)
 from ..hashing import VERIFY_MODES, addresses_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
@@ -238,7 +240,7 @@ class ChunkStore:
         log.warning("%s: disk full; released the space reserve so metadata can still change", self.path)
         return True
 
-    def sync(self, nowait: bool = False) -> None:
+    def sync(self, nowait: bool = False, full: bool = False) -> None:
         """Make everything committed so far survive power loss: packs first, then the index.
 
         It costs what was committed since the last sync: nothing at all (no
@@ -246,22 +248,27 @@ class ChunkStore:
         arrive while a sync is under way wait for it and share the next one
         (group commit): an application's fsync storm costs one flush per
         round, not one per call.  LMDB's own transaction counter says what
-        is committed, so no commit path has to report to this one.  With
-        ``nowait``, WouldBlock instead of flushing or waiting for a flush.
+        is committed, so no commit path has to report to this one.  When
+        only a short tail of the active pack is new, that tail is written
+        into the index and one flush of the index makes both durable
+        (_synclog.py); ``full`` flushes the packs and empties that log.
+        With ``nowait``, WouldBlock instead of flushing or waiting for a flush.
         """
         want = self._last_txn()
         with self._sync_done:
             if nowait and self._synced_txn < want:
                 raise WouldBlock("a sync would flush the disk")
-            while self._syncing and self._synced_txn < want:
+            while self._syncing and (full or self._synced_txn < want):
                 self._sync_done.wait()
-            if self._synced_txn >= want:
+            if self._synced_txn >= want and not full:
                 return
             self._syncing = True
-        upto, ok = self._last_txn(), False
+        upto, ok = None, False
         try:
-            self.packs.sync()
-            self.index.sync()
+            if not full and self.packs.backend.logged_sync:
+                upto = self._sync_by_log()
+            if upto is None:
+                upto = self._sync_all()
             ok = True
         finally:
             with self._sync_done:
@@ -269,6 +276,47 @@ class ChunkStore:
                 if ok:
                     self._synced_txn = max(self._synced_txn, upto)
                 self._sync_done.notify_all()
+
+    def _sync_by_log(self) -> int | None:
+        """One flush: the active pack's new tail written into the index, then the index flushed.
+
+        Returns the last transaction made durable, None if the packs must be
+        flushed (see ``PackFiles.unsynced_tail``).  The tail is read and
+        logged under the store's lock, which every append takes: each commit
+        up to the logging one points only at bytes below the tail's end.
+        """
+        with self._lock:
+            tail = self.packs.unsynced_tail(synclog.MOST_PER_SYNC, synclog.MOST_SINCE_FLUSH)
+            if tail is None:
+                return None
+            pack, start, end = tail
+            upto = self._last_txn()
+            if end > start:
+                data = self.packs.backend.read(pack, start, end - start)  # just written: in the page cache
+                if len(data) != end - start:
+                    return None
+
+                def log_tail(txn):
+                    synclog.put(txn, self.index, pack, start, data)
+                    return txn.id(), []
+
+                try:
+                    upto = self.write_txn(log_tail)
+                except StoreFullError:
+                    return None  # no room in the index: flush the pack instead
+        self.index.sync()
+        self.packs.note_logged(pack, end)
+        return upto
+
+    def _sync_all(self) -> int:
+        """Two flushes: the packs, then the index (with the sync log emptied); the last transaction made durable."""
+        upto = self._last_txn()
+        self.packs.sync()
+        cleared = synclog.clear(self.index)
+        if cleared == upto + 1:
+            upto = cleared  # the log's own transaction: nothing else committed meanwhile
+        self.index.sync()
+        return upto
 
     def _last_txn(self) -> int:
         """LMDB's id of the last committed write transaction (read-only: nothing to sync, ever)."""
