@@ -46,7 +46,7 @@ from . import _index as ix
 log = logging.getLogger(__name__)
 
 MOST_PER_SYNC = 1024 * 1024  # a longer tail is cheaper flushed in its pack than written twice
-MOST_SINCE_FLUSH = 16 * 1024 * 1024  # what the log may hold before a sync flushes the pack and empties it
+MOST_SINCE_FLUSH = 4 * 1024 * 1024  # what the log may hold before a sync flushes the pack and empties it
 PIECE = 16 * 4096 - 16  # bytes per log record: 16 LMDB pages (an overflow page has a 16-byte header)
 
 
@@ -54,15 +54,23 @@ def log_key(pack: int, offset: int) -> bytes:
     return ix.KEYSYNCLOG.pack(pack, offset)
 
 
-def put(txn: lmdb.Transaction, index: ix.Index, pack: int, start: int, data: bytes) -> None:
-    """Log ``data``, the bytes of ``pack`` from ``start``, in pieces of a few pages each.
+def put(index: ix.Index, pack: int, start: int, data: bytes) -> int:
+    """Log ``data``, the bytes of ``pack`` from ``start``, in one transaction; returns its id.
 
-    Small pieces, because LMDB stores a value beyond half a page in pages of
-    its own, which it reuses only as one run of free pages.
+    A transaction of its own that touches nothing but the log (the fewest
+    pages to write): it need not advance the pack's indexed end, since bytes
+    a replay writes beyond that end are cut away by recovery's next step.
+    Pieces of a few pages each, because LMDB stores a value beyond half a
+    page in pages of its own, which it reuses only as one run of free pages.
     """
     view = memoryview(data)
-    for at in range(0, len(view), PIECE):
-        txn.put(log_key(pack, start + at), view[at : at + PIECE], db=index.synclog)
+
+    def log(txn):
+        for at in range(0, len(view), PIECE):
+            txn.put(log_key(pack, start + at), view[at : at + PIECE], db=index.synclog)
+        return txn.id()
+
+    return index.write(log)
 
 
 def has_records(txn: lmdb.Transaction, index: ix.Index) -> bool:
