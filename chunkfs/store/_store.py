@@ -37,8 +37,7 @@ from . import _synclog as synclog
 from ._cache import ChunkCache
 from ._deadspace import DeadSpace
 from ..chunker import make_chunker
-from ..errors import (FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, StoreFullError,
-                      WouldBlock)
+from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, WouldBlock
 from ..hashing import VERIFY_MODES, addresses_of
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
@@ -266,9 +265,9 @@ class ChunkStore:
         upto, ok = None, False
         try:
             if not full and self.packs.backend.logged_sync:
-                upto = self._sync_by_log()
+                upto = synclog.sync_by_log(self)
             if upto is None:
-                upto = self._sync_all()
+                upto = synclog.sync_all(self)
             ok = True
         finally:
             with self._sync_done:
@@ -276,43 +275,6 @@ class ChunkStore:
                 if ok:
                     self._synced_txn = max(self._synced_txn, upto)
                 self._sync_done.notify_all()
-
-    def _sync_by_log(self) -> int | None:
-        """One flush: the active pack's new tail written into the index, then the index flushed.
-
-        Returns the last transaction made durable, None if the packs must be
-        flushed (see ``PackFiles.unsynced_tail``).  The tail is read and
-        logged under the store's lock, which every append takes: each commit
-        up to the logging one points only at bytes below the tail's end.
-        """
-        with self._lock:
-            tail = self.packs.unsynced_tail(synclog.MOST_PER_SYNC, synclog.MOST_SINCE_FLUSH)
-            if tail is None:
-                return None
-            pack, start, end = tail
-            upto = self._last_txn()
-            if end > start:
-                data = self.packs.backend.read(pack, start, end - start)  # just written: in the page cache
-                if len(data) != end - start:
-                    return None
-
-                try:  # the log's own transaction, no ledger work: replay only writes bytes back
-                    upto = synclog.put(self.index, pack, start, data)
-                except StoreFullError:
-                    return None  # no room in the index: flush the pack instead
-        self.index.sync()
-        self.packs.note_logged(pack, end)
-        return upto
-
-    def _sync_all(self) -> int:
-        """Two flushes: the packs, then the index (with the sync log emptied); the last transaction made durable."""
-        upto = self._last_txn()
-        self.packs.sync()
-        cleared = synclog.clear(self.index)
-        if cleared == upto + 1:
-            upto = cleared  # the log's own transaction: nothing else committed meanwhile
-        self.index.sync()
-        return upto
 
     def _last_txn(self) -> int:
         """LMDB's id of the last committed write transaction (read-only: nothing to sync, ever)."""

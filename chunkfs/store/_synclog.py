@@ -42,12 +42,51 @@ import logging
 import lmdb
 
 from . import _index as ix
+from ..errors import StoreFullError
 
 log = logging.getLogger(__name__)
 
 MOST_PER_SYNC = 1024 * 1024  # a longer tail is cheaper flushed in its pack than written twice
 MOST_SINCE_FLUSH = 4 * 1024 * 1024  # what the log may hold before a sync flushes the pack and empties it
 PIECE = 16 * 4096 - 16  # bytes per log record: 16 LMDB pages (an overflow page has a 16-byte header)
+
+
+def sync_by_log(store) -> int | None:
+    """One flush: the active pack's new tail written into the index, then the index flushed.
+
+    Returns the last transaction made durable, None if the packs must be
+    flushed (see ``PackFiles.unsynced_tail``).  The tail is read and logged
+    under the store's lock, which every append and every commit takes: each
+    commit up to the logging one points only at bytes below the tail's end.
+    """
+    with store._lock:
+        tail = store.packs.unsynced_tail(MOST_PER_SYNC, MOST_SINCE_FLUSH)
+        if tail is None:
+            return None
+        pack, start, end = tail
+        upto = store._last_txn()
+        if end > start:
+            data = store.packs.backend.read(pack, start, end - start)  # just written: in the page cache
+            if len(data) != end - start:
+                return None
+            try:
+                upto = put(store.index, pack, start, data)
+            except StoreFullError:
+                return None  # no room in the index: flush the pack instead
+    store.index.sync()
+    store.packs.note_logged(pack, end)
+    return upto
+
+
+def sync_all(store) -> int:
+    """Two flushes: the packs, then the index (with the log emptied); the last transaction made durable."""
+    upto = store._last_txn()
+    store.packs.sync()
+    cleared = clear(store.index)
+    if cleared == upto + 1:
+        upto = cleared  # the log's own transaction: nothing else committed meanwhile
+    store.index.sync()
+    return upto
 
 
 def log_key(pack: int, offset: int) -> bytes:
