@@ -3,6 +3,9 @@
 * ``ChunkStore.sync`` flushes nothing when no transaction committed since the
   last sync, and callers arriving while a flush is under way share the next
   one (group commit).
+* A sync whose new bytes are a short tail of the active pack flushes once:
+  the tail is written into the index, whose flush makes both durable, and
+  after power loss the next open writes it back into the pack (the sync log).
 * While a background gc worker runs (a mounted filesystem), the records an
   overwrite or a delete kills are punched by the worker, not inside the
   writer's commit.
@@ -15,14 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 
 import pytest
 
+import chunkfs.store._synclog as synclog
 from chunkfs.errors import WouldBlock
 from chunkfs.fs import ROOT_INO
-from chunkfs.store import BackgroundGC, ChunkStore
+from chunkfs.fsck import check_store
+from chunkfs.store import BackgroundGC, ChunkStore, MemoryBackend
 from conftest import wait_until
 from test_fs_core import USER, fs, store  # noqa: F401 (the core tests' fixtures)
 
@@ -59,7 +65,7 @@ def test_a_sync_with_nothing_new_flushes_nothing(store):
     with pytest.raises(WouldBlock):
         store.sync(nowait=True)  # a flush is due: the event loop must not do it
     store.sync()
-    assert (flushes.packs, flushes.index) == (2, 2)
+    assert (flushes.packs, flushes.index) == (1, 2)  # the new bytes rode in the index's flush (the sync log)
 
 
 def test_concurrent_syncs_share_one_flush(store):
@@ -77,6 +83,118 @@ def test_concurrent_syncs_share_one_flush(store):
     assert flushes.index == 2  # the first, then one more for all four that waited
     store.sync()
     assert flushes.index == 2
+
+
+class PackFlushes:
+    """Records, for each pack, how many of its bytes the last flush of it made durable."""
+
+    def __init__(self, store: ChunkStore):
+        self.store = store
+        self.sizes: dict[int, int] = {}
+        backend = store.packs.backend
+        real = backend.sync
+
+        def sync(packs):
+            packs = list(packs)
+            for pack in packs:
+                self.sizes[pack] = os.path.getsize(backend.path(pack))  # written before the flush: durable after
+            real(packs)
+
+        backend.sync = sync
+
+    def power_loss_copy(self, dest, loss: str) -> None:
+        """What the disk may hold after power loss now: the index as flushed, each pack's unflushed tail gone."""
+        shutil.copytree(self.store.path, dest, ignore=shutil.ignore_patterns("lock"))
+        for name in os.listdir(dest / "packs"):
+            path = dest / "packs" / name
+            size, durable = os.path.getsize(path), self.sizes.get(int(name[:8], 16), 0)
+            with open(path, "r+b") as fh:
+                if loss == "truncated":
+                    fh.truncate(durable)
+                else:  # the size survived, the bytes did not
+                    fh.seek(durable)
+                    fh.write(bytes(size - durable))
+
+
+def log_records(store: ChunkStore) -> int:
+    with store.read_txn() as txn:
+        return txn.stat(store.index.synclog)["entries"]
+
+
+@pytest.mark.parametrize("loss", ["truncated", "zeroed"])
+def test_a_small_sync_is_one_flush_and_survives_losing_the_pack_tail(tmp_path, loss):
+    store = ChunkStore.create(tmp_path / "store")
+    flushed = PackFlushes(store)
+    store.ingest("first", os.urandom(200_000))
+    store.sync()  # a new pack: its first sync flushes it
+    flushes = FlushCounter(store)
+    edits = {f"f{i}": os.urandom(20_000 + i) for i in range(5)}
+    for name, data in edits.items():  # an application's fsync after each small change
+        store.ingest(name, data)
+        store.sync()
+    assert (flushes.packs, flushes.index) == (0, 5)  # one flush each: the index's
+    assert log_records(store) > 0
+    flushed.power_loss_copy(tmp_path / "after", loss)
+    store.close()
+    with ChunkStore.open(tmp_path / "after") as after:
+        assert after.recovery.log_replayed >= sum(map(len, edits.values()))
+        assert after.recovery.clean and log_records(after) == 0
+        assert all(after.read(name) == data for name, data in edits.items())
+        check = check_store(after, verify_data=True)
+        assert check.clean, check.findings
+
+
+def test_the_pack_is_flushed_and_the_log_emptied_before_it_grows_long(tmp_path, monkeypatch):
+    monkeypatch.setattr(synclog, "MOST_SINCE_FLUSH", 100_000)
+    store = ChunkStore.create(tmp_path / "store")
+    store.ingest("first", os.urandom(200_000))
+    store.sync()
+    flushes = FlushCounter(store)
+    for i in range(4):
+        store.ingest(f"f{i}", os.urandom(30_000))
+        store.sync()
+    assert (flushes.packs, flushes.index) == (1, 4)  # the fourth passed 100 kB since the pack's flush
+    assert log_records(store) == 0
+    store.ingest("long", os.urandom(synclog.MOST_PER_SYNC + 1))
+    store.sync()
+    assert flushes.packs == 2  # a tail this long is flushed in its pack, not written twice
+    store.ingest("short", os.urandom(10_000))
+    store.sync()
+    assert flushes.packs == 2 and log_records(store) > 0
+    store.close()
+    with ChunkStore.open(tmp_path / "store", readonly=True) as again:
+        assert log_records(again) == 0  # a clean close flushed the packs and emptied it
+
+
+def test_a_pack_gc_removed_is_not_written_back(tmp_path):
+    """Power loss after gc unlinked a wholly dead pack whose tail is in the log, before its drop was durable."""
+    store = ChunkStore.create(tmp_path / "store")
+    store.ingest("first", os.urandom(200_000))
+    store.sync()
+    store.ingest("gone", os.urandom(50_000))
+    store.delete("first")
+    store.delete("gone")
+    store.sync()  # by the log: the index knows a wholly dead pack whose tail it holds
+    (pack,) = store.packs.existing()
+    assert log_records(store) > 0
+    shutil.copytree(store.path, tmp_path / "after", ignore=shutil.ignore_patterns("lock"))
+    assert store.gc(min_dead_fraction=0)["packs_removed"] == 1  # nothing live: dropped, unlinked, no flush
+    os.unlink(tmp_path / "after" / "packs" / f"{pack:08x}.pack")  # the unlink got to the disk, the drop did not
+    store.close()
+    with ChunkStore.open(tmp_path / "after") as after:
+        assert after.recovery.log_replayed == 0 and after.recovery.dropped_packs == 1
+        assert after.packs.existing() == [] and log_records(after) == 0
+        check = check_store(after, verify_data=True)
+        assert check.clean and check.garbage_bytes == 0, check.findings
+
+
+def test_a_backend_that_cannot_rewrite_a_pack_always_flushes_it(tmp_path):
+    with ChunkStore.create(tmp_path / "store", backend=MemoryBackend()) as store:
+        flushes = FlushCounter(store)
+        for i in range(3):
+            store.ingest(f"f{i}", os.urandom(10_000))
+            store.sync()
+        assert (flushes.packs, flushes.index) == (3, 3) and log_records(store) == 0
 
 
 def test_the_worker_punches_dead_records_the_commit_only_queues(store):

@@ -11,8 +11,10 @@ before less those held after.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import threading
 
 import pytest
 
@@ -97,6 +99,99 @@ def test_a_wholly_dead_pack_is_removed_without_copying(tmp_path, monkeypatch):
         assert report["bytes_moved"] == 0 and report["bytes_reclaimed"] > 0
         assert all(store.read(f"f{seed}") == data(seed, MIB) for seed in range(2, 6))
         assert check_store(store).clean
+
+
+def test_a_wholly_dead_pack_costs_gc_no_flush(tmp_path, monkeypatch):
+    """Nothing to copy, nothing to make durable: the commit dropping the pack and the unlink are all."""
+    monkeypatch.setattr(pack_files, "PACK_TARGET_SIZE", 2 * MIB)
+    with ChunkStore.create(tmp_path / "store") as store:
+        for seed in range(6):
+            store.ingest(f"f{seed}", data(seed, MIB))
+        store.delete("f0")
+        store.delete("f1")
+        store.sync()
+        flushes = []
+        monkeypatch.setattr(store.packs.backend, "sync", lambda packs: flushes.append("packs"))
+        monkeypatch.setattr(store.index, "sync", lambda: flushes.append("index"))
+        report = store.gc()
+        assert report["packs_removed"] == 1 and report["packs_rewritten"] == 0
+        assert flushes == []
+
+
+def test_recovery_forgets_a_wholly_dead_pack_whose_unlink_got_to_the_disk_first(tmp_path, monkeypatch):
+    """gc's unlink of a wholly dead pack may be durable before the commit that dropped its record."""
+    monkeypatch.setattr(pack_files, "PACK_TARGET_SIZE", 2 * MIB)
+    path = tmp_path / "store"
+    with ChunkStore.create(path) as store:
+        for seed in range(6):
+            store.ingest(f"f{seed}", data(seed, MIB))
+        store.delete("f0")
+        store.delete("f1")
+        first = store.packs.existing()[0]
+    os.unlink(path / "packs" / f"{first:08x}.pack")  # as if the commit was lost and the unlink was not
+    with ChunkStore.open(path) as store:
+        assert store.recovery.dropped_packs == 1 and store.recovery.missing_packs == []
+        assert first not in store.packs.existing()
+        assert all(store.read(f"f{seed}") == data(seed, MIB) for seed in range(2, 6))
+        check = check_store(store)
+        assert check.clean and check.garbage_bytes == 0, check.findings
+
+
+def test_gc_holds_the_store_lock_across_no_flush(tmp_path, monkeypatch):
+    """Writers (and the event loop's metadata changes) must not wait for gc's fdatasync of its copies."""
+    monkeypatch.setattr(pack_files, "PACK_TARGET_SIZE", 2 * MIB)
+    with ChunkStore.create(tmp_path / "store") as store:
+        for seed in range(6):
+            store.ingest(f"f{seed}", data(seed, MIB))
+        store.delete("f0")  # its pack is half dead: compacting it copies f1 (f0's blocks were punched
+        # already, so only a threshold of 0 makes gc do it)
+        real_sync = store.packs.backend.sync
+        free = []
+
+        def sync_and_look(packs):
+            probe = threading.Thread(target=lambda: free.append(store._lock.acquire(timeout=10)
+                                                                and store._lock.release() is None))
+            probe.start()
+            probe.join()
+            real_sync(packs)
+
+        monkeypatch.setattr(store.packs.backend, "sync", sync_and_look)
+        report = store.gc(min_dead_fraction=0)
+        assert report["packs_rewritten"] == 1
+        assert free and all(free), free  # every flush gc made left the lock to others
+        assert store.read("f1") == data(1, MIB)
+        check = check_store(store)
+        assert check.clean and check.garbage_bytes == 0, check.findings
+
+
+def test_a_chunk_that_dies_while_gc_flushes_its_copy_is_dead_space(tmp_path, monkeypatch):
+    """gc re-checks each chunk when it moves it: the copy of one deleted meanwhile is dead, not live."""
+    monkeypatch.setattr(pack_files, "PACK_TARGET_SIZE", 2 * MIB)
+    with ChunkStore.create(tmp_path / "store") as store:
+        for seed in range(6):
+            store.ingest(f"f{seed}", data(seed, MIB))
+        store.delete("f0")
+        real_sync = store.packs.backend.sync
+        deleted = []
+
+        def sync_while_deleting(packs):
+            if not deleted:
+                deleted.append(threading.Thread(target=store.delete, args=("f1",)))
+                deleted[0].start()
+                deleted[0].join(20)
+            real_sync(packs)
+
+        monkeypatch.setattr(store.packs.backend, "sync", sync_while_deleting)
+        report = store.gc(min_dead_fraction=0)
+        assert report["packs_rewritten"] >= 1 and deleted
+        assert not deleted[0].is_alive()  # the delete did not wait for gc's flush
+        assert store.stats()["garbage_bytes"] > 0  # f1's copies: dead, not live
+        assert all(store.read(f"f{seed}") == data(seed, MIB) for seed in range(2, 6))
+        check = check_store(store)
+        assert check.clean, check.findings
+        store.gc(min_dead_fraction=0)
+        check = check_store(store)
+        assert check.clean and check.garbage_bytes == 0, check.findings
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from chunkfs import ChunkStore
-from chunkfs.chunker import chunk_stream
+from chunkfs.chunker import FastCDCChunker, chunk_stream
 from chunkfs.fs.openfile import FileData, file_id_for
 from chunkfs.errors import StoreFullError
 from chunkfs.fsck import check_store
@@ -159,7 +159,7 @@ def test_discard_releases_pins_and_keeps_the_committed_version(store):
 
 
 def test_staging_left_by_a_crash_is_discarded_and_logged(store, caplog):
-    from chunkfs.fs.openfile import discard_stale_staging
+    from chunkfs.fs.recovery import discard_stale_staging
 
     fd = FileData(store, 11, 0)
     fd.write(0, b"committed")
@@ -318,4 +318,127 @@ def test_more_streaming_files_than_pump_threads_are_all_stored_exactly(store, mo
         fd.commit()
         fd.close()
         assert store.read(file_id_for(30 + k)) == data[k]
+    assert not store.ledger.pins and check_store(store).clean
+
+
+# -- a rewrite in place streams like an append -------------------------------------------------------
+
+
+def committed_file(store, ino: int, data: bytes) -> None:
+    fd = FileData(store, ino, 0)
+    fd.write(0, data)
+    fd.commit()
+    fd.close()
+
+
+@pytest.mark.parametrize("span", [(0, None), (1_000_123, 2_300_077), (2_000_000, 4_500_000)],
+                         ids=["whole-file", "middle", "past-the-end"])
+def test_a_sequential_rewrite_streams_and_keeps_the_chunks_around_it(store, span):
+    """Written front to back over committed bytes: chunked as it arrives, nothing staged, cuts as from scratch."""
+    rng = random.Random(31)
+    old = rng.randbytes(3_000_000)
+    committed_file(store, 22, old)
+    before = {(e.offset, e.length): e.address for e in store.manifest(file_id_for(22))}
+    lo, hi = span[0], span[1] or len(old)
+    new = rng.randbytes(hi - lo)
+    model = bytearray(old)
+    model[lo:hi] = new
+    fd = FileData(store, 22, len(old))
+    stored = store.stats()["stored_bytes"]
+    for pos in range(lo, hi, 128 * 1024):
+        fd.write(pos, new[pos - lo : min(pos + 128 * 1024, hi) - lo])
+    assert os.path.getsize(fd._staging_path) == 0  # only the run's first MiB went through the staging file
+    assert fd.read(max(lo - 5000, 0), hi - lo + 10_000) == bytes(model[max(lo - 5000, 0) : hi + 5000])
+    assert store.stats()["stored_bytes"] == stored  # not committed yet...
+    assert len(store.ledger.pins) > 100  # ...but chunked and put as it arrived
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(22)) == bytes(model)
+    boundaries_match_full_rechunk(store, file_id_for(22), model)
+    after = {(e.offset, e.length): e.address for e in store.manifest(file_id_for(22))}
+    kept = [k for k in before if k[0] + k[1] <= lo - 4096 or k[0] >= hi + 8192]
+    assert all(after.get(k) == before[k] for k in kept)  # the cuts met again right after the run
+    assert not store.ledger.pins and check_store(store).clean
+
+
+def test_a_write_elsewhere_ends_a_rewrite_stream(store):
+    rng = random.Random(32)
+    model = bytearray(rng.randbytes(2_500_000))
+    committed_file(store, 23, bytes(model))
+    fd = FileData(store, 23, len(model))
+    for pos in range(0, 1_200_000, 100_000):  # the run reaches 1 MiB: it streams
+        data = rng.randbytes(100_000)
+        fd.write(pos, data)
+        model[pos:pos + len(data)] = data
+    for pos in (2_000_000, 50, 1_150_000, 2_499_990):  # out of order: commits the stream, then staged
+        data = rng.randbytes(20)
+        fd.write(pos, data)
+        model[pos:pos + len(data)] = data
+    assert fd.read(0, len(model) + 10) == bytes(model)
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(23)) == bytes(model)
+    boundaries_match_full_rechunk(store, file_id_for(23), model)
+    assert not store.ledger.pins and check_store(store).clean
+
+
+def test_scattered_writes_stay_in_the_overlay(store):
+    """A database's page writes (small, here and there) are not a rewrite: nothing streams."""
+    rng = random.Random(33)
+    model = bytearray(rng.randbytes(2_000_000))
+    committed_file(store, 24, bytes(model))
+    fd = FileData(store, 24, len(model))
+    for _ in range(200):
+        pos = rng.randrange(0, len(model) - 4096) // 4096 * 4096
+        data = rng.randbytes(4096)
+        fd.write(pos, data)
+        model[pos:pos + 4096] = data
+    assert not store.ledger.pins and os.path.getsize(fd._staging_path) > 0
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(24)) == bytes(model)
+    boundaries_match_full_rechunk(store, file_id_for(24), model)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_runs_and_rewrites_match_a_shadow_copy(store, seed, monkeypatch):
+    """The random test with sequential runs of writes, and thresholds low enough that runs stream."""
+    from chunkfs.fs import openfile
+
+    monkeypatch.setattr(openfile, "SMALL_FILE", 4000)
+    monkeypatch.setattr(openfile, "REWRITE_STREAM_MIN", 6000)
+    monkeypatch.setattr(FastCDCChunker, "SCAN_THRESHOLD", 8192)  # cuts come early: rewrites realign in small files
+    print("seed", seed)
+    rng = random.Random(seed)
+    fid = file_id_for(8)
+    model = Shadow()
+    fd = FileData(store, 8, 0)
+    for step in range(600):
+        op = rng.random()
+        if op < 0.3:
+            random_write(rng, fd, model)
+        elif op < 0.55:  # a run of writes front to back from somewhere in the file
+            pos = rng.randrange(len(model) + 1)
+            for _ in range(rng.randrange(1, 8)):
+                data = rng.randbytes(rng.choice([500, 2000, 5000]))
+                fd.write(pos, data)
+                model.write(pos, data)
+                pos += len(data)
+        elif op < 0.6:
+            random_truncate(rng, fd, model)
+        elif op < 0.8:
+            off, n = rng.randrange(len(model) + 10), rng.randrange(30000)
+            assert fd.read(off, n) == bytes(model[off:off + n]), (seed, step)
+        elif op < 0.93:
+            fd.commit()
+            assert (store.read(fid) if store.exists(fid) else b"") == bytes(model)
+            boundaries_match_full_rechunk(store, fid, model)
+        else:
+            fd.commit()
+            fd.close()
+            fd = FileData(store, 8, len(model))
+        assert fd.size == len(model)
+    fd.commit()
+    fd.close()
+    boundaries_match_full_rechunk(store, fid, model)
     assert not store.ledger.pins and check_store(store).clean

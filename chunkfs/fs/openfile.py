@@ -9,7 +9,11 @@ beyond a chunk or two:
   each finished chunk is hashed, deduplicated and put (pinned) in the store at
   once, so closing the file only has to cut the last chunk, and nothing is
   written twice.  An append to a committed file restarts chunking at the start
-  of its last chunk, whose end was only cut by end-of-file.
+  of its last chunk, whose end was only cut by end-of-file.  A rewrite in
+  place streams too, once a run written front to back over the committed
+  bytes reaches REWRITE_STREAM_MIN: it starts at the base chunk holding the
+  run's first byte, and its commit chunks on into the base until a cut meets
+  a base cut, as an overlay's commit does (below).
 * **Overlay** — any other write goes to a sparse per-inode staging file at
   the same offset, and an interval set remembers which ranges are dirty.
   Reads merge overlay, base and zeros (for holes and truncated tails).
@@ -65,6 +69,9 @@ READ_BLOCK = 1024 * 1024
 # this much first, and twice as much each time after, up to READ_BLOCK.
 RECHUNK_FIRST_BLOCK = 128 * 1024
 SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on the event loop
+# A write that makes a run of at least this many bytes written front to back over a file's committed
+# contents streams the rest of the run (a rewrite in place), rather than staging it for re-chunking at commit.
+REWRITE_STREAM_MIN = 1024 * 1024
 
 
 def file_id_for(ino: int) -> bytes:
@@ -213,9 +220,12 @@ class FileData:
                 out += piece
                 pos += len(piece)
                 i += 1
-        if pos < end:
+        if pos < min(end, stream.end):
             tail = stream.unput()
-            out += tail[pos - stream.chunked_end : end - stream.chunked_end]
+            out += tail[pos - stream.chunked_end : min(end, stream.end) - stream.chunked_end]
+            pos = min(end, stream.end)
+        if pos < end:  # a rewrite stream: the base goes on after it
+            out += self._read_merged(pos, end)
         return bytes(out)
 
     # -- writing ----------------------------------------------------------------
@@ -245,8 +255,12 @@ class FileData:
                 if self._base_limit and not cheap:
                     raise WouldBlock(f"inode {self.ino}: an append re-reads the last chunk")
                 self._start_stream()
+            if self._stream is None and offset < self._size and self._continues_a_rewrite(offset, len(data)):
+                if not cheap:
+                    raise WouldBlock(f"inode {self.ino}: a rewrite starts streaming")
+                self._start_rewrite_stream(offset)
             if self._stream is not None:
-                if offset == self._size:
+                if offset == self._stream.end:
                     return self._append_to_stream(data, nowait=not cheap)
                 if not cheap:
                     raise WouldBlock(f"inode {self.ino}: a write out of order commits the stream first")
@@ -258,7 +272,7 @@ class FileData:
         stream = self._stream
         stream.check(nowait)  # a full disk fails this write before it accepts anything
         stream.submit(bytes(data), nowait)  # a caller's reusable buffer must not change under the pump
-        self._size += len(data)  # accepted: from here on the bytes are kept
+        self._size = max(self._size, stream.end)  # accepted: from here on the bytes are kept
         return len(data)
 
     def _can_stream(self) -> bool:
@@ -273,9 +287,44 @@ class FileData:
             start = last.offset if last is not None else self._base_limit  # a hole at the end stays one
         stream = self._stream = ChunkStream(self.store, start)
         for pos in range(start, self._base_limit, READ_BLOCK):
-            block = self._read_base(pos, min(pos + READ_BLOCK, self._base_limit))
-            stream.backlog.extend(stream.chunker.feed(block))
-            stream.drain()
+            stream.feed_now(self._read_base(pos, min(pos + READ_BLOCK, self._base_limit)))
+
+    def _continues_a_rewrite(self, offset: int, length: int) -> bool:
+        """Whether a write at ``offset`` makes a run written front to back over the base worth streaming.
+
+        The run is this write alone or, if the overlay holds exactly one run
+        of changes ending where this write begins, that run and this write;
+        it must reach REWRITE_STREAM_MIN bytes, so scattered writes (a
+        database's pages) stay in the overlay.  The file must be its base,
+        unextended, untruncated and without holes, whose chunking would
+        stop the stream (``_rechunk`` handles those).
+        """
+        if self._small() or self._size != self._committed or self._base_limit != self._committed:
+            return False
+        begin = offset
+        if self._dirty:
+            if len(self._dirty) != 1:
+                return False
+            lo, hi = next(iter(self._dirty))
+            if hi != offset:
+                return False
+            begin = lo
+        return offset + length - begin >= REWRITE_STREAM_MIN and \
+            self.store.data_bytes(self.file_id) == self._committed
+
+    def _start_rewrite_stream(self, offset: int) -> None:
+        """Stream from the base chunk holding the run's first byte: that chunk's base bytes, then the run's."""
+        lo, hi = next(iter(self._dirty), (offset, offset))
+        first = self._base_entry(lo)
+        start = first.offset if first is not None else lo
+        stream = self._stream = ChunkStream(self.store, start)
+        for pos in range(start, lo, READ_BLOCK):
+            stream.feed_now(self._read_base(pos, min(pos + READ_BLOCK, lo)))
+        for pos in range(lo, hi, READ_BLOCK):
+            stream.feed_now(self._read_staging(pos, min(pos + READ_BLOCK, hi)))
+        self._dirty.clear()
+        if self._staging_fd is not None:
+            os.ftruncate(self._staging_fd, 0)
 
     def _materialize_stream(self) -> None:
         """A non-sequential change ends a stream: commit what streamed, then use the overlay."""
@@ -363,9 +412,33 @@ class FileData:
     def _commit_stream(self, hook: Hook | None) -> None:
         stream = self._stream
         stream.quiesce()
+        if stream.chunker is not None and stream.end < self._base_limit:
+            stream.kept_from = self._realign(stream)  # remembered: a failed commit is tried again
         stream.finish()
-        self.store.commit_file(self.file_id, [Patch(stream.start, TO_END, stream.refs)], self._size, hook)
+        self.store.commit_file(self.file_id, [Patch(stream.start, stream.kept_from, stream.refs)], self._size, hook)
         self._stream = None
+
+    def _realign(self, stream: ChunkStream) -> int:
+        """A rewrite stream that ended inside the base: chunk on into the base until a cut meets a base cut.
+
+        Returns where the patch ends (the base chunks from there on are kept),
+        or TO_END if the cuts never meet before the end of the file.
+        """
+        stream.drain()
+        written_end, pos, step = stream.end, stream.end, RECHUNK_FIRST_BLOCK
+        while pos < self._base_limit:
+            block = self._read_base(pos, min(pos + step, self._base_limit))
+            pos += len(block)
+            step = min(2 * step, READ_BLOCK)
+            cut = stream.chunked_end
+            for chunk in stream.chunker.feed(block):
+                cut += len(chunk)
+                stream.backlog.append(chunk)
+                if cut >= written_end and self._reusable_run_end(cut) is not None:
+                    stream.chunker = None  # what it holds beyond the cut is the base's already
+                    return cut
+            stream.drain()
+        return TO_END
 
     def _commit_overlay(self, hook: Hook | None) -> None:
         patches: list[Patch] = []
@@ -534,26 +607,3 @@ class FileData:
 
 def _index_at(offsets: list[int], pos: int) -> int:
     return bisect.bisect_right(offsets, pos) - 1
-
-
-def discard_stale_staging(store: ChunkStore) -> list[tuple[int, int]]:
-    """Remove staging files an unclean shutdown left; returns (inode, bytes staged) for each.
-
-    The policy (docs/filesystem.md): whatever an application fsync'ed, or
-    closed, was committed to the store before those calls returned, so a
-    staging file left behind only holds writes nobody was promised were kept.
-    They are discarded, and the log names each inode and how much went.
-    """
-    found = []
-    for name in sorted(os.listdir(store.staging_dir)):
-        path = os.path.join(store.staging_dir, name)
-        try:
-            ino = int(name, 16)
-            staged = os.stat(path).st_blocks * 512
-        except (ValueError, FileNotFoundError):
-            continue
-        os.unlink(path)
-        if staged:
-            log.warning("inode %d: discarding %d bytes of uncommitted writes left by an unclean shutdown", ino, staged)
-        found.append((ino, staged))
-    return found

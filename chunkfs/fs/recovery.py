@@ -23,13 +23,13 @@ store logs nothing.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import lmdb
 
-from ..store import FsTables
+from ..store import ChunkStore, FsTables
 from .namespace import DIRENT, KEY64, ROOT_INO, Namespace
-from .openfile import discard_stale_staging
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +121,26 @@ def _name_in(ns: Namespace, txn: lmdb.Transaction, directory: int, child: int, b
         if entry.ino == child:
             return entry.name
     return None
+
+
+def discard_stale_staging(store: ChunkStore) -> list[tuple[int, int]]:
+    """Remove staging files an unclean shutdown left; returns (inode, bytes staged) for each.
+
+    The policy (docs/filesystem.md): whatever an application fsync'ed, or
+    closed, was committed to the store before those calls returned, so a
+    staging file left behind only holds writes nobody was promised were kept.
+    They are discarded, and the log names each inode and how much went.
+    """
+    found = []
+    for name in sorted(os.listdir(store.staging_dir)):
+        path = os.path.join(store.staging_dir, name)
+        try:
+            ino = int(name, 16)
+            staged = os.stat(path).st_blocks * 512
+        except (ValueError, FileNotFoundError):
+            continue
+        os.unlink(path)
+        if staged:
+            log.warning("inode %d: discarding %d bytes of uncommitted writes left by an unclean shutdown", ino, staged)
+        found.append((ino, staged))
+    return found

@@ -14,7 +14,7 @@ import threading
 from ..chunker import make_chunker
 from ..errors import StoreFullError, WouldBlock
 from ..pools import LazyPool
-from ..store import ChunkRef, ChunkStore
+from ..store import TO_END, ChunkRef, ChunkStore
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ _PUMPS = LazyPool(2, "chunkfs-stream")  # the threads that store streamed writes
 
 
 class ChunkStream:
-    """Chunks of an append-only run ``[start, ...)``, put and pinned as they complete.
+    """Chunks of a run ``[start, end)`` written front to back, put and pinned as they complete.
 
     A write only hands its bytes over (``submit``): chunking, hashing and the
     pack append run in a background *pump*, so the kernel can already copy
@@ -45,6 +45,8 @@ class ChunkStream:
     def __init__(self, store: ChunkStore, start: int):
         self.store = store
         self.start = start
+        self.end = start  # just past the last byte accepted
+        self.kept_from = TO_END  # a rewrite's commit: where the file's committed chunks are kept again
         self.refs: list[ChunkRef] = []
         self.chunked_end = start  # end of the last chunk put in the store
         self.chunker = make_chunker(store.settings)
@@ -67,11 +69,13 @@ class ChunkStream:
             idle = not self._pumping and not self.backlog and not self._inbox
             if idle and self.chunker.pending + len(data) < self.chunker.ready_at:
                 self.chunker.feed(data)  # it only buffers: cheaper than a hand-over
+                self.end += len(data)
                 return
             if nowait and self._inbox_bytes >= self.INBOX_LIMIT and self._pumping:
                 raise WouldBlock("the stream's pump is behind")
             while self._inbox_bytes >= self.INBOX_LIMIT and self._pumping:
                 self._cond.wait()
+            self.end += len(data)
             self._inbox.append(data)
             self._inbox_bytes += len(data)
             if not self._pumping:
@@ -123,6 +127,12 @@ class ChunkStream:
                 self.drain()
 
     # -- under quiesce ------------------------------------------------------------
+
+    def feed_now(self, data: bytes | memoryview) -> None:
+        """Chunk and put ``data`` (the next bytes of the run) in this thread: bytes the run starts with."""
+        self.backlog.extend(self.chunker.feed(data))
+        self.end += len(data)
+        self.drain()
 
     def drain(self) -> None:
         """Put backlogged chunks, then chunk and put what still waits in the inbox; raises on failure."""

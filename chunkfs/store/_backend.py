@@ -40,6 +40,10 @@ class PackBackend(ABC):
     at any time, for any pack.
     """
 
+    logged_sync = False
+    """Whether an open pack's recent bytes may be kept durable in the index instead of flushed
+    (_synclog.py): true where a pack can be written again at the same offsets after a restart."""
+
     @abstractmethod
     def create(self, pack: int) -> int:
         """Make ``pack`` exist and be open for writing; return its size (0 if new).

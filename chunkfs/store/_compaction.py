@@ -1,10 +1,13 @@
 """Garbage collection: compact packs whose dead space is worth more than copying their live records.
 
-It copies the live records of such a pack into the active pack, makes the
-copies durable, commits their new locations, and only then removes the old
-pack (invariant 3).  A crash at any point leaves either the old pack (still
-referenced) or an unregistered new one that recovery (_recovery.py, step 1)
-removes.
+It copies the live records of such a pack into the active pack and commits
+them as pending, makes the copies durable, commits their new locations,
+makes that durable, and only then removes the old pack (invariant 3).  A
+crash at any point leaves the old pack still referenced, with the copies
+unregistered (recovery truncates them) or pending (recovery makes them dead
+space), or the old pack referenced no more (recovery removes its file):
+_recovery.py.  A pack with nothing live is dropped and removed without a
+flush: recovery also drops the record of a wholly dead pack whose file is gone.
 
 Which packs are worth it is decided on what the disk really holds, not on
 the index's dead bytes: a record is punched out of its pack when it dies
@@ -137,23 +140,12 @@ def collect_garbage(store, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION,
     report.packs_left = len(left)
     report.dead_bytes_left = sum(space.dead for space in left)
     for done, surveyed in enumerate(candidates, 1):
-        with store._lock:
-            space = _current(store, surveyed.pack)  # writers may have changed it since the survey
-            pinned = any(pin.location.pack == surveyed.pack for pin in store.ledger.pins.values())
-            if space is None or pinned or not space.worth_compacting(min_dead_fraction):
-                # pinned: a writer in flight may still reference records in it
-                if space is not None and space.dead:
-                    report.packs_left += 1
-                    report.dead_bytes_left += space.dead
-            else:
-                if space.pack == store.packs.active:
-                    store.packs.retire_active()  # stop appending to it; compact it now
-                try:
-                    _compact(store, space.pack, report)
-                except StoreFullError as exc:
-                    log.warning("gc stopped early: %s", exc)
-                    report.stopped_full = True
-                    break
+        try:
+            _compact(store, surveyed.pack, min_dead_fraction, report)
+        except StoreFullError as exc:
+            log.warning("gc stopped early: %s", exc)
+            report.stopped_full = True
+            break
         if progress:
             progress(done, len(candidates))
     return report.as_dict()
@@ -180,18 +172,65 @@ class _CorruptLive(Exception):
     """A live record failed verification: leave its pack alone for fsck."""
 
 
-def _compact(store, pack: int, report: GCReport) -> None:
+def _compact(store, pack: int, min_dead_fraction: float, report: GCReport) -> None:
     """Copy a pack's live records forward, commit their new places, then remove the pack.
 
     A chunk keeps its id (its record header goes along), so only its chunk
-    record's location changes: no manifest is touched.
+    record's location changes: no manifest is touched.  The store's lock is
+    held while records are copied and committed, never across a disk flush
+    (writers and the event loop's metadata changes wait for that lock): the
+    copies are registered as pending in one commit, flushed with the lock
+    released, and moved in a second commit, which checks again that each
+    chunk is still where it was copied from.  A pack with nothing live costs
+    no copy and no flush at all.
     """
-    moves: list[tuple[int, Location]] = []
-    live = _live_records(store, pack)
-    touched = {pack, store.packs.active}  # copies go to the active pack, or to one _make_room starts
-    held_before = _held(store, touched)
+    with store._lock:
+        space = _current(store, pack)  # writers may have changed it since the survey
+        pinned = any(pin.location.pack == pack for pin in store.ledger.pins.values())
+        if space is None or pinned or not space.worth_compacting(min_dead_fraction):
+            # pinned: a writer in flight may still reference records in it
+            if space is not None and space.dead:
+                report.packs_left += 1
+                report.dead_bytes_left += space.dead
+            return
+        if pack == store.packs.active:
+            store.packs.retire_active()  # stop appending to it; compact it now
+        touched = {pack, store.packs.active}  # copies go to the active pack, or to one _make_room starts
+        held_before = _held(store, touched)
+        live = _live_records(store, pack)
+        if not live:
+            # No flush: if the unlink reaches the disk before this commit, recovery drops the record of
+            # a wholly dead pack whose file is gone (_recovery.py); the other way round it removes the file.
+            store.write_txn(lambda txn: _drop_dead_pack(store, txn, pack), frees=True)
+        else:
+            moves = _copy_live(store, pack, live, report)
+            if moves is None:
+                return
     if live:
-        _make_room(store, sum(record_size(loc.length) for _, loc in live))
+        if not _move(store, pack, moves):
+            return
+        touched.add(store.packs.active)
+        store.sync()  # the moves are durable before the old pack goes (packs first, then the index)
+    store.packs.remove(pack)  # its blocks go back once reads already on their way are done with it
+    report.packs_removed += 1
+    report.packs_rewritten += bool(live)
+    report.chunks_moved += len(live)
+    report.bytes_moved += sum(record_size(loc.length) for _, loc in live)
+    report.bytes_reclaimed += held_before - _held(store, touched)
+
+
+Move = tuple[int, Location, Location]  # chunk id, where it was, where its copy is
+
+
+def _copy_live(store, pack: int, live: list[tuple[int, Location]], report: GCReport) -> list[Move] | None:
+    """Under the store's lock: copy the live records forward and commit the copies as pending.
+
+    Pending, a copy is accounted for whatever happens next: a crash leaves
+    it to recovery, which makes it dead space, as it does for any chunk in
+    flight.  None if a live record fails verification (the pack is left for fsck).
+    """
+    moves: list[Move] = []
+    _make_room(store, sum(record_size(loc.length) for _, loc in live))
     try:
         for chunk, loc in live:
             header, data = store.packs.read_record(loc)
@@ -199,24 +238,31 @@ def _compact(store, pack: int, report: GCReport) -> None:
                     or not _intact(store, header, data):
                 log.error("gc: chunk id %d in pack %08x fails verification; leaving the pack for fsck", chunk, pack)
                 raise _CorruptLive
-            moves.append((chunk, store.packs.append(chunk, data, header)))  # as it is, header and all
-        store.packs.sync()  # the copies are durable before the index points at them
-        touched.add(store.packs.active)
-        store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
+            moves.append((chunk, loc, store.packs.append(chunk, data, header)))  # as it is, header and all
+        store.write_txn(lambda txn: _register_copies(store, txn, moves), frees=True)
     except _CorruptLive:
         report.skipped_corrupt.append(pack)
-        _abandon_copies(store, moves)
-        return
+        _abandon_copies(store, [new for _, _, new in moves])
+        return None
     except BaseException:
-        _abandon_copies(store, moves)
+        _abandon_copies(store, [new for _, _, new in moves])
         raise
-    store.index.sync()
-    store.packs.remove(pack)  # its blocks go back once reads already on their way are done with it
-    report.packs_removed += 1
-    report.packs_rewritten += bool(moves)
-    report.chunks_moved += len(moves)
-    report.bytes_moved += sum(record_size(loc.length) for _, loc in moves)
-    report.bytes_reclaimed += held_before - _held(store, touched)
+    return moves
+
+
+def _move(store, pack: int, moves: list[Move]) -> bool:
+    """Flush the copies (no lock held), then commit their new places; False if gc leaves the pack after all."""
+    moved = False
+    try:
+        store.packs.sync()  # the copies are durable before the index points at them
+        with store._lock:
+            if not any(pin.location.pack == pack for pin in store.ledger.pins.values()):
+                moved = store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
+            # else a writer pinned one of its chunks meanwhile: the pack waits for the next run
+    finally:
+        if not moved:
+            _drop_copies(store, moves)
+    return moved
 
 
 def _intact(store, header, data) -> bool:
@@ -260,27 +306,61 @@ def _live_records(store, pack: int) -> list[tuple[int, Location]]:
     return live
 
 
-def _relocate(store, txn, pack: int, moves: list[tuple[int, Location]]):
-    for chunk, new in moves:
+def _register_copies(store, txn, moves: list[Move]):
+    for chunk, _, new in moves:
+        txn.put(ix.KEYPENDING.pack(new.pack, new.record_offset), ix.PENDING.pack(chunk, new.length),
+                db=store.index.pending)
+    return None, []
+
+
+def _relocate(store, txn, pack: int, moves: list[Move]):
+    """Point each chunk still at its old place to its copy; a copy of a chunk that died meanwhile is dead."""
+    for chunk, old, new in moves:
+        txn.delete(ix.KEYPENDING.pack(new.pack, new.record_offset), db=store.index.pending)
         rec = get_record(txn, store.index, chunk)
-        rec.location = new
-        txn.put(chunk_key(chunk), rec.encode(), db=store.index.chunks)
-        adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
+        if rec is not None and rec.location == old:
+            rec.location = new
+            txn.put(chunk_key(chunk), rec.encode(), db=store.index.chunks)
+            adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
+        else:
+            adjust_pack(txn, store.index.packs, new.pack, dead=record_size(new.length))
+    _drop_dead_pack(store, txn, pack)
+    return True, []
+
+
+def _drop_copies(store, moves: list[Move]) -> None:
+    """Registered copies that will not be used are dead space (if this fails, the next open makes them so)."""
+    def account(txn):
+        for _, _, new in moves:
+            txn.delete(ix.KEYPENDING.pack(new.pack, new.record_offset), db=store.index.pending)
+            adjust_pack(txn, store.index.packs, new.pack, dead=record_size(new.length))
+        return None, []
+
+    try:
+        store.write_txn(account, frees=True)
+    except Exception as exc:  # noqa: BLE001 (they stay pending: recovery at the next open)
+        log.warning("gc: could not account for unused copies (%s)", exc)
+        return
+    for _, _, new in moves:
+        store.packs.punch(new)
+
+
+def _drop_dead_pack(store, txn, pack: int):
     txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
     return None, []
 
 
-def _abandon_copies(store, moves: list[tuple[int, Location]]) -> None:
+def _abandon_copies(store, copies: list[Location]) -> None:
     """Copies made by a compaction that did not commit are dead space: account for them.
 
     The transaction also advances the active pack's indexed end over them
     (every write transaction does), keeping each pack's accounting exact.
     """
-    if not moves:
+    if not copies:
         return
 
     def account(txn):
-        for _, loc in moves:
+        for loc in copies:
             adjust_pack(txn, store.index.packs, loc.pack, dead=record_size(loc.length))
         return None, []
 
@@ -289,5 +369,5 @@ def _abandon_copies(store, moves: list[tuple[int, Location]]) -> None:
     except Exception as exc:  # they lie beyond the indexed end: the next open truncates them
         log.warning("gc: could not account for abandoned copies (%s)", exc)
         return
-    for _, loc in moves:
+    for loc in copies:
         store.packs.punch(loc)

@@ -26,6 +26,7 @@ import threading
 import weakref
 
 from ..errors import StoreError, StoreLockedError
+from . import _synclog as synclog
 
 LOCK_NAME = "lock"
 ALREADY_OPEN_HERE = "store is already open in this process (close the other ChunkStore first, or use it)"
@@ -68,6 +69,7 @@ class StoreHandles:
         try:
             if sync and self.packs is not None and self.index is not None:
                 self.packs.sync()
+                synclog.clear(self.index)  # a store closed cleanly leaves nothing to replay
                 self.index.sync()
         finally:
             if self.packs is not None:

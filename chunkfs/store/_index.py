@@ -26,6 +26,8 @@ dirorder       parent ino (u64 BE) + entry id (u64 BE)     DIRORDER (child ino) 
 xattrs         ino (u64 BE) + name                         value
 symlinks       ino (u64 BE)                                target
 orphans        ino (u64 BE)                                empty: nlink 0 but still open or looked up
+synclog        pack id (u32 BE) + offset (u64 BE)          bytes of that pack from that offset, durable
+                                                           here until the pack is flushed (_synclog.py)
 =============  ==========================================  ===========================================
 
 Why this shape (docs/store-format.md has the measurements): the index must
@@ -67,6 +69,7 @@ DATABASES = (
     "chunks", "lookup", "files", "manifests", "packs", "pending", "counters",
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
+ADDED_DATABASES = ("synclog",)  # newer than some stores: made at the first writable open that lacks them
 
 CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
 # ... then, only for a chunk stored compressed, its raw length (u32): an uncompressed chunk's is its stored
@@ -85,6 +88,7 @@ KEY64x2 = struct.Struct(">QQ")
 KEYCHUNK = struct.Struct(">I")
 KEYPACK = struct.Struct(">I")
 KEYPENDING = struct.Struct(">IQ")
+KEYSYNCLOG = struct.Struct(">IQ")  # pack id, offset
 LOOKUP_PREFIX = 8  # bytes of the address that key the lookup (a hit is confirmed by the chunk record)
 MAX_CHUNK_ID = 0xFFFFFFFF  # ids are u32; the counter never hands one out twice
 MAX_REFCOUNT = 0xFFFFFFFF
@@ -131,7 +135,7 @@ class Index:
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self.env = lmdb.open(
                 os.fsencode(path),  # bytes: a directory's name need not be UTF-8
-                map_size=map_size or INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 1, readonly=readonly, subdir=True, create=create, sync=False, metasync=False,
+                map_size=map_size or INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + len(ADDED_DATABASES) + 1, readonly=readonly, subdir=True, create=create, sync=False, metasync=False,
                 readahead=False, max_readers=512, lock=True,
                 mode=0o700,  # data.mdb and lock.mdb get 0600: the index names every user's files
             )
@@ -169,6 +173,11 @@ class Index:
                 raise IndexCorruptError(f"{self.path}: metadata index is damaged or empty (no {missing[0]!r} database)")
         for name in DATABASES:
             setattr(self, name, self.env.open_db(name.encode(), create=self.create))
+        for name in ADDED_DATABASES:  # None in a read-only open of a store that has none yet
+            with self.env.begin() as txn:
+                exists = txn.get(name.encode()) is not None
+            setattr(self, name, self.env.open_db(name.encode(), create=not self.readonly)
+                    if exists or not self.readonly else None)
 
     # -- transactions -------------------------------------------------------
 

@@ -58,6 +58,8 @@ def _medium_error(exc: OSError, pack: int | None, doing: str) -> Exception:
 class LocalBackend(PackBackend):
     """Packs as files in ``directory``; see the module docstring."""
 
+    logged_sync = True  # a pack file can be rewritten in place after a restart (_synclog.py)
+
     def __init__(self, directory: str, readonly: bool = False):
         self.dir = directory
         self.readonly = readonly

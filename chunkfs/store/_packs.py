@@ -140,6 +140,10 @@ class PackFiles:
         self._end = 0
         self._written_back = 0  # active pack offset up to which writeback was started
         self._unsynced: set[int] = set()
+        # (pack, offset): the active pack's bytes below offset survive power loss, flushed to the medium
+        # by sync(), or (_covered only) also written into the index by the sync log (_synclog.py)
+        self._flushed: tuple[int, int] | None = None
+        self._covered: tuple[int, int] | None = None
 
     def existing(self) -> list[int]:
         """Pack ids present in the backend (packs are few)."""
@@ -245,9 +249,44 @@ class PackFiles:
         """Make every append so far durable (called before an index sync)."""
         with self._lock:
             pending, self._unsynced = self._unsynced, set()
+            active, end = self._active, self._end
         if pending:
-            self.backend.sync(pending)
+            try:
+                self.backend.sync(pending)
+            except BaseException:
+                with self._lock:
+                    self._unsynced |= pending  # not durable: the next sync tries again
+                raise
+        with self._lock:
+            if active is not None and active == self._active:  # everything of it below ``end`` is durable now
+                self._flushed = (active, end)
+                if self._covered is None or self._covered[0] != active or self._covered[1] < end:
+                    self._covered = (active, end)
         self.reap()
+
+    def unsynced_tail(self, most: int, most_since_flush: int) -> tuple[int, int, int] | None:
+        """``(pack, start, end)``: the active pack's bytes not yet durable, if they are all there are.
+
+        None when a sync must flush the packs: bytes of another pack are not
+        durable, the active pack's durable end is not known (it is new or was
+        just resumed: its first sync flushes it), more than ``most`` bytes
+        would have to be logged, or more than ``most_since_flush`` since the
+        last flush.  The caller holds the store's lock, so no append moves the end meanwhile.
+        """
+        with self._lock:
+            active, covered, flushed = self._active, self._covered, self._flushed
+            if active is None or covered is None or flushed is None or covered[0] != active \
+                    or flushed[0] != active or self._unsynced - {active}:
+                return None
+            if self._end - covered[1] > most or self._end - flushed[1] > most_since_flush:
+                return None
+            return active, covered[1], self._end
+
+    def note_logged(self, pack: int, end: int) -> None:
+        """The bytes of ``pack`` below ``end`` were written into the index, which was flushed."""
+        with self._lock:
+            if self._covered is not None and self._covered[0] == pack and self._covered[1] < end:
+                self._covered = (pack, end)
 
     # -- reading ------------------------------------------------------------
 
@@ -319,6 +358,7 @@ class PackFiles:
         self.backend.truncate(pack, end)
         if pack == self._active:
             self._end = end
+            self._flushed = self._covered = None  # the next sync flushes it again
 
     def punch(self, loc: Location) -> None:
         """Give the space of a dead record's bytes back to the medium, at once, where it can.

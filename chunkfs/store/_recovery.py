@@ -3,8 +3,14 @@
 Recovery runs every time a store is opened for writing.  It relies on the
 ledger's accounting (see _ledger.py):
 
+0. Pack bytes a sync made durable in the index's sync log are written back
+   into their packs and flushed, and the log is emptied (_synclog.py): after
+   power loss the packs may lack them; after ``kill -9`` this changes nothing.
 1. A pack file the index does not know is the leftover of a crash while a pack
-   was being created or compacted: remove it.
+   was being created or compacted: remove it.  A pack the index knows whose
+   file is gone is lost (fsck's business), unless nothing in it was alive or
+   pending: gc removes such a pack without a flush, so its unlink may reach
+   the disk before the commit that dropped its record; the record goes.
 2. Bytes beyond a pack's indexed end were appended after the last commit and
    nothing refers to them: truncate them away.
 3. Every ``pending`` record names a chunk that was in flight when the previous
@@ -17,8 +23,9 @@ import logging
 from dataclasses import dataclass, field
 
 from . import _index as ix
+from . import _synclog as synclog
 from ._ledger import adjust_pack, get_record
-from ._packs import RECORD, Location, record_size
+from ._packs import HEADER_SIZE, RECORD, Location, record_size
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +36,13 @@ class RecoveryReport:
     truncated_bytes: int = 0
     missing_packs: list[int] = field(default_factory=list)
     pending_resolved: int = 0
+    dropped_packs: int = 0
+    log_replayed: int = 0  # bytes of pack tails written back from the sync log (not damage: see _synclog.py)
 
     @property
     def clean(self) -> bool:
-        return not (self.removed_packs or self.truncated_bytes or self.missing_packs or self.pending_resolved)
+        return not (self.removed_packs or self.truncated_bytes or self.missing_packs or self.pending_resolved
+                    or self.dropped_packs)
 
     def describe(self) -> str:
         """One phrase for what was repaired, "" if nothing (a mount logs it in its recovery line)."""
@@ -41,6 +51,8 @@ class RecoveryReport:
             parts.append(f"truncated {self.truncated_bytes} unreferenced bytes from pack tails")
         if self.removed_packs:
             parts.append(f"removed {len(self.removed_packs)} unregistered pack(s)")
+        if self.dropped_packs:
+            parts.append(f"forgot {self.dropped_packs} wholly dead pack(s) gc had removed")
         if self.pending_resolved:
             parts.append(f"released {self.pending_resolved} chunk(s) written but never committed")
         if self.missing_packs:
@@ -51,6 +63,7 @@ class RecoveryReport:
 def recover(store) -> RecoveryReport:
     report = RecoveryReport()
     packs = store.packs
+    report.log_replayed = synclog.replay(store)
     with store.index.read() as txn:
         registered = {ix.KEYPACK.unpack(k)[0]: ix.PACK.unpack(v) for k, v in txn.cursor(db=store.index.packs)}
     on_disk = set(packs.existing())
@@ -59,7 +72,14 @@ def recover(store) -> RecoveryReport:
         packs.remove(pack)
         report.removed_packs.append(pack)
     short = set()
+    gone = [pack for pack, (end, live, dead) in registered.items()
+            if pack not in on_disk and live == 0 and end - HEADER_SIZE == dead]
+    if gone:  # gc removed a wholly dead pack and its unlink reached the disk before the commit dropping it
+        store.write_txn(lambda txn: (_drop_packs(store, txn, gone), []), frees=True)
+        report.dropped_packs += len(gone)
     for pack, (end, _, _) in sorted(registered.items()):
+        if pack in gone:
+            continue
         if pack not in on_disk:
             log.error("pack %08x is missing: run 'chunkfs fsck'", pack)
             report.missing_packs.append(pack)
@@ -80,6 +100,11 @@ def recover(store) -> RecoveryReport:
     if not report.clean:  # debug: a mount sums recovery up in one INFO line (chunkfs/fs/recovery.py)
         log.debug("recovery: %s", report)
     return report
+
+
+def _drop_packs(store, txn, packs: list[int]) -> None:
+    for pack in packs:
+        txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
 
 
 def _resolve_pending(store, txn) -> int:

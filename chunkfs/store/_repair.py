@@ -112,7 +112,7 @@ def repair_store(store, bad_chunks: dict[int, str]) -> list[str]:
         return done, []
 
     done = store.write_txn(fix, frees=True)
-    store.sync()
+    store.sync(full=True)  # packs flushed, sync log emptied: a replay must not undo a rewritten header
     return lines + [f"{what}: {n}" for what, n in sorted(done.items())]
 
 

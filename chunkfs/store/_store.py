@@ -33,6 +33,7 @@ from typing import BinaryIO
 import lmdb
 
 from . import _index as ix
+from . import _synclog as synclog
 from ._cache import ChunkCache
 from ._deadspace import DeadSpace
 from ..chunker import make_chunker
@@ -238,7 +239,7 @@ class ChunkStore:
         log.warning("%s: disk full; released the space reserve so metadata can still change", self.path)
         return True
 
-    def sync(self, nowait: bool = False) -> None:
+    def sync(self, nowait: bool = False, full: bool = False) -> None:
         """Make everything committed so far survive power loss: packs first, then the index.
 
         It costs what was committed since the last sync: nothing at all (no
@@ -246,22 +247,27 @@ class ChunkStore:
         arrive while a sync is under way wait for it and share the next one
         (group commit): an application's fsync storm costs one flush per
         round, not one per call.  LMDB's own transaction counter says what
-        is committed, so no commit path has to report to this one.  With
-        ``nowait``, WouldBlock instead of flushing or waiting for a flush.
+        is committed, so no commit path has to report to this one.  When
+        only a short tail of the active pack is new, that tail is written
+        into the index and one flush of the index makes both durable
+        (_synclog.py); ``full`` flushes the packs and empties that log.
+        With ``nowait``, WouldBlock instead of flushing or waiting for a flush.
         """
         want = self._last_txn()
         with self._sync_done:
             if nowait and self._synced_txn < want:
                 raise WouldBlock("a sync would flush the disk")
-            while self._syncing and self._synced_txn < want:
+            while self._syncing and (full or self._synced_txn < want):
                 self._sync_done.wait()
-            if self._synced_txn >= want:
+            if self._synced_txn >= want and not full:
                 return
             self._syncing = True
-        upto, ok = self._last_txn(), False
+        upto, ok = None, False
         try:
-            self.packs.sync()
-            self.index.sync()
+            if not full and self.packs.backend.logged_sync:
+                upto = synclog.sync_by_log(self)
+            if upto is None:
+                upto = synclog.sync_all(self)
             ok = True
         finally:
             with self._sync_done:
