@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from chunkfs import cli
-from chunkfs.errors import ChunkCorruptError
+from chunkfs.errors import ChunkCorruptError, ObjectStoreError
 from chunkfs.fsck import check_store
 from chunkfs.settings import MAX_LEVEL, SettingsError, parse_compression
 from chunkfs.store import ChunkStore
 from chunkfs.store import _compression
+from chunkfs.store._backend import MemoryBackend
 from chunkfs.store._compression import CODEC_RAW, CODEC_ZSTD, Codec, DecodeError, Dictionaries
 from chunkfs.store._packs import RECORD, RecordHeader
 
@@ -232,3 +233,33 @@ def test_mkfs_takes_compression_and_stats_shows_savings_apart(tmp_path, capsys):
     assert cli.main(["mkfs", str(tmp_path / "bad"), "--compression", "gzip"]) != 0
     err = capsys.readouterr().err
     assert err.startswith("chunkfs: ") and err.count("\n") == 1 and "gzip" in err
+
+
+class UnpublishingBackend(MemoryBackend):
+    """A medium that must keep the dictionaries too (as an object store does), and cannot now."""
+
+    def __init__(self):
+        super().__init__()
+        self.tried: list[str] = []
+
+    def publish(self, names):
+        if names:
+            self.tried += names
+            raise ObjectStoreError("the object store is away")
+
+
+def test_a_dictionary_the_backend_cannot_publish_is_not_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 256 * 1024)
+    monkeypatch.setattr(_compression, "MIN_SAMPLES", 16)
+    backend = UnpublishingBackend()
+    path = tmp_path / "s"
+    with ChunkStore.create(path, avg_size="4K", min_size=1024, max_size=16384, backend=backend) as store:
+        store.ingest("first", text(400_000, 4))
+        store.codec.wait()
+        assert backend.tried == ["dictionaries/0001.zdict"]  # trained, and it would have paid
+        assert store.codec.dict_id == 0 and not os.listdir(path / "dictionaries")
+        data = text(100_000, 5)
+        store.ingest("second", data)
+        assert store.read("second") == data
+        assert first_compressed(store, "second")[1].dictionary == 0
+    assert "could not keep a compression dictionary" in caplog.text and "away" in caplog.text

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zstandard
 
@@ -66,8 +66,9 @@ def _worth_it(raw_len: int, stored_len: int) -> bool:
 class Dictionaries:
     """The store's dictionaries by id, loaded on first use and kept (they are few and never change)."""
 
-    def __init__(self, store_path: str):
+    def __init__(self, store_path: str, publish: Callable[[Sequence[str]], None] | None = None):
         self.dir = os.path.join(store_path, DICT_DIR)
+        self.publish = publish or (lambda names: None)  # the pack backend's (PackBackend.publish)
         self._loaded: dict[int, zstandard.ZstdCompressionDict] = {}
         self._lock = threading.Lock()
 
@@ -80,6 +81,14 @@ class Dictionaries:
 
     def path(self, dict_id: int) -> str:
         return os.path.join(self.dir, f"{dict_id:04x}.zdict")
+
+    @staticmethod
+    def name(dict_id: int) -> str:
+        """The dictionary's path relative to the store directory (what the backend publishes)."""
+        return f"{DICT_DIR}/{dict_id:04x}.zdict"
+
+    def names(self) -> list[str]:
+        return [self.name(dict_id) for dict_id in self.ids()]
 
     def get(self, dict_id: int) -> zstandard.ZstdCompressionDict | None:
         """Dictionary ``dict_id``; None if the store does not have it."""
@@ -97,7 +106,13 @@ class Dictionaries:
         return found
 
     def add(self, data: bytes) -> int:
-        """Keep a new dictionary durably (before any record names it); returns its id (1, 2, ...)."""
+        """Keep a new dictionary durably and published (before any record names it); its id (1, 2, ...).
+
+        If the backend cannot publish it (an object store that is away), the
+        file goes again and the error is raised: no record names it yet, and a
+        store restored from the bucket alone must have every dictionary a
+        record names.
+        """
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         dict_id = max(self.ids(), default=0) + 1
         if dict_id > 0xFFFF:
@@ -108,12 +123,21 @@ class Dictionaries:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.path(dict_id))
+        self._sync_dir()
+        try:
+            self.publish([self.name(dict_id)])
+        except BaseException:
+            os.unlink(self.path(dict_id))
+            self._sync_dir()
+            raise
+        return dict_id
+
+    def _sync_dir(self) -> None:
         fd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return dict_id
 
 
 class Codec:
@@ -191,6 +215,8 @@ class Codec:
             piece = bytes(data[:SAMPLE_CHUNK])
             self._samples.append(piece)
             self._sampled += len(piece)
+        if self._training is not None and self._training.done():
+            self.wait()  # a training that ended: its failure is logged, and the next one may start
         if self._sampled >= TRAIN_SAMPLE_BYTES and len(self._samples) >= MIN_SAMPLES and self._training is None:
             samples, self._samples, self._sampled = self._samples, [], 0
             self._next_try = self._seen + RETRAIN_AFTER

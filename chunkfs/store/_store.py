@@ -175,8 +175,6 @@ class ChunkStore:
         self.readonly = readonly
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
-        codec_name, level = parse_compression(compression or settings.compression)
-        self.codec = Codec(Dictionaries(path), codec_name, level)
         self._lock = threading.RLock()  # pins, appends and commits
         self._sync_done = threading.Condition()  # sync(): one flush at a time, shared by those who wait
         self._syncing = False
@@ -189,6 +187,10 @@ class ChunkStore:
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
             backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
             self.packs = handles.packs = PackFiles(backend, readonly=readonly)
+            dictionaries = Dictionaries(path, publish=backend.publish)
+            if not readonly:
+                backend.publish(dictionaries.names())  # a store from before, or a crash before a publish
+            self.codec = Codec(dictionaries, *parse_compression(compression or settings.compression))
             index = self.index  # not self: nothing the store owns may keep it alive
             self.dead_space = DeadSpace(self.packs.punch, urgent=lambda: index.low_space)  # now, or by the bg gc
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.dead_space.died)
