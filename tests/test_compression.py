@@ -263,3 +263,33 @@ def test_a_dictionary_the_backend_cannot_publish_is_not_used(tmp_path, monkeypat
         assert store.read("second") == data
         assert first_compressed(store, "second")[1].dictionary == 0
     assert "could not keep a compression dictionary" in caplog.text and "away" in caplog.text
+
+
+def test_compression_runs_before_the_store_lock_is_taken(tmp_path, monkeypatch):
+    """Concurrent writers are not serialised by zstd: a writer compresses its new chunks without the lock."""
+    with ChunkStore.create(tmp_path / "s", avg_size="16K") as store:
+        under_lock = []
+        encode = store.codec.encode
+
+        def watched(data):
+            under_lock.append(store._lock._is_owned())
+            return encode(data)
+
+        monkeypatch.setattr(store.codec, "encode", watched)
+        files = fill(store)
+        assert len(under_lock) > 20 and not any(under_lock)
+        for name, data in files.items():
+            assert store.read(name) == data
+
+
+def test_a_chunk_that_looked_stored_before_the_lock_is_compressed_under_it(tmp_path, monkeypatch):
+    """The look before the lock can be wrong (another writer freed the chunk meanwhile): the chunk is still
+    stored, compressed where it pays."""
+    with ChunkStore.create(tmp_path / "s", avg_size="16K") as store:
+        monkeypatch.setattr(store, "_encode_likely_new", lambda addresses, chunks: {})
+        files = fill(store)
+        s = store.stats()
+        assert s["packed_bytes"] < s["stored_bytes"] - 500_000
+        for name, data in files.items():
+            assert store.read(name) == data
+        assert check_store(store, verify_data=True).clean

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import zstandard
 
@@ -156,6 +157,7 @@ class Codec:
         self._next_try = 0  # bytes of new chunks seen before the next training attempt
         self._seen = 0
         self._training = None  # the future of a training under way
+        self._sample_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -201,13 +203,17 @@ class Codec:
         return found
 
     def observe(self, chunks: list[bytes | memoryview]) -> None:
-        """See new chunks that compressed (under the store's lock); train a dictionary once enough were seen.
+        """See new chunks that compressed (from any writer); train a dictionary once enough were seen.
 
         Only chunks that compressed are sampled: a store of incompressible data
         never spends CPU on training a dictionary that could not help.
         """
-        if not self.enabled or not self.use_dictionary or self.dict_id:
+        if not self.enabled or not self.use_dictionary or self.dict_id or not chunks:
             return
+        with self._sample_lock:
+            self._observe(chunks)
+
+    def _observe(self, chunks: list[bytes | memoryview]) -> None:
         for data in chunks:
             self._seen += len(data)
             if self._seen < self._next_try or self._sampled >= TRAIN_SAMPLE_BYTES:
@@ -292,25 +298,28 @@ _HELPER = LazyPool(1, "chunkfs-compress")
 _TRAINER = LazyPool(1, "chunkfs-dictionary")
 
 
-def encode_records(codec: Codec, ids: Sequence[int], chunks: Sequence[bytes | memoryview]) -> list[tuple]:
-    """Pack records ``(chunk id, data)`` (raw) or ``(chunk id, stored, header)`` for new chunks.
+class Encoded(NamedTuple):
+    """A new chunk as its record will hold it: how, with which dictionary, the bytes, the raw bytes' xxh3."""
+
+    codec: int
+    dictionary: int
+    stored: bytes | memoryview
+    checksum: bytes
+
+
+def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[Encoded]:
+    """Compress (or keep raw) chunks that look new, before the writer takes the store's lock.
 
     A big batch is split between this thread and a helper, as hashing is
-    (hashing.py): compression stays off the event loop and uses the second core.
+    (hashing.py): compression runs in the writer's thread (a stream's pump,
+    never the event loop) and the second core, and concurrent writers are
+    not serialised by it.
     """
-    if not codec.enabled:
-        return list(zip(ids, chunks))
-
-    def encode(part: range) -> list[tuple]:
-        out: list[tuple] = []
+    def encode(part: range) -> list[Encoded]:
+        out: list[Encoded] = []
         for n in part:
             data = chunks[n]
-            kind, dict_id, stored = codec.encode(data)
-            if kind == CODEC_RAW:
-                out.append((ids[n], data))
-            else:
-                header = RecordHeader(RECORD_MAGIC, kind, dict_id, len(stored), len(data), ids[n], checksum_of(data))
-                out.append((ids[n], stored, header))
+            out.append(Encoded(*codec.encode(data), checksum_of(data)))
         return out
 
     count = len(chunks)
@@ -319,3 +328,18 @@ def encode_records(codec: Codec, ids: Sequence[int], chunks: Sequence[bytes | me
     half = count // 2
     other = _HELPER.submit(encode, range(half, count))
     return encode(range(half)) + other.result()
+
+
+def record_of(codec: Codec, chunk: int, data: bytes | memoryview, encoded: Encoded | None) -> tuple:
+    """The pack record ``(chunk id, stored, header)`` of a new chunk (``(chunk id, data)`` when not compressing).
+
+    ``encoded`` is what :func:`encode_chunks` made of it; None for a chunk
+    that looked stored before the lock and was not (freed meanwhile: rare),
+    which is encoded here.
+    """
+    if encoded is None:
+        if not codec.enabled:
+            return chunk, data
+        encoded = Encoded(*codec.encode(data), checksum_of(data))
+    kind, dict_id, stored, checksum = encoded
+    return chunk, stored, RecordHeader(RECORD_MAGIC, kind, dict_id, len(stored), len(data), chunk, checksum)
