@@ -293,3 +293,47 @@ def test_a_chunk_that_looked_stored_before_the_lock_is_compressed_under_it(tmp_p
         for name, data in files.items():
             assert store.read(name) == data
         assert check_store(store, verify_data=True).clean
+
+
+def other_text(n: int, seed: int) -> bytes:
+    """Text of another kind than text(): a different vocabulary and layout (a store whose data changes)."""
+    rng = random.Random(seed)
+    vocabulary = [bytes(random.Random(v).choices(b"QWERTYUIOPASDFGHJKLZXCVBNM0123456789", k=7)) for v in range(400)]
+    out = bytearray()
+    while len(out) < n:
+        out += b"<row key='" + rng.choice(vocabulary) + b"'><cell>" + rng.choice(vocabulary) + b"</cell></row>\r\n"
+    return bytes(out[:n])
+
+
+def test_the_dictionary_is_retrained_when_the_data_changes_and_only_then(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="chunkfs.store")
+    monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 256 * 1024)
+    monkeypatch.setattr(_compression, "MIN_SAMPLES", 16)
+    monkeypatch.setattr(_compression, "RETRAIN_AFTER", 1 << 20)
+    path = tmp_path / "s"
+    files = {}
+    with ChunkStore.create(path, avg_size="4K", min_size=1024, max_size=16384) as store:
+        files["json"] = text(600_000, 4)
+        store.ingest("json", files["json"])
+        store.codec.wait()
+        assert store.codec.dict_id == 1
+        files["json2"] = text(1_600_000, 5)  # the same kind of data: a retrained one would not pay
+        store.ingest("json2", files["json2"])
+        store.codec.wait()
+        assert store.codec.dict_id == 1 and "not kept" in caplog.text
+        assert store.codec._interval == 2 << 20  # an attempt that did not pay waits twice as long
+        for n in range(4):  # the data changes: the dictionary in use helps little with it
+            files[f"xml{n}"] = other_text(1_000_000, 10 + n)
+            store.ingest(f"xml{n}", files[f"xml{n}"])
+            store.codec.wait()
+        assert store.codec.dict_id == 2 and store.codec._interval == 1 << 20
+        files["xml-late"] = other_text(200_000, 99)
+        store.ingest("xml-late", files["xml-late"])
+        assert first_compressed(store, "xml-late")[1].dictionary == 2
+        assert first_compressed(store, "json2")[1].dictionary == 1  # old records keep naming the old one
+    assert sorted(os.listdir(path / "dictionaries")) == ["0001.zdict", "0002.zdict"]
+    with ChunkStore.open(path, readonly=True) as store:
+        assert store.codec.dict_id == 2
+        for name, data in files.items():
+            assert store.read(name) == data
+        assert check_store(store, verify_data=True).clean

@@ -15,15 +15,24 @@ microseconds per chunk).  A chunk whose compressed form saves under 3 % is
 stored raw.
 
 Dictionaries are files ``dictionaries/<id:04x>.zdict`` in the store directory,
-written durably before any record names them and never deleted (a record
-may name one for as long as the store lives).  Policy: while a store has no
-dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks that compress (up to
-``SAMPLE_CHUNK`` bytes of each) are kept as a sample; once it is full a
-``DICT_SIZE`` dictionary is trained and kept only if it shrinks the sample's
-last quarter (held out of training) by at least ``DICT_MIN_GAIN`` more than
-compression without it.  A dictionary that does not pay is not retried
-until ``RETRAIN_AFTER`` more bytes of new chunks were written; one that pays
-is kept for the life of the store (retraining an active store is not done yet).
+written durably and published to the pack backend (an object store uploads
+them) before any record names them, and never deleted (a record may name one
+for as long as the store lives).
+
+Policy (docs/store-format.md, "The store dictionary"): while a store has no
+dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks that compress (up
+to ``SAMPLE_CHUNK`` bytes of each) are kept as a sample; once it is full a
+``DICT_SIZE`` dictionary is trained in a background thread and kept only if
+it shrinks the sample's last quarter (held out of training) by at least
+``DICT_MIN_GAIN`` more than compression without it.  Retraining works the
+same way once a dictionary is in use: after ``RETRAIN_AFTER`` more bytes of
+new chunks that compress, a sample of the chunks that follow is taken, a
+candidate trained on three quarters of it, and the candidate becomes the
+store's dictionary (a new id; the old one stays for the records that name
+it) only if it compresses the held-out quarter, chunks as recent as the
+candidate's own, at least ``DICT_MIN_GAIN`` smaller than the dictionary in
+use.  An attempt that does not pay doubles the wait before the next (up to
+``RETRAIN_AFTER_MAX``); one that pays starts it again from ``RETRAIN_AFTER``.
 """
 
 from __future__ import annotations
@@ -53,7 +62,8 @@ TRAIN_SAMPLE_BYTES = 4 * 1024 * 1024
 SAMPLE_CHUNK = 16 * 1024
 MIN_SAMPLES = 64
 DICT_MIN_GAIN = 0.05
-RETRAIN_AFTER = 64 * 1024 * 1024
+RETRAIN_AFTER = 64 * 1024 * 1024  # bytes of new chunks that compress before the next training attempt
+RETRAIN_AFTER_MAX = 4 * 1024 * 1024 * 1024  # the longest wait, after attempts that did not pay
 
 
 class DecodeError(Exception):
@@ -154,8 +164,9 @@ class Codec:
         self._local = threading.local()
         self._samples: list[bytes] = []
         self._sampled = 0
-        self._next_try = 0  # bytes of new chunks seen before the next training attempt
-        self._seen = 0
+        self._seen = 0  # bytes of new chunks that compressed, since the store was opened
+        self._interval = RETRAIN_AFTER  # how many more of them before the next attempt
+        self._next_try = self._interval if self.dict_id else 0  # sample from here on
         self._training = None  # the future of a training under way
         self._sample_lock = threading.Lock()
 
@@ -172,6 +183,7 @@ class Codec:
             cache = self._local.compressors = {}
         found = cache.get(key)
         if found is None:
+            cache.clear()  # a retired dictionary's (or level's) context is not needed again
             zdict = self.dictionaries.get(dict_id) if dict_id else None
             # the content size lets zstd size its tables to the chunk (about 30 % faster on 12 KiB chunks)
             found = cache[key] = zstandard.ZstdCompressor(level=self.level, dict_data=zdict,
@@ -203,12 +215,12 @@ class Codec:
         return found
 
     def observe(self, chunks: list[bytes | memoryview]) -> None:
-        """See new chunks that compressed (from any writer); train a dictionary once enough were seen.
+        """See new chunks that compressed (from any writer); train a dictionary when it is time.
 
         Only chunks that compressed are sampled: a store of incompressible data
         never spends CPU on training a dictionary that could not help.
         """
-        if not self.enabled or not self.use_dictionary or self.dict_id or not chunks:
+        if not self.enabled or not self.use_dictionary or not chunks:
             return
         with self._sample_lock:
             self._observe(chunks)
@@ -225,8 +237,8 @@ class Codec:
             self.wait()  # a training that ended: its failure is logged, and the next one may start
         if self._sampled >= TRAIN_SAMPLE_BYTES and len(self._samples) >= MIN_SAMPLES and self._training is None:
             samples, self._samples, self._sampled = self._samples, [], 0
-            self._next_try = self._seen + RETRAIN_AFTER
-            self._training = _TRAINER.submit(self._train, samples)  # a writer never waits for it
+            self._next_try = float("inf")  # set again when this attempt is over
+            self._training = _TRAINER.submit(self._train, samples, self.dict_id)  # a writer never waits for it
 
     def wait(self) -> None:
         """Let a dictionary being trained be done (the store waits for it when it closes)."""
@@ -238,24 +250,37 @@ class Codec:
             except Exception as exc:  # noqa: BLE001 (a store without a dictionary still works)
                 log.warning("could not keep a compression dictionary: %s", exc)
 
-    def _train(self, samples: list[bytes]) -> None:
+    def _train(self, samples: list[bytes], current: int) -> None:
+        """Train a dictionary on ``samples`` and keep it if it beats ``current`` (0: none) on the held-out part."""
+        paid = False
+        try:
+            paid = self._try_dictionary(samples, current)
+        finally:
+            with self._sample_lock:
+                self._interval = RETRAIN_AFTER if paid else min(self._interval * 2, RETRAIN_AFTER_MAX)
+                if not paid and not current and not self.dict_id:
+                    self._interval = RETRAIN_AFTER  # no dictionary yet: the first is tried at a steady pace
+                self._next_try = self._seen + self._interval
+
+    def _try_dictionary(self, samples: list[bytes], current: int) -> bool:
         cut = len(samples) * 3 // 4
         train, held = samples[:cut], samples[cut:]
         try:
             zdict = zstandard.train_dictionary(DICT_SIZE, train, level=self.level)
         except zstandard.ZstdError as exc:
             log.info("no compression dictionary: training failed (%s)", exc)
-            return
-        plain = zstandard.ZstdCompressor(level=self.level, write_content_size=False)
-        with_dict = zstandard.ZstdCompressor(level=self.level, dict_data=zdict, write_content_size=False)
-        without = sum(len(plain.compress(s)) for s in held)
-        using = sum(len(with_dict.compress(s)) for s in held)
-        if using > without * (1 - DICT_MIN_GAIN):
-            log.info("no compression dictionary: it would save %d of %d bytes", without - using, without)
-            return
+            return False
+        before = held_out_size(held, self.level, self.dictionaries.get(current) if current else None)
+        using = held_out_size(held, self.level, zdict)
+        against = f"dictionary {current}" if current else "no dictionary"
+        if using > before * (1 - DICT_MIN_GAIN):
+            log.info("compression dictionary not kept: on recent chunks it gives %d bytes, %s %d",
+                     using, against, before)
+            return False
         self.dict_id = self.dictionaries.add(zdict.as_bytes())
-        log.info("compression dictionary %d trained: the sample shrinks from %d to %d bytes",
-                 self.dict_id, without, using)
+        log.info("compression dictionary %d trained: recent chunks shrink to %d bytes, from %d with %s",
+                 self.dict_id, using, before, against)
+        return True
 
     # -- reading ------------------------------------------------------------------------
 
@@ -290,6 +315,12 @@ class Codec:
         if len(got) != raw_len:
             raise DecodeError(f"it decompresses to {len(got)} bytes, not {raw_len}")
         return got
+
+
+def held_out_size(samples: list[bytes], level: int, zdict: zstandard.ZstdCompressionDict | None) -> int:
+    """Bytes the samples take compressed one by one at ``level`` with ``zdict`` (None: without a dictionary)."""
+    ctx = zstandard.ZstdCompressor(level=level, dict_data=zdict, write_content_size=False)
+    return sum(len(ctx.compress(sample)) for sample in samples)
 
 
 # A batch of new chunks at least this big is compressed by two threads at once (zstd releases the GIL).
