@@ -243,6 +243,30 @@ def test_throughput_append_grows_store_by_few_chunks(throughput_run):
         assert 0 < append["disk_bytes_growth"] < 4 * append["avg_chunk_size"], append
 
 
+@pytest.mark.mount
+@pytest.mark.slow
+def test_throughput_compares_compression_on_and_off_run_by_run(tmp_path):
+    """Issue 15: --uncompressed-side runs this checkout with --compression none beside the chunkfs side
+    (which compresses), on text that compresses; the report pairs them run by run."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is absent: the throughput benchmark needs a real mount")
+    out = tmp_path / "out"
+    _run_module("benchmarks.throughput", "--tiny", "--runs", "1", "--peers", "none", "--no-passthrough",
+                "--uncompressed-side", "--file-data", "text", "--ops", "seq_write,cold_read", "--out", str(out),
+                "--work-dir", str(tmp_path), timeout=300)
+    with open(out / "throughput.json") as fh:
+        doc = json.load(fh)
+    assert doc["meta"]["file_data"] == "text" and "chunkfs-none" in doc["meta"]["peers"]
+    for op in ("seq_write", "cold_read"):
+        vs = doc["summary"][op]["vs_uncompressed"]
+        assert len(vs["ratios"]) == 1 and vs["ratios"][0] > 0
+    [run] = doc["runs"]
+    assert set(run["order"]) == {"plain", "chunkfs", "chunkfs-none"}
+    assert run["extra"]["store_after_writes"]["compression_ratio"] > 1.5  # the text compressed
+    assert "## Compression on against off, measured in the same runs" in (out / "throughput.md").read_text()
+    assert [p for p in os.listdir(tmp_path) if p.startswith("chunkfs-throughput-")] == []
+
+
 def test_index_size_benchmark_reports_bytes_per_chunk_and_entry():
     """benchmarks/index_size.py at --tiny scale: a compacted copy's pages divided by the record counts."""
     result = json.loads(_run_module("benchmarks.index_size", "--tiny", "--json"))
