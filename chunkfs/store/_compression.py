@@ -9,7 +9,7 @@ chunks gives each one the context of its neighbours.
 A record says how it is stored (codec, dictionary id) in its header; its
 xxh3 is of the raw bytes, so every read is verified after decompression.
 A chunk is kept raw when compression saves too little: a chunk of 16 KiB
-or more first has a 4 KiB sample compressed at level 1, and if that saves
+or more first has a 4 KiB sample compressed at zstd level -1, and if that saves
 under 3 % the chunk is not compressed at all (incompressible data costs a few
 microseconds per chunk).  A chunk whose compressed form saves under 3 % is
 stored raw.
@@ -55,6 +55,7 @@ log = logging.getLogger("chunkfs.store")
 
 PROBE_FROM = 16 * 1024  # chunks this big get a sample probe before a full compression
 PROBE_SIZE = 4 * 1024
+PROBE_LEVEL = -1  # a fast (negative) zstd level: 2 us for a 4 KiB probe of random data here (level 1: 3.5 us)
 MIN_SAVING = 1 / 32  # keep raw below ~3 % saved
 DICT_DIR = "dictionaries"
 DICT_SIZE = 112 * 1024
@@ -193,24 +194,33 @@ class Codec:
 
     def encode(self, data: bytes | memoryview) -> tuple[int, int, bytes | memoryview]:
         """(codec, dictionary id, stored bytes) for a new chunk: raw when compression saves too little."""
+        if self.hopeless(data):
+            return CODEC_RAW, 0, data
+        return self.compress(data)
+
+    def hopeless(self, data: bytes | memoryview) -> bool:
+        """Whether a chunk is stored raw without trying: compression off, a tiny chunk, or one whose
+        probe (4 KiB from its middle at zstd's fastest level, about 2 us) saves too little."""
         n = len(data)
         if not self.enabled or n < 64:
-            return CODEC_RAW, 0, data
+            return True
+        if n < PROBE_FROM:
+            return False
+        mid = (n - PROBE_SIZE) // 2
+        return not _worth_it(PROBE_SIZE, len(self._probe().compress(data[mid : mid + PROBE_SIZE])))
+
+    def compress(self, data: bytes | memoryview) -> tuple[int, int, bytes | memoryview]:
+        """:meth:`encode` past the probe: the chunk compressed, or raw if that saves too little."""
         dict_id = self.dict_id
-        if n >= PROBE_FROM:
-            mid = (n - PROBE_SIZE) // 2
-            sample = data[mid : mid + PROBE_SIZE]
-            if not _worth_it(PROBE_SIZE, len(self._probe().compress(sample))):
-                return CODEC_RAW, 0, data
         packed = self._compressor(dict_id).compress(data)
-        if not _worth_it(n, len(packed)):
+        if not _worth_it(len(data), len(packed)):
             return CODEC_RAW, 0, data
         return CODEC_ZSTD, dict_id, packed
 
     def _probe(self) -> zstandard.ZstdCompressor:
         found = getattr(self._local, "probe", None)
         if found is None:
-            found = self._local.probe = zstandard.ZstdCompressor(level=1, write_content_size=False,
+            found = self._local.probe = zstandard.ZstdCompressor(level=PROBE_LEVEL, write_content_size=False,
                                                                  write_checksum=False)
         return found
 
@@ -341,24 +351,33 @@ class Encoded(NamedTuple):
 def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[Encoded]:
     """Compress (or keep raw) chunks that look new, before the writer takes the store's lock.
 
-    A big batch is split between this thread and a helper, as hashing is
-    (hashing.py): compression runs in the writer's thread (a stream's pump,
-    never the event loop) and the second core, and concurrent writers are
-    not serialised by it.
+    The probes run in this thread (the writer's: a stream's pump, never the
+    event loop), so incompressible data costs no hand-over; the chunks that
+    pass them are compressed here and, for a big batch, by a helper too
+    (zstd releases the GIL), as hashing is (hashing.py).  Concurrent writers
+    are not serialised by any of it.
     """
-    def encode(part: range) -> list[Encoded]:
-        out: list[Encoded] = []
-        for n in part:
-            data = chunks[n]
-            out.append(Encoded(*codec.encode(data), checksum_of(data)))
-        return out
+    out: list[Encoded | None] = []
+    todo: list[int] = []
+    for n, data in enumerate(chunks):
+        if codec.hopeless(data):
+            out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data)))
+        else:
+            out.append(None)
+            todo.append(n)
 
-    count = len(chunks)
-    if count < 2 or sum(len(c) for c in chunks) < PARALLEL_BATCH or (os.cpu_count() or 1) < 2:
-        return encode(range(count))
-    half = count // 2
-    other = _HELPER.submit(encode, range(half, count))
-    return encode(range(half)) + other.result()
+    def compress(part: list[int]) -> None:
+        for n in part:
+            out[n] = Encoded(*codec.compress(chunks[n]), checksum_of(chunks[n]))
+
+    if len(todo) >= 2 and sum(len(chunks[n]) for n in todo) >= PARALLEL_BATCH and (os.cpu_count() or 1) >= 2:
+        half = len(todo) // 2
+        other = _HELPER.submit(compress, todo[half:])
+        compress(todo[:half])
+        other.result()
+    else:
+        compress(todo)
+    return out  # type: ignore[return-value]  (every slot is filled)
 
 
 def record_of(codec: Codec, chunk: int, data: bytes | memoryview, encoded: Encoded | None) -> tuple:
