@@ -397,7 +397,9 @@ class UncompressedChunkfsMount(BaselineChunkfsMount):
              *(["--avg-size", self.avg_size] if self.avg_size else [])], env=self._command_env())
 
     def _mount_command(self) -> list[str]:
-        return [*self._cli(), "mount", self._store(), self.mnt, *(["-o", self.mount_opts] if self.mount_opts else [])]
+        # the chunkfs side's options, but never its compression= (that would turn compression on here)
+        opts = [o for o in (self.mount_opts or "").split(",") if o and not o.startswith("compression=")]
+        return [*self._cli(), "mount", self._store(), self.mnt, "-o", ",".join([*opts, "compression=none"])]
 
     @staticmethod
     def settings_of(options: tuple) -> dict:
