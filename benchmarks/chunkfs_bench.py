@@ -72,7 +72,7 @@ def measure_api(workload, scratch: str, avg_size: str | None = None, compression
             close_seconds = time.perf_counter() - start
         return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
                       disk_bytes=du_bytes(store_dir), empty_bytes=empty,
-                      seconds=timer.seconds + close_seconds, settings=_settings(stats))
+                      seconds=timer.seconds + close_seconds, settings=_settings(stats, compression))
     except Exception as exc:  # noqa: BLE001 - any store failure is a failed cell, not a crashed run
         return failed(tool, workload.name, f"{type(exc).__name__}: {exc}")
     finally:
@@ -88,7 +88,7 @@ def _ingest_all(store, workload) -> None:
         sync()
 
 
-def _settings(stats: dict) -> dict:
+def _settings(stats: dict, variant: str) -> dict:
     """What the store reports about itself, kept beside the du-based figure for comparison."""
     keys = ("chunker", "avg_chunk_size", "files", "logical_bytes", "stored_bytes", "packed_bytes", "unique_chunks",
             "savings_pct", "dedup_savings_pct", "compression_savings_pct", "compression_ratio", "dictionary",
@@ -99,8 +99,9 @@ def _settings(stats: dict) -> dict:
     codec = stats.get("compression", "none")
     if codec == "none":
         out["compression"] = "none (--compression none)"
-    elif stats.get("dictionary"):
-        out["compression"] = f"{codec} per chunk, store dictionary {stats['dictionary']} (the default)"
+    elif variant == "dict":
+        out["compression"] = (f"{codec} per chunk with the store dictionary, trained once 4 MiB of compressible "
+                              "chunks were seen (the defaults)")
     else:
         out["compression"] = f"{codec} per chunk, no dictionary"
     return out
@@ -153,7 +154,8 @@ def measure_mount(workload, scratch: str, avg_size: str | None = None) -> Result
             mounted = False
         return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
                       disk_bytes=du_bytes(store_dir), empty_bytes=empty, seconds=timer.seconds,
-                      settings={"path": "cp -a into the mount, sync, umount"})
+                      settings={"path": "cp -a into the mount, sync, umount",
+                                "compression": "mkfs defaults (zstd:3 per chunk with the store dictionary)"})
     except (ToolError, OSError, subprocess.SubprocessError) as exc:
         return failed(tool, workload.name, str(exc))
     finally:
