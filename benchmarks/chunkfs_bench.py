@@ -18,9 +18,15 @@ from .common import Result, Timer, ToolError, checkout_env, chunkfs_cli, du_byte
 MOUNT_TIMEOUT = 3 * 3600
 
 
-def label(avg_size: str | None) -> str:
-    """Tool name in the tables: ``chunkfs`` at the store's default chunk size, else ``chunkfs@64K``."""
-    return "chunkfs" if avg_size is None else f"chunkfs@{avg_size}"
+# How chunkfs stores chunks in a run: the store's default (zstd with the store dictionary), zstd with no
+# dictionary, or not compressed at all.  The tool names in the tables carry the suffix.
+COMPRESSION_VARIANTS = {"dict": "", "nodict": "-nodict", "none": "-none"}
+
+
+def label(avg_size: str | None, compression: str = "dict") -> str:
+    """Tool name in the tables: ``chunkfs`` at the store's defaults, ``chunkfs-none`` without compression,
+    ``chunkfs-nodict`` with zstd but no dictionary, ``chunkfs@64K`` at another average chunk size."""
+    return ("chunkfs" if avg_size is None else f"chunkfs@{avg_size}") + COMPRESSION_VARIANTS[compression]
 
 
 def api_unavailable() -> str | None:
@@ -32,13 +38,15 @@ def api_unavailable() -> str | None:
     return None
 
 
-def measure_api(workload, scratch: str, avg_size: str | None = None) -> Result:
+def measure_api(workload, scratch: str, avg_size: str | None = None, compression: str = "dict") -> Result:
     """Ingest every file of the workload with ``ChunkStore.ingest`` into a fresh store; du the store.
 
     The timed part covers ingest and the final sync/close, so the figure
-    includes making the data durable, as the peers' commits do.
+    includes making the data durable, as the peers' commits do (and waiting
+    for a dictionary being trained).  ``compression`` is a key of
+    :data:`COMPRESSION_VARIANTS`.
     """
-    tool = label(avg_size)
+    tool = label(avg_size, compression)
     why = api_unavailable()
     if why:
         return skipped(tool, workload.name, why)
@@ -47,8 +55,12 @@ def measure_api(workload, scratch: str, avg_size: str | None = None) -> Result:
     store_dir = os.path.join(scratch, f"{tool}-{workload.name}")
     shutil.rmtree(store_dir, ignore_errors=True)
     kwargs = {} if avg_size is None else {"avg_size": avg_size}
+    if compression == "none":
+        kwargs["compression"] = "none"
     try:
         store = ChunkStore.create(store_dir, chunker="fastcdc", **kwargs)
+        if compression == "nodict":  # an ablation for the tables (no option of the store): what the dictionary adds
+            store.codec.use_dictionary = False
         try:
             empty = du_bytes(store_dir)
             with Timer() as timer:
@@ -60,7 +72,7 @@ def measure_api(workload, scratch: str, avg_size: str | None = None) -> Result:
             close_seconds = time.perf_counter() - start
         return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
                       disk_bytes=du_bytes(store_dir), empty_bytes=empty,
-                      seconds=timer.seconds + close_seconds, settings=_settings(stats))
+                      seconds=timer.seconds + close_seconds, settings=_settings(stats, compression))
     except Exception as exc:  # noqa: BLE001 - any store failure is a failed cell, not a crashed run
         return failed(tool, workload.name, f"{type(exc).__name__}: {exc}")
     finally:
@@ -76,14 +88,22 @@ def _ingest_all(store, workload) -> None:
         sync()
 
 
-def _settings(stats: dict) -> dict:
+def _settings(stats: dict, variant: str) -> dict:
     """What the store reports about itself, kept beside the du-based figure for comparison."""
-    keys = ("chunker", "avg_chunk_size", "files", "logical_bytes", "stored_bytes", "unique_chunks",
-            "savings_pct", "disk_bytes")
+    keys = ("chunker", "avg_chunk_size", "files", "logical_bytes", "stored_bytes", "packed_bytes", "unique_chunks",
+            "savings_pct", "dedup_savings_pct", "compression_savings_pct", "compression_ratio", "dictionary",
+            "disk_bytes")
     out = {f"store_{k}": stats[k] for k in keys if k in stats}
     if stats.get("unique_chunks"):
         out["measured_avg_chunk_bytes"] = round(stats["stored_bytes"] / stats["unique_chunks"])
-    out["compression"] = "none (chunkfs does not compress)"
+    codec = stats.get("compression", "none")
+    if codec == "none":
+        out["compression"] = "none (--compression none)"
+    elif variant == "dict":
+        out["compression"] = (f"{codec} per chunk with the store dictionary, trained once 4 MiB of compressible "
+                              "chunks were seen (the defaults)")
+    else:
+        out["compression"] = f"{codec} per chunk, no dictionary"
     return out
 
 
@@ -134,7 +154,8 @@ def measure_mount(workload, scratch: str, avg_size: str | None = None) -> Result
             mounted = False
         return Result(tool=tool, workload=workload.name, logical_bytes=workload.logical_bytes,
                       disk_bytes=du_bytes(store_dir), empty_bytes=empty, seconds=timer.seconds,
-                      settings={"path": "cp -a into the mount, sync, umount"})
+                      settings={"path": "cp -a into the mount, sync, umount",
+                                "compression": "mkfs defaults (zstd:3 per chunk with the store dictionary)"})
     except (ToolError, OSError, subprocess.SubprocessError) as exc:
         return failed(tool, workload.name, str(exc))
     finally:

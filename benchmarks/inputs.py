@@ -80,3 +80,20 @@ def random_bytes(n: int, seed: int) -> bytearray:
     for off in range(0, n, 64 * MiB):
         view[off:off + 64 * MiB] = os.urandom(min(64 * MiB, n - off))
     return buf
+
+
+def text_bytes(n: int, seed: int, corpus_path: str) -> bytearray:
+    """n bytes that compress like text but do not dedup: slices of 512 B-4 KiB from random places of a
+    corpus (the tree's tar: source code), back to back.  A 32 KiB chunk holds a dozen unrelated slices,
+    so no two chunks match, while each compresses about as the corpus's files do."""
+    with open(corpus_path, "rb") as fh:
+        corpus = fh.read()
+    rng = random.Random(f"chunkfs-throughput:{seed}:text")
+    buf = bytearray(n)
+    pos, top = 0, len(corpus) - 4096
+    while pos < n:
+        size = min(rng.randint(512, 4096), n - pos)
+        start = rng.randrange(0, top)
+        buf[pos:pos + size] = corpus[start:start + size]
+        pos += size
+    return buf

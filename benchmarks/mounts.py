@@ -381,6 +381,32 @@ class BaselineChunkfsMount(PeerMount):
         return {"checkout": checkout, "commit": commit, "settings": "mkfs defaults"}
 
 
+class UncompressedChunkfsMount(BaselineChunkfsMount):
+    """This checkout's chunkfs made with ``mkfs --compression none`` (same chunk size, same mount options):
+    paired run by run with the chunkfs side, which compresses (zstd, the default), it answers "what does
+    compression cost?" (``--uncompressed-side``)."""
+
+    name = "chunkfs-none"
+
+    def __init__(self, options: tuple, work: str, mnt: str):
+        self.avg_size, self.mount_opts = options
+        super().__init__(REPO, work, mnt)
+
+    def make(self) -> None:
+        run([*self._cli(), "mkfs", self._store(), "--compression", "none",
+             *(["--avg-size", self.avg_size] if self.avg_size else [])], env=self._command_env())
+
+    def _mount_command(self) -> list[str]:
+        # the chunkfs side's options, but never its compression= (that would turn compression on here)
+        opts = [o for o in (self.mount_opts or "").split(",") if o and not o.startswith("compression=")]
+        return [*self._cli(), "mount", self._store(), self.mnt, "-o", ",".join([*opts, "compression=none"])]
+
+    @staticmethod
+    def settings_of(options: tuple) -> dict:
+        return {"settings": "this checkout, mkfs --compression none" + (f" --avg-size {options[0]}" if options[0]
+                                                                           else "")}
+
+
 class PeerFactory:
     """Makes a fresh peer filesystem for each run: ``factory(work, mnt)``; ``settings()`` says what it runs."""
 
@@ -395,7 +421,7 @@ class PeerFactory:
 
 
 def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, cache: str, log=print,
-               baseline: str | None = None) -> dict:
+               baseline: str | None = None, uncompressed: tuple | None = None) -> dict:
     """``{name: factory(work, mnt) -> PeerMount}`` of the peers asked for that can run here; one line per one that cannot.
 
     S3QL is not a Debian or PyPI package here: it runs from ``--s3ql-bin``
@@ -407,6 +433,8 @@ def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, 
     interpreter, or on PATH.
     """
     found = {}
+    if uncompressed is not None:  # (avg size, mount options) of the chunkfs side
+        found["chunkfs-none"] = PeerFactory(UncompressedChunkfsMount, uncompressed)
     if baseline:
         found["baseline"] = PeerFactory(BaselineChunkfsMount, os.path.abspath(baseline))
     if "s3ql" in names:

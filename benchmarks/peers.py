@@ -3,9 +3,12 @@
 Each peer ingests a workload directory into a fresh repository (or pool), and
 is measured by the bytes that repository really occupies (du), minus the du of
 the same repository when empty (its fixed cost; the raw figure is kept too).
-Compression is off wherever the tool allows it, so the figure is dedup; each
-peer's ``settings()`` says what it used and where compression could not be
-turned off.  Caches the tools keep outside their repository (borg's and
+By default each peer runs with its compression on (``compress``: borg zstd,
+restic auto, casync zstd, bup's zlib, zfs-fuse zstd, lz4 or its default
+lzjb, whichever it has), as chunkfs does; with ``compress=False`` it is off
+wherever the tool allows it, so the figure is dedup alone.  Each peer's
+``settings()`` says what it used and where compression could not be turned
+off.  Caches the tools keep outside their repository (borg's and
 restic's local caches, bup's file index) are kept out of the measured
 directory, as they would be on a user's machine.
 """
@@ -22,6 +25,7 @@ import time
 from .common import Result, Timer, ToolError, du_bytes, failed, run
 
 INGEST_TIMEOUT = 3 * 3600
+ZFS_COMPRESSION = ("zstd", "lz4", "on")  # the first that zfs-fuse accepts ("on": its default, lzjb)
 BORG_CHUNKER = "buzhash,12,23,16,4095"  # min 4 KiB, max 8 MiB, 2^16 mask: ~64 KiB average
 CASYNC_CHUNK = "16384:65536:262144"  # casync's own default, stated explicitly
 RESTIC_PASSWORD = "chunkfs-bench"
@@ -34,6 +38,7 @@ class Peer:
     package = ""  # Debian package providing it
     binary = ""
     version_string = ""  # filled in by setup_peers
+    compress = True  # its compression on (set by setup_peers)
 
     def available(self) -> bool:
         return shutil.which(self.binary) is not None
@@ -84,15 +89,18 @@ class Borg(Peer):
     def version(self) -> str:
         return run(["borg", "--version"]).stdout.strip()
 
+    def _compression(self) -> str:
+        return "zstd,3" if self.compress else "none"
+
     def settings(self) -> dict:
-        return {"chunker": BORG_CHUNKER, "compression": "none (--compression none)",
+        return {"chunker": BORG_CHUNKER, "compression": f"--compression {self._compression()}",
                 "encryption": "none"}
 
     def prepare(self, repo: str, logical_bytes: int) -> None:
         run(["borg", "init", "--encryption", "none", repo], env=self._env(repo))
 
     def ingest(self, src: str, repo: str) -> None:
-        run(["borg", "create", "--compression", "none", "--chunker-params", BORG_CHUNKER,
+        run(["borg", "create", "--compression", self._compression(), "--chunker-params", BORG_CHUNKER,
              f"{repo}::bench", "."], cwd=src, env=self._env(repo), timeout=INGEST_TIMEOUT)
 
     def chunk_stats(self, repo: str) -> dict:
@@ -127,7 +135,7 @@ class Restic(Peer):
 
     def settings(self) -> dict:
         if self._can_disable:
-            comp = "off (--compression off, repository v2)"
+            comp = f"--compression {'auto' if self.compress else 'off'} (repository v2)"
         else:
             comp = "none: this restic predates compression (repository v1 stores data uncompressed)"
         return {"chunker": "Rabin CDC, 512 KiB min / ~1 MiB avg / 8 MiB max (fixed by restic; its polynomial "
@@ -139,7 +147,7 @@ class Restic(Peer):
         run(["restic", "init", *extra], env=self._env(repo))
 
     def ingest(self, src: str, repo: str) -> None:
-        extra = ["--compression", "off"] if self._can_disable else []
+        extra = ["--compression", "auto" if self.compress else "off"] if self._can_disable else []
         run(["restic", "backup", "--quiet", *extra, "."], cwd=src, env=self._env(repo),
             timeout=INGEST_TIMEOUT)
 
@@ -164,6 +172,8 @@ class Casync(Peer):
         return run(["casync", "--version"]).stdout.strip()
 
     def settings(self) -> dict:
+        if self.compress:
+            return {"chunker": f"buzhash CDC, min:avg:max = {CASYNC_CHUNK}", "compression": "--compression=zstd"}
         return {"chunker": f"buzhash CDC, min:avg:max = {CASYNC_CHUNK}",
                 "compression": "zstd: casync cannot turn chunk compression off (zstd, xz or gzip only), "
                                "so its figures include compression on compressible data"}
@@ -194,7 +204,7 @@ class Bup(Peer):
 
     def settings(self) -> dict:
         return {"chunker": "rolling-sum split, ~8 KiB average (fixed by bup)",
-                "compression": "off (save --compress=0)"}
+                "compression": "zlib level 1 (save's default)" if self.compress else "off (save --compress=0)"}
 
     def prepare(self, repo: str, logical_bytes: int) -> None:
         os.makedirs(repo + ".home", exist_ok=True)
@@ -204,8 +214,8 @@ class Bup(Peer):
         index = repo + ".home/bupindex"  # bup's file index is a cache: keep it out of the repo
         env = self._env(repo)
         run(["bup", "index", "-f", index, src], env=env, timeout=INGEST_TIMEOUT)
-        run(["bup", "save", "-f", index, "-n", "bench", "--compress=0", src], env=env,
-            timeout=INGEST_TIMEOUT)
+        level = [] if self.compress else ["--compress=0"]
+        run(["bup", "save", "-f", index, "-n", "bench", *level, src], env=env, timeout=INGEST_TIMEOUT)
 
     def chunk_stats(self, repo: str) -> dict:
         """bup stores chunks as git blobs: count them (a few small metadata blobs are counted too)."""
@@ -237,14 +247,20 @@ class ZfsFuse(Peer):
         self._daemon_pid: int | None = None
         self._empty: dict[str, int] = {}
         self._last_list: list[str] = []  # `zpool list` (alloc, dedupratio) of the last ingested pool
+        self._algorithm: str | None = None  # the first of ZFS_COMPRESSION this zfs-fuse accepts
 
     def version(self) -> str:
         proc = run(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"], check=False)
         return f"zfs-fuse {proc.stdout.strip()}" if proc.returncode == 0 else "zfs-fuse"
 
     def settings(self) -> dict:
+        if self.compress:
+            what = f"compression={self._algorithm}" + (" (lzjb: this zfs-fuse has no zstd or lz4)"
+                                                       if self._algorithm == "on" else "")
+        else:
+            what = "off (compression=off)"
         return {"chunker": "fixed 128 KiB records (recordsize default), block-level dedup",
-                "compression": "off (compression=off)", "dedup": "on", "vdev": "sparse file"}
+                "compression": what, "dedup": "on", "vdev": "sparse file"}
 
     def check(self, scratch: str) -> None:
         if run(["zpool", "list"], check=False).returncode == 0:
@@ -280,11 +296,21 @@ class ZfsFuse(Peer):
         os.makedirs(self._mnt(repo), exist_ok=True)
         with open(self._vdev(repo), "wb") as fh:  # sparse: du counts only what zfs writes
             fh.truncate(max(512 << 20, 3 * logical_bytes))
-        run(["zpool", "create", "-f", "-m", self._mnt(repo), "-O", "dedup=on", "-O", "compression=off",
-             "-O", "atime=off", self.pool, self._vdev(repo)])
+        self._create_pool(repo)
         run(["zpool", "export", self.pool])
         self._empty[repo] = du_bytes(self._vdev(repo))  # measured exported: nothing in flight
         run(["zpool", "import", "-d", repo, self.pool])
+
+    def _create_pool(self, repo: str) -> None:
+        """The pool, with the best compression this zfs-fuse has (found at the first pool: it is old)."""
+        choices = [self._algorithm] if self._algorithm else list(ZFS_COMPRESSION) if self.compress else ["off"]
+        for n, algorithm in enumerate(choices):
+            proc = run(["zpool", "create", "-f", "-m", self._mnt(repo), "-O", "dedup=on", "-O",
+                        f"compression={algorithm}", "-O", "atime=off", self.pool, self._vdev(repo)],
+                       check=n == len(choices) - 1)
+            if proc.returncode == 0:
+                self._algorithm = algorithm
+                return
 
     def empty_bytes(self, repo: str) -> int:
         return self._empty[repo]
@@ -371,13 +397,17 @@ def _apt_install(packages: list[str]) -> str | None:
     return f"apt-get install {' '.join(packages)} failed: {tail[0]}"
 
 
-def setup_peers(names: list[str], scratch: str, install: bool = True, log=print) -> dict[str, Peer]:
+def setup_peers(names: list[str], scratch: str, install: bool = True, log=print,
+                compress: bool = True) -> dict[str, Peer]:
     """Instantiate, install (from Debian packages) and smoke-check the named peers.
 
+    ``compress``: each with its compression on (else off where it can be).
     A peer that cannot be installed or run here is skipped with one line in the
     log; the rest go ahead.
     """
     peers = {n: PEERS[n]() for n in names}
+    for peer in peers.values():
+        peer.compress = compress
     missing = [p.package for p in peers.values() if not p.available()]
     if missing and install:
         err = _apt_install(missing)

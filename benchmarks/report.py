@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from .common import MB
+from .common import MB, savings_pct
 
 NOTES = [
     "Savings = 1 − (du of the repository after ingest − du of the same repository empty) / logical bytes. "
@@ -96,6 +96,31 @@ def _against_best_peer(workloads: list, results: list, tools: list[str]) -> list
             ""]
 
 
+def _dedup_and_compression(workloads: list, results: list, tools: list[str]) -> list[str]:
+    """Each chunkfs (API) figure split like ``chunkfs stats``: what dedup saves (unique chunk bytes), what
+    compression saves on top (the bytes the pack records hold), and the du of the whole store."""
+    api = [t for t in tools if any(r.tool == t and "store_packed_bytes" in r.settings for r in results)]
+    if not api:
+        return []
+    rows = []
+    for wl in workloads:
+        cells = []
+        for tool in api:
+            r = next((r for r in results if r.workload == wl.name and r.tool == tool and r.status == "ok"), None)
+            if r is None:
+                cells.append("–")
+                continue
+            packed = savings_pct(r.settings["store_packed_bytes"], r.logical_bytes)
+            dictionary = r.settings.get("store_dictionary") or "–"
+            cells.append(f"{r.chunking_alone_pct:.1f} / {packed:.1f} / {r.savings_pct:.1f} ({dictionary})")
+        rows.append([wl.name, *cells])
+    return ["## chunkfs: dedup and compression apart (%)", "",
+            "Each cell is *after dedup / after compression / on disk (dictionary)*: 1 − unique chunk bytes / "
+            "logical, 1 − bytes the pack records hold / logical, and the du figure of the savings table; "
+            "the dictionary the store used last (– for none).", "",
+            *_table(["workload", *(f"{t} %" for t in api)], rows), ""]
+
+
 def _speed_table(workloads: list, results: list, tools: list[str]) -> list[str]:
     rows = [[wl.name, *(_cell(results, wl.name, t, "mb_per_s") for t in tools)] for wl in workloads]
     return _table(["workload", *(f"{t} MB/s" for t in tools)], rows)
@@ -162,9 +187,11 @@ def write_markdown(path: str, meta: dict, workloads: list, results: list, charts
     lines = ["# chunkfs benchmark: dedup savings and ingest speed", "",
              f"- date: {meta['date']}", f"- machine: {meta['machine']}",
              f"- command: `{meta['command']}`", f"- scale: {meta['scale']}, seed {meta['seed']}",
-             f"- chunkfs commit: {meta.get('git_commit', 'unknown')}", "",
+             f"- chunkfs commit: {meta.get('git_commit', 'unknown')}",
+             f"- peers' compression: {meta.get('peer_compression', 'off')}", "",
              "## Savings (%)", "", *_savings_table(workloads, results, tools), "",
              *_against_best_peer(workloads, results, tools),
+             *_dedup_and_compression(workloads, results, tools),
              "## Ingest speed (MB/s)", "", *_speed_table(workloads, results, tools), "",
              "## Tools and settings", "", *_tools_table(meta, results, tools), "",
              *_zfs_alloc(results),

@@ -42,6 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--chunkfs-avg", default="",
                     help="extra chunkfs runs at these average chunk sizes, e.g. 16K,64K "
                          "(the store's default size always runs)")
+    ap.add_argument("--chunkfs-compression", default="none,nodict,dict",
+                    help="how chunkfs stores chunks, one run each: none (no compression), nodict (zstd without "
+                         "a dictionary), dict (zstd with the store dictionary: the default, named plain "
+                         "'chunkfs'); a comma list (default: all three)")
+    ap.add_argument("--peer-compression", choices=("on", "off"), default="on",
+                    help="peers with their compression on (borg zstd, restic auto, casync zstd, bup's zlib, "
+                         "zfs-fuse zstd, lz4 or its default, whichever it has; the default) or off where they "
+                         "can turn it off (the dedup-only comparison)")
     ap.add_argument("--no-chunkfs", action="store_true", help="peers only")
     ap.add_argument("--mount", action="store_true",
                     help="also measure chunkfs through a mount (cp -a into it; needs `chunkfs mount`)")
@@ -59,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip() and t.strip() != "none"]
+
+
+def _variants(text: str) -> list[str]:
+    """The chunkfs compression variants asked for ('none' is one of them, not an empty list)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 class Progress:
@@ -114,6 +127,7 @@ def _meta(args, scale_name: str) -> dict:
             "machine": _machine(), "python": platform.python_version(),
             "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in args.argv),
             "scale": scale_name, "scale_params": {k: v for k, v in workloads.SCALES[scale_name].items()},
+            "peer_compression": args.peer_compression,
             "seed": args.seed, "git_commit": _git_commit(), "versions": {}, "skipped": []}
 
 
@@ -121,7 +135,13 @@ def _tools(args, ready: dict) -> list[tuple[str, object]]:
     """(name, measure(workload, scratch) -> Result) for every tool of this run, chunkfs first."""
     tools: list[tuple[str, object]] = []
     if not args.no_chunkfs:
+        for variant in _variants(args.chunkfs_compression):
+            if variant != "dict":
+                tools.append((chunkfs_bench.label(None, variant),
+                              lambda wl, s, v=variant: chunkfs_bench.measure_api(wl, s, None, v)))
         for avg in [None, *_split(args.chunkfs_avg)]:
+            if avg is None and "dict" not in _variants(args.chunkfs_compression):
+                continue
             tools.append((chunkfs_bench.label(avg), lambda wl, s, a=avg: chunkfs_bench.measure_api(wl, s, a)))
             if args.mount:
                 tools.append((chunkfs_bench.label(avg) + "-mount",
@@ -137,12 +157,15 @@ def run_all(args, scale_name: str, names: list[str], scratch: str, meta: dict, s
     ``save`` is called after each workload, so an interrupted long run keeps what it measured.
     """
     ready = peers.setup_peers(_split(args.peers), scratch, install=not args.no_install,
-                              log=lambda ln: (meta["skipped"].append(ln), print(ln)))
+                              log=lambda ln: (meta["skipped"].append(ln), print(ln)),
+                              compress=args.peer_compression == "on")
     meta["versions"].update({n: p.version_string for n, p in ready.items()})
+    tools = _tools(args, ready)
     if not args.no_chunkfs:
         import_error = chunkfs_bench.api_unavailable()
-        meta["versions"]["chunkfs"] = import_error or _chunkfs_version()
-    tools = _tools(args, ready)
+        for name, _ in tools:
+            if name.startswith("chunkfs"):
+                meta["versions"][name] = import_error or _chunkfs_version()
     done_wl, results = [], []
     progress = Progress(len(names) * len(tools))
     try:
@@ -197,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     names = _split(args.workloads) if args.workloads else list(workloads.DEFAULT_WORKLOADS[scale_name])
     unknown = [n for n in names if n not in workloads.ALL]
     bad_peers = [p for p in _split(args.peers) if p not in peers.PEERS]
+    bad_peers += [v for v in _variants(args.chunkfs_compression) if v not in chunkfs_bench.COMPRESSION_VARIANTS]
     if unknown or bad_peers:
-        print(f"unknown workload(s) or peer(s): {', '.join(unknown + bad_peers)}", file=sys.stderr)
+        print(f"unknown workload(s), peer(s) or compression variant(s): {', '.join(unknown + bad_peers)}",
+              file=sys.stderr)
         return 2
     out = args.out or os.path.join(REPO, "benchmarks", "results",
                                    f"{dt.date.today().isoformat()}-{scale_name}")

@@ -41,7 +41,7 @@ if REPO not in sys.path:  # `python benchmarks/throughput.py` too, and this chec
 from benchmarks.common import Timer, ToolError, run  # noqa: E402
 from benchmarks import apps  # noqa: E402
 from benchmarks.mounts import ChunkfsMount, PassthroughMount, find_peers  # noqa: E402
-from benchmarks.inputs import count_entries, git_tree, random_bytes, tree_tar, warm  # noqa: E402
+from benchmarks.inputs import count_entries, git_tree, random_bytes, text_bytes, tree_tar, warm  # noqa: E402
 from benchmarks.profiling import Profiler  # noqa: E402
 from benchmarks.throughput_report import (DERIVED_OPS, OPS, markdown, summarize,  # noqa: E402,F401 (OPS: API)
                                           write_chart)
@@ -492,6 +492,14 @@ def parse_args(argv):
     ap.add_argument("--baseline", metavar="CHECKOUT",
                     help="another checkout of chunkfs (a git worktree of an earlier commit) run as one more side, "
                          "'baseline': is this checkout slower than that one, run by run?")
+    ap.add_argument("--uncompressed-side", action="store_true",
+                    help="one more side, 'chunkfs-none': this checkout's chunkfs made with mkfs --compression none "
+                         "(same chunk size and mount options), paired run by run with the chunkfs side (which "
+                         "compresses): what compression costs")
+    ap.add_argument("--file-data", choices=("random", "text"), default="random",
+                    help="the bytes of the sequential file (and of the overwrite): random (nothing compresses or "
+                         "dedups; the default) or text (slices of the tree's tar: compresses like source code, "
+                         "does not dedup)")
     ap.add_argument("--peer-timeout", type=float, default=600.0,
                     help="seconds a peer may take for one operation before it counts as hung (default 600)")
     ap.add_argument("--s3ql-bin", help="bin directory of an S3QL install (default: benchmarks/cache/s3ql-venv/bin)")
@@ -539,15 +547,21 @@ def main(argv: list[str] | None = None, log=print) -> int:
     runs: list[dict] = []
     cache = os.environ.get("CHUNKFS_BENCH_CACHE", os.path.join(REPO, "benchmarks", "cache"))
     inputs: dict = {"peers": find_peers(args.peers, args.s3ql_bin, args.s3ql_source, cache, log,
-                                        args.baseline),
+                                        args.baseline,
+                                        (args.avg_size, args.mount_opts) if args.uncompressed_side else None),
                     "profiler": Profiler(out) if args.profile else None}
     meta["peers"] = {name: factory.settings() for name, factory in inputs["peers"].items()}
     try:
-        log(f"throughput ({scale_name}): generating {scale['file_size'] / MiB:.0f} MiB of random data, tree")
-        data = memoryview(random_bytes(scale["file_size"], args.seed))
-        if "overwrite" in args.ops:
-            inputs["other_data"] = memoryview(random_bytes(scale["file_size"], args.seed + 1))
+        log(f"throughput ({scale_name}): generating {scale['file_size'] / MiB:.0f} MiB of {args.file_data} data, tree")
         tar_path, meta["tree"] = tree_tar(scale, work, args.seed)
+        if args.file_data == "text":
+            make = lambda seed: text_bytes(scale["file_size"], seed, tar_path)  # noqa: E731
+        else:
+            make = lambda seed: random_bytes(scale["file_size"], seed)  # noqa: E731
+        meta["file_data"] = args.file_data
+        data = memoryview(make(args.seed))
+        if "overwrite" in args.ops:
+            inputs["other_data"] = memoryview(make(args.seed + 1))
         src_tree = os.path.join(work, "src-tree")
         os.makedirs(src_tree)
         run(["tar", "-xf", tar_path, "-C", src_tree])

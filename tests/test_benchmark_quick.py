@@ -97,9 +97,22 @@ def test_chunking_alone_bounds_the_on_disk_savings(tiny_run):
     floor_bytes = duplicate["settings"]["store_stored_bytes"] + 32 * duplicate["settings"]["store_unique_chunks"]
     floor = 100 * (1 - floor_bytes / duplicate["logical_bytes"])
     assert duplicate["address_floor_pct"] == pytest.approx(floor, abs=0.01)
-    row = (f"| duplicate | 50.00 | {duplicate['chunking_alone_pct']:.2f} / {duplicate['address_floor_pct']:.2f} / "
-           f"{duplicate['savings_pct']:.2f} | – |")
-    assert row in text, text
+    cell = (f" {duplicate['chunking_alone_pct']:.2f} / {duplicate['address_floor_pct']:.2f} / "
+            f"{duplicate['savings_pct']:.2f} | – |")
+    [row] = [line for line in text.splitlines() if line.startswith("| duplicate | 50.00 |")]
+    assert row.endswith(cell), text
+
+
+def test_chunkfs_runs_with_compression_off_on_and_with_its_dictionary(tiny_run):
+    """The dedup suite reports chunkfs three ways; what dedup and compression each save is shown apart."""
+    out, doc, _ = tiny_run
+    tools = {r["tool"]: r for r in doc["results"] if r["workload"] == "unique"}
+    assert {"chunkfs-none", "chunkfs-nodict", "chunkfs"} <= set(tools)
+    assert tools["chunkfs-none"]["settings"]["compression"].startswith("none")
+    assert tools["chunkfs-nodict"]["settings"]["compression"] == "zstd:3 per chunk, no dictionary"
+    for result in tools.values():  # random data: stored raw by every variant, never grown
+        assert result["settings"]["store_packed_bytes"] == result["settings"]["store_stored_bytes"]
+    assert "## chunkfs: dedup and compression apart (%)" in (out / "results.md").read_text()
 
 
 def test_workloads_are_deterministic_and_ideal_is_exact(tmp_path):
@@ -229,6 +242,30 @@ def test_throughput_append_grows_store_by_few_chunks(throughput_run):
     for run in doc["runs"]:
         append = run["extra"]["append"]
         assert 0 < append["disk_bytes_growth"] < 4 * append["avg_chunk_size"], append
+
+
+@pytest.mark.mount
+@pytest.mark.slow
+def test_throughput_compares_compression_on_and_off_run_by_run(tmp_path):
+    """Issue 15: --uncompressed-side runs this checkout with --compression none beside the chunkfs side
+    (which compresses), on text that compresses; the report pairs them run by run."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is absent: the throughput benchmark needs a real mount")
+    out = tmp_path / "out"
+    _run_module("benchmarks.throughput", "--tiny", "--runs", "1", "--peers", "none", "--no-passthrough",
+                "--uncompressed-side", "--file-data", "text", "--ops", "seq_write,cold_read", "--out", str(out),
+                "--work-dir", str(tmp_path), timeout=300)
+    with open(out / "throughput.json") as fh:
+        doc = json.load(fh)
+    assert doc["meta"]["file_data"] == "text" and "chunkfs-none" in doc["meta"]["peers"]
+    for op in ("seq_write", "cold_read"):
+        vs = doc["summary"][op]["vs_uncompressed"]
+        assert len(vs["ratios"]) == 1 and vs["ratios"][0] > 0
+    [run] = doc["runs"]
+    assert set(run["order"]) == {"plain", "chunkfs", "chunkfs-none"}
+    assert run["extra"]["store_after_writes"]["compression_ratio"] > 1.5  # the text compressed
+    assert "## Compression on against off, measured in the same runs" in (out / "throughput.md").read_text()
+    assert [p for p in os.listdir(tmp_path) if p.startswith("chunkfs-throughput-")] == []
 
 
 def test_index_size_benchmark_reports_bytes_per_chunk_and_entry():

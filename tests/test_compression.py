@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from chunkfs import cli
-from chunkfs.errors import ChunkCorruptError
+from chunkfs.errors import ChunkCorruptError, ObjectStoreError
 from chunkfs.fsck import check_store
 from chunkfs.settings import MAX_LEVEL, SettingsError, parse_compression
 from chunkfs.store import ChunkStore
 from chunkfs.store import _compression
+from chunkfs.store._backend import MemoryBackend
 from chunkfs.store._compression import CODEC_RAW, CODEC_ZSTD, Codec, DecodeError, Dictionaries
 from chunkfs.store._packs import RECORD, RecordHeader
 
@@ -232,3 +233,106 @@ def test_mkfs_takes_compression_and_stats_shows_savings_apart(tmp_path, capsys):
     assert cli.main(["mkfs", str(tmp_path / "bad"), "--compression", "gzip"]) != 0
     err = capsys.readouterr().err
     assert err.startswith("chunkfs: ") and err.count("\n") == 1 and "gzip" in err
+
+
+class UnpublishingBackend(MemoryBackend):
+    """A medium that must keep the dictionaries too (as an object store does), and cannot now."""
+
+    def __init__(self):
+        super().__init__()
+        self.tried: list[str] = []
+
+    def publish(self, names):
+        if names:
+            self.tried += names
+            raise ObjectStoreError("the object store is away")
+
+
+def test_a_dictionary_the_backend_cannot_publish_is_not_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 256 * 1024)
+    monkeypatch.setattr(_compression, "MIN_SAMPLES", 16)
+    backend = UnpublishingBackend()
+    path = tmp_path / "s"
+    with ChunkStore.create(path, avg_size="4K", min_size=1024, max_size=16384, backend=backend) as store:
+        store.ingest("first", text(400_000, 4))
+        store.codec.wait()
+        assert backend.tried == ["dictionaries/0001.zdict"]  # trained, and it would have paid
+        assert store.codec.dict_id == 0 and not os.listdir(path / "dictionaries")
+        data = text(100_000, 5)
+        store.ingest("second", data)
+        assert store.read("second") == data
+        assert first_compressed(store, "second")[1].dictionary == 0
+    assert "could not keep a compression dictionary" in caplog.text and "away" in caplog.text
+
+
+def test_compression_runs_before_the_store_lock_is_taken(tmp_path, monkeypatch):
+    """Concurrent writers are not serialised by zstd: a writer compresses its new chunks without the lock."""
+    with ChunkStore.create(tmp_path / "s", avg_size="16K") as store:
+        under_lock = []
+        for name in ("hopeless", "compress", "encode"):
+            def watched(data, original=getattr(store.codec, name)):
+                under_lock.append(store._lock._is_owned())
+                return original(data)
+
+            monkeypatch.setattr(store.codec, name, watched)
+        files = fill(store)
+        assert len(under_lock) > 20 and not any(under_lock)
+        for name, data in files.items():
+            assert store.read(name) == data
+
+
+def test_a_chunk_that_looked_stored_before_the_lock_is_compressed_under_it(tmp_path, monkeypatch):
+    """The look before the lock can be wrong (another writer freed the chunk meanwhile): the chunk is still
+    stored, compressed where it pays."""
+    with ChunkStore.create(tmp_path / "s", avg_size="16K") as store:
+        monkeypatch.setattr(store, "_encode_likely_new", lambda addresses, chunks: {})
+        files = fill(store)
+        s = store.stats()
+        assert s["packed_bytes"] < s["stored_bytes"] - 500_000
+        for name, data in files.items():
+            assert store.read(name) == data
+        assert check_store(store, verify_data=True).clean
+
+
+def other_text(n: int, seed: int) -> bytes:
+    """Text of another kind than text(): a different vocabulary and layout (a store whose data changes)."""
+    rng = random.Random(seed)
+    vocabulary = [bytes(random.Random(v).choices(b"QWERTYUIOPASDFGHJKLZXCVBNM0123456789", k=7)) for v in range(400)]
+    out = bytearray()
+    while len(out) < n:
+        out += b"<row key='" + rng.choice(vocabulary) + b"'><cell>" + rng.choice(vocabulary) + b"</cell></row>\r\n"
+    return bytes(out[:n])
+
+
+def test_the_dictionary_is_retrained_when_the_data_changes_and_only_then(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="chunkfs.store")
+    monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 256 * 1024)
+    monkeypatch.setattr(_compression, "MIN_SAMPLES", 16)
+    monkeypatch.setattr(_compression, "RETRAIN_AFTER", 1 << 20)
+    path = tmp_path / "s"
+    files = {}
+    with ChunkStore.create(path, avg_size="4K", min_size=1024, max_size=16384) as store:
+        files["json"] = text(600_000, 4)
+        store.ingest("json", files["json"])
+        store.codec.wait()
+        assert store.codec.dict_id == 1
+        files["json2"] = text(1_600_000, 5)  # the same kind of data: a retrained one would not pay
+        store.ingest("json2", files["json2"])
+        store.codec.wait()
+        assert store.codec.dict_id == 1 and "not kept" in caplog.text
+        assert store.codec._interval == 2 << 20  # an attempt that did not pay waits twice as long
+        for n in range(4):  # the data changes: the dictionary in use helps little with it
+            files[f"xml{n}"] = other_text(1_000_000, 10 + n)
+            store.ingest(f"xml{n}", files[f"xml{n}"])
+            store.codec.wait()
+        assert store.codec.dict_id == 2 and store.codec._interval == 1 << 20
+        files["xml-late"] = other_text(200_000, 99)
+        store.ingest("xml-late", files["xml-late"])
+        assert first_compressed(store, "xml-late")[1].dictionary == 2
+        assert first_compressed(store, "json2")[1].dictionary == 1  # old records keep naming the old one
+    assert sorted(os.listdir(path / "dictionaries")) == ["0001.zdict", "0002.zdict"]
+    with ChunkStore.open(path, readonly=True) as store:
+        assert store.codec.dict_id == 2
+        for name, data in files.items():
+            assert store.read(name) == data
+        assert check_store(store, verify_data=True).clean

@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import time
 import pytest
 
 from chunkfs.errors import ChunkCorruptError, ReadOnlyError, StoreFullError
-from chunkfs.store import ChunkStore, data_location, restore_from_bucket
+from chunkfs.store import ChunkStore, _compression, data_location, restore_from_bucket
 from conftest import REPO, assert_one_line_error, cli_env, force_unmount, run_cli, wait_process_gone, wait_until
 from s3_proxy import FaultProxy
 
@@ -361,6 +362,84 @@ def test_gc_deletes_objects_only_after_an_index_copy_without_them(tmp_path, seaw
     restore_from_bucket(restored, data)
     with ChunkStore.open(restored) as r:
         assert r.list_files() == []
+
+
+_VOCABULARY = [bytes(random.Random(n).choices(b"abcdefghijklmnopqrstuvwxyz_", k=5 + n % 9)) for n in range(3000)]
+
+
+def compressible(size: int, seed: int) -> bytes:
+    """Records of a JSON log over a large shared vocabulary: a chunk alone sees a little of it, so a
+    dictionary trained on other chunks pays."""
+    rng = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        words = rng.sample(_VOCABULARY, 4)
+        out += b'{"event": "%s", "id": %d, "path": "/srv/%s/%s", "user": "%s"}\n' % (
+            words[0], rng.randint(0, 10**6), words[1], words[2], words[3])
+    return bytes(out[:size])
+
+
+def dictionaries_named(store: ChunkStore, name: str) -> set[int]:
+    """The dictionary ids the records of a file's compressed chunks name."""
+    found = set()
+    for entry in store.manifest(name):
+        with store.read_txn() as txn:
+            _, loc = store.ledger.locate(txn, entry.address)
+        header = store.packs.read_record_header(loc)
+        if header.compressed:
+            found.add(header.dictionary)
+    return found
+
+
+def test_the_store_dictionary_is_in_the_bucket_and_a_restore_decompresses_with_it(tmp_path, seaweed, data):
+    """Chunks compressed with the store's trained dictionary read back from a store restored from the bucket."""
+    files = {f"log{i}": compressible(MIB, i) for i in range(13)}  # enough to train (4 MiB of samples)
+    with ChunkStore.create(tmp_path / "s", data=data) as store:
+        for name in list(files)[:12]:
+            store.ingest(name, files[name])
+        store.codec.wait()
+        assert store.codec.dict_id == 1, "12 MiB of text should train a dictionary that pays"
+        assert "meta/dictionaries/0001.zdict" in objects(seaweed, data["url"]), \
+            "a dictionary is in the bucket before any record names it"
+        store.ingest("log12", files["log12"])
+        assert dictionaries_named(store, "log12") == {1}
+        assert store.stats()["compression_ratio"] > 2
+    with open(tmp_path / "s" / "dictionaries" / "0001.zdict", "rb") as fh:
+        assert seaweed.client().get_object(Bucket=data["url"][5:].split("/")[0],
+                                           Key=data["url"][5:].split("/", 1)[1] + "/meta/dictionaries/0001.zdict"
+                                           )["Body"].read() == fh.read()
+    shutil.rmtree(tmp_path / "s")  # a fresh machine: the bucket alone
+    restored = tmp_path / "restored"
+    run_cli("restore", restored, "--data", data["url"], "--endpoint", data["endpoint"])
+    assert os.listdir(restored / "dictionaries") == ["0001.zdict"]
+    with ChunkStore.open(restored, readonly=True) as r:
+        for name, content in files.items():
+            assert r.read(name) == content
+    result = run_cli("fsck", "--verify-data", restored, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    replica = tmp_path / "replica"
+    restore_from_bucket(replica, data_location(data["url"], data["endpoint"], replica=True))
+    with ChunkStore.open(replica, readonly=True) as r:
+        assert r.read("log12") == files["log12"]
+
+
+def test_a_dictionary_the_bucket_lacks_is_uploaded_when_the_store_opens(tmp_path, seaweed, data, monkeypatch):
+    """A store written before dictionaries were published (or that crashed in between) is made whole."""
+    monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 512 * 1024)
+    monkeypatch.setattr(_compression, "MIN_SAMPLES", 16)
+    with ChunkStore.create(tmp_path / "s", data=data, avg_size="4K", min_size=1024, max_size=16384) as store:
+        store.ingest("a", compressible(2 * MIB, 1))
+        store.codec.wait()
+        assert store.codec.dict_id == 1
+        store.ingest("b", compressible(MIB, 2))
+    bucket, prefix = data["url"][5:].split("/", 1)
+    seaweed.client().delete_object(Bucket=bucket, Key=prefix + "/meta/dictionaries/0001.zdict")
+    with ChunkStore.open(tmp_path / "s"):
+        assert "meta/dictionaries/0001.zdict" in objects(seaweed, data["url"])
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data)
+    with ChunkStore.open(restored, readonly=True) as r:
+        assert r.read("b") == compressible(MIB, 2)
 
 
 # -- the command line: one line for a wrong bucket, wrong credentials, no server ---------------

@@ -30,7 +30,8 @@ from chunkfs.errors import ChunkfsError
 from chunkfs.fs.openfile import file_id_for
 from chunkfs.fsck_run import EXIT_CLEAN, EXIT_ERROR, run_fsck
 from chunkfs.settings import FORMAT_VERSION
-from chunkfs.store import ChunkStore, upgrade_store
+from chunkfs.fsck import check_store
+from chunkfs.store import ChunkStore, _compression, upgrade_store
 
 from conftest import CLI, REPO, assert_one_line_error, cli_env, is_mounted, requires_fuse, run_cli
 
@@ -115,6 +116,18 @@ def test_upgrade_converts_in_place_and_fsck_finds_it_clean(v1_store):
     assert_contents_match(v1_store)
     again = json.loads(run_cli("upgrade", "--json", v1_store).stdout)
     assert again["action"] == "current" and again["to_version"] == FORMAT_VERSION
+
+
+def test_a_dictionary_trained_during_the_upgrade_moves_in_with_the_new_store(v1_store, monkeypatch):
+    """The upgraded store compresses (the default), so it may train its dictionary while it is built."""
+    monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 128 * 1024)
+    monkeypatch.setattr(_compression, "MIN_SAMPLES", 8)
+    upgrade_store(str(v1_store))
+    assert os.listdir(v1_store / "dictionaries") == ["0001.zdict"]
+    with ChunkStore.open(v1_store, readonly=True) as store:
+        assert store.stats()["dictionary"] == 1
+        assert check_store(store, verify_data=True).clean
+    assert_contents_match(v1_store)
 
 
 def test_upgrade_refuses_a_store_in_use(v1_store):

@@ -158,6 +158,20 @@ class PackBackend(ABC):
         (after the packs they name); a local one ignores it.
         """
 
+    def publish(self, names: Sequence[str]) -> None:
+        """Keep copies of these files of the store directory on the medium; return once they are there.
+
+        ``names`` are paths relative to the store directory of files written
+        durably and never changed afterwards (the compression dictionaries,
+        ``dictionaries/NNNN.zdict``).  The store calls this before any
+        record that needs such a file is written, and for every one it has
+        when it opens for writing, so a medium that must rebuild the store
+        on its own (an object store) never holds a record whose file it
+        lacks.  A file already kept is not sent again.  A medium inside the
+        store directory has nothing to do; an object store raises
+        ObjectStoreError if it cannot take them.
+        """
+
     def flush(self) -> dict:
         """Put on the medium what :meth:`sync` leaves local (an object store: every pending upload).
 

@@ -2,7 +2,7 @@
 
 The only module that imports boto3.  It names the objects (``PREFIX/packs/
 <id:08x>.pack``, ``PREFIX/meta/settings.json``, ``PREFIX/meta/index/
-<generation>.mdb``), counts requests by kind for ``chunkfs stats``, and turns
+<generation>.mdb``, ``PREFIX/meta/dictionaries/<id:04x>.zdict``), counts requests by kind for ``chunkfs stats``, and turns
 every botocore failure into a chunkfs error with one readable line: a
 missing object is :class:`PackMissingError` (or ``None`` where absence is an
 answer), everything else :class:`ObjectStoreError`.
@@ -35,6 +35,7 @@ PROBE_ATTEMPTS = 2  # a mount or mkfs should say "cannot reach" within seconds, 
 PACK_DIR = "packs/"
 META_SETTINGS = "meta/settings.json"
 META_INDEX_DIR = "meta/index/"
+META_FILES = "meta/"  # + a published file's path in the store directory: meta/dictionaries/0001.zdict
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -208,6 +209,14 @@ class Bucket:
 
     def listing(self, under: str) -> Iterator[tuple[str, int]]:
         """(name below the prefix, size) of every object whose name starts with ``under``."""
+        for name, size, _ in self.listing_etags(under):
+            yield name, size
+
+    def listing_etags(self, under: str) -> Iterator[tuple[str, int, str]]:
+        """(name below the prefix, size, ETag) of every object whose name starts with ``under``.
+
+        The ETag of an object uploaded in one PUT is its MD5 (what :meth:`put` checks).
+        """
         start = self.location.key(under)
         cut = len(self.location.key(""))
         token = None
@@ -222,7 +231,7 @@ class Bucket:
             finally:
                 self._count("list")
             for item in page.get("Contents", []):
-                yield item["Key"][cut:], int(item["Size"])
+                yield item["Key"][cut:], int(item["Size"]), str(item.get("ETag", "")).strip('"')
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

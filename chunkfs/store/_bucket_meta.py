@@ -5,7 +5,10 @@ snapshot taken inside one read transaction, while writers go on), and
 uploaded as ``PREFIX/meta/index/<generation>.mdb`` where the generation is
 the time in milliseconds, so names sort by age.  ``KEEP_GENERATIONS`` are
 kept.  ``PREFIX/meta/settings.json`` is the store's settings file as
-written at mkfs.  With these and the pack objects, :func:`restore_store`
+written at mkfs.  Files of the store directory that records need and that
+never change once written (the compression dictionaries) are *published*
+as ``PREFIX/meta/<path>`` (``meta/dictionaries/0001.zdict``) before any
+record names them (S3Backend.publish).  With these and the pack objects, :func:`restore_store`
 rebuilds a working store directory on a machine that has nothing else, and
 :func:`refresh_replica` brings a read-only replica to the latest generation.
 """
@@ -15,15 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 
 from ..errors import NotAStoreError, ObjectStoreError, StoreExistsError
 from ..settings import SETTINGS_NAME
-from ._bucket import META_INDEX_DIR, META_SETTINGS, Bucket
+from ._bucket import META_FILES, META_INDEX_DIR, META_SETTINGS, Bucket
 
 KEEP_GENERATIONS = 3
 INDEX_FILE = "data.mdb"  # what LMDB names its data file in the index directory
+PUBLISHED_DIRS = ("dictionaries",)  # the store directory's subdirectories whose files are published
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -79,6 +85,39 @@ def upload_index(bucket: Bucket, index_copy: str, store_dir: str) -> str:
     return generation
 
 
+def published_key(name: str) -> str:
+    """The object name of a published file (``name``: its path relative to the store directory)."""
+    return META_FILES + name
+
+
+def published_files(bucket: Bucket) -> dict[str, str]:
+    """Path relative to the store directory -> MD5 (the ETag) of every published file in the bucket.
+
+    Only plain names in :data:`PUBLISHED_DIRS` count: a restore never writes
+    anywhere else in the store directory, whatever the bucket holds.
+    """
+    found: dict[str, str] = {}
+    for directory in PUBLISHED_DIRS:
+        under = f"{META_FILES}{directory}/"
+        for key, _, etag in bucket.listing_etags(under):
+            if _PLAIN_NAME.match(key[len(under):]):
+                found[key[len(META_FILES):]] = etag
+    return found
+
+
+def download_published(bucket: Bucket, store_dir: str) -> int:
+    """Put every published file that the store directory lacks (or holds different) there; how many."""
+    count = 0
+    for name, etag in sorted(published_files(bucket).items()):
+        path = os.path.join(store_dir, name)
+        if os.path.exists(path) and _md5_file(path) == etag:
+            continue
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_atomically(path, bucket.get(published_key(name)))
+        count += 1
+    return count
+
+
 def check_empty_location(bucket: Bucket) -> None:
     """mkfs: refuse a bucket prefix that already holds a store (restore it instead)."""
     bucket.check()
@@ -126,6 +165,7 @@ def restore_store(path: str, bucket: Bucket, data: dict) -> tuple[dict, str]:
     os.makedirs(path, mode=0o700, exist_ok=True)
     for sub in ("meta", "packs", "staging"):
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    download_published(bucket, path)  # the dictionaries compressed records name
     generation = download_index(bucket, os.path.join(path, "meta"))
     settings["data"] = data
     write_atomically(os.path.join(path, SETTINGS_NAME), (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
@@ -135,9 +175,11 @@ def restore_store(path: str, bucket: Bucket, data: dict) -> tuple[dict, str]:
 def refresh_replica(path: str, bucket: Bucket) -> str:
     """Bring a read-only replica's index to the latest generation in the bucket.
 
-    The cached pack ranges go: the writer may have rewritten a pack's tail
-    (recovery after a crash) since they were fetched.
+    The dictionaries the writer trained since come first (the new index may
+    name records that need them).  The cached pack ranges go: the writer may
+    have rewritten a pack's tail (recovery after a crash) since they were fetched.
     """
+    download_published(bucket, path)
     generation = download_index(bucket, os.path.join(path, "meta"))
     cache = os.path.join(path, "bucket", "cache")
     if os.path.isdir(cache):

@@ -9,21 +9,30 @@ chunks gives each one the context of its neighbours.
 A record says how it is stored (codec, dictionary id) in its header; its
 xxh3 is of the raw bytes, so every read is verified after decompression.
 A chunk is kept raw when compression saves too little: a chunk of 16 KiB
-or more first has a 4 KiB sample compressed at level 1, and if that saves
+or more first has a 4 KiB sample compressed at zstd level -1, and if that saves
 under 3 % the chunk is not compressed at all (incompressible data costs a few
 microseconds per chunk).  A chunk whose compressed form saves under 3 % is
 stored raw.
 
 Dictionaries are files ``dictionaries/<id:04x>.zdict`` in the store directory,
-written durably before any record names them and never deleted (a record
-may name one for as long as the store lives).  Policy: while a store has no
-dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks that compress (up to
-``SAMPLE_CHUNK`` bytes of each) are kept as a sample; once it is full a
-``DICT_SIZE`` dictionary is trained and kept only if it shrinks the sample's
-last quarter (held out of training) by at least ``DICT_MIN_GAIN`` more than
-compression without it.  A dictionary that does not pay is not retried
-until ``RETRAIN_AFTER`` more bytes of new chunks were written; one that pays
-is kept for the life of the store (retraining an active store is not done yet).
+written durably and published to the pack backend (an object store uploads
+them) before any record names them, and never deleted (a record may name one
+for as long as the store lives).
+
+Policy (docs/store-format.md, "The store dictionary"): while a store has no
+dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks that compress (up
+to ``SAMPLE_CHUNK`` bytes of each) are kept as a sample; once it is full a
+``DICT_SIZE`` dictionary is trained in a background thread and kept only if
+it shrinks the sample's last quarter (held out of training) by at least
+``DICT_MIN_GAIN`` more than compression without it.  Retraining works the
+same way once a dictionary is in use: after ``RETRAIN_AFTER`` more bytes of
+new chunks that compress, a sample of the chunks that follow is taken, a
+candidate trained on three quarters of it, and the candidate becomes the
+store's dictionary (a new id; the old one stays for the records that name
+it) only if it compresses the held-out quarter, chunks as recent as the
+candidate's own, at least ``DICT_MIN_GAIN`` smaller than the dictionary in
+use.  An attempt that does not pay doubles the wait before the next (up to
+``RETRAIN_AFTER_MAX``); one that pays starts it again from ``RETRAIN_AFTER``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import zstandard
 
@@ -45,6 +55,7 @@ log = logging.getLogger("chunkfs.store")
 
 PROBE_FROM = 16 * 1024  # chunks this big get a sample probe before a full compression
 PROBE_SIZE = 4 * 1024
+PROBE_LEVEL = -1  # a fast (negative) zstd level: 2 us for a 4 KiB probe of random data here (level 1: 3.5 us)
 MIN_SAVING = 1 / 32  # keep raw below ~3 % saved
 DICT_DIR = "dictionaries"
 DICT_SIZE = 112 * 1024
@@ -52,7 +63,8 @@ TRAIN_SAMPLE_BYTES = 4 * 1024 * 1024
 SAMPLE_CHUNK = 16 * 1024
 MIN_SAMPLES = 64
 DICT_MIN_GAIN = 0.05
-RETRAIN_AFTER = 64 * 1024 * 1024
+RETRAIN_AFTER = 64 * 1024 * 1024  # bytes of new chunks that compress before the next training attempt
+RETRAIN_AFTER_MAX = 4 * 1024 * 1024 * 1024  # the longest wait, after attempts that did not pay
 
 
 class DecodeError(Exception):
@@ -66,8 +78,9 @@ def _worth_it(raw_len: int, stored_len: int) -> bool:
 class Dictionaries:
     """The store's dictionaries by id, loaded on first use and kept (they are few and never change)."""
 
-    def __init__(self, store_path: str):
+    def __init__(self, store_path: str, publish: Callable[[Sequence[str]], None] | None = None):
         self.dir = os.path.join(store_path, DICT_DIR)
+        self.publish = publish or (lambda names: None)  # the pack backend's (PackBackend.publish)
         self._loaded: dict[int, zstandard.ZstdCompressionDict] = {}
         self._lock = threading.Lock()
 
@@ -80,6 +93,14 @@ class Dictionaries:
 
     def path(self, dict_id: int) -> str:
         return os.path.join(self.dir, f"{dict_id:04x}.zdict")
+
+    @staticmethod
+    def name(dict_id: int) -> str:
+        """The dictionary's path relative to the store directory (what the backend publishes)."""
+        return f"{DICT_DIR}/{dict_id:04x}.zdict"
+
+    def names(self) -> list[str]:
+        return [self.name(dict_id) for dict_id in self.ids()]
 
     def get(self, dict_id: int) -> zstandard.ZstdCompressionDict | None:
         """Dictionary ``dict_id``; None if the store does not have it."""
@@ -97,7 +118,13 @@ class Dictionaries:
         return found
 
     def add(self, data: bytes) -> int:
-        """Keep a new dictionary durably (before any record names it); returns its id (1, 2, ...)."""
+        """Keep a new dictionary durably and published (before any record names it); its id (1, 2, ...).
+
+        If the backend cannot publish it (an object store that is away), the
+        file goes again and the error is raised: no record names it yet, and a
+        store restored from the bucket alone must have every dictionary a
+        record names.
+        """
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         dict_id = max(self.ids(), default=0) + 1
         if dict_id > 0xFFFF:
@@ -108,12 +135,21 @@ class Dictionaries:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.path(dict_id))
+        self._sync_dir()
+        try:
+            self.publish([self.name(dict_id)])
+        except BaseException:
+            os.unlink(self.path(dict_id))
+            self._sync_dir()
+            raise
+        return dict_id
+
+    def _sync_dir(self) -> None:
         fd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return dict_id
 
 
 class Codec:
@@ -129,9 +165,11 @@ class Codec:
         self._local = threading.local()
         self._samples: list[bytes] = []
         self._sampled = 0
-        self._next_try = 0  # bytes of new chunks seen before the next training attempt
-        self._seen = 0
+        self._seen = 0  # bytes of new chunks that compressed, since the store was opened
+        self._interval = RETRAIN_AFTER  # how many more of them before the next attempt
+        self._next_try = self._interval if self.dict_id else 0  # sample from here on
         self._training = None  # the future of a training under way
+        self._sample_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -146,6 +184,7 @@ class Codec:
             cache = self._local.compressors = {}
         found = cache.get(key)
         if found is None:
+            cache.clear()  # a retired dictionary's (or level's) context is not needed again
             zdict = self.dictionaries.get(dict_id) if dict_id else None
             # the content size lets zstd size its tables to the chunk (about 30 % faster on 12 KiB chunks)
             found = cache[key] = zstandard.ZstdCompressor(level=self.level, dict_data=zdict,
@@ -155,35 +194,48 @@ class Codec:
 
     def encode(self, data: bytes | memoryview) -> tuple[int, int, bytes | memoryview]:
         """(codec, dictionary id, stored bytes) for a new chunk: raw when compression saves too little."""
+        if self.hopeless(data):
+            return CODEC_RAW, 0, data
+        return self.compress(data)
+
+    def hopeless(self, data: bytes | memoryview) -> bool:
+        """Whether a chunk is stored raw without trying: compression off, a tiny chunk, or one whose
+        probe (4 KiB from its middle at zstd's fastest level, about 2 us) saves too little."""
         n = len(data)
         if not self.enabled or n < 64:
-            return CODEC_RAW, 0, data
+            return True
+        if n < PROBE_FROM:
+            return False
+        mid = (n - PROBE_SIZE) // 2
+        return not _worth_it(PROBE_SIZE, len(self._probe().compress(data[mid : mid + PROBE_SIZE])))
+
+    def compress(self, data: bytes | memoryview) -> tuple[int, int, bytes | memoryview]:
+        """:meth:`encode` past the probe: the chunk compressed, or raw if that saves too little."""
         dict_id = self.dict_id
-        if n >= PROBE_FROM:
-            mid = (n - PROBE_SIZE) // 2
-            sample = data[mid : mid + PROBE_SIZE]
-            if not _worth_it(PROBE_SIZE, len(self._probe().compress(sample))):
-                return CODEC_RAW, 0, data
         packed = self._compressor(dict_id).compress(data)
-        if not _worth_it(n, len(packed)):
+        if not _worth_it(len(data), len(packed)):
             return CODEC_RAW, 0, data
         return CODEC_ZSTD, dict_id, packed
 
     def _probe(self) -> zstandard.ZstdCompressor:
         found = getattr(self._local, "probe", None)
         if found is None:
-            found = self._local.probe = zstandard.ZstdCompressor(level=1, write_content_size=False,
+            found = self._local.probe = zstandard.ZstdCompressor(level=PROBE_LEVEL, write_content_size=False,
                                                                  write_checksum=False)
         return found
 
     def observe(self, chunks: list[bytes | memoryview]) -> None:
-        """See new chunks that compressed (under the store's lock); train a dictionary once enough were seen.
+        """See new chunks that compressed (from any writer); train a dictionary when it is time.
 
         Only chunks that compressed are sampled: a store of incompressible data
         never spends CPU on training a dictionary that could not help.
         """
-        if not self.enabled or not self.use_dictionary or self.dict_id:
+        if not self.enabled or not self.use_dictionary or not chunks:
             return
+        with self._sample_lock:
+            self._observe(chunks)
+
+    def _observe(self, chunks: list[bytes | memoryview]) -> None:
         for data in chunks:
             self._seen += len(data)
             if self._seen < self._next_try or self._sampled >= TRAIN_SAMPLE_BYTES:
@@ -191,10 +243,12 @@ class Codec:
             piece = bytes(data[:SAMPLE_CHUNK])
             self._samples.append(piece)
             self._sampled += len(piece)
+        if self._training is not None and self._training.done():
+            self.wait()  # a training that ended: its failure is logged, and the next one may start
         if self._sampled >= TRAIN_SAMPLE_BYTES and len(self._samples) >= MIN_SAMPLES and self._training is None:
             samples, self._samples, self._sampled = self._samples, [], 0
-            self._next_try = self._seen + RETRAIN_AFTER
-            self._training = _TRAINER.submit(self._train, samples)  # a writer never waits for it
+            self._next_try = float("inf")  # set again when this attempt is over
+            self._training = _TRAINER.submit(self._train, samples, self.dict_id)  # a writer never waits for it
 
     def wait(self) -> None:
         """Let a dictionary being trained be done (the store waits for it when it closes)."""
@@ -206,24 +260,37 @@ class Codec:
             except Exception as exc:  # noqa: BLE001 (a store without a dictionary still works)
                 log.warning("could not keep a compression dictionary: %s", exc)
 
-    def _train(self, samples: list[bytes]) -> None:
+    def _train(self, samples: list[bytes], current: int) -> None:
+        """Train a dictionary on ``samples`` and keep it if it beats ``current`` (0: none) on the held-out part."""
+        paid = False
+        try:
+            paid = self._try_dictionary(samples, current)
+        finally:
+            with self._sample_lock:
+                self._interval = RETRAIN_AFTER if paid else min(self._interval * 2, RETRAIN_AFTER_MAX)
+                if not paid and not current and not self.dict_id:
+                    self._interval = RETRAIN_AFTER  # no dictionary yet: the first is tried at a steady pace
+                self._next_try = self._seen + self._interval
+
+    def _try_dictionary(self, samples: list[bytes], current: int) -> bool:
         cut = len(samples) * 3 // 4
         train, held = samples[:cut], samples[cut:]
         try:
             zdict = zstandard.train_dictionary(DICT_SIZE, train, level=self.level)
         except zstandard.ZstdError as exc:
             log.info("no compression dictionary: training failed (%s)", exc)
-            return
-        plain = zstandard.ZstdCompressor(level=self.level, write_content_size=False)
-        with_dict = zstandard.ZstdCompressor(level=self.level, dict_data=zdict, write_content_size=False)
-        without = sum(len(plain.compress(s)) for s in held)
-        using = sum(len(with_dict.compress(s)) for s in held)
-        if using > without * (1 - DICT_MIN_GAIN):
-            log.info("no compression dictionary: it would save %d of %d bytes", without - using, without)
-            return
+            return False
+        before = held_out_size(held, self.level, self.dictionaries.get(current) if current else None)
+        using = held_out_size(held, self.level, zdict)
+        against = f"dictionary {current}" if current else "no dictionary"
+        if using > before * (1 - DICT_MIN_GAIN):
+            log.info("compression dictionary not kept: on recent chunks it gives %d bytes, %s %d",
+                     using, against, before)
+            return False
         self.dict_id = self.dictionaries.add(zdict.as_bytes())
-        log.info("compression dictionary %d trained: the sample shrinks from %d to %d bytes",
-                 self.dict_id, without, using)
+        log.info("compression dictionary %d trained: recent chunks shrink to %d bytes, from %d with %s",
+                 self.dict_id, using, before, against)
+        return True
 
     # -- reading ------------------------------------------------------------------------
 
@@ -260,36 +327,69 @@ class Codec:
         return got
 
 
+def held_out_size(samples: list[bytes], level: int, zdict: zstandard.ZstdCompressionDict | None) -> int:
+    """Bytes the samples take compressed one by one at ``level`` with ``zdict`` (None: without a dictionary)."""
+    ctx = zstandard.ZstdCompressor(level=level, dict_data=zdict, write_content_size=False)
+    return sum(len(ctx.compress(sample)) for sample in samples)
+
+
 # A batch of new chunks at least this big is compressed by two threads at once (zstd releases the GIL).
 PARALLEL_BATCH = 256 * 1024
 _HELPER = LazyPool(1, "chunkfs-compress")
 _TRAINER = LazyPool(1, "chunkfs-dictionary")
 
 
-def encode_records(codec: Codec, ids: Sequence[int], chunks: Sequence[bytes | memoryview]) -> list[tuple]:
-    """Pack records ``(chunk id, data)`` (raw) or ``(chunk id, stored, header)`` for new chunks.
+class Encoded(NamedTuple):
+    """A new chunk as its record will hold it: how, with which dictionary, the bytes, the raw bytes' xxh3."""
 
-    A big batch is split between this thread and a helper, as hashing is
-    (hashing.py): compression stays off the event loop and uses the second core.
+    codec: int
+    dictionary: int
+    stored: bytes | memoryview
+    checksum: bytes
+
+
+def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[Encoded]:
+    """Compress (or keep raw) chunks that look new, before the writer takes the store's lock.
+
+    The probes run in this thread (the writer's: a stream's pump, never the
+    event loop), so incompressible data costs no hand-over; the chunks that
+    pass them are compressed here and, for a big batch, by a helper too
+    (zstd releases the GIL), as hashing is (hashing.py).  Concurrent writers
+    are not serialised by any of it.
     """
-    if not codec.enabled:
-        return list(zip(ids, chunks))
+    out: list[Encoded | None] = []
+    todo: list[int] = []
+    for n, data in enumerate(chunks):
+        if codec.hopeless(data):
+            out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data)))
+        else:
+            out.append(None)
+            todo.append(n)
 
-    def encode(part: range) -> list[tuple]:
-        out: list[tuple] = []
+    def compress(part: list[int]) -> None:
         for n in part:
-            data = chunks[n]
-            kind, dict_id, stored = codec.encode(data)
-            if kind == CODEC_RAW:
-                out.append((ids[n], data))
-            else:
-                header = RecordHeader(RECORD_MAGIC, kind, dict_id, len(stored), len(data), ids[n], checksum_of(data))
-                out.append((ids[n], stored, header))
-        return out
+            out[n] = Encoded(*codec.compress(chunks[n]), checksum_of(chunks[n]))
 
-    count = len(chunks)
-    if count < 2 or sum(len(c) for c in chunks) < PARALLEL_BATCH or (os.cpu_count() or 1) < 2:
-        return encode(range(count))
-    half = count // 2
-    other = _HELPER.submit(encode, range(half, count))
-    return encode(range(half)) + other.result()
+    if len(todo) >= 2 and sum(len(chunks[n]) for n in todo) >= PARALLEL_BATCH and (os.cpu_count() or 1) >= 2:
+        half = len(todo) // 2
+        other = _HELPER.submit(compress, todo[half:])
+        compress(todo[:half])
+        other.result()
+    else:
+        compress(todo)
+    return out  # type: ignore[return-value]  (every slot is filled)
+
+
+def record_of(codec: Codec, chunk: int, data: bytes | memoryview, encoded: Encoded | None) -> tuple:
+    """The pack record ``(chunk id, stored, header)`` of a new chunk (``(chunk id, data)`` when not compressing).
+
+    ``encoded`` is what :func:`encode_chunks` made of it; None for a chunk
+    that looked stored before the lock and was not (freed meanwhile: rare),
+    which is encoded here.
+    """
+    if encoded is None:
+        if not codec.enabled:
+            return chunk, data
+        encoded = Encoded(*codec.encode(data), checksum_of(data))
+    kind, dict_id, stored, checksum = encoded
+    return chunk, stored, RecordHeader(RECORD_MAGIC, kind, dict_id, len(stored), len(data), chunk, checksum)

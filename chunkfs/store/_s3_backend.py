@@ -32,6 +32,11 @@ packs, and then uploads the index copy as a new generation (_bucket_meta.py).
 A removed pack's object is deleted only after the grace period *and* after a
 metadata generation taken after its removal is in the bucket, so the latest
 generation never names a deleted object.
+
+The store's compression dictionaries are *published* (:meth:`publish`):
+uploaded when the store opens for writing if the bucket lacks them, and a
+new one before the store lets any record name it, so every pack object and
+index generation in the bucket only needs dictionaries that are there.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from dataclasses import dataclass
 from ..errors import ObjectStoreError, PackIOError, PackMissingError, StoreFullError, WouldBlock
 from . import _bucket_meta as meta
 from ._backend import REMOVED_PACK_GRACE, Buffer, PackBackend
-from ._bucket import Bucket, DataLocation, pack_name
+from ._bucket import Bucket, DataLocation, md5_of, pack_name
 from ._local_backend import LocalBackend
 from ._object_reads import ObjectReads
 from ._pack_cache import PackRangeCache
@@ -101,6 +106,8 @@ class S3Backend(PackBackend):
         self._removed_fds: dict[int, int] = {}  # removed local packs, readable until reaped
         self._uploading: set[int] = set()
         self._copy_index: Callable[[int], None] | None = None
+        self._published: dict[str, str] | None = None  # published file -> its MD5 in the bucket
+        self._publish_lock = threading.Lock()
         self._meta_watermark = 0.0  # removals before this are out of the latest index generation
         self._last_error = ""
         self._stopping = False
@@ -169,6 +176,28 @@ class S3Backend(PackBackend):
 
     def attach_index(self, copy_index: Callable[[int], None]) -> None:
         self._copy_index = copy_index
+
+    def publish(self, names: Sequence[str]) -> None:
+        """Upload the store directory's files ``names`` unless the bucket holds them already (by MD5).
+
+        Retried with backoff for up to ``close_wait`` seconds while the object
+        store fails; then ObjectStoreError, and the caller must not use them.
+        """
+        if self.readonly or not names:
+            return
+        with self._publish_lock:
+            if self._published is None:
+                self._published = self._retrying(lambda: meta.published_files(self.bucket))
+            for name in names:
+                try:
+                    with open(os.path.join(self.store_dir, name), "rb") as fh:
+                        data = fh.read()
+                except OSError as exc:
+                    raise PackIOError(f"cannot read {name} to upload it: {exc.strerror}") from None
+                digest = md5_of(data)
+                if self._published.get(name) != digest:
+                    self._retrying(lambda: self.bucket.put(meta.published_key(name), data))  # noqa: B023
+                    self._published[name] = digest
 
     # -- names ---------------------------------------------------------------------------
 

@@ -47,10 +47,10 @@ from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
 from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._backend import PackBackend
 from ._local_backend import LocalBackend
-from ._packs import HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
+from ._packs import CODEC_RAW, HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
 from ._check import FileNamer, check_records
 from ..settings import format_compression, parse_compression
-from ._compression import Codec, Dictionaries, encode_records
+from ._compression import Codec, Dictionaries, Encoded, encode_chunks, record_of
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
@@ -176,8 +176,6 @@ class ChunkStore:
         self.readonly = readonly
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
-        codec_name, level = parse_compression(compression or settings.compression)
-        self.codec = Codec(Dictionaries(path), codec_name, level)
         self._lock = threading.RLock()  # pins, appends and commits
         self._sync_done = threading.Condition()  # sync(): one flush at a time, shared by those who wait
         self._syncing = False
@@ -190,6 +188,10 @@ class ChunkStore:
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
             backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
             self.packs = handles.packs = PackFiles(backend, readonly=readonly)
+            dictionaries = Dictionaries(path, publish=backend.publish)
+            if not readonly:
+                backend.publish(dictionaries.names())  # a store from before, or a crash before a publish
+            self.codec = Codec(dictionaries, *parse_compression(compression or settings.compression))
             index = self.index  # not self: nothing the store owns may keep it alive
             self.dead_space = DeadSpace(self.packs.punch, urgent=lambda: index.low_space)  # now, or by the bg gc
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.dead_space.died)
@@ -357,17 +359,20 @@ class ChunkStore:
         return self._put_many(chunks)[0]
 
     def _put_many(self, chunks: Sequence[bytes | memoryview]) -> tuple[list[ChunkRef], list[bool]]:
-        """put_chunks, also saying which chunks' bytes were new to the store."""
+        """put_chunks, also saying which chunks' bytes were new to the store.
+
+        Hashing and compression run before the store's lock is taken: only
+        the lookup that decides, the appends and the pins run under it.
+        """
         addresses = addresses_of(chunks)
+        encoded = self._encode_likely_new(addresses, chunks)
         with self._lock:
             found, new = self._lookup_unpinned(addresses)
             placed: dict[bytes, tuple[int, Location]] = {}
             if new:
                 ids = self.ledger.new_chunk_ids(len(new))
-                fresh = [chunks[i] for i in new.values()]
-                records = encode_records(self.codec, ids, fresh)
-                placed = dict(zip(new, zip(ids, self._append_new(records), (len(c) for c in fresh))))
-                self.codec.observe([c for c, r in zip(fresh, records) if len(r) > 2])  # compressible ones
+                records = [record_of(self.codec, chunk, chunks[i], encoded.get(i)) for chunk, i in zip(ids, new.values())]
+                placed = dict(zip(new, zip(ids, self._append_new(records), (len(chunks[i]) for i in new.values()))))
             written = []
             for address in addresses:
                 is_new = address in placed and address not in self.ledger.pins
@@ -377,6 +382,30 @@ class ChunkStore:
                     self.ledger.pin_existing(address, *found[address])
                 written.append(is_new)
         return [ChunkRef(a, len(c)) for a, c in zip(addresses, chunks)], written
+
+    def _encode_likely_new(self, addresses: list[bytes], chunks: Sequence[bytes | memoryview]) -> dict[int, Encoded]:
+        """Compress the chunks that look new (index of the chunk -> its record's bytes), without the lock.
+
+        A look without the lock (an index snapshot, the pins as they are now):
+        under the lock the store decides again, and a chunk another writer
+        stored meanwhile only costs its compression.  Chunks that compressed
+        feed the dictionary's sample.
+        """
+        if not self.codec.enabled:
+            return {}
+        todo: dict[bytes, int] = {}
+        pins = self.ledger.pins
+        with self.index.read() as txn, txn.cursor(db=self.index.lookup) as cursor:
+            for i, address in enumerate(addresses):
+                if address and address not in todo and address not in pins \
+                        and self.ledger.find(txn, address, cursor) is None:
+                    todo[address] = i
+        if not todo:
+            return {}
+        where = list(todo.values())
+        encoded = encode_chunks(self.codec, [chunks[i] for i in where])
+        self.codec.observe([chunks[i] for i, e in zip(where, encoded) if e.codec != CODEC_RAW])
+        return dict(zip(where, encoded))
 
     def _append_new(self, records: list[tuple]) -> list[Location]:
         """Append new chunks' records to the active pack, rolling to a new one where a pack would pass 4 GiB."""

@@ -10,7 +10,8 @@ kept exactly: each file's chunks are put in order and committed as they were.
 One file is the commit point: ``STORE/.upgrade/READY``, created (and
 fsync'ed, with its directory) only after the new store is complete and
 synced.  Then the old ``meta/`` and ``packs/`` move aside to
-``STORE/.upgrade-old/``, the new ones move into place, the old ones are
+``STORE/.upgrade-old/``, the new ones (and the new store's compression
+``dictionaries/``, if it trained one) move into place, the old ones are
 removed, and the new settings file is renamed over ``chunkfs.json``.
 
 * No READY: the old store is untouched; whatever is in ``.upgrade/`` is a
@@ -42,7 +43,9 @@ from ._manifests import TO_END, ChunkRef, Patch, hole_ref
 from ._store import ChunkStore
 
 OLD_DIR = ".upgrade-old"
-MOVED = ("meta", "packs")  # what the new store replaces; staging/, reserve and lock stay
+# What the new store replaces; staging/, reserve and lock stay.  The new store compresses, so it may have
+# trained a dictionary its records name (a format-1 store has none: its dictionaries/ is only ever new).
+MOVED = ("meta", "packs", "dictionaries")
 PUT_BATCH_BYTES = 8 * 1024 * 1024  # chunk bytes read before one put_chunks call
 COMMIT_CHUNKS = 4096  # chunks per commit of one file, so a huge file's refs never pile up
 TABLE_BATCH = 10_000  # filesystem records per write transaction
@@ -122,7 +125,8 @@ def _build(path: str, progress: Progress | None) -> UpgradeReport:
             settings = dataclasses.replace(new.settings, uuid=raw["uuid"], created=raw["created"])
         write_settings(new_dir, settings)  # the store's identity carries over
         for sub in MOVED:
-            _fsync_dir(os.path.join(new_dir, sub))
+            if os.path.isdir(os.path.join(new_dir, sub)):
+                _fsync_dir(os.path.join(new_dir, sub))
         _fsync_dir(new_dir)
         _fsync_dir(path)
     except BaseException:
