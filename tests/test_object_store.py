@@ -220,6 +220,32 @@ def test_throttled_uploads_are_retried_with_backoff_and_nothing_is_lost(tmp_path
         assert s.read("f") == content
 
 
+@pytest.mark.parametrize("confirms", ["crc32", "md5"])
+def test_an_upload_damaged_on_the_way_is_refused_and_sent_again(tmp_path, seaweed, bucket_url, confirms):
+    """Every PUT carries its body's checksum, which the server checks: the CRC32, or for a server that does
+    not confirm those (the proxy hides them from its answers) a Content-MD5.  A damaged body is refused and
+    sent again, and the bucket holds the pack intact."""
+    with FaultProxy(seaweed.s3) as proxy:
+        proxy.hide_checksums = confirms == "md5"
+        data = data_location(bucket_url, proxy.endpoint)
+        content = payload(PACK + 2 * MIB, 13)
+        with ChunkStore.create(tmp_path / "s", data=data) as store:
+            store.ingest("first", payload(MIB, 14))
+            store.flush()  # the first uploads: the bucket learns whether the server confirms CRC32s
+            proxy.corrupt("PUT", "/packs/", times=1)
+            store.ingest("f", content)
+            store.flush()
+        puts = [p for p in proxy.log if p.method == "PUT" and "/packs/" in p.path]
+    damaged = [p for p in puts if p.action == "corrupt"]
+    assert len(damaged) == 1 and damaged[0].status == 400, puts
+    assert any(p.path == damaged[0].path and p.status == 200 for p in puts[puts.index(damaged[0]) + 1:]), puts
+    assert {p.checksum for p in puts[1:]} == {confirms}, puts
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data_location(bucket_url, seaweed.endpoint))
+    with ChunkStore.open(restored, readonly=True) as s:
+        assert s.read("f") == content and s.read("first") == payload(MIB, 14)
+
+
 def test_requests_without_an_answer_time_out_and_are_retried(tmp_path, seaweed, bucket_url):
     """A PUT and a GET the object store sits on for longer than request_timeout are sent again."""
     with FaultProxy(seaweed.s3) as proxy:

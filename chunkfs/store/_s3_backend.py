@@ -7,7 +7,7 @@ Where a pack's bytes are, in the order a read looks:
 * ``packs/<id>.sealed``: a sealed pack waiting for its upload.  :meth:`seal`
   only queues it (the store calls it holding its append lock); an upload
   worker makes the copy durable and renames it ``.sealed``, then PUTs it as
-  the object ``PREFIX/packs/<id>.pack`` with a Content-MD5.  Only once the
+  the object ``PREFIX/packs/<id>.pack`` with its checksum.  Only once the
   store confirmed that checksum is the pack "in the bucket" (blob before
   reference: until then the local copy is the pack), and the local file
   moves into the pack cache whole.  After a crash the next open uploads the
