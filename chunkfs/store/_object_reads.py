@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ObjectStoreError, PackMissingError, WouldBlock
@@ -81,9 +81,21 @@ class ObjectReads:
         memory; any other read takes only its own bytes from the cache.
         With ``nowait``, WouldBlock rather than a GET.
         """
+        pieces = self._pieces(pack, offset, length, size, nowait)
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+
+    def read_into(self, pack: int, offset: int, buffers: Sequence[memoryview], size: int, nowait: bool) -> int:
+        """:meth:`read` straight into ``buffers`` (a ``preadv``): each byte is copied once, from the block
+        it lies in to its buffer; returns how many bytes were read (short at the end of the object)."""
+        pieces = self._pieces(pack, offset, sum(len(b) for b in buffers), size, nowait)
+        return _scatter(pieces, buffers)
+
+    def _pieces(self, pack: int, offset: int, length: int, size: int, nowait: bool) -> list:
+        """The bytes ``[offset, offset+length)`` as one piece per block, views of the blocks where they are in
+        memory (fetched now, prefetched, or a sequential reader's), else read from the cache."""
         end = min(offset + length, size)
         if end <= offset:
-            return b""
+            return [b""]
         first, last = offset // BLOCK, (end - 1) // BLOCK
         with self._lock:
             previous = self._last_block.get(pack)
@@ -93,16 +105,16 @@ class ObjectReads:
         pieces = {}
         for b, (lo, hi) in spans.items():
             whole = self._hot_block(pack, b, load=sequential)
-            pieces[b] = whole[lo:hi] if whole is not None else self.cache.read(pack, b, lo, hi)
+            pieces[b] = memoryview(whole)[lo:hi] if whole is not None else self.cache.read(pack, b, lo, hi)
         missing = [b for b, data in pieces.items() if data is None]
         if missing and nowait:
             raise WouldBlock(f"pack {pack:08x}: not in the cache")
         for run in _runs(missing):
             for b, data in self._fetch(pack, run[0], run[-1] + 1).items():
                 self._keep_hot(pack, b, data)
-                pieces[b] = data[spans[b][0]:spans[b][1]]
+                pieces[b] = memoryview(data)[spans[b][0]:spans[b][1]]
         self._maybe_prefetch(pack, first, last)
-        return pieces[first] if first == last else b"".join(pieces[b] for b in range(first, last + 1))
+        return [pieces[b] for b in range(first, last + 1)]
 
     def forget(self, pack: int) -> None:
         """Drop what the cache and memory hold of a removed or rewritten pack."""
@@ -156,7 +168,10 @@ class ObjectReads:
         for b, event in theirs:
             event.wait()
         for b in cached + [b for b, _ in theirs]:
-            data = self.cache.get(pack, b)
+            with self._lock:  # a prefetch just brought it: take it from memory, not back from the cache file
+                data = self._ahead.pop((pack, b), None)
+            if data is None:
+                data = self.cache.get(pack, b)
             got[b] = data if data is not None else self.bucket.get(pack_name(pack), b * BLOCK, (b + 1) * BLOCK)
         return got
 
@@ -251,6 +266,24 @@ class ObjectReads:
             self._get_claimed(pack, mine, ahead=True)
         except (ObjectStoreError, PackMissingError) as exc:
             log.debug("prefetch of pack %08x failed: %s", pack, exc)
+
+
+def _scatter(pieces: list, buffers: Sequence[memoryview]) -> int:
+    """Copy ``pieces`` (in order) across ``buffers`` (in order); the bytes copied."""
+    done = 0
+    i, at = 0, 0  # the buffer being filled, and how much of it is
+    for piece in pieces:
+        piece = memoryview(piece)
+        while piece.nbytes and i < len(buffers):
+            room = len(buffers[i]) - at
+            n = min(room, piece.nbytes)
+            buffers[i][at:at + n] = piece[:n]
+            piece, at, done = piece[n:], at + n, done + n
+            if n == room:
+                i, at = i + 1, 0
+        if i >= len(buffers):
+            break
+    return done
 
 
 def _runs(blocks: list[int]) -> list[list[int]]:

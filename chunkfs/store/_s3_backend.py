@@ -396,15 +396,7 @@ class S3Backend(PackBackend):
                 return os.preadv(fd, buffers, offset)
             except OSError as exc:
                 raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
-        data = self.reads.read(pack, offset, sum(len(b) for b in buffers), self._object_size(pack), nowait)
-        done = 0
-        for view in buffers:
-            part = data[done:done + len(view)]
-            view[:len(part)] = part
-            done += len(part)
-            if len(part) < len(view):
-                break
-        return done
+        return self.reads.read_into(pack, offset, buffers, self._object_size(pack), nowait)
 
     def _is_local(self, pack: int) -> bool:
         with self._lock:
