@@ -23,7 +23,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -104,6 +106,63 @@ def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, se
         store.flush()
         assert store.stats()["object_store"]["cache"]["bytes"] <= 16 * MIB
     assert not [n for n in os.listdir(small / "bucket" / "cache") if n.endswith(".pack")]
+
+
+def _cache_bytes(cache_dir) -> int:
+    """Bytes of every file in the cache directory but its lock (half-written ones too)."""
+    total = 0
+    for entry in os.scandir(cache_dir):
+        try:
+            total += entry.stat().st_size if entry.name != ".lock" else 0
+        except FileNotFoundError:  # evicted while we looked
+            pass
+    return total
+
+
+def test_the_pack_cache_stays_within_its_limit_under_many_readers_and_survives_a_reopen(tmp_path, seaweed, data):
+    """8 threads read scattered and sequential ranges of cold packs at once through a 6 MiB cache: its files
+    never add up to more than 6 MiB; what it holds at close is read after a reopen without a GET."""
+    content = payload(2 * PACK + 4 * MIB, 31)  # two sealed packs and the open one
+    path = tmp_path / "s"
+    with ChunkStore.create(path, data=data) as store:
+        store.ingest("f", content)
+    _cold(path)
+    limit, span = 6 * MIB, 300_000
+    cache_dir = path / "bucket" / "cache"
+    seen, stop = [], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(_cache_bytes(cache_dir))
+            time.sleep(0.002)
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(12):  # scattered
+            offset = rng.randrange(len(content) - span)
+            assert store.read_range("f", offset, span) == content[offset:offset + span]
+        start = rng.randrange(2 * PACK - 12 * MIB)
+        for offset in range(start, start + 12 * MIB, MIB):  # sequential: prefetched, into the next pack too
+            assert store.read_range("f", offset, MIB) == content[offset:offset + MIB]
+
+    with ChunkStore.open(path, data_options={"pack_cache": limit}) as store:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(reader, range(8)))
+            last = 5 * MIB + 12345  # read last, so it is among what the cache keeps
+            assert store.read_range("f", last, span) == content[last:last + span]
+        finally:
+            stop.set()
+            watcher.join()
+        cache = store.stats()["object_store"]["cache"]
+        assert cache["bytes"] <= limit and store.stats()["object_store"]["requests"]["get"] > 8
+    assert seen and max(seen) <= limit, f"the cache directory held {max(seen)} bytes, its limit is {limit}"
+    assert 0 < _cache_bytes(cache_dir) <= limit
+    with ChunkStore.open(path, data_options={"pack_cache": limit}) as store:
+        assert store.read_range("f", last, span) == content[last:last + span]
+        assert store.stats()["object_store"]["requests"]["get"] == 0, "the cache survived the reopen"
 
 
 def test_a_crash_with_uploads_waiting_loses_nothing_and_the_next_open_uploads_them(tmp_path, own_seaweed):
