@@ -31,7 +31,8 @@ import pytest
 
 from chunkfs.errors import ChunkCorruptError, ReadOnlyError, StoreFullError
 from chunkfs.store import ChunkStore, data_location, restore_from_bucket
-from conftest import REPO, assert_one_line_error, cli_env, force_unmount, run_cli, wait_process_gone, wait_until
+from conftest import (REPO, assert_one_line_error, cli_env, force_unmount, is_mounted, run_cli, store_holder,
+                      wait_process_gone, wait_until)
 from s3_proxy import FaultProxy
 
 MIB = 1 << 20
@@ -96,7 +97,7 @@ def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, se
         store.ingest("f", content)
     cache = tmp_path / "s" / "bucket" / "cache"
     assert "00000001.pack" in os.listdir(cache) and not waiting_packs(tmp_path / "s")
-    with ChunkStore.open(tmp_path / "s", readonly=True) as store:
+    with ChunkStore.open(tmp_path / "s") as store:  # (a read-only open's stats are the last writer's)
         assert store.read("f") == content
         assert store.stats()["object_store"]["requests"]["get"] == 0
     small = tmp_path / "small"  # a cache smaller than a pack keeps none of it whole
@@ -459,6 +460,31 @@ def test_mkfs_with_a_missing_bucket_wrong_credentials_or_no_server_is_one_line(t
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.mount
+def test_mount_with_wrong_credentials_or_a_missing_bucket_is_one_line(tmp_path, seaweed, bucket_url):
+    store, mnt = tmp_path / "s", tmp_path / "mnt"
+    run_cli("mkfs", store, "--data", bucket_url, "--endpoint", seaweed.endpoint)
+    mnt.mkdir()
+
+    def mount(env: dict) -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "mount", str(store), str(mnt)], cwd=REPO,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 60, "a refused mount answers within seconds, not a hang"
+        assert not is_mounted(mnt) and store_holder(store) is None
+        return result
+
+    try:
+        assert_one_line_error(mount(dict(cli_env(), AWS_SECRET_ACCESS_KEY="wrong-secret")), contains="access denied")
+        settings_file = store / "chunkfs.json"
+        settings = json.loads(settings_file.read_text())
+        settings["data"]["url"] = "s3://no-such-bucket-here/x"  # as if the bucket had been deleted
+        settings_file.write_text(json.dumps(settings))
+        assert_one_line_error(mount(cli_env()), contains="does not exist")
+    finally:
+        force_unmount(mnt)
+
+
 def test_mkfs_refuses_a_prefix_that_already_holds_a_store(tmp_path, seaweed, bucket_url):
     run_cli("mkfs", tmp_path / "one", "--data", bucket_url, "--endpoint", seaweed.endpoint)
     result = run_cli("mkfs", tmp_path / "two", "--data", bucket_url, "--endpoint", seaweed.endpoint, check=False)
@@ -581,3 +607,54 @@ def test_kill_9_rounds_of_the_daemon_and_the_object_store_lose_nothing_fsynced(t
         with capsys.disabled():
             print("\n" + "\n".join(lines))
     assert len(summary.rounds) == 3 and summary.object_store_kills == 1 and summary.restored_paths is not None
+
+
+
+@pytest.mark.mount
+def test_mounted_a_missing_object_fails_its_ranges_with_eio_and_a_log_line(seaweed, bucket_url, mount_factory):
+    fs = mount_factory(mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint])
+    a, b = payload(PACK + MIB, 41), payload(MIB, 42)  # "a" fills pack 1 (sealed, uploaded); "b" lies in pack 2
+    write_fsynced(fs / "a", a)
+    write_fsynced(fs / "b", b)
+    run_cli("sync", fs.mountpoint)
+    fs.unmount()
+    bucket, prefix = bucket_url[len("s3://"):].split("/", 1)
+    seaweed.client().delete_object(Bucket=bucket, Key=f"{prefix}/packs/00000001.pack")
+    _cold(str(fs.store))
+    fs.expect_log("pack 00000001 is missing")
+    fs.mount()
+    with open(fs / "a", "rb", buffering=0) as fh:
+        with pytest.raises(OSError) as failed:
+            fh.read(65536)
+        assert failed.value.errno == errno.EIO
+    assert (fs / "b").read_bytes() == b
+    assert "pack 00000001 is missing" in fs.log_text()
+
+
+@pytest.mark.mount
+def test_a_replica_mounts_read_only_while_the_writer_goes_on(tmp_path, seaweed, bucket_url, mount_factory):
+    """A second machine: the bucket restored as a replica, mounted -o ro beside the writer's mount."""
+    fs = mount_factory(mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint])
+    write_fsynced(fs / "one", payload(3 * MIB, 61))
+    run_cli("sync", fs.mountpoint)
+    replica, mnt = tmp_path / "replica", tmp_path / "replica-mnt"
+    run_cli("restore", replica, "--data", bucket_url, "--endpoint", seaweed.endpoint, "--replica")
+    mnt.mkdir()
+    run_cli("mount", replica, mnt, "-o", "ro")
+    try:
+        assert (mnt / "one").read_bytes() == payload(3 * MIB, 61)
+        with pytest.raises(OSError) as refused:
+            (mnt / "new").write_bytes(b"x")
+        assert refused.value.errno == errno.EROFS
+        write_fsynced(fs / "two", payload(5 * MIB, 62))  # the writer goes on
+        run_cli("sync", fs.mountpoint)
+        assert not (mnt / "two").exists(), "a mounted replica keeps the view it mounted"
+        run_cli("umount", mnt)
+        run_cli("mount", replica, mnt, "-o", "ro")  # the next mount takes the newest index copy
+        assert (mnt / "two").read_bytes() == payload(5 * MIB, 62)
+        assert (mnt / "one").read_bytes() == payload(3 * MIB, 61)
+        assert "two" in os.listdir(fs.mountpoint)
+    finally:
+        if is_mounted(mnt):
+            run_cli("umount", mnt, check=False)
+        force_unmount(mnt)
