@@ -34,8 +34,8 @@ from ._pack_cache import BLOCK, PackRangeCache
 log = logging.getLogger(__name__)
 
 PREFETCH_WINDOW = 32  # blocks (MiB) a sequential reader has fetched, or on their way, ahead of it
-PREFETCH_GET = 8  # blocks per prefetch GET; the GETs of a window run in parallel
-PREFETCH_THREADS = 4
+PREFETCH_GET = 16  # blocks per prefetch GET; the GETs of a window run in parallel
+PREFETCH_THREADS = 2  # (GETs of 16 MiB, 2 at a time: half the requests of 8 MiB ones, 4 at a time, and less CPU)
 HOT_BLOCKS = 8  # blocks a sequential reader keeps in memory
 AHEAD_BLOCKS = 2 * PREFETCH_WINDOW  # prefetched blocks kept in memory until read (the oldest go first)
 
@@ -98,7 +98,7 @@ class ObjectReads:
         first, last = offset // BLOCK, (end - 1) // BLOCK
         with self._lock:
             previous = self._last_block.get(pack)
-        sequential = previous is not None and previous <= first <= previous + 1
+        sequential = _continues(previous, first, last)
         spans = {b: (max(offset, b * BLOCK) - b * BLOCK, min(end, (b + 1) * BLOCK) - b * BLOCK)
                  for b in range(first, last + 1)}
         pieces = {}
@@ -245,7 +245,7 @@ class ObjectReads:
         with self._lock:
             previous = self._last_block.get(pack)
             self._last_block[pack] = last
-            if previous is None or not previous <= first <= previous + 1 or self._stopping:
+            if not _continues(previous, first, last) or self._stopping:
                 return
             start = max(self._prefetched_to.get(pack, 0), last + 1)
             stop = min(blocks, last + 1 + PREFETCH_WINDOW)
@@ -279,6 +279,16 @@ class ObjectReads:
             self._get_claimed(pack, mine, ahead=True)
         except (ObjectStoreError, PackMissingError) as exc:
             log.debug("prefetch of pack %08x failed: %s", pack, exc)
+
+
+def _continues(previous: int | None, first: int, last: int) -> bool:
+    """Whether a read of blocks ``[first, last]`` continues one that ended in block ``previous``.
+
+    It may start a block before that one: a read of a file range begins
+    with the whole chunk its first byte lies in, which the read before
+    ended with, and that chunk can begin in the block before.
+    """
+    return previous is not None and previous - 1 <= first <= previous + 1 and last >= previous
 
 
 def _gets(start: int, stop: int) -> list[tuple[int, int]]:
