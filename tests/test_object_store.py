@@ -420,6 +420,20 @@ def test_restore_on_an_empty_directory_and_a_replica_follows_the_writer(tmp_path
         assert r.read("three") == b"written after the restore"
 
 
+def test_a_flush_after_a_change_of_metadata_only_does_not_upload_the_open_pack_again(tmp_path, seaweed, data):
+    with ChunkStore.create(tmp_path / "s", data=data) as store:
+        store.ingest("a", payload(3 * MIB, 71))
+        store.flush()
+        sent = store.stats()["object_store"]["bytes_uploaded"]
+        store.ingest("copy", payload(3 * MIB, 71))  # the same bytes: a new file in the index, no new chunk
+        store.flush()
+        assert store.stats()["object_store"]["bytes_uploaded"] - sent < MIB, "an index copy, not the open pack"
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data)
+    with ChunkStore.open(restored, readonly=True) as r:
+        assert r.read("copy") == r.read("a") == payload(3 * MIB, 71)
+
+
 def test_gc_deletes_objects_only_after_an_index_copy_without_them(tmp_path, seaweed, data):
     with ChunkStore.create(tmp_path / "s", data=data) as store:
         store.ingest("big", payload(PACK + 2 * MIB, 3))

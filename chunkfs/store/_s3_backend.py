@@ -93,6 +93,7 @@ class S3Backend(PackBackend):
         self._open: set[int] = set()  # local packs open for writing
         self._local_size: dict[int, int] = {}
         self._version: dict[int, int] = {}  # bumped by patch/truncate: an upload of an older version is redone
+        self._checkpointed: dict[int, tuple[int, int]] = {}  # open pack -> (size, version) last uploaded
         self._objects: dict[int, int] | None = None  # uploaded pack -> object size (None: not listed yet)
         self._removed: dict[int, float] = {}  # pack -> when, within the grace period
         self._reaped: set[int] = set()
@@ -612,12 +613,19 @@ class S3Backend(PackBackend):
             return bool(self._sealed or self._doomed)
 
     def _checkpoint(self, pack: int) -> None:
+        """Upload the open pack as it is, unless this process uploaded it as it is already (a flush after
+        a change of metadata only, such as the atime a read sets, does not send up to 64 MiB again)."""
         fd = self._local_fd(pack)
         if fd is None:
             return
+        with self._lock:
+            version = self._version.get(pack, 0)
+            if self._checkpointed.get(pack) == (os.fstat(fd).st_size, version):
+                return
         data = os.pread(fd, os.fstat(fd).st_size, 0)
         self.bucket.put(pack_name(pack), data)
         with self._lock:
+            self._checkpointed[pack] = (len(data), version)
             if self._objects is not None and pack in self._open:
                 self._objects[pack] = len(data)
 
