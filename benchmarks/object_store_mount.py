@@ -142,7 +142,7 @@ class Run:
             sides = make_sides(os.path.join(self.work, f"run-{self.k}"), server, self.peers)
             order = list(sides)[self.k % len(sides):] + list(sides)[:self.k % len(sides)]
             self.result["order"] = order
-            for op in OPS:
+            for op in self.args.ops:
                 for side in list(order):
                     self.one(op, side, sides, server, self.operation(op, side, sides), order)
                 self.log_op(op)
@@ -226,7 +226,7 @@ def _times(r: dict, key: str, op: str) -> dict:
 def summarize(runs: list[dict], file_size: int, tar_size: int) -> dict:
     sizes = {"seq_write": file_size, "cold_read": file_size, "untar": tar_size}
     rows = []
-    for op in OPS:
+    for op in [o for o in OPS if any(o in r["seconds"] for r in runs)]:
         for key in (("op", "in_bucket") if op in WRITES else ("op",)):
             row = {"op": op, "key": key, "mb_s": {}, "vs": {}}
             for side in SIDES:
@@ -303,6 +303,7 @@ def parse_args(argv):
     ap.add_argument("--tree", choices=("django", "generated"), default="django",
                     help="the untar tree: a Django sdist (downloaded once) or a generated one (network-free)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ops", default=",".join(OPS), help=f"comma list from {','.join(OPS)} (default: all)")
     ap.add_argument("--peers", default="s3ql,juicefs", help="s3ql,juicefs (those installed), or none")
     ap.add_argument("--peer-timeout", type=float, default=900.0,
                     help="seconds a peer may take for one operation before it counts as hung")
@@ -312,8 +313,11 @@ def parse_args(argv):
     ap.add_argument("--work-dir", help="scratch directory (default: $TMPDIR)")
     args = ap.parse_args(argv)
     args.peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
-    if set(args.peers) - {"s3ql", "juicefs"} or args.runs < 1:
-        ap.error("--peers takes s3ql, juicefs or none; --runs at least 1")
+    args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    if set(args.peers) - {"s3ql", "juicefs"} or args.runs < 1 or not args.ops or set(args.ops) - set(OPS):
+        ap.error(f"--peers takes s3ql, juicefs or none; --runs at least 1; --ops from {','.join(OPS)}")
+    if "cold_read" in args.ops and "seq_write" not in args.ops:
+        ap.error("cold_read reads the file seq_write writes: --ops needs seq_write too")
     return args
 
 
@@ -349,7 +353,8 @@ def main(argv: list[str] | None = None, log=print) -> int:
     runs = []
     try:
         data = memoryview(random_bytes(args.size_mib * MiB, 1))
-        tar_path, meta["tree"] = tree_tar({"tree": args.tree, "tree_files": 0}, work, 1)
+        tar_path, meta["tree"] = tree_tar({"tree": args.tree, "tree_files": 0}, work, 1) if "untar" in args.ops \
+            else (os.devnull, "none (no untar)")
         for k in range(args.runs):
             log(f"run {k + 1}/{args.runs} (load {_load()})")
             runs.append(Run(k, args, work, data, tar_path, peers, log).go())
