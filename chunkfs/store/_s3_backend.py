@@ -341,8 +341,7 @@ class S3Backend(PackBackend):
         fd = self._local_fd(pack)
         if fd is None:
             return True
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        self.bucket.put(pack_name(pack), data)
+        size = self._upload_file(pack, fd)
         with self._lock:
             if self._version.get(pack, 0) != version:
                 return False  # patched meanwhile: upload again
@@ -351,7 +350,7 @@ class S3Backend(PackBackend):
             self._sealed.discard(pack)
             self._local_size.pop(pack, None)
             if self._objects is not None:
-                self._objects[pack] = len(data)
+                self._objects[pack] = size
             self._retire_fd(pack)
             if self._last_error:
                 log.info("uploads to %s work again", self.location.describe())
@@ -361,6 +360,20 @@ class S3Backend(PackBackend):
             if not self.cache.adopt(pack, self._path(pack, True)):
                 _unlink(self._path(pack, True))
         return True
+
+    def _upload_file(self, pack: int, fd: int) -> int:
+        """PUT the local copy of ``pack`` as it is now, streamed from the file; its size.
+
+        A descriptor of its own for the upload: the pack's may be closed (the
+        pack removed) while the upload goes on.
+        """
+        own = os.dup(fd)
+        try:
+            size = os.fstat(own).st_size
+            self.bucket.put_file(pack_name(pack), own, size)
+            return size
+        finally:
+            os.close(own)
 
     def _retire_fd(self, pack: int) -> None:
         """With the lock held: a local copy is gone; close its descriptor after the grace period."""
@@ -622,12 +635,11 @@ class S3Backend(PackBackend):
             version = self._version.get(pack, 0)
             if self._checkpointed.get(pack) == (os.fstat(fd).st_size, version):
                 return
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        self.bucket.put(pack_name(pack), data)
+        size = self._upload_file(pack, fd)
         with self._lock:
-            self._checkpointed[pack] = (len(data), version)
+            self._checkpointed[pack] = (size, version)
             if self._objects is not None and pack in self._open:
-                self._objects[pack] = len(data)
+                self._objects[pack] = size
 
     def _wait_uploaded(self, packs: set[int] | None) -> None:
         progress = time.monotonic()
