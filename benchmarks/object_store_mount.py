@@ -146,6 +146,7 @@ class Run:
                 for side in list(order):
                     self.one(op, side, sides, server, self.operation(op, side, sides), order)
                 self.log_op(op)
+            self.result["rss_peak_bytes"] = {side: max(m.peaks.values()) for side, m in sides.items() if m.peaks}
         finally:
             for mount in sides.values():
                 mount.cleanup()
@@ -244,10 +245,12 @@ def summarize(runs: list[dict], file_size: int, tar_size: int) -> dict:
                 kinds = sorted({k for c in counts for k in c})
                 requests.setdefault(op, {})[side] = {
                     kind: statistics.median(c.get(kind, 0) for c in counts) for kind in kinds}
+    rss = {side: max(r.get("rss_peak_bytes", {}).get(side, 0) for r in runs) for side in SIDES}
     per_gib = {side: {"puts_per_gib_written": _per_gib(requests, "seq_write", side, "PUT", file_size),
                       "gets_per_gib_read": _per_gib(requests, "cold_read", side, "GET", file_size)}
                for side in ("chunkfs", "s3ql", "juicefs")}
-    return {"rows": rows, "requests": requests, "per_gib": per_gib}
+    return {"rows": rows, "requests": requests, "per_gib": per_gib,
+            "rss_peak_mib": {side: round(v / MiB) for side, v in rss.items() if v}}
 
 
 def _per_gib(requests: dict, op: str, side: str, kind: str, size: int) -> float | None:
@@ -277,6 +280,8 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
         untar_req = summary["requests"].get("untar", {}).get(side, {})
         lines.append(f"| {side} | {_num(g['puts_per_gib_written'])} | {_num(g['gets_per_gib_read'])} | "
                      + (", ".join(f"{k} {v:g}" for k, v in untar_req.items()) or "—") + " |")
+    lines += ["", "Peak RSS of each side's daemon over the runs (VmHWM before each unmount): " + ", ".join(
+        f"{side} {mib} MiB" for side, mib in summary["rss_peak_mib"].items())]
     failures = {r["run"]: r["failures"] for r in runs if r["failures"]}
     if failures:
         lines += ["", "Peers left out: " + "; ".join(f"run {k}: {v}" for k, v in failures.items())]
