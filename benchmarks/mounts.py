@@ -78,11 +78,13 @@ class FuseMount:
 class ChunkfsMount(FuseMount):
     """One store, mounted and unmounted through this checkout's CLI."""
 
-    def __init__(self, store: str, mnt: str, avg_size: str | None, mount_opts: str | None):
+    def __init__(self, store: str, mnt: str, avg_size: str | None, mount_opts: str | None,
+                 mkfs_args: list[str] | None = None):
         super().__init__(mnt)
         self.store, self.mount_opts = store, mount_opts
         shutil.rmtree(store, ignore_errors=True)
-        run([*chunkfs_cli(), "mkfs", store, *(["--avg-size", avg_size] if avg_size else [])], env=checkout_env())
+        run([*chunkfs_cli(), "mkfs", store, *(["--avg-size", avg_size] if avg_size else []), *(mkfs_args or [])],
+            env=checkout_env())
         with open(os.path.join(store, "chunkfs.json")) as fh:
             self.avg_size = json.load(fh)["avg_size"]
 
@@ -112,6 +114,13 @@ class ChunkfsMount(FuseMount):
 
     def stats(self) -> dict:
         return json.loads(run([*chunkfs_cli(), "stats", self.mnt, "--json"], env=checkout_env()).stdout)
+
+    def drop_local_cache(self) -> None:
+        """A store in an object store: empty its cache of pack ranges (unmounted), so a read is cold there too."""
+        cache = os.path.join(self.store, "bucket", "cache")
+        for name in os.listdir(cache) if os.path.isdir(cache) else ():
+            if name != ".lock":
+                os.unlink(os.path.join(cache, name))
 
     def gc(self) -> dict:
         """``chunkfs gc`` of the unmounted store: its report."""
@@ -282,16 +291,23 @@ class S3qlMount(PeerMount):
         return os.path.join(self.bin_dir, name)
 
     def make(self) -> None:
-        os.makedirs(os.path.join(self.work, "bucket"))
         run([self._tool("mkfs.s3ql"), "--plain", "--data-block-size", "1024", "--cachedir", self._cache(),
-             f"local://{self.work}/bucket"], timeout=300)
+             *self._backend_args(), self._storage_url()], timeout=300)
+
+    def _storage_url(self) -> str:
+        os.makedirs(os.path.join(self.work, "bucket"), exist_ok=True)
+        return f"local://{self.work}/bucket"
+
+    def _backend_args(self) -> list[str]:
+        """Options mkfs.s3ql and mount.s3ql need for the backend (none for a local directory)."""
+        return []
 
     def _cache(self) -> str:
         return os.path.join(self.work, "cache")
 
     def _mount_command(self) -> list[str]:
         return [self._tool("mount.s3ql"), "--compress", "none", "--cachedir", self._cache(),
-                "--log", os.path.join(self.work, "mount.log"), f"local://{self.work}/bucket", self.mnt]
+                "--log", os.path.join(self.work, "mount.log"), *self._backend_args(), self._storage_url(), self.mnt]
 
     def _umount_command(self) -> list[str]:
         return [self._tool("umount.s3ql"), self.mnt]
@@ -324,8 +340,10 @@ class JuicefsMount(PeerMount):
         return f"sqlite3://{self.work}/meta.db"
 
     def make(self) -> None:
-        run([self.binary, "format", "--storage", "file", "--bucket", os.path.join(self.work, "bucket") + "/",
-             "--trash-days", "0", self._meta(), "bench"], timeout=300)
+        run([self.binary, "format", *self._storage_args(), "--trash-days", "0", self._meta(), "bench"], timeout=300)
+
+    def _storage_args(self) -> list[str]:
+        return ["--storage", "file", "--bucket", os.path.join(self.work, "bucket") + "/"]
 
     def _mount_command(self) -> list[str]:
         return [self.binary, "mount", "-d", "--cache-size", "0", "--no-usage-report",

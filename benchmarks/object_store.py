@@ -8,6 +8,9 @@ requests per GiB written and read.  Medians of ``--runs`` runs; ratios are
 S3 / local from the same run.
 
     python -m benchmarks.object_store [--size-mib 512] [--runs 3]
+
+With ``--mount``, the same comparison through mounts, and against S3QL and
+JuiceFS on the same SeaweedFS: benchmarks/object_store_mount.py.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ def one_run(root: Path, data: dict | None, content: bytes) -> dict:
 
 
 def main(argv=None) -> int:
+    if "--mount" in (sys.argv[1:] if argv is None else argv):
+        from benchmarks.object_store_mount import main as mounted  # noqa: PLC0415
+
+        return mounted(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)

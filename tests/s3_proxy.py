@@ -10,10 +10,17 @@ the proxy's address stays valid), except those a rule catches first:
 * :meth:`FaultProxy.stall`: hold the request for some seconds before passing
   it on, longer than the client's read timeout, so the client gives up on it;
 * :meth:`FaultProxy.hang`: hold the request until the proxy closes, then drop
-  the connection without passing it on (an upload under way forever).
+  the connection without passing it on (an upload under way forever);
+* :meth:`FaultProxy.corrupt`: pass the request on with one byte of its body
+  changed (damage on the way, which the body's checksum must catch).
+
+With :attr:`FaultProxy.hide_checksums` set, the server's answers lose their
+``x-amz-checksum-*`` headers: the proxy plays a server that knows nothing of
+S3's additional checksums.
 
 :attr:`FaultProxy.log` records every request (time, method, path, what the
-proxy did) so that a test can see the retries and the time between them.
+proxy did, which integrity header the request carried) so that a test can see
+the retries and the time between them.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ class Rule:
     method: str
     path_contains: str
     times: int  # requests it still catches
-    action: str  # "throttle", "stall" or "hang"
+    action: str  # "throttle", "stall", "hang" or "corrupt"
     seconds: float = 0.0
 
 
@@ -42,8 +49,9 @@ class Seen:
     at: float  # time.monotonic()
     method: str
     path: str
-    action: str  # "throttle", "stall", "hang" or "pass"
+    action: str  # "throttle", "stall", "hang", "corrupt" or "pass"
     status: int | None  # what the server answered (None: no answer passed on)
+    checksum: str = ""  # the body's checksum header the request carried: "crc32", "md5" or ""
 
 
 class FaultProxy:
@@ -53,6 +61,7 @@ class FaultProxy:
         self.upstream = (host, upstream_port)
         self.rules: list[Rule] = []
         self.log: list[Seen] = []
+        self.hide_checksums = False
         self._lock = threading.Lock()
         self._closing = threading.Event()
         proxy = self
@@ -94,6 +103,11 @@ class FaultProxy:
         with self._lock:
             self.rules.append(Rule(method, path_contains, times, "hang"))
 
+    def corrupt(self, method: str, path_contains: str, times: int) -> None:
+        """The next ``times`` such requests reach the server with a byte of their body changed."""
+        with self._lock:
+            self.rules.append(Rule(method, path_contains, times, "corrupt"))
+
     def seen(self, method: str, path_contains: str) -> list[Seen]:
         with self._lock:
             return [s for s in self.log if s.method == method and path_contains in s.path]
@@ -110,7 +124,9 @@ class FaultProxy:
 
     def _handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
         rule = self._rule_for(request.command, request.path)
-        seen = Seen(time.monotonic(), request.command, request.path, rule.action if rule else "pass", None)
+        headers = {key.lower() for key in request.headers.keys()}
+        checksum = "crc32" if "x-amz-checksum-crc32" in headers else "md5" if "content-md5" in headers else ""
+        seen = Seen(time.monotonic(), request.command, request.path, rule.action if rule else "pass", None, checksum)
         with self._lock:
             self.log.append(seen)
         length = int(request.headers.get("Content-Length") or 0)
@@ -128,7 +144,10 @@ class FaultProxy:
             return
         if rule is not None:  # a stall: the request reaches the server late, as if it had been slow
             _drain(request.rfile, length, keep := bytearray())
-            time.sleep(rule.seconds)
+            if rule.action == "corrupt" and keep:
+                keep[len(keep) // 2] ^= 0xFF
+            else:
+                time.sleep(rule.seconds)
         upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
         try:
             upstream.putrequest(request.command, request.path, skip_host=True, skip_accept_encoding=True)
@@ -143,19 +162,22 @@ class FaultProxy:
             reply = upstream.getresponse()
             seen.status = reply.status
             try:
-                self._answer(request, reply)
+                self._answer(request, reply, self.hide_checksums)
             except (BrokenPipeError, ConnectionResetError):
                 request.close_connection = True  # the client gave up waiting (a stalled request)
         finally:
             upstream.close()
 
     @staticmethod
-    def _answer(request: http.server.BaseHTTPRequestHandler, reply: http.client.HTTPResponse) -> None:
+    def _answer(request: http.server.BaseHTTPRequestHandler, reply: http.client.HTTPResponse,
+                hide_checksums: bool) -> None:
         """Pass the server's answer on, its body streamed."""
         head = request.command == "HEAD"
         request.send_response(reply.status, reply.reason)
         for key, value in reply.getheaders():
-            if key.lower() not in ("connection", "transfer-encoding"):
+            if key.lower() in ("connection", "transfer-encoding"):
+                continue
+            if not (hide_checksums and key.lower().startswith("x-amz-checksum-")):
                 request.send_header(key, value)
         body = b"" if head else None
         if not head and reply.getheader("Content-Length") is None:

@@ -28,18 +28,25 @@ takes ~15 s (the filer waits for its gRPC streams to close gracefully), and
 what SeaweedFS has acknowledged is in its files by then either way.  The
 data stays for :meth:`start` on the same ports; :meth:`destroy` also
 removes the data and the sockets weed leaves in /tmp (the log stays).
+
+With ``metrics=True`` weed also serves its Prometheus metrics on a free
+port, and :meth:`SeaweedServer.requests` reads from them the S3 requests
+each bucket was sent, by kind, as the server counted them: the benchmarks
+compare the requests of clients that keep no counts of their own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ACCESS_KEY = "chunkfs-test-key"
@@ -48,6 +55,9 @@ HOST = "127.0.0.1"
 BUCKET = "chunkfs-tests"
 START_TIMEOUT = 60.0
 _GRPC_SOCKETS = ("master", "volume", "filer", "s3", "admin")  # weed's /tmp/seaweedfs-<kind>-grpc-<port>.sock
+# SeaweedFS_s3_request_total{bucket="b",code="200",type="PUT"} 3 (a HEAD counts as a GET; a part of a multipart
+# upload as a PUT)
+_REQUEST_METRIC = re.compile(r'^SeaweedFS_s3_request_total\{([^}]*)\}\s+(\S+)$', re.M)
 
 
 def weed_binary() -> str | None:
@@ -93,7 +103,7 @@ def s3_client(endpoint: str, connect_timeout: float = 2, read_timeout: float = 3
 class SeaweedServer:
     """``weed server -s3`` with its data in ``root``; see the module docstring."""
 
-    def __init__(self, root: Path, log_path: Path | None = None, bucket: str = BUCKET):
+    def __init__(self, root: Path, log_path: Path | None = None, bucket: str = BUCKET, metrics: bool = False):
         self.root = Path(root)
         self.data = self.root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
@@ -103,7 +113,8 @@ class SeaweedServer:
         self.proc: subprocess.Popen | None = None
         self._prefixes = 0
         (self.master, self.volume, self.filer, self.s3,
-         self.master_grpc, self.volume_grpc, self.filer_grpc, self.s3_grpc) = free_ports(8)
+         self.master_grpc, self.volume_grpc, self.filer_grpc, self.s3_grpc, metrics_port) = free_ports(9)
+        self.metrics_port = metrics_port if metrics else None
         identity = {"name": "chunkfs", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
         self.config.write_text(json.dumps({"identities": [identity]}))
@@ -135,7 +146,8 @@ class SeaweedServer:
                 "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
                 f"-filer.localSocket={self.root}/filer.sock",
                 "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}", f"-s3.config={self.config}",
-                f"-s3.localSocket={self.root}/s3.sock", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+                f"-s3.localSocket={self.root}/s3.sock", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                *([f"-metricsPort={self.metrics_port}"] if self.metrics_port else [])]
 
     def start(self, timeout: float = START_TIMEOUT) -> "SeaweedServer":
         """Start (or start again, on the same ports and data) and wait until the bucket takes writes."""
@@ -184,6 +196,21 @@ class SeaweedServer:
     def client(self):
         """A boto3 S3 client with this server's identity (for tests to list, damage and delete objects)."""
         return s3_client(self.endpoint)
+
+    def requests(self, bucket: str) -> dict[str, int]:
+        """S3 requests the server answered for ``bucket`` since it started, by kind (``PUT``, ``GET``, ``DELETE``,
+        ``LIST``, ...), whatever their status; needs ``metrics=True``."""
+        if self.metrics_port is None:
+            raise RuntimeError("SeaweedServer(metrics=True) counts requests")
+        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        counts: dict[str, int] = {}
+        for labels, value in _REQUEST_METRIC.findall(text):
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            if fields.get("bucket") == bucket:
+                kind = fields.get("type", "?")
+                counts[kind] = counts.get(kind, 0) + int(float(value))
+        return counts
 
     def stop(self) -> None:
         """SIGKILL the server (see the module docstring); its data stays for :meth:`start`."""

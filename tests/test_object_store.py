@@ -24,14 +24,19 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from chunkfs.errors import ChunkCorruptError, ReadOnlyError, StoreFullError
 from chunkfs.store import ChunkStore, _compression, data_location, restore_from_bucket
-from conftest import REPO, assert_one_line_error, cli_env, force_unmount, run_cli, wait_process_gone, wait_until
+from conftest import (REPO, assert_one_line_error, cli_env, force_unmount, is_mounted, run_cli, store_holder,
+                      wait_process_gone, wait_until)
 from s3_proxy import FaultProxy
+
+pytestmark = pytest.mark.slow  # every test here talks to a SeaweedFS server: none in the quick run
 
 MIB = 1 << 20
 PACK = 64 * MIB  # the pack target size: a pack is sealed (and uploaded) once it holds this much
@@ -70,7 +75,6 @@ def data(seaweed, bucket_url) -> dict:
     return data_location(bucket_url, seaweed.endpoint)
 
 
-@pytest.mark.slow
 def test_write_close_reopen_read_and_every_pack_is_one_object(tmp_path, seaweed, data):
     files = {f"f{i}": payload(36 * MIB + i, i) for i in range(2)}  # a sealed pack and an open one
     with ChunkStore.create(tmp_path / "s", data=data) as store:
@@ -89,7 +93,6 @@ def test_write_close_reopen_read_and_every_pack_is_one_object(tmp_path, seaweed,
     assert stats["requests"]["get"] <= 64 // 4, "reads of the sealed pack should be coalesced into few ranged GETs"
 
 
-@pytest.mark.slow
 def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, seaweed, data):
     """The staging copy moves into the pack cache once uploaded: read back with no GET, also after a reopen."""
     content = payload(PACK + 2 * MIB, 21)
@@ -97,7 +100,7 @@ def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, se
         store.ingest("f", content)
     cache = tmp_path / "s" / "bucket" / "cache"
     assert "00000001.pack" in os.listdir(cache) and not waiting_packs(tmp_path / "s")
-    with ChunkStore.open(tmp_path / "s", readonly=True) as store:
+    with ChunkStore.open(tmp_path / "s") as store:  # (a read-only open's stats are the last writer's)
         assert store.read("f") == content
         assert store.stats()["object_store"]["requests"]["get"] == 0
     small = tmp_path / "small"  # a cache smaller than a pack keeps none of it whole
@@ -109,7 +112,63 @@ def test_an_uploaded_pack_stays_whole_in_the_cache_within_its_limit(tmp_path, se
     assert not [n for n in os.listdir(small / "bucket" / "cache") if n.endswith(".pack")]
 
 
-@pytest.mark.slow
+def _cache_bytes(cache_dir) -> int:
+    """Bytes of every file in the cache directory but its lock (half-written ones too)."""
+    total = 0
+    for entry in os.scandir(cache_dir):
+        try:
+            total += entry.stat().st_size if entry.name != ".lock" else 0
+        except FileNotFoundError:  # evicted while we looked
+            pass
+    return total
+
+
+def test_the_pack_cache_stays_within_its_limit_under_many_readers_and_survives_a_reopen(tmp_path, seaweed, data):
+    """8 threads read scattered and sequential ranges of cold packs at once through a 6 MiB cache: its files
+    never add up to more than 6 MiB; what it holds at close is read after a reopen without a GET."""
+    content = payload(2 * PACK + 4 * MIB, 31)  # two sealed packs and the open one
+    path = tmp_path / "s"
+    with ChunkStore.create(path, data=data) as store:
+        store.ingest("f", content)
+    _cold(path)
+    limit, span = 6 * MIB, 300_000
+    cache_dir = path / "bucket" / "cache"
+    seen, stop = [], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(_cache_bytes(cache_dir))
+            time.sleep(0.002)
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(12):  # scattered
+            offset = rng.randrange(len(content) - span)
+            assert store.read_range("f", offset, span) == content[offset:offset + span]
+        start = rng.randrange(2 * PACK - 12 * MIB)
+        for offset in range(start, start + 12 * MIB, MIB):  # sequential: prefetched, into the next pack too
+            assert store.read_range("f", offset, MIB) == content[offset:offset + MIB]
+
+    with ChunkStore.open(path, data_options={"pack_cache": limit}) as store:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(reader, range(8)))
+            last = 5 * MIB + 12345  # read last, so it is among what the cache keeps
+            assert store.read_range("f", last, span) == content[last:last + span]
+        finally:
+            stop.set()
+            watcher.join()
+        cache = store.stats()["object_store"]["cache"]
+        assert cache["bytes"] <= limit and store.stats()["object_store"]["requests"]["get"] > 8
+    assert seen and max(seen) <= limit, f"the cache directory held {max(seen)} bytes, its limit is {limit}"
+    assert 0 < _cache_bytes(cache_dir) <= limit
+    with ChunkStore.open(path, data_options={"pack_cache": limit}) as store:
+        assert store.read_range("f", last, span) == content[last:last + span]
+        assert store.stats()["object_store"]["requests"]["get"] == 0, "the cache survived the reopen"
+
+
 def test_a_crash_with_uploads_waiting_loses_nothing_and_the_next_open_uploads_them(tmp_path, own_seaweed):
     """The writer dies (os._exit) while the object store is down; after both come back, all is there."""
     data = data_location(own_seaweed.url("crash"), own_seaweed.endpoint)
@@ -148,7 +207,6 @@ def test_a_crash_with_uploads_waiting_loses_nothing_and_the_next_open_uploads_th
             assert s.read(f"f{i}") == payload(40 * MIB, i), "the bucket alone holds everything"
 
 
-@pytest.mark.slow
 def test_object_store_down_writes_fill_the_backlog_then_enospc_and_resume_when_it_is_back(tmp_path, own_seaweed):
     data = data_location(own_seaweed.url("down"), own_seaweed.endpoint)
     options = {"upload_backlog": PACK + 26 * MIB, "backlog_wait": 0.2, "close_wait": 10}
@@ -179,7 +237,6 @@ def test_object_store_down_writes_fill_the_backlog_then_enospc_and_resume_when_i
         assert s.read("after") == payload(16 * MIB, 7) and s.read("before") == payload(MIB, 1)
 
 
-@pytest.mark.slow  # starts the SeaweedFS server
 def test_packs_sealed_but_not_renamed_before_a_crash_are_uploaded_at_the_next_open(tmp_path, seaweed, data):
     """seal() only queues: a crash before the upload thread renamed the pack leaves it named .pack."""
     from chunkfs.store._object_store import location_of  # noqa: PLC0415
@@ -207,7 +264,6 @@ def test_packs_sealed_but_not_renamed_before_a_crash_are_uploaded_at_the_next_op
 # -- throttling and requests that get no answer: botocore retries them, with backoff ---------------
 
 
-@pytest.mark.slow
 def test_throttled_uploads_are_retried_with_backoff_and_nothing_is_lost(tmp_path, seaweed, bucket_url):
     """503 SlowDown to a pack's PUT: botocore's retries (not a chunkfs error) get it uploaded."""
     with FaultProxy(seaweed.s3) as proxy:
@@ -227,7 +283,32 @@ def test_throttled_uploads_are_retried_with_backoff_and_nothing_is_lost(tmp_path
         assert s.read("f") == content
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("confirms", ["crc32", "md5"])
+def test_an_upload_damaged_on_the_way_is_refused_and_sent_again(tmp_path, seaweed, bucket_url, confirms):
+    """Every PUT carries its body's checksum, which the server checks: the CRC32, or for a server that does
+    not confirm those (the proxy hides them from its answers) a Content-MD5.  A damaged body is refused and
+    sent again, and the bucket holds the pack intact."""
+    with FaultProxy(seaweed.s3) as proxy:
+        proxy.hide_checksums = confirms == "md5"
+        data = data_location(bucket_url, proxy.endpoint)
+        content = payload(PACK + 2 * MIB, 13)
+        with ChunkStore.create(tmp_path / "s", data=data) as store:
+            store.ingest("first", payload(MIB, 14))
+            store.flush()  # the first uploads: the bucket learns whether the server confirms CRC32s
+            proxy.corrupt("PUT", "/packs/", times=1)
+            store.ingest("f", content)
+            store.flush()
+        puts = [p for p in proxy.log if p.method == "PUT" and "/packs/" in p.path]
+    damaged = [p for p in puts if p.action == "corrupt"]
+    assert len(damaged) == 1 and damaged[0].status == 400, puts
+    assert any(p.path == damaged[0].path and p.status == 200 for p in puts[puts.index(damaged[0]) + 1:]), puts
+    assert {p.checksum for p in puts[1:]} == {confirms}, puts
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data_location(bucket_url, seaweed.endpoint))
+    with ChunkStore.open(restored, readonly=True) as s:
+        assert s.read("f") == content and s.read("first") == payload(MIB, 14)
+
+
 def test_requests_without_an_answer_time_out_and_are_retried(tmp_path, seaweed, bucket_url):
     """A PUT and a GET the object store sits on for longer than request_timeout are sent again."""
     with FaultProxy(seaweed.s3) as proxy:
@@ -276,7 +357,6 @@ def _cold(path: str) -> None:
         os.unlink(os.path.join(cache, name))
 
 
-@pytest.mark.slow
 def test_a_missing_object_fails_exactly_its_ranges_and_fsck_names_it(tmp_path, seaweed, data):
     path, a, b = _two_pack_store(tmp_path, data)
     bucket, prefix = data["url"][5:].split("/", 1)
@@ -293,7 +373,6 @@ def test_a_missing_object_fails_exactly_its_ranges_and_fsck_names_it(tmp_path, s
     assert result.returncode == 4 and "missing-pack" in result.stdout + result.stderr
 
 
-@pytest.mark.slow
 def test_a_corrupted_object_fails_only_the_chunks_it_damaged(tmp_path, seaweed, data):
     path, a, b = _two_pack_store(tmp_path, data)
     bucket, prefix = data["url"][5:].split("/", 1)
@@ -320,7 +399,6 @@ def test_a_corrupted_object_fails_only_the_chunks_it_damaged(tmp_path, seaweed, 
 # -- metadata in the bucket: restore, a replica, gc ------------------------------------------------
 
 
-@pytest.mark.slow
 def test_restore_on_an_empty_directory_and_a_replica_follows_the_writer(tmp_path, seaweed, data):
     with ChunkStore.create(tmp_path / "s", data=data) as writer:
         writer.ingest("one", payload(3 * MIB, 1))
@@ -345,7 +423,20 @@ def test_restore_on_an_empty_directory_and_a_replica_follows_the_writer(tmp_path
         assert r.read("three") == b"written after the restore"
 
 
-@pytest.mark.slow
+def test_a_flush_after_a_change_of_metadata_only_does_not_upload_the_open_pack_again(tmp_path, seaweed, data):
+    with ChunkStore.create(tmp_path / "s", data=data) as store:
+        store.ingest("a", payload(3 * MIB, 71))
+        store.flush()
+        sent = store.stats()["object_store"]["bytes_uploaded"]
+        store.ingest("copy", payload(3 * MIB, 71))  # the same bytes: a new file in the index, no new chunk
+        store.flush()
+        assert store.stats()["object_store"]["bytes_uploaded"] - sent < MIB, "an index copy, not the open pack"
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data)
+    with ChunkStore.open(restored, readonly=True) as r:
+        assert r.read("copy") == r.read("a") == payload(3 * MIB, 71)
+
+
 def test_gc_deletes_objects_only_after_an_index_copy_without_them(tmp_path, seaweed, data):
     with ChunkStore.create(tmp_path / "s", data=data) as store:
         store.ingest("big", payload(PACK + 2 * MIB, 3))
@@ -445,7 +536,6 @@ def test_a_dictionary_the_bucket_lacks_is_uploaded_when_the_store_opens(tmp_path
 # -- the command line: one line for a wrong bucket, wrong credentials, no server ---------------
 
 
-@pytest.mark.slow
 def test_mkfs_with_a_missing_bucket_wrong_credentials_or_no_server_is_one_line(tmp_path, seaweed, bucket_url):
     result = run_cli("mkfs", tmp_path / "a", "--data", "s3://no-such-bucket-here/x", "--endpoint", seaweed.endpoint,
                      check=False)
@@ -465,14 +555,37 @@ def test_mkfs_with_a_missing_bucket_wrong_credentials_or_no_server_is_one_line(t
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.mount
+def test_mount_with_wrong_credentials_or_a_missing_bucket_is_one_line(tmp_path, seaweed, bucket_url):
+    store, mnt = tmp_path / "s", tmp_path / "mnt"
+    run_cli("mkfs", store, "--data", bucket_url, "--endpoint", seaweed.endpoint)
+    mnt.mkdir()
+
+    def mount(env: dict) -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "mount", str(store), str(mnt)], cwd=REPO,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 60, "a refused mount answers within seconds, not a hang"
+        assert not is_mounted(mnt) and store_holder(store) is None
+        return result
+
+    try:
+        assert_one_line_error(mount(dict(cli_env(), AWS_SECRET_ACCESS_KEY="wrong-secret")), contains="access denied")
+        settings_file = store / "chunkfs.json"
+        settings = json.loads(settings_file.read_text())
+        settings["data"]["url"] = "s3://no-such-bucket-here/x"  # as if the bucket had been deleted
+        settings_file.write_text(json.dumps(settings))
+        assert_one_line_error(mount(cli_env()), contains="does not exist")
+    finally:
+        force_unmount(mnt)
+
+
 def test_mkfs_refuses_a_prefix_that_already_holds_a_store(tmp_path, seaweed, bucket_url):
     run_cli("mkfs", tmp_path / "one", "--data", bucket_url, "--endpoint", seaweed.endpoint)
     result = run_cli("mkfs", tmp_path / "two", "--data", bucket_url, "--endpoint", seaweed.endpoint, check=False)
     assert_one_line_error(result, contains="restore")
 
 
-@pytest.mark.slow
 def test_stats_show_objects_requests_backlog_and_cache(tmp_path, seaweed, bucket_url):
     store = tmp_path / "s"
     run_cli("mkfs", store, "--data", bucket_url, "--endpoint", seaweed.endpoint)
@@ -496,7 +609,6 @@ def write_fsynced(path, content: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-@pytest.mark.slow
 @pytest.mark.mount
 def test_mounted_writes_reach_the_bucket_on_sync_and_survive_remount_and_kill(seaweed, bucket_url, mount_factory,
                                                                            tmp_path):
@@ -541,7 +653,6 @@ def test_mounted_writes_reach_the_bucket_on_sync_and_survive_remount_and_kill(se
         run_cli("umount", mnt)
 
 
-@pytest.mark.slow
 @pytest.mark.mount
 def test_mounted_outage_writes_go_on_into_the_backlog_then_enospc_and_resume(own_seaweed, mount_factory):
     fs = mount_factory(mkfs_args=["--data", own_seaweed.url("outage"), "--endpoint", own_seaweed.endpoint],
@@ -574,7 +685,6 @@ def test_mounted_outage_writes_go_on_into_the_backlog_then_enospc_and_resume(own
     assert (fs / "after").read_bytes() == payload(16 * MIB, 1)
 
 
-@pytest.mark.slow
 @pytest.mark.mount
 def test_kill_9_rounds_of_the_daemon_and_the_object_store_lose_nothing_fsynced(tmp_path, own_seaweed, capsys):
     """benchmarks/crash_soak.py --s3 for a few rounds: the daemon killed during uploads (and SeaweedFS once)."""
@@ -592,3 +702,54 @@ def test_kill_9_rounds_of_the_daemon_and_the_object_store_lose_nothing_fsynced(t
         with capsys.disabled():
             print("\n" + "\n".join(lines))
     assert len(summary.rounds) == 3 and summary.object_store_kills == 1 and summary.restored_paths is not None
+
+
+
+@pytest.mark.mount
+def test_mounted_a_missing_object_fails_its_ranges_with_eio_and_a_log_line(seaweed, bucket_url, mount_factory):
+    fs = mount_factory(mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint])
+    a, b = payload(PACK + MIB, 41), payload(MIB, 42)  # "a" fills pack 1 (sealed, uploaded); "b" lies in pack 2
+    write_fsynced(fs / "a", a)
+    write_fsynced(fs / "b", b)
+    run_cli("sync", fs.mountpoint)
+    fs.unmount()
+    bucket, prefix = bucket_url[len("s3://"):].split("/", 1)
+    seaweed.client().delete_object(Bucket=bucket, Key=f"{prefix}/packs/00000001.pack")
+    _cold(str(fs.store))
+    fs.expect_log("pack 00000001 is missing")
+    fs.mount()
+    with open(fs / "a", "rb", buffering=0) as fh:
+        with pytest.raises(OSError) as failed:
+            fh.read(65536)
+        assert failed.value.errno == errno.EIO
+    assert (fs / "b").read_bytes() == b
+    assert "pack 00000001 is missing" in fs.log_text()
+
+
+@pytest.mark.mount
+def test_a_replica_mounts_read_only_while_the_writer_goes_on(tmp_path, seaweed, bucket_url, mount_factory):
+    """A second machine: the bucket restored as a replica, mounted -o ro beside the writer's mount."""
+    fs = mount_factory(mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint])
+    write_fsynced(fs / "one", payload(3 * MIB, 61))
+    run_cli("sync", fs.mountpoint)
+    replica, mnt = tmp_path / "replica", tmp_path / "replica-mnt"
+    run_cli("restore", replica, "--data", bucket_url, "--endpoint", seaweed.endpoint, "--replica")
+    mnt.mkdir()
+    run_cli("mount", replica, mnt, "-o", "ro")
+    try:
+        assert (mnt / "one").read_bytes() == payload(3 * MIB, 61)
+        with pytest.raises(OSError) as refused:
+            (mnt / "new").write_bytes(b"x")
+        assert refused.value.errno == errno.EROFS
+        write_fsynced(fs / "two", payload(5 * MIB, 62))  # the writer goes on
+        run_cli("sync", fs.mountpoint)
+        assert not (mnt / "two").exists(), "a mounted replica keeps the view it mounted"
+        run_cli("umount", mnt)
+        run_cli("mount", replica, mnt, "-o", "ro")  # the next mount takes the newest index copy
+        assert (mnt / "two").read_bytes() == payload(5 * MIB, 62)
+        assert (mnt / "one").read_bytes() == payload(3 * MIB, 61)
+        assert "two" in os.listdir(fs.mountpoint)
+    finally:
+        if is_mounted(mnt):
+            run_cli("umount", mnt, check=False)
+        force_unmount(mnt)

@@ -75,11 +75,12 @@ def upload_index(bucket: Bucket, index_copy: str, store_dir: str) -> str:
     with open(os.path.join(store_dir, SETTINGS_NAME), "rb") as fh:
         bucket.put(META_SETTINGS, fh.read())
     generation = f"{time.time_ns() // 1_000_000:016d}"
-    with open(index_copy, "rb") as fh:
-        data = fh.read()
-    bucket.put(f"{META_INDEX_DIR}{generation}.mdb", data)
-    write_atomically(os.path.join(os.path.dirname(index_copy), "index.md5"),
-                     hashlib.md5(data, usedforsecurity=False).hexdigest().encode())
+    fd = os.open(index_copy, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        bucket.put_file(f"{META_INDEX_DIR}{generation}.mdb", fd, os.fstat(fd).st_size)  # streamed, not held
+    finally:
+        os.close(fd)
+    write_atomically(os.path.join(os.path.dirname(index_copy), "index.md5"), _md5_file(index_copy).encode())
     for old in generations(bucket)[:-KEEP_GENERATIONS]:
         bucket.delete(f"{META_INDEX_DIR}{old}.mdb")
     return generation

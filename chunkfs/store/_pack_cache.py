@@ -43,6 +43,7 @@ class PackRangeCache:
         self._blocks: OrderedDict[tuple[int, int], int] = OrderedDict()  # (pack, block) -> bytes, LRU first
         self._memory: dict[tuple[int, int], bytes] | None = None
         self._touched: dict[tuple[int, int], float] = {}  # when a block's mtime was last renewed
+        self._writing: dict[tuple[int, int], object] = {}  # entries whose file a put is writing: its token
         self._bytes = 0
         self.hits = self.misses = 0
         self._lock_fd = self._take_directory()
@@ -152,9 +153,8 @@ class PackRangeCache:
         except OSError:
             return False
         with self._lock:
-            if size > self.capacity:
+            if size > self.capacity or not self._evict(size):
                 return False
-            self._evict(size)
             try:
                 os.rename(path, self._path(key))
             except OSError:  # another filesystem, or a full directory: the caller deletes it
@@ -167,43 +167,77 @@ class PackRangeCache:
         return True
 
     def put(self, pack: int, block: int, data: bytes) -> None:
-        """Keep a block, evicting older ones first so the total never passes the capacity."""
+        """Keep a block, evicting older ones first so the total never passes the capacity.
+
+        The block counts from the moment it is registered, while its file is
+        written (under a name of this call's own): an entry being written is
+        never evicted (its bytes are on the disk already), and the file is
+        renamed into place only if its entry is still there, so no file the
+        cache does not count is ever left behind, however many readers put
+        blocks at once.
+        """
         key = (pack, block)
         if len(data) > self.capacity:
             return
+        token = object()
         with self._lock:
-            if key in self._blocks:
+            if key in self._blocks or not self._evict(len(data)):
                 return
-            self._evict(len(data))
             self._blocks[key] = len(data)
             self._bytes += len(data)
             if self._memory is not None:
                 self._memory[key] = bytes(data)
                 return
-        tmp = self._path(key) + ".tmp"
+            self._writing[key] = token
+        tmp = f"{self._path(key)}.{threading.get_ident():x}.tmp"
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp, self._path(key))
         except OSError:  # a full disk: do without this block
             _unlink(tmp)
             with self._lock:
-                if self._blocks.pop(key, None) is not None:
-                    self._bytes -= len(data)
+                if self._writing.get(key) is token:
+                    del self._writing[key]
+                    self._bytes -= self._blocks.pop(key)
+            return
+        with self._lock:
+            if self._writing.get(key) is token:
+                del self._writing[key]
+                os.replace(tmp, self._path(key))
+                return
+        _unlink(tmp)  # dropped meanwhile (its pack removed)
 
-    def _evict(self, room: int) -> None:
-        """With the lock held: drop least recently used blocks until ``room`` more bytes fit."""
+    def _evict(self, room: int) -> bool:
+        """With the lock held: drop least recently used entries until ``room`` more bytes fit (entries being
+        written stay); whether they fit now."""
+        busy = []
         while self._blocks and self._bytes + room > self.capacity:
             key, size = self._blocks.popitem(last=False)
+            if key in self._writing:
+                busy.append((key, size))
+                continue
             self._bytes -= size
             self._drop_stored(key)
+        for key, size in reversed(busy):  # back where they were, oldest first
+            self._blocks[key] = size
+            self._blocks.move_to_end(key, last=False)
+        return self._bytes + room <= self.capacity
 
     def _drop_stored(self, key: tuple[int, int]) -> None:
         self._touched.pop(key, None)
+        self._writing.pop(key, None)
         if self._memory is not None:
             self._memory.pop(key, None)
         else:
             _unlink(self._path(key))
+
+    def discard(self, pack: int, block: int) -> None:
+        """Forget one block (not a whole pack kept as such)."""
+        with self._lock:
+            size = self._blocks.pop((pack, block), None)
+            if size is not None:
+                self._bytes -= size
+                self._drop_stored((pack, block))
 
     def drop_pack(self, pack: int) -> None:
         """Forget every block of ``pack`` (removed, or rewritten by a repair)."""

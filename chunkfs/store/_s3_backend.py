@@ -7,7 +7,7 @@ Where a pack's bytes are, in the order a read looks:
 * ``packs/<id>.sealed``: a sealed pack waiting for its upload.  :meth:`seal`
   only queues it (the store calls it holding its append lock); an upload
   worker makes the copy durable and renames it ``.sealed``, then PUTs it as
-  the object ``PREFIX/packs/<id>.pack`` with a Content-MD5.  Only once the
+  the object ``PREFIX/packs/<id>.pack`` with its checksum.  Only once the
   store confirmed that checksum is the pack "in the bucket" (blob before
   reference: until then the local copy is the pack), and the local file
   moves into the pack cache whole.  After a crash the next open uploads the
@@ -98,6 +98,7 @@ class S3Backend(PackBackend):
         self._open: set[int] = set()  # local packs open for writing
         self._local_size: dict[int, int] = {}
         self._version: dict[int, int] = {}  # bumped by patch/truncate: an upload of an older version is redone
+        self._checkpointed: dict[int, tuple[int, int]] = {}  # open pack -> (size, version) last uploaded
         self._objects: dict[int, int] | None = None  # uploaded pack -> object size (None: not listed yet)
         self._removed: dict[int, float] = {}  # pack -> when, within the grace period
         self._reaped: set[int] = set()
@@ -369,8 +370,7 @@ class S3Backend(PackBackend):
         fd = self._local_fd(pack)
         if fd is None:
             return True
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        self.bucket.put(pack_name(pack), data)
+        size = self._upload_file(pack, fd)
         with self._lock:
             if self._version.get(pack, 0) != version:
                 return False  # patched meanwhile: upload again
@@ -379,7 +379,7 @@ class S3Backend(PackBackend):
             self._sealed.discard(pack)
             self._local_size.pop(pack, None)
             if self._objects is not None:
-                self._objects[pack] = len(data)
+                self._objects[pack] = size
             self._retire_fd(pack)
             if self._last_error:
                 log.info("uploads to %s work again", self.location.describe())
@@ -389,6 +389,20 @@ class S3Backend(PackBackend):
             if not self.cache.adopt(pack, self._path(pack, True)):
                 _unlink(self._path(pack, True))
         return True
+
+    def _upload_file(self, pack: int, fd: int) -> int:
+        """PUT the local copy of ``pack`` as it is now, streamed from the file; its size.
+
+        A descriptor of its own for the upload: the pack's may be closed (the
+        pack removed) while the upload goes on.
+        """
+        own = os.dup(fd)
+        try:
+            size = os.fstat(own).st_size
+            self.bucket.put_file(pack_name(pack), own, size)
+            return size
+        finally:
+            os.close(own)
 
     def _retire_fd(self, pack: int) -> None:
         """With the lock held: a local copy is gone; close its descriptor after the grace period."""
@@ -425,15 +439,7 @@ class S3Backend(PackBackend):
                 return os.preadv(fd, buffers, offset)
             except OSError as exc:
                 raise PackIOError(f"cannot read pack {pack:08x}: {exc.strerror}") from None
-        data = self.reads.read(pack, offset, sum(len(b) for b in buffers), self._object_size(pack), nowait)
-        done = 0
-        for view in buffers:
-            part = data[done:done + len(view)]
-            view[:len(part)] = part
-            done += len(part)
-            if len(part) < len(view):
-                break
-        return done
+        return self.reads.read_into(pack, offset, buffers, self._object_size(pack), nowait)
 
     def _is_local(self, pack: int) -> bool:
         with self._lock:
@@ -649,14 +655,20 @@ class S3Backend(PackBackend):
             return bool(self._sealed or self._doomed)
 
     def _checkpoint(self, pack: int) -> None:
+        """Upload the open pack as it is, unless this process uploaded it as it is already (a flush after
+        a change of metadata only, such as the atime a read sets, does not send up to 64 MiB again)."""
         fd = self._local_fd(pack)
         if fd is None:
             return
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        self.bucket.put(pack_name(pack), data)
         with self._lock:
+            version = self._version.get(pack, 0)
+            if self._checkpointed.get(pack) == (os.fstat(fd).st_size, version):
+                return
+        size = self._upload_file(pack, fd)
+        with self._lock:
+            self._checkpointed[pack] = (size, version)
             if self._objects is not None and pack in self._open:
-                self._objects[pack] = len(data)
+                self._objects[pack] = size
 
     def _wait_uploaded(self, packs: set[int] | None) -> None:
         progress = time.monotonic()
