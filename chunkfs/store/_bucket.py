@@ -140,6 +140,11 @@ class _FileBody(io.RawIOBase):
         return got
 
 
+def md5_of(data) -> str:
+    """The hex MD5 of ``data``: what a bucket's listing gives as the ETag of an object stored by one PUT."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 class Bucket:
     """The objects under one :class:`DataLocation`, with request counters; thread-safe."""
 
