@@ -21,7 +21,7 @@ def rand(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", pytest.param("s3", marks=pytest.mark.slow)])  # s3: a SeaweedFS server
 def backend(request, tmp_path) -> PackBackend:
     if request.param == "s3":  # against a real SeaweedFS (conftest.py's seaweed fixture)
         from chunkfs.store._object_store import location_of  # noqa: PLC0415
