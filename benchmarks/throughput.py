@@ -44,7 +44,7 @@ from benchmarks.mounts import ChunkfsMount, PassthroughMount, find_peers  # noqa
 from benchmarks.inputs import count_entries, git_tree, random_bytes, text_bytes, tree_tar, warm  # noqa: E402
 from benchmarks.profiling import Profiler  # noqa: E402
 from benchmarks.throughput_report import (DERIVED_OPS, OPS, markdown, summarize,  # noqa: E402,F401 (OPS: API)
-                                          write_chart)
+                                          write_chart, write_compression_chart)
 
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 IO_BLOCK = 1 * MiB
@@ -582,6 +582,8 @@ def main(argv: list[str] | None = None, log=print) -> int:
         fh.write("\n")
     chart = write_chart(os.path.join(out, "throughput.png"), meta, summary)
     text = markdown(meta, summary, runs) + ("\n![throughput](throughput.png)\n" if chart else "")
+    if write_compression_chart(os.path.join(out, "compression.png"), meta, summary):
+        text += "\n![compression on against off](compression.png)\n"
     with open(os.path.join(out, "throughput.md"), "w") as fh:
         fh.write(text)
     log(text)

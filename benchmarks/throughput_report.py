@@ -372,3 +372,34 @@ def write_chart(path: str, meta: dict, summary: dict) -> bool:
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def write_compression_chart(path: str, meta: dict, summary: dict) -> bool:
+    """With --uncompressed-side: compression on ÷ off per operation (median bar, a dot per run), the 0.9
+    line issue 15 asks for; False if there is nothing to draw or matplotlib is missing."""
+    ops = [op for op in OPS if op in summary and "vs_uncompressed" in summary[op]]
+    if not ops:
+        return False
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("chart skipped: matplotlib is not installed (pip install matplotlib)")
+        return False
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(ops)), 3.6))
+    for i, op in enumerate(ops):
+        vs = summary[op]["vs_uncompressed"]
+        ax.bar(i, vs["ratio_median"], 0.6, color="#4c72b0")
+        ax.plot([i] * len(vs["ratios"]), vs["ratios"], "o", color="black", markersize=3)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.axhline(0.9, color="red", linewidth=1.0, label="issue 15: ≥ 0.9 (write, cold read)")
+    ax.set_xticks(range(len(ops)), [op.replace("_", " ") for op in ops], rotation=20, fontsize=8)
+    ax.set_ylabel("speed, compression on ÷ off")
+    ax.set_title(f"zstd (the default) against --compression none, paired run by run: {meta.get('file_data', 'random')} "
+                 f"data, {meta['scale']} scale, {meta['date'][:10]}\nbars: median; dots: runs", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return True

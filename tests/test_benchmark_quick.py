@@ -265,6 +265,8 @@ def test_throughput_compares_compression_on_and_off_run_by_run(tmp_path):
     assert set(run["order"]) == {"plain", "chunkfs", "chunkfs-none"}
     assert run["extra"]["store_after_writes"]["compression_ratio"] > 1.5  # the text compressed
     assert "## Compression on against off, measured in the same runs" in (out / "throughput.md").read_text()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "compression.png").stat().st_size > 0
     assert [p for p in os.listdir(tmp_path) if p.startswith("chunkfs-throughput-")] == []
 
 
