@@ -309,6 +309,44 @@ def test_an_upload_damaged_on_the_way_is_refused_and_sent_again(tmp_path, seawee
         assert s.read("f") == content and s.read("first") == payload(MIB, 14)
 
 
+def test_close_gives_up_on_an_object_store_that_sits_on_a_request(tmp_path, seaweed, bucket_url):
+    """A PUT that gets no answer: close waits ``close_wait`` seconds without progress (not the request's
+    timeouts and retries), warns, and leaves the pack on the local disk; the next open uploads it."""
+    with FaultProxy(seaweed.s3) as proxy:
+        data = data_location(bucket_url, proxy.endpoint)
+        content = payload(PACK + 2 * MIB, 15)
+        with ChunkStore.create(tmp_path / "s", data=data):
+            pass
+        proxy.hang("PUT", "/packs/00000001.pack", times=1)
+        store = ChunkStore.open(tmp_path / "s", data_options={"close_wait": 3.0})
+        store.ingest("f", content)  # fills pack 1: it is sealed, and its upload never gets an answer
+        assert wait_until(lambda: proxy.seen("PUT", "/packs/00000001.pack"), 30)
+        started = time.monotonic()
+        store.close()
+        assert time.monotonic() - started < 20, "close waited for the request instead of for progress"
+        assert waiting_packs(tmp_path / "s") == ["00000001.sealed"]
+        with ChunkStore.open(tmp_path / "s") as store:  # uploads it first
+            store.flush()
+        assert not waiting_packs(tmp_path / "s")
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data_location(bucket_url, seaweed.endpoint))
+    with ChunkStore.open(restored, readonly=True) as s:
+        assert s.read("f") == content
+
+
+def test_flushes_from_several_threads_upload_whole_index_copies(tmp_path, seaweed, data):
+    """The background flush, 'chunkfs sync' and close all copy the index to one file: one at a time."""
+    with ChunkStore.create(tmp_path / "s", data=data) as store:
+        for round_ in range(3):
+            store.ingest(f"f{round_}", payload(MIB, 80 + round_))
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda _: store.flush(), range(4)))
+    restored = tmp_path / "restored"
+    restore_from_bucket(restored, data)
+    with ChunkStore.open(restored, readonly=True) as s:
+        assert sorted(s.list_files()) == ["f0", "f1", "f2"] and s.read("f2") == payload(MIB, 82)
+
+
 def test_requests_without_an_answer_time_out_and_are_retried(tmp_path, seaweed, bucket_url):
     """A PUT and a GET the object store sits on for longer than request_timeout are sent again."""
     with FaultProxy(seaweed.s3) as proxy:

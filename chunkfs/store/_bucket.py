@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,9 +115,10 @@ class _FileBody(io.RawIOBase):
     """The first ``size`` bytes of the file ``fd`` as a seekable request body (botocore seeks back to
     resend it), read with ``pread``: no file offset is shared with anyone else using ``fd``."""
 
-    def __init__(self, fd: int, size: int):
+    def __init__(self, fd: int, size: int, progressed: Callable[[], None]):
         super().__init__()
         self._fd, self._size, self._pos = fd, size, 0
+        self._progressed = progressed  # called as the body is read out: the upload moves
 
     def readable(self) -> bool:
         return True
@@ -137,6 +139,7 @@ class _FileBody(io.RawIOBase):
             return 0
         got = os.preadv(self._fd, [memoryview(buffer)[:want]], self._pos)
         self._pos += got
+        self._progressed()
         return got
 
 
@@ -157,6 +160,7 @@ class Bucket:
         self.counts = {"put": 0, "get": 0, "delete": 0, "list": 0, "head": 0, "errors": 0}
         self.bytes_in = self.bytes_out = 0
         self._md5_only = False  # the server ignores x-amz-checksum-*: uploads carry a Content-MD5 (see put)
+        self.last_progress = time.monotonic()  # when a request last ended or a body last sent bytes
         self._lock = threading.Lock()
         config = Config(max_pool_connections=MAX_CONNECTIONS, connect_timeout=connect_timeout,
                         read_timeout=read_timeout, retries={"max_attempts": attempts, "mode": "standard"},
@@ -174,7 +178,15 @@ class Bucket:
 
         self._bce = bce
 
+    def _progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def idle(self) -> float:
+        """Seconds since a request last ended (answered or failed) or an upload last sent bytes."""
+        return time.monotonic() - self.last_progress
+
     def _count(self, kind: str, sent: int = 0, received: int = 0) -> None:
+        self._progressed()
         with self._lock:
             self.counts[kind] += 1
             self.bytes_out += sent
@@ -228,7 +240,7 @@ class Bucket:
         once would hold 256 MiB); its checksum is taken in a first pass over
         the file.  Only ``pread`` is used, so ``fd`` may be shared.
         """
-        self._put(name, _FileBody(fd, size), size, lambda: _file_pieces(fd, size, name))
+        self._put(name, _FileBody(fd, size, self._progressed), size, lambda: _file_pieces(fd, size, name))
 
     def _put(self, name: str, body, size: int, pieces: Callable[[], Iterator]) -> None:
         """Upload ``body`` (``size`` bytes; ``pieces()`` yields them, for the checksums) and check it was stored.

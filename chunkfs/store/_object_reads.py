@@ -131,10 +131,11 @@ class ObjectReads:
         self.cache.drop_pack(pack)
 
     def close(self) -> None:
-        """Stop prefetching; the GETs under way finish first."""
+        """Stop prefetching: GETs not started give their blocks back at once; one under way ends on its own
+        and keeps nothing."""
         with self._lock:
             self._stopping = True
-        self._prefetcher.shutdown(wait=True)
+        self._prefetcher.shutdown(wait=False)
 
     # -- blocks in memory ------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class ObjectReads:
                 data = self.bucket.get(pack_name(pack), run[0] * BLOCK, (run[-1] + 1) * BLOCK)
                 for i, b in enumerate(run):
                     got[b] = data[i * BLOCK:(i + 1) * BLOCK]
-                    if got[b]:  # (a short last block is kept too: a longer read of it discards it, see _pieces)
+                    if got[b] and not self._stopping:  # (a short last block is kept too: see _pieces)
                         self.cache.put(pack, b, got[b])
                         if ahead:
                             self._keep_ahead(pack, b, got[b])
@@ -275,6 +276,9 @@ class ObjectReads:
                 self._ahead.popitem(last=False)
 
     def _prefetch(self, pack: int, mine: list[int]) -> None:
+        if self._stopping:
+            self._release(pack, mine)
+            return
         try:
             self._get_claimed(pack, mine, ahead=True)
         except (ObjectStoreError, PackMissingError) as exc:

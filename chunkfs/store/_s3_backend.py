@@ -112,6 +112,8 @@ class S3Backend(PackBackend):
         self._meta_watermark = 0.0  # removals before this are out of the latest index generation
         self._last_error = ""
         self._stopping = False
+        self._closed = False  # set by close: a request that ends later changes no file and no state
+        self._flush_lock = threading.Lock()  # one flush at a time: they all write the same index copy
         self._flush_requested = threading.Event()
         self._state_lock = threading.Lock()
         self._queue: queue.Queue[int] = queue.Queue()
@@ -372,6 +374,8 @@ class S3Backend(PackBackend):
             return True
         size = self._upload_file(pack, fd)
         with self._lock:
+            if self._closed:
+                return True  # the store closed while this upload went on: the next open uploads it again
             if self._version.get(pack, 0) != version:
                 return False  # patched meanwhile: upload again
             if pack not in self._sealed:
@@ -616,7 +620,10 @@ class S3Backend(PackBackend):
         """
         if self.readonly or self._copy_index is None:
             return {}
-        done = self._flush(wait)
+        with self._flush_lock:  # the background flush, 'chunkfs sync' and close would share index.copy
+            if self._closed:
+                return {}
+            done = self._flush(wait)
         if wait:
             self._write_state("")  # 'chunkfs stats' right after 'chunkfs sync' shows what sync did
         return done
@@ -631,6 +638,8 @@ class S3Backend(PackBackend):
         for pack in sorted(open_packs):
             self._retrying(lambda: self._checkpoint(pack))
         self._wait_uploaded(sealed if not wait else None)
+        if self._closed:  # close gave up waiting for this flush
+            return {"generation": None}
         generation = self._retrying(lambda: meta.upload_index(self.bucket, index_path, self.store_dir))
         with self._lock:
             self._meta_watermark = started
@@ -657,7 +666,7 @@ class S3Backend(PackBackend):
     def _checkpoint(self, pack: int) -> None:
         """Upload the open pack as it is, unless this process uploaded it as it is already (a flush after
         a change of metadata only, such as the atime a read sets, does not send up to 64 MiB again)."""
-        fd = self._local_fd(pack)
+        fd = self._local_fd(pack) if not self._closed else None
         if fd is None:
             return
         with self._lock:
@@ -729,21 +738,27 @@ class S3Backend(PackBackend):
                 log.warning("%s; it waits on the local disk for the next open", exc)
 
     def close(self) -> None:
-        """Upload what is waiting (bounded by ``close_wait`` without progress) and stop the threads."""
+        """Upload what is waiting and stop the threads; give up once the object store has made no progress
+        (no request ended, no upload sent a byte) for ``close_wait`` seconds.
+
+        A request the object store sits on cannot be interrupted, so the
+        final flush runs in a thread of its own, and the close goes on
+        without it when it stalls: what was not uploaded stays on the local
+        disk and goes first at the next open, and a request that ends after
+        the close changes nothing here.
+        """
         try:
             if not self.readonly:
-                try:
-                    self.flush(wait=True)
-                    self._delete_doomed(everything=True)
-                except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
-                    log.warning("not everything reached the object store before closing: %s", exc)
+                self._final_flush()
         finally:
-            self._stopping = True
+            with self._lock:
+                self._closed = self._stopping = True
             self._flush_requested.set()
             for _ in range(UPLOAD_WORKERS):
                 self._queue.put(-1)
+            deadline = time.monotonic() + 5  # idle threads end at once; one inside a request is left to it
             for t in self._threads:
-                t.join(timeout=60)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
             self.reads.close()
             if not self.readonly:
                 self._seal_for_the_next_open()
@@ -755,6 +770,31 @@ class S3Backend(PackBackend):
                 os.close(fd)
             self.local.close()
             self.cache.close()
+
+    def _final_flush(self) -> None:
+        """close's flush of everything, waited for while the object store makes progress."""
+        failed: list[BaseException] = []
+        done = threading.Event()
+
+        def flush_all() -> None:
+            try:
+                self.flush(wait=True)
+                self._delete_doomed(everything=True)
+            except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=flush_all, name="chunkfs-close-flush", daemon=True).start()
+        started = time.monotonic()
+        while not done.wait(0.5):
+            if min(time.monotonic() - started, self.bucket.idle()) > self.options.close_wait:
+                failed.append(ObjectStoreError(f"{self.location.describe()} made no progress for "
+                                               f"{self.options.close_wait:.0f} s"))
+                break
+        if failed:
+            log.warning("not everything reached the object store before closing: %s; what is left stays on the "
+                        "local disk and is uploaded at the next open", failed[0])
 
 
 def _unlink(path: str) -> None:
