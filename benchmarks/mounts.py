@@ -371,7 +371,9 @@ class BaselineChunkfsMount(PeerMount):
         super().__init__(work, mnt)
 
     def _cli(self) -> list[str]:
-        return [sys.executable, "-m", "chunkfs.cli"]
+        # -P: no current directory at the head of sys.path, or a benchmark started from this checkout's root
+        # would run this checkout's chunkfs on both sides (the daemon imports what the CLI imported)
+        return [sys.executable, "-P", "-m", "chunkfs.cli"]
 
     def _command_env(self) -> dict:
         return {"PYTHONPATH": self.checkout}

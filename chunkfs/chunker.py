@@ -83,13 +83,15 @@ class FastCDCChunker(_BufferedChunker):
     # noticeable on small FUSE-sized feeds.
     SCAN_THRESHOLD = 1024 * 1024
 
-    def __init__(self, min_size: int, avg_size: int, max_size: int):
+    def __init__(self, min_size: int, avg_size: int, max_size: int, eager: bool = False):
         super().__init__()
         self.min_size, self.avg_size, self.max_size = min_size, avg_size, max_size
+        self.eager = eager
 
     @property
     def ready_at(self) -> int:
-        return max(self.SCAN_THRESHOLD, 2 * self.max_size)
+        """Cuts come once twice the largest chunk is buffered, or SCAN_THRESHOLD unless ``eager``."""
+        return 2 * self.max_size if self.eager else max(self.SCAN_THRESHOLD, 2 * self.max_size)
 
     def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
         spans = [(c.offset, c.length) for c in fastcdc_cy(view, self.min_size, self.avg_size, self.max_size)]
@@ -112,10 +114,16 @@ class FixedChunker(_BufferedChunker):
         return [(i, min(self.size, n - i)) for i in range(0, n, self.size)]
 
 
-def make_chunker(settings: StoreSettings) -> FastCDCChunker | FixedChunker:
+def make_chunker(settings: StoreSettings, eager: bool = False) -> FastCDCChunker | FixedChunker:
+    """The store's chunker.  ``eager``: cut as soon as a cut is final, not after a long scan.
+
+    The cuts are the same either way (they never depend on how the input is
+    fed); an eager chunker costs more calls on a long stream, and saves
+    reading far ahead where only the first cuts matter (re-chunking a change).
+    """
     if settings.chunker == "fixed":
         return FixedChunker(settings.avg_size)
-    return FastCDCChunker(settings.min_size, settings.avg_size, settings.max_size)
+    return FastCDCChunker(settings.min_size, settings.avg_size, settings.max_size, eager)
 
 
 def chunk_stream(settings: StoreSettings, blocks) -> Iterator[bytes]:

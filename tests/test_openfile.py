@@ -146,6 +146,32 @@ def test_small_overwrite_in_the_middle_puts_few_new_chunks(store_dir):
         assert store.read(file_id_for(4)) == expected
 
 
+def test_committing_a_small_change_reads_a_few_chunks_not_the_file(store_dir, monkeypatch):
+    """An fsync after a database's page write re-chunks from the changed chunk until the cuts meet again.
+
+    The chunker used to scan 1 MiB before its first cut, so each such commit
+    read and chunked 1 MiB or more of the file (SQLite's fsyncs, issue 20).
+    """
+    with ChunkStore.create(store_dir) as store:  # default sizes: chunks of 8-128 KiB, 32 KiB on average
+        rng = random.Random(8)
+        data = bytearray(rng.randbytes(4 << 20))
+        committed_file(store, 9, bytes(data))
+        read = []
+        real = store.read_view
+        monkeypatch.setattr(store, "read_view", lambda *a, **k: read.append(a[2]) or real(*a, **k))
+        fd = FileData(store, 9, len(data))
+        for pos in (1 << 20, 3 << 20):
+            patch = rng.randbytes(4096)
+            fd.write(pos, patch)
+            data[pos:pos + 4096] = patch
+            read.clear()
+            fd.commit()
+            assert sum(read) <= 4 * store.settings.max_size, sum(read)
+        fd.close()
+        assert store.read(file_id_for(9)) == bytes(data)
+        boundaries_match_full_rechunk(store, file_id_for(9), data)
+
+
 def test_discard_releases_pins_and_keeps_the_committed_version(store):
     fd = FileData(store, 5, 0)
     fd.write(0, b"committed")

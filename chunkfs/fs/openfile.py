@@ -66,7 +66,8 @@ Hook = Callable[[lmdb.Transaction], None]
 Around = Callable[[ChunkRun], None]
 READ_BLOCK = 1024 * 1024
 # A re-chunked run usually meets the base's cuts again within a chunk or two of the change: it reads
-# this much first, and twice as much each time after, up to READ_BLOCK.
+# this much first (at least what an eager chunker needs before its first cut: twice the largest chunk),
+# and twice as much each time after, up to READ_BLOCK.
 RECHUNK_FIRST_BLOCK = 128 * 1024
 SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on the event loop
 # A write that makes a run of at least this many bytes written front to back over a file's committed
@@ -425,7 +426,8 @@ class FileData:
         or TO_END if the cuts never meet before the end of the file.
         """
         stream.drain()
-        written_end, pos, step = stream.end, stream.end, RECHUNK_FIRST_BLOCK
+        stream.chunker.eager = True  # the first cuts past the run are all it needs
+        written_end, pos, step = stream.end, stream.end, max(RECHUNK_FIRST_BLOCK, stream.chunker.ready_at)
         while pos < self._base_limit:
             block = self._read_base(pos, min(pos + step, self._base_limit))
             pos += len(block)
@@ -461,17 +463,17 @@ class FileData:
 
     def _rechunk_run(self, start: int, patches: list[Patch], refs: list[ChunkRef]) -> int | None:
         """Chunk from ``start`` until a reusable base chunk boundary or the end; return where to go on."""
-        chunker = make_chunker(self.store.settings)
+        chunker = make_chunker(self.store.settings, eager=True)
         first = len(refs)
         cut = fed = start
-        step = RECHUNK_FIRST_BLOCK
+        step = max(RECHUNK_FIRST_BLOCK, chunker.ready_at)
         while fed < self._size:
             hole_end = self._hole_end(fed)
             if hole_end is not None:  # what the chunker holds ends here: cut it, then the hole
                 refs += self.store.put_chunks(chunker.finish())
                 refs.append(hole_ref(hole_end - fed))
                 cut = fed = hole_end
-                chunker = make_chunker(self.store.settings)
+                chunker = make_chunker(self.store.settings, eager=True)
                 resume = self._reusable_run_end(cut)
                 if resume is not None:
                     patches.append(Patch(start, cut, refs[first:]))
