@@ -236,12 +236,17 @@ def test_throughput_passthrough_measured_beside_chunkfs(throughput_run):
 def test_throughput_append_grows_store_by_few_chunks(throughput_run):
     """Issue 4: appending 4 KiB to a committed file grows the store by less than 4 average chunks.
 
-    (The time half of that criterion is reported by the benchmark, not asserted: timings are noisy.)
+    The chunk bytes it adds are held to that; the store's disk bytes (du, LMDB included) to less than a
+    MiB, far below a rewrite of the 32 MiB file: LMDB reuses the pages a commit frees only once no reader
+    still sees them, so on a busy machine one small commit can be the one that extends data.mdb by some
+    pages, which later commits then fill.  (The time half of the criterion is reported by the benchmark,
+    not asserted: timings are noisy.)
     """
     _, _, doc = throughput_run
     for run in doc["runs"]:
         append = run["extra"]["append"]
-        assert 0 < append["disk_bytes_growth"] < 4 * append["avg_chunk_size"], append
+        assert 0 < append["stored_bytes_growth"] < 4 * append["avg_chunk_size"], append
+        assert 0 < append["disk_bytes_growth"] < 1 << 20, append
 
 
 @pytest.mark.mount
