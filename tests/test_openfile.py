@@ -468,3 +468,35 @@ def test_random_runs_and_rewrites_match_a_shadow_copy(store, seed, monkeypatch):
     fd.close()
     boundaries_match_full_rechunk(store, fid, model)
     assert not store.ledger.pins and check_store(store).clean
+
+
+def test_a_full_disk_while_a_rewrite_meets_the_old_cuts_again_loses_nothing(store, monkeypatch):
+    """The commit of a rewrite stream chunks on into the old bytes; if storing them fails, the next try goes on."""
+    rng = random.Random(34)
+    model = bytearray(rng.randbytes(3_000_000))
+    committed_file(store, 25, bytes(model))
+    fd = FileData(store, 25, len(model))
+    new = rng.randbytes(1_200_000)
+    for pos in range(0, len(new), 100_000):
+        fd.write(pos, new[pos:pos + 100_000])
+    model[:len(new)] = new
+    assert fd.read(0, len(model)) == bytes(model)  # the pump is idle: what follows fails in the commit only
+    real_put, calls = store.put_chunks, []
+
+    def put_failing_once_past_the_run(chunks, *args):
+        calls.append(len(chunks))
+        if len(calls) == 1:
+            raise StoreFullError("no space left for chunk data (simulated)")
+        return real_put(chunks, *args)
+
+    monkeypatch.setattr(store, "put_chunks", put_failing_once_past_the_run)
+    real_meet = fd._reusable_run_end  # the cuts meet only past the first block read: the failure comes mid-way
+    monkeypatch.setattr(fd, "_reusable_run_end", lambda cut: real_meet(cut) if cut > len(new) + 300_000 else None)
+    with pytest.raises(StoreFullError):
+        fd.commit()
+    assert fd.read(0, len(model)) == bytes(model)
+    fd.commit()
+    fd.close()
+    assert store.read(file_id_for(25)) == bytes(model)
+    boundaries_match_full_rechunk(store, file_id_for(25), model)
+    assert not store.ledger.pins and check_store(store).clean

@@ -423,21 +423,26 @@ class FileData:
         """A rewrite stream that ended inside the base: chunk on into the base until a cut meets a base cut.
 
         Returns where the patch ends (the base chunks from there on are kept),
-        or TO_END if the cuts never meet before the end of the file.
+        or TO_END if the cuts never meet before the end of the file.  The
+        base bytes fed become the stream's (its ``end`` moves over them), so
+        after a failure (a full disk) a second try goes on where it stopped.
         """
+        if stream.rewritten_end is None:
+            stream.rewritten_end = stream.end
         stream.drain()
         stream.chunker.eager = True  # the first cuts past the run are all it needs
-        written_end, pos, step = stream.end, stream.end, max(RECHUNK_FIRST_BLOCK, stream.chunker.ready_at)
-        while pos < self._base_limit:
-            block = self._read_base(pos, min(pos + step, self._base_limit))
-            pos += len(block)
+        step = max(RECHUNK_FIRST_BLOCK, stream.chunker.ready_at)
+        while stream.end < self._base_limit:
+            block = self._read_base(stream.end, min(stream.end + step, self._base_limit))
             step = min(2 * step, READ_BLOCK)
             cut = stream.chunked_end
-            for chunk in stream.chunker.feed(block):
+            chunks = stream.chunker.feed(block)
+            stream.end += len(block)
+            for chunk in chunks:
                 cut += len(chunk)
                 stream.backlog.append(chunk)
-                if cut >= written_end and self._reusable_run_end(cut) is not None:
-                    stream.chunker = None  # what it holds beyond the cut is the base's already
+                if cut >= stream.rewritten_end and self._reusable_run_end(cut) is not None:
+                    stream.chunker, stream.end = None, cut  # what it held beyond the cut is the base's already
                     return cut
             stream.drain()
         return TO_END

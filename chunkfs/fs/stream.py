@@ -47,6 +47,7 @@ class ChunkStream:
         self.start = start
         self.end = start  # just past the last byte accepted
         self.kept_from = TO_END  # a rewrite's commit: where the file's committed chunks are kept again
+        self.rewritten_end: int | None = None  # a rewrite's commit: where the bytes written end
         self.refs: list[ChunkRef] = []
         self.chunked_end = start  # end of the last chunk put in the store
         self.chunker = make_chunker(store.settings)
