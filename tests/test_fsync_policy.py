@@ -3,9 +3,10 @@
 * ``ChunkStore.sync`` flushes nothing when no transaction committed since the
   last sync, and callers arriving while a flush is under way share the next
   one (group commit).
-* A sync whose new bytes are a short tail of the active pack flushes once:
-  the tail is written into the index, whose flush makes both durable, and
-  after power loss the next open writes it back into the pack (the sync log).
+* In a run of syncs, a sync whose new bytes are a short tail of the active
+  pack flushes once: the tail is written into the index, whose flush makes
+  both durable, and after power loss the next open writes it back into the
+  pack (the sync log).
 * While a background gc worker runs (a mounted filesystem), the records an
   overwrite or a delete kills are punched by the worker, not inside the
   writer's commit.
@@ -65,7 +66,7 @@ def test_a_sync_with_nothing_new_flushes_nothing(store):
     with pytest.raises(WouldBlock):
         store.sync(nowait=True)  # a flush is due: the event loop must not do it
     store.sync()
-    assert (flushes.packs, flushes.index) == (1, 2)  # the new bytes rode in the index's flush (the sync log)
+    assert (flushes.packs, flushes.index) == (2, 2)  # a second sync is not yet a run of them: no sync log
 
 
 def test_concurrent_syncs_share_one_flush(store):
@@ -121,12 +122,40 @@ def log_records(store: ChunkStore) -> int:
         return txn.stat(store.index.synclog)["entries"]
 
 
+@pytest.fixture(autouse=True)
+def runs_of_syncs(monkeypatch):
+    """Syncs a few calls apart are a run however slow the machine: the sync log's rule is not a timing test."""
+    monkeypatch.setattr(synclog, "RUN_GAP", 3600.0)
+
+
+def start_a_run(store: ChunkStore) -> None:
+    """Two flushing syncs: the next one is in a run of syncs."""
+    for name in ("run-1", "run-2"):
+        store.ingest(name, os.urandom(1000))
+        store.sync()
+
+
+def test_a_lone_sync_flushes_the_pack_and_the_index(tmp_path):
+    store = ChunkStore.create(tmp_path / "store")
+    store.ingest("first", os.urandom(200_000))
+    store.sync()
+    flushes = FlushCounter(store)
+    store.ingest("second", os.urandom(20_000))
+    store.sync()  # one flushing sync before it: not a run
+    assert (flushes.packs, flushes.index) == (1, 1) and log_records(store) == 0
+    store.ingest("third", os.urandom(20_000))
+    store.sync()  # two before it: a run, and the tail is short
+    assert (flushes.packs, flushes.index) == (1, 2) and log_records(store) > 0
+    store.close()
+
+
 @pytest.mark.parametrize("loss", ["truncated", "zeroed"])
 def test_a_small_sync_is_one_flush_and_survives_losing_the_pack_tail(tmp_path, loss):
     store = ChunkStore.create(tmp_path / "store")
     flushed = PackFlushes(store)
     store.ingest("first", os.urandom(200_000))
     store.sync()  # a new pack: its first sync flushes it
+    start_a_run(store)
     flushes = FlushCounter(store)
     edits = {f"f{i}": os.urandom(20_000 + i) for i in range(5)}
     for name, data in edits.items():  # an application's fsync after each small change
@@ -149,6 +178,7 @@ def test_the_pack_is_flushed_and_the_log_emptied_before_it_grows_long(tmp_path, 
     store = ChunkStore.create(tmp_path / "store")
     store.ingest("first", os.urandom(200_000))
     store.sync()
+    start_a_run(store)
     flushes = FlushCounter(store)
     for i in range(4):
         store.ingest(f"f{i}", os.urandom(30_000))
@@ -171,9 +201,10 @@ def test_a_pack_gc_removed_is_not_written_back(tmp_path):
     store = ChunkStore.create(tmp_path / "store")
     store.ingest("first", os.urandom(200_000))
     store.sync()
+    start_a_run(store)
     store.ingest("gone", os.urandom(50_000))
-    store.delete("first")
-    store.delete("gone")
+    for name in ("first", "gone", "run-1", "run-2"):
+        store.delete(name)
     store.sync()  # by the log: the index knows a wholly dead pack whose tail it holds
     (pack,) = store.packs.existing()
     assert log_records(store) > 0

@@ -19,6 +19,7 @@ the process at once, and survives power loss after :meth:`ChunkStore.sync`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
@@ -26,6 +27,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -180,6 +182,7 @@ class ChunkStore:
         self._sync_done = threading.Condition()  # sync(): one flush at a time, shared by those who wait
         self._syncing = False
         self._synced_txn = -2  # the transaction sync() last made durable (none yet: the first always flushes)
+        self._flushed_at: collections.deque[float] = collections.deque(maxlen=2)  # when the last syncs ended
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
         try:
@@ -249,7 +252,8 @@ class ChunkStore:
         arrive while a sync is under way wait for it and share the next one
         (group commit): an application's fsync storm costs one flush per
         round, not one per call.  LMDB's own transaction counter says what
-        is committed, so no commit path has to report to this one.  When
+        is committed, so no commit path has to report to this one.  In a
+        run of syncs (an application that fsyncs after every change), when
         only a short tail of the active pack is new, that tail is written
         into the index and one flush of the index makes both durable
         (_synclog.py); ``full`` flushes the packs and empties that log.
@@ -276,6 +280,7 @@ class ChunkStore:
                 self._syncing = False
                 if ok:
                     self._synced_txn = max(self._synced_txn, upto)
+                    self._flushed_at.append(time.monotonic())
                 self._sync_done.notify_all()
 
     def _last_txn(self) -> int:

@@ -9,14 +9,19 @@ time.  Two flushes cannot be merged into one without giving up that order,
 since no system call orders the writes of two files; but one file's flush
 can carry both.
 
-How: when all that is not yet durable is a short tail of the active pack
-(at most :data:`MOST_PER_SYNC` bytes, and :data:`MOST_SINCE_FLUSH` since the
-pack was last flushed), :meth:`ChunkStore.sync` copies that tail into the
-``synclog`` database of the index, in a write transaction, and flushes the
-index only: the tail and every commit before it become durable together, in
+How: in a run of syncs (the two before this one ended within
+:data:`RUN_GAP`), when all that is not yet durable is a short tail of the
+active pack (at most :data:`MOST_PER_SYNC` bytes, and :data:`MOST_SINCE_FLUSH`
+since the pack was last flushed), :meth:`ChunkStore.sync` copies that tail
+into the ``synclog`` database of the index, in a write transaction, and
+flushes the index only: the tail and every commit before it become durable together, in
 one flush.  The pack file itself is flushed later, by the first sync that
 cannot take this path (another pack holds new bytes, the tail is too long,
-or too much was logged), and that sync then empties the log.
+or too much was logged), and that sync then empties the log.  A lone sync
+flushes both files as before: the log pays off for applications that fsync
+after every change (databases, git), while it costs writing the tail twice
+and up to MOST_SINCE_FLUSH of index space (the index file grows by what the
+log first holds, and reuses those pages afterwards).
 
 After power loss, recovery (_recovery.py, step 0) writes every logged range
 back into its pack, flushes the packs, and empties the log, before anything
@@ -38,6 +43,7 @@ so (``PackBackend.logged_sync``) and always flush.
 from __future__ import annotations
 
 import logging
+import time
 
 import lmdb
 
@@ -46,8 +52,9 @@ from ..errors import StoreFullError
 
 log = logging.getLogger(__name__)
 
-MOST_PER_SYNC = 1024 * 1024  # a longer tail is cheaper flushed in its pack than written twice
-MOST_SINCE_FLUSH = 4 * 1024 * 1024  # what the log may hold before a sync flushes the pack and empties it
+MOST_PER_SYNC = 256 * 1024  # a longer tail is cheaper flushed in its pack than written twice
+MOST_SINCE_FLUSH = 1024 * 1024  # what the log may hold before a sync flushes the pack and empties it
+RUN_GAP = 1.0  # seconds: a sync that comes within this of the two before it is one of a run of syncs
 PIECE = 16 * 4096 - 16  # bytes per log record: 16 LMDB pages (an overflow page has a 16-byte header)
 
 
@@ -59,6 +66,8 @@ def sync_by_log(store) -> int | None:
     under the store's lock, which every append and every commit takes: each
     commit up to the logging one points only at bytes below the tail's end.
     """
+    if len(store._flushed_at) < 2 or time.monotonic() - store._flushed_at[0] > RUN_GAP:
+        return None  # a lone sync: one flush more costs little, and the index stays as small as it was
     with store._lock:
         tail = store.packs.unsynced_tail(MOST_PER_SYNC, MOST_SINCE_FLUSH)
         if tail is None:
