@@ -15,12 +15,14 @@ manifest entries) read as zeros without touching a pack.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from ..errors import ChunkCorruptError, ChunkFreedError, InvalidArgument, PackIOError, PackMissingError, WouldBlock
 from ..hashing import address_of, checksum_of
+from ..pools import LazyPool
 from ._backend import IOV_BATCH
 from ._cache import ChunkCache
 from ._compression import Codec, DecodeError
@@ -32,6 +34,9 @@ from ._packs import CHECKSUM_AT, RECORD, Location, PackFiles, RecordHeader, head
 
 log = logging.getLogger("chunkfs.store")
 T = TypeVar("T")
+# A run whose compressed records hold at least this many raw bytes is decompressed by two threads.
+PARALLEL_DECODE = 256 * 1024
+_DECODER = LazyPool(1, "chunkfs-decompress")
 READ_ATTEMPTS = 3  # lock-free tries of a read whose file keeps changing under it, before one under the lock
 
 
@@ -240,19 +245,35 @@ class ChunkReader:
             return False
         if headers is None:
             return False
-        mode, size = self.verify, RECORD.size
+        size = RECORD.size
+        compressed = [n for n, (target, view) in enumerate(zip(targets, views)) if target is not view]
+        if compressed and not self._decode_all([(headers[n * size : (n + 1) * size], places[n], targets[n], views[n])
+                                                for n in compressed]):
+            return False
+        mode = self.verify
         for n, (place, data) in enumerate(zip(places, views)):  # anything wrong: the one-chunk path says what
             header = headers[n * size : (n + 1) * size]
-            if targets[n] is not data:
-                if not self._decode_into(header, place, targets[n], data):
-                    return False
-            elif not header_is(header, place.chunk, place.location.length):
+            if targets[n] is data and not header_is(header, place.chunk, place.location.length):
                 return False
             if mode == "xxh3" and checksum_of(data) != header[CHECKSUM_AT:]:
                 return False
             if mode == "sha256" and address_of(data) != place.address:
                 return False
         return True
+
+    def _decode_all(self, records: list[tuple[bytes, Place, memoryview, memoryview]]) -> bool:
+        """Decompress a run's compressed records into their slices of the caller's buffer; False if any
+        is not what its place says.  A big run is split with a helper thread (zstd releases the GIL), so
+        one long read decompresses on both cores, as a long write compresses (_compression.py)."""
+        def decode(part: list[tuple[bytes, Place, memoryview, memoryview]]) -> bool:
+            return all([self._decode_into(header, place, stored, into) for header, place, stored, into in part])
+
+        if len(records) < 2 or sum(len(r[3]) for r in records) < PARALLEL_DECODE or (os.cpu_count() or 1) < 2:
+            return decode(records)
+        half = len(records) // 2
+        other = _DECODER.submit(decode, records[half:])
+        mine = decode(records[:half])
+        return other.result() and mine
 
     def _decode_into(self, header: bytes, place: Place, stored: memoryview, into: memoryview) -> bool:
         """Decompress a compressed record of a run into its slice of the caller's buffer; False if it is not one."""
