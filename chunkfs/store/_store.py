@@ -204,7 +204,7 @@ class ChunkStore:
                                       self._lock, self.codec)
             self.fs_tables = ix.FsTables(self.index)
             if not readonly:
-                self.recovery = recover(self)
+                self.recovery = recover(self, left_by=handles.left_by)
                 self.ensure_reserve()
                 env = self.index.env  # not self: the backend must not keep the store alive
                 self.packs.backend.attach_index(lambda fd: env.copyfd(fd, compact=True))
