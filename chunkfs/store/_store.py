@@ -641,8 +641,10 @@ class ChunkStore:
             raise InvalidArgument("offset and length must not be negative")
         return self.reader.read_span(file_id, offset, length, nowait)
 
-    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
+    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes | memoryview]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
+
+        A chunk may come as a read-only view of the buffer it was read into (no copy).
 
         The whole chunks are what the FUSE adapter pushes into the kernel's
         page cache after a short read (readaround.py).
@@ -670,7 +672,8 @@ class ChunkStore:
 
     def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
         """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
-        return self.reader.get_chunk(address, file_id)
+        data = self.reader.get_chunk(address, file_id)
+        return data if isinstance(data, bytes) else bytes(data)
 
     # -- statistics and maintenance ---------------------------------------------
 
