@@ -6,7 +6,7 @@ Through a mount, cold reads move by 20 % or more between runs on this machine (t
 the same records differ that much in one run: docs/benchmarks.md), far more than a few microseconds of CPU
 per request.  This measures the CPU of the same requests without FUSE and without the disk: each side
 mounts its own fresh store (its own ``chunkfs mkfs``/``mount``, so the store has that side's format), writes
-a 256 MiB file of random bytes and untars the Django tree, unmounts, and then a child process with that
+a file of random bytes (256 MiB, ``--file-mib``) and untars the Django tree, unmounts, and then a child process with that
 side's chunkfs opens the store in its filesystem core (``FsCore``, no chunk cache, the packs in the page
 cache) and times, median of 5 passes each:
 
@@ -32,11 +32,10 @@ import tempfile
 MIB = 1 << 20
 HERE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
-FILE_SIZE = 256 * MIB
 PASSES = 5
 
 
-def _build(checkout: str, work: str, tar_path: str) -> str:
+def _build(checkout: str, work: str, tar_path: str, size: int) -> str:
     """A store made and filled through a mount of the side's chunkfs; returns its path."""
     env = {**os.environ, "PYTHONPATH": checkout}
     cli = [sys.executable, "-P", "-m", "chunkfs.cli"]  # -P: the side's chunkfs, not the current directory's
@@ -47,7 +46,7 @@ def _build(checkout: str, work: str, tar_path: str) -> str:
     subprocess.run([*cli, "mount", store, mnt], env=env, check=True, capture_output=True)
     try:
         with open(os.path.join(mnt, "f"), "wb") as fh:
-            for _ in range(FILE_SIZE // MIB):
+            for _ in range(size // MIB):
                 fh.write(os.urandom(MIB))
         os.makedirs(os.path.join(mnt, "t"))
         subprocess.run(["tar", "-xf", tar_path, "-C", os.path.join(mnt, "t")], check=True)
@@ -73,7 +72,9 @@ def _measure(store_path: str) -> dict:
 
     store = ChunkStore.open(store_path, cache_size=0)
     core = FsCore(store, root_uid=0, root_gid=0)
-    fh = core.open(core.lookup(1, b"f").ino, os.O_RDONLY)[0]
+    ino = core.lookup(1, b"f").ino
+    size = core.getattr(ino).size
+    fh = core.open(ino, os.O_RDONLY)[0]
     old_api = hasattr(core, "read_now_around")  # before issue 20's nowait reads
 
     def read(offset: int, length: int) -> None:
@@ -87,14 +88,14 @@ def _measure(store_path: str) -> dict:
             core.read(fh, offset, length)
 
     rng = random.Random(1)
-    offsets = [rng.randrange(FILE_SIZE - 4096) & ~4095 for _ in range(20000)]
+    offsets = [rng.randrange(size - 4096) & ~4095 for _ in range(20000)]
 
     def random_reads() -> None:
         for offset in offsets:
             read(offset, 4096)
 
     def sequential() -> None:
-        for offset in range(0, FILE_SIZE, 128 * 1024):
+        for offset in range(0, size, 128 * 1024):
             read(offset, 128 * 1024)
 
     top = core.lookup(1, b"t").ino
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", metavar="CHECKOUT", help="the earlier checkout of chunkfs to compare with")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--file-mib", type=int, default=256, help="size of the file read (default 256)")
     ap.add_argument("--work-dir", default=None, help="scratch directory (default: $TMPDIR)")
     ap.add_argument("--child", metavar="STORE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tar_path, _ = tree_tar({"tree": "django", "tree_files": 0}, scratch, 1)
         sides = {"baseline": os.path.abspath(args.baseline), "this": REPO}
-        stores = {side: _build(checkout, os.path.join(scratch, side), tar_path) for side, checkout in sides.items()}
+        stores = {side: _build(checkout, os.path.join(scratch, side), tar_path, args.file_mib * MIB)
+                  for side, checkout in sides.items()}
         results: dict[str, list[dict]] = {side: [] for side in sides}
         for n in range(args.rounds):
             for side in (list(sides) if n % 2 == 0 else list(sides)[::-1]):
