@@ -398,6 +398,9 @@ def _check_version(path: str, raw: dict) -> None:
         raise SettingsError(f"{path}: damaged settings file: field 'format_version' is missing")
     _check_field("format_version", raw["format_version"])
     version = raw["format_version"]
+    if version < 1:  # versions start at 1: this is damage, not an old store ("run chunkfs upgrade" would mislead)
+        raise SettingsError(f"{path}: damaged settings file: format_version {_show(version)} is not a store format "
+                            "version (they start at 1)")
     if version > FORMAT_VERSION:
         raise FormatVersionError(
             f"{path}: store format version {_show(version)} is newer than this chunkfs supports ({FORMAT_VERSION}); upgrade chunkfs"

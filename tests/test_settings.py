@@ -70,6 +70,7 @@ BAD_FILES = [
     pytest.param(lambda g: with_field(g, "format_version", "2"), ["format_version", '"2"'], id="version-string"),
     pytest.param(lambda g: with_field(g, "format_version", True), ["format_version", "true"], id="version-bool"),
     pytest.param(lambda g: without_field(g, "format_version"), ["format_version", "missing"], id="version-missing"),
+    pytest.param(lambda g: with_field(g, "format_version", 0), ["format_version 0", "start at 1"], id="version-zero"),
     pytest.param(lambda g: with_field(g, "chunker", "rabin"), ["chunker", '"rabin"', "unknown chunker"],
                  id="unknown-chunker"),
     pytest.param(lambda g: with_field(g, "hash", "md5"), ["hash", '"md5"', "unsupported hash"], id="unknown-hash"),
