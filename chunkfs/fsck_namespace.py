@@ -23,7 +23,7 @@ import stat
 
 import lmdb
 
-from .fs.namespace import DIRENT, DIRORDER, KEY64, KEY64x2, ROOT_INO, Inode
+from .fs.namespace import DENSE, DIRENT, DIRORDER, KEY64, KEY64x2, ROOT_INO, Inode
 from .fs.openfile import file_id_for
 from .fs.paths import Link, NamespaceTree
 from .store import CheckReport, ChunkStore, FileDamage, FileId, Progress
@@ -173,6 +173,9 @@ class _NamespaceCheck:
         if inode.size != size:
             self.report.add("inode-size-mismatch", f"file {self.tree.describe(ino)[0]}: size {inode.size}, its "
                             f"stored contents are {size} bytes", f"ino:{ino}", [self._file(ino)])
+        if inode.flags & DENSE and self.store.data_bytes(file_id_for(ino), self.txn) < inode.size:
+            self.report.add("dense-mark", f"file {self.tree.describe(ino)[0]} is marked as having no holes "
+                            "and has some", f"ino:{ino}", [self._file(ino)])
 
     # -- records of inodes that do not exist ---------------------------------------------------
 

@@ -31,7 +31,7 @@ from collections import Counter
 
 import lmdb
 
-from .fs.namespace import DIRENT, DIRORDER, FIRST_ENTRY_ID, KEY64, KEY64x2, ROOT_INO, Entry, Inode, Namespace
+from .fs.namespace import DENSE, DIRENT, DIRORDER, FIRST_ENTRY_ID, KEY64, KEY64x2, ROOT_INO, Entry, Inode, Namespace
 from .fs.openfile import file_id_for
 from .fs.paths import Link, NamespaceTree
 from .fsck_namespace import INODE_COUNTER, inode_of_file_id, stored_size
@@ -230,7 +230,7 @@ class _NamespaceRepair:
                 self._fix_size(ino, inode)
             if inode.encode() != before:
                 self.ns.put(self.txn, inode)
-                self.done["inodes corrected (link count, '..' or size)"] += 1
+                self.done["inodes corrected (link count, '..', size or no-holes mark)"] += 1
             if ino in tree.orphan_marks:
                 self.txn.delete(KEY64.pack(ino), db=self.db.orphans)
                 self.done["orphan marks of named inodes dropped"] += 1
@@ -242,6 +242,8 @@ class _NamespaceRepair:
             self.done["file tails marked lost (size beyond the stored contents)"] += 1
         else:
             inode.size = stored
+        if inode.flags & DENSE and self.store.data_bytes(file_id_for(ino), self.txn) < inode.size:
+            inode.flags &= ~DENSE  # st_blocks must count the holes it has now
 
     def _mark_orphan(self, ino: int, inode: Inode, tree: NamespaceTree) -> None:
         """Purged after the commit; if that is interrupted, the next mount purges it."""

@@ -307,3 +307,19 @@ def test_service_load_quick(tmp_path):
     assert "Service in / library" in (out / "service-load.md").read_text()
     assert "median: service in" in stdout
     assert [p for p in os.listdir(tmp_path) if p.startswith("chunkfs-service-load-")] == []
+
+
+# -- the read path's CPU, A/B (issue 14) -----------------------------------------------------------------
+
+def test_read_path_ab_pairs_two_checkouts(tmp_path):
+    """`python -m benchmarks.read_path_ab` against this same checkout: every figure measured on both sides
+    of every round, the ratios printed, the scratch removed."""
+    out = _run_module("benchmarks.read_path_ab", "--baseline", REPO, "--rounds", "1", "--file-mib", "8",
+                      "--work-dir", str(tmp_path))
+    for side in ("baseline", "this"):
+        line = next(x for x in out.splitlines() if x.startswith(f"round 1 {side}"))
+        figures = dict(part.strip().rsplit(" ", 1) for part in line.split(f"{side} ", 1)[1].split(", "))
+        assert set(figures) == {"random_us", "seq128k_ms", "stat_us"} and all(float(v) > 0 for v in figures.values())
+    for key in ("random_us", "seq128k_ms", "stat_us"):
+        assert f"{key}: baseline median" in out and "baseline ÷ this per round" in out
+    assert os.listdir(tmp_path) == []

@@ -61,3 +61,22 @@ def test_a_huge_sparse_file_counts_only_its_data(fs):
     assert fs.getattr(ino).blocks == 1
     fs.setattr(ino, SetAttr(size=(1 << 40) + 4 * MiB))
     assert fs.getattr(ino).blocks == 1
+
+
+def test_a_stat_of_a_file_without_holes_does_not_look_at_its_contents(fs, monkeypatch):
+    """The commit marks a file with no holes (DENSE), so its st_blocks comes from its size alone; a hole clears it."""
+    ino = fs.create(ROOT, b"d", 0o644, os.O_WRONLY, USER)[1].ino
+    write(fs, ino, {0: os.urandom(MiB)})
+    real = fs.store.data_bytes
+
+    def no_look(*args, **kwargs):
+        raise AssertionError("a stat of a file without holes looked at its stored contents")
+
+    monkeypatch.setattr(fs.store, "data_bytes", no_look)
+    assert fs.getattr(ino).blocks == full_blocks(MiB)
+    monkeypatch.setattr(fs.store, "data_bytes", real)
+    write(fs, ino, {16 * MiB: b"x"})  # a hole between the data and the last byte
+    assert MiB // 512 <= fs.getattr(ino).blocks <= 2 * MiB // 512
+    fs.setattr(ino, SetAttr(size=MiB))  # cut back to the data: no hole left
+    monkeypatch.setattr(fs.store, "data_bytes", no_look)
+    assert fs.getattr(ino).blocks == full_blocks(MiB)

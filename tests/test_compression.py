@@ -210,6 +210,47 @@ def test_a_corrupt_compressed_record_is_eio_and_an_fsck_finding(tmp_path):
     assert "corrupt-chunk" in {f.kind for f in report.damage}
 
 
+def compressed_records(store: ChunkStore, name: str) -> list:
+    """(file offset, length, place) of each compressed record of a file, in file order."""
+    found = []
+    for entry in store.manifest(name):
+        with store.read_txn() as txn:
+            chunk, loc = store.ledger.locate(txn, entry.address)
+        if store.packs.read_record_header(loc).compressed:
+            found.append((entry.offset, entry.length, loc))
+    return found
+
+
+def test_a_long_read_decompresses_on_two_threads_and_still_finds_damage(tmp_path, monkeypatch):
+    """A read of many compressed records is split with a helper thread; a damaged record in either half is
+    still a ChunkCorruptError, and reads that do not touch it return the written bytes."""
+    from chunkfs.store import _reading
+
+    used = []
+    real_submit = _reading._DECODER.submit
+    monkeypatch.setattr(_reading._DECODER, "submit", lambda fn, *a: used.append(len(a[0])) or real_submit(fn, *a))
+    path = tmp_path / "s"
+    data = text(2_000_000, 5)
+    with ChunkStore.create(path, avg_size="16K") as store:
+        store.ingest("f", data)
+        assert bytes(store.read_view("f", 0, len(data))) == data
+        records = compressed_records(store, "f")
+    assert used, "a 2 MB read of compressed records did not use the second thread"
+    assert len(records) > 8
+    offset, length, loc = records[-2]  # in the helper's half of the last run
+    with open(path / "packs" / f"{loc.pack:08x}.pack", "r+b") as f:
+        f.seek(loc.offset + loc.length // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x5A]))
+    with ChunkStore.open(path) as store:
+        with pytest.raises(ChunkCorruptError):
+            store.read_view("f", 0, len(data))
+        assert bytes(store.read_view("f", 0, offset)) == data[:offset]
+        tail = offset + length
+        assert bytes(store.read_view("f", tail, len(data) - tail)) == data[tail:]
+
+
 def test_a_record_naming_a_missing_dictionary_is_an_fsck_finding(tmp_path, monkeypatch):
     monkeypatch.setattr(_compression, "TRAIN_SAMPLE_BYTES", 256 * 1024)
     monkeypatch.setattr(_compression, "MIN_SAMPLES", 16)

@@ -322,3 +322,41 @@ def test_truncate_by_path_during_the_last_release_is_committed(tmp_path):
         assert store.size(file_id_for(inode.ino)) == 10
         assert core.getattr(inode.ino).size == 10
         core.close()
+
+
+DIE_WITHOUT_SYNC = textwrap.dedent("""
+    import os, sys
+    from chunkfs.store import ChunkStore
+    store = ChunkStore.open(sys.argv[1])
+    store.ingest("unsynced", bytes(range(256)) * 4096)  # committed, never flushed
+    os.kill(os.getpid(), 9)
+""")
+
+
+def test_a_writer_after_one_that_died_flushes_its_packs_before_the_index(tmp_path, monkeypatch):
+    """A writer killed before its sync leaves pack bytes only in the page cache, and committed index records
+    naming them: the next writer's first sync would make those records durable before the bytes (blob
+    before index).  So it flushes every pack when it finds a predecessor that did not close, and only then."""
+    from chunkfs.store._local_backend import LocalBackend
+
+    path = tmp_path / "store"
+    ChunkStore.create(path).close()
+    assert (path / "lock").read_text() == "", "a clean close leaves no pid behind"
+    flushes = []
+    real = LocalBackend.sync_all
+    monkeypatch.setattr(LocalBackend, "sync_all", lambda self: flushes.append(self.dir) or real(self))
+    with ChunkStore.open(path):
+        pass
+    assert flushes == []  # a clean predecessor: nothing to flush for it
+    proc = subprocess.run([sys.executable, "-c", DIE_WITHOUT_SYNC, str(path)], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    dead = (path / "lock").read_text().strip()
+    assert dead.isdigit()
+    with ChunkStore.open(path) as store:
+        assert flushes == [str(path / "packs")]
+        assert store.recovery.flushed_after == dead
+        assert store.read("unsynced") == bytes(range(256)) * 4096
+        assert check_store(store).clean
+    with ChunkStore.open(path):
+        assert len(flushes) == 1  # closed cleanly in between

@@ -403,8 +403,8 @@ def test_read_range_fetches_a_repeated_chunk_once(store_dir, backend, monkeypatc
         zero_chunks = {e.address for e in store.manifest("f") if e.offset < 4 * store.settings.max_size}
         assert len(zero_chunks) == 1
         reads = []
-        real = PackFiles.read_record
-        monkeypatch.setattr(PackFiles, "read_record", lambda self, loc: reads.append(loc) or real(self, loc))
+        real = PackFiles.read_record_bytes
+        monkeypatch.setattr(PackFiles, "read_record_bytes", lambda self, loc: reads.append(loc) or real(self, loc))
         assert store.read_range("f", 5, len(data)) == data[5:]
         assert len(reads) == len({loc for loc in reads}) == len(store.manifest("f")) - 3
         assert store.read_range("f", len(data) - 100, 1000) == block[-100:]

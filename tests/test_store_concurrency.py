@@ -47,7 +47,7 @@ def test_a_file_replaced_between_lookup_and_read_is_read_as_it_is_now(store, rea
     word about corruption."""
     old, new = rand(MiB, 1), rand(MiB, 2)
     store.ingest("x", old)
-    real_read, real_run = store.packs.read_record, store.packs.read_run
+    real_read, real_run = store.packs.read_record_bytes, store.packs.read_run
     replaced = []
 
     def replace_first(real):
@@ -58,7 +58,7 @@ def test_a_file_replaced_between_lookup_and_read_is_read_as_it_is_now(store, rea
             return real(*args, **kwargs)
         return hooked
 
-    monkeypatch.setattr(store.packs, "read_record", replace_first(real_read))
+    monkeypatch.setattr(store.packs, "read_record_bytes", replace_first(real_read))
     monkeypatch.setattr(store.packs, "read_run", replace_first(real_run))
     with caplog.at_level(logging.WARNING, logger="chunkfs"):
         assert READERS[reader](store, "x") == new

@@ -21,7 +21,7 @@ import lmdb
 
 from ..store import ChunkStore
 from .handles import OpenFiles
-from .namespace import Inode
+from .namespace import DENSE, Inode
 
 
 def full_blocks(size: int) -> int:
@@ -62,7 +62,14 @@ class BlockCounter:
         return oi.ino if self.store.data_bytes(self.file_id_for(oi.ino)) < size else None
 
     def blocks(self, inode: Inode, txn: lmdb.Transaction | None = None) -> int:
-        """``st_blocks`` of a committed regular file whose record is ``inode``."""
+        """``st_blocks`` of a committed regular file whose record is ``inode``.
+
+        A file whose last commit left no holes says so in its inode (DENSE),
+        so a stat of it needs no look at its file record: a cold ``find``
+        would otherwise fault in the store's pages of every file it lists.
+        """
         if inode.size == 0:
             return 0
+        if inode.flags & DENSE:
+            return full_blocks(inode.size)
         return full_blocks(min(self.store.data_bytes(self.file_id_for(inode.ino), txn), inode.size))

@@ -17,7 +17,7 @@ class ChunkRun:
 
     ino: int
     start: int
-    chunks: list[bytes]
+    chunks: list[bytes | memoryview]  # views into the buffers they were read into (no copy)
     file_size: int
 
     def slice(self, lo: int, hi: int) -> bytes:

@@ -37,7 +37,7 @@ import lmdb
 from ..errors import FSError, PathError
 from .access import (CAP_CHOWN, CAP_MKNOD, CAP_SETFCAP, CAP_SYS_ADMIN, MAY_EXEC, MAY_READ, MAY_WRITE, Credentials,
                      allowed, join_path)
-from .namespace import FIRST_ENTRY_ID, IMMUTABLE, ROOT_INO, Inode, check_mutable
+from .namespace import DENSE, FIRST_ENTRY_ID, IMMUTABLE, ROOT_INO, Inode, check_mutable
 
 BATCH_INODES = 1024  # inodes per transaction: tens of milliseconds of holding the write lock
 BATCH_CHUNKS = 65536  # manifest entries per transaction (estimated from file sizes): big files make small batches
@@ -293,7 +293,7 @@ class TreeClone:
         now = time.time_ns()
         inode = Inode(next(ids.inos), mode, 2 if src.is_dir else 1, uid, gid, src.rdev, src.size, src.atime_ns,
                       src.mtime_ns, now, now, parent if src.is_dir else 0,
-                      flags=IMMUTABLE if self.snapshot else 0)
+                      flags=(IMMUTABLE if self.snapshot else 0) | (src.flags & DENSE))  # the same contents
         self.ns.put(txn, inode)
         ids.made += 1
         for name in self.ns.xattr_names(txn, src.ino):

@@ -183,6 +183,7 @@ class OpenFiles:
         inode = self.ns.get(txn, oi.ino)
         if inode is not None:
             inode.size = oi.data.size
+            inode.note_density(self.store.data_bytes(oi.data.file_id, txn))
             if changed_ns is not None:
                 inode.mtime_ns = changed_ns
                 inode.ctime_ns = max(inode.ctime_ns, changed_ns)

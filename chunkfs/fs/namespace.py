@@ -64,6 +64,7 @@ INODE = struct.Struct("<IIIIQQqqqqQ")  # mode|flags, nlink, uid, gid, rdev, size
 MODE_BITS = 0xFFFF  # S_IFMT and permission bits; the inode's flags live above them
 FLAG_SHIFT = 16
 IMMUTABLE = 1  # a flag: the inode belongs to a read-only snapshot
+DENSE = 2  # a flag: at its last commit the file had no holes, so st_blocks follows its size (fs/blocks.py)
 DIRENT = struct.Struct("<QQ")  # child ino, entry id
 DIRORDER = struct.Struct("<Q")  # child ino; the entry's name follows
 KEY64 = struct.Struct(">Q")
@@ -117,6 +118,13 @@ class Inode:
             raise IndexCorruptError(f"inode {ino}: malformed record") from None
         word = values[0]  # positional, blocks (not stored) then flags: every stat decodes one
         return cls(ino, word & MODE_BITS, *values[1:], None, word >> FLAG_SHIFT)
+
+    def note_density(self, data_bytes: int) -> None:
+        """Set or clear DENSE for contents of ``data_bytes`` stored bytes (in the commit that stores them)."""
+        if data_bytes >= self.size:
+            self.flags |= DENSE
+        else:
+            self.flags &= ~DENSE
 
     def touch(self, now: int, modified: bool = True) -> None:
         """Set ctime (and, if the contents changed, mtime) to ``now``."""

@@ -94,6 +94,11 @@ class PackBackend(ABC):
     def sync(self, packs: Iterable[int]) -> None:
         """Make every write to ``packs`` so far, and their existence, survive a crash or power loss."""
 
+    def sync_all(self) -> None:
+        """Make every pack's bytes written so far by anyone, this process or one that died, survive power
+        loss (recovery, before the index is flushed again: invariant 1 for a dead owner's last packs)."""
+        self.sync(self.list())
+
     @abstractmethod
     def patch(self, pack: int, offset: int, data: Buffer) -> None:
         """Overwrite bytes of any pack, sealed or not, durably (fsck --repair only)."""

@@ -14,7 +14,11 @@ than blame "another process".  So:
   process", after one garbage collection: a store dropped inside a
   reference cycle is only waiting for the collector, which closes it.
 * The writer's lock is an exclusive ``flock`` on ``STORE/lock``, which then
-  holds the writer's pid for other processes' messages.
+  holds the writer's pid for other processes' messages.  A clean close empties
+  it, so the next writer that finds a pid there knows its predecessor died
+  (``kill -9``, a crash) and may have left pack bytes unflushed: recovery
+  flushes them before the index is flushed again (_recovery.py).  The mark
+  need not survive power loss: that loses the unflushed bytes with it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class StoreHandles:
         self.index = None  # _index.Index, once opened
         self.packs = None  # _packs.PackFiles, once opened
         self._key: tuple[int, int] | None = None
+        self.left_by: str = ""  # the pid a writer that did not close cleanly left in the lock file
 
     def acquire(self) -> None:
         """Claim the directory for this process, and its lock unless read-only; StoreLockedError if taken."""
@@ -58,7 +63,7 @@ class StoreHandles:
             _open_here[key] = self
             self._key = key
         if not self.readonly:
-            self.lock_fd = take_lock(self.path)
+            self.lock_fd, self.left_by = take_lock(self.path)
 
     def close_when_dropped(self, owner: object) -> weakref.finalize:
         """A finalizer that closes these handles (syncing a writable store) when ``owner`` is collected."""
@@ -71,6 +76,8 @@ class StoreHandles:
                 self.packs.sync()
                 synclog.clear(self.index)  # a store closed cleanly leaves nothing to replay
                 self.index.sync()
+                if self.lock_fd is not None:
+                    os.ftruncate(self.lock_fd, 0)  # closed cleanly: the next writer need not flush after us
         finally:
             if self.packs is not None:
                 self.packs.close()
@@ -87,8 +94,10 @@ class StoreHandles:
                 self._key = None
 
 
-def take_lock(path: str) -> int:
-    """Take the store's writer lock and write our pid into it; StoreLockedError naming the holder."""
+def take_lock(path: str) -> tuple[int, str]:
+    """Take the store's writer lock and write our pid into it; StoreLockedError naming the holder.
+
+    Returns the descriptor and the pid a writer that did not close cleanly left there ("" if none)."""
     try:
         fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -104,9 +113,10 @@ def take_lock(path: str) -> int:
     except BaseException:
         os.close(fd)
         raise
+    left_by = os.pread(fd, 32, 0).decode(errors="replace").strip()
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return fd, left_by
 
 
 def weak_callback(obj, method):

@@ -351,7 +351,7 @@ class ManifestIndex:
         """Entries that overlap ``[start, end)``: the one containing ``start`` first."""
         if start >= end:
             return []
-        return [e for e in self._scan(txn, fkey, start, end) if e.end > start]
+        return self._scan(txn, fkey, start, end)  # from the entry holding ``start``: each ends past it
 
     def _scan(self, txn, fkey: int, start: int, end: int) -> list[Extent]:
         """Entries of the runs that may overlap ``[start, end)``, from the one holding ``start`` to ``end``.

@@ -15,12 +15,14 @@ manifest entries) read as zeros without touching a pack.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from ..errors import ChunkCorruptError, ChunkFreedError, InvalidArgument, PackIOError, PackMissingError, WouldBlock
 from ..hashing import address_of, checksum_of
+from ..pools import LazyPool
 from ._backend import IOV_BATCH
 from ._cache import ChunkCache
 from ._compression import Codec, DecodeError
@@ -32,6 +34,9 @@ from ._packs import CHECKSUM_AT, RECORD, Location, PackFiles, RecordHeader, head
 
 log = logging.getLogger("chunkfs.store")
 T = TypeVar("T")
+# A run whose compressed records hold at least this many raw bytes is decompressed by two threads.
+PARALLEL_DECODE = 256 * 1024
+_DECODER = LazyPool(1, "chunkfs-decompress")
 READ_ATTEMPTS = 3  # lock-free tries of a read whose file keeps changing under it, before one under the lock
 
 
@@ -90,7 +95,7 @@ class ChunkReader:
         with self.commit_lock:
             return read(*args)
 
-    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
+    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes | memoryview]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
 
         One read transaction finds the chunks and where they lie (a fresh one
@@ -103,12 +108,16 @@ class ChunkReader:
             raise InvalidArgument("offset and length must not be negative")
         return self._consistent(self._read_chunks_once, file_id, offset, length)
 
-    def _read_chunks_once(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
+    def _read_chunks_once(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes | memoryview]]:
         with self.index.read() as txn:
             fkey, size, _, _ = self.manifests.file_record(txn, file_id)
             end = min(offset + length, size)
             entries = self.manifests.covering(txn, fkey, offset, end)
             places = _places(txn, self.index, entries)
+        if len(entries) == 1 and entries[0].offset <= offset and entries[0].end >= end:  # a read inside one chunk
+            found, entry = places[0], entries[0]
+            data = self.cache.get(found.address) if found is not None else None
+            return entry.offset, [data if data is not None else self.fetch(found, file_id, entry.chunk)]
         chunks: list[bytes | None] = [self.cache.get(p.address) if p is not None else None for p in places]
         fetched: dict[int, bytes] = {}
         for i, (entry, found) in enumerate(zip(entries, places)):
@@ -118,7 +127,7 @@ class ChunkReader:
         start = min(entries[0].offset, offset) if entries else offset
         return start, _with_holes(start, end, entries, chunks)
 
-    def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
+    def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes | memoryview:
         """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
         data = self.cache.get(address)
         if data is not None:
@@ -130,7 +139,7 @@ class ChunkReader:
         chunk, loc = found
         return self.fetch(Place(loc, address, chunk), file_id, chunk)
 
-    def fetch(self, found: Place | None, file_id, chunk: int) -> bytes:
+    def fetch(self, found: Place | None, file_id, chunk: int) -> bytes | memoryview:
         """Read and verify the chunk ``found`` says is where, and cache it."""
         if found is None:
             raise self._corrupt(b"", f"chunk id {chunk} has no record in the index", file_id)
@@ -150,31 +159,47 @@ class ChunkReader:
         self.cache.put(found.address, data)
         return data
 
-    def _read_verified(self, place: Place, file_id, quiet: bool = False) -> bytes:
-        address, loc = place.address, place.location
+    def _read_verified(self, place: Place, file_id, quiet: bool = False) -> bytes | memoryview:
+        """The chunk's bytes from its record, checked: a view into the one buffer read, or decompressed."""
+        loc = place.location
+        raw = b""
+        if loc.pack != LOST_PACK:
+            try:
+                raw = self.packs.read_record_bytes(loc)
+            except PackMissingError:
+                raise self._failed(place, f"pack {loc.pack:08x} is missing", file_id, quiet) from None
+            except PackIOError as exc:
+                raise self._failed(place, str(exc), file_id, quiet) from None
+            data = memoryview(raw)[RECORD.size:]
+            # the common case, a raw record that verifies, costs one comparison of header bytes and a checksum
+            if len(data) == loc.length and header_is(raw, place.chunk, loc.length) \
+                    and _verifies(self.verify, place, raw[CHECKSUM_AT : RECORD.size], data):
+                return data
+        return self._checked_slowly(place, raw, file_id, quiet)
 
-        def corrupt(reason: str) -> ChunkCorruptError:
-            return ChunkCorruptError(address, reason, file_id) if quiet else self._corrupt(address, reason, file_id)
-
+    def _checked_slowly(self, place: Place, raw: bytes, file_id, quiet: bool) -> bytes | memoryview:
+        """A compressed record's bytes, decoded and checked; or the error saying what is wrong with it."""
+        loc = place.location
         if loc.pack == LOST_PACK:
-            raise corrupt("its data was lost ('chunkfs fsck --repair' found it gone)")
-        try:
-            header, data = self.packs.read_record(loc)
-        except PackMissingError:
-            raise corrupt(f"pack {loc.pack:08x} is missing") from None
-        except PackIOError as exc:
-            raise corrupt(str(exc)) from None
+            raise self._failed(place, "its data was lost ('chunkfs fsck --repair' found it gone)", file_id, quiet)
+        header, data = RecordHeader.parse(raw), memoryview(raw)[RECORD.size:]
         if header is None or len(data) != loc.length:
-            raise corrupt(f"pack {loc.pack:08x} is truncated")
+            raise self._failed(place, f"pack {loc.pack:08x} is truncated", file_id, quiet)
         if header.compressed and not header.fault(place.chunk, loc.length):
             try:
                 data = self.codec.decode(header.codec, header.dictionary, data, header.raw)
             except DecodeError as exc:
-                raise corrupt(f"its compressed record is damaged: {exc}") from None
+                raise self._failed(place, f"its compressed record is damaged: {exc}", file_id, quiet) from None
         why = _fault(self.verify, place, header, data)
         if why:
-            raise corrupt(why)
+            raise self._failed(place, why, file_id, quiet)
         return data
+
+    def _failed(self, place: Place, reason: str, file_id, quiet: bool) -> ChunkCorruptError:
+        """The error for a chunk that cannot be read; logged unless ``quiet`` (the caller looks again first)."""
+        if quiet:
+            return ChunkCorruptError(place.address, reason, file_id)
+        return self._corrupt(place.address, reason, file_id)
 
     def _corrupt(self, address: bytes, reason: str, file_id) -> ChunkCorruptError:
         exc = ChunkCorruptError(address, reason, file_id)
@@ -208,7 +233,8 @@ class ChunkReader:
         buf = memoryview(bytearray(top - base))  # zeros: what the holes between entries read as
 
         def view(i: int) -> memoryview:
-            return buf[entries[i].offset - base : entries[i].end - base]
+            entry = entries[i]
+            return buf[entry.offset - base : entry.offset + entry.length - base]
 
         first: dict[int, int] = {}  # chunk id -> index of its first entry: a repeated chunk is read once
         for i, entry in enumerate(entries):
@@ -228,31 +254,55 @@ class ChunkReader:
     def _read_run(self, entries: list[Extent], places: list[Place | None],
                   views: list[memoryview], nowait: bool) -> bool:
         """Read and verify one run in place, each chunk against its own record header; False if any of
-        it needs the one-chunk path."""
-        if any(p is None or p.location.pack == LOST_PACK for p in places):
-            return False
+        it needs the one-chunk path.  Every long read passes here: a loop, not a pass per check."""
         # raw records land in the caller's buffer; compressed ones in scratch, then decompress into it
-        targets = [view if p.location.length == e.length else memoryview(bytearray(p.location.length))
-                   for e, p, view in zip(entries, places, views)]
+        targets: list[memoryview] = []
+        compressed: list[int] = []
+        for n, (entry, place, view) in enumerate(zip(entries, places, views)):
+            if place is None or place.location.pack == LOST_PACK:
+                return False
+            if place.location.length == entry.length:
+                targets.append(view)
+            else:
+                targets.append(memoryview(bytearray(place.location.length)))
+                compressed.append(n)
         try:
             headers = self.packs.read_run([p.location for p in places], targets, nowait)
         except (PackMissingError, PackIOError, ChunkCorruptError):  # gone or unreadable: the one-chunk path says which
             return False
         if headers is None:
             return False
-        mode, size = self.verify, RECORD.size
-        for n, (place, data) in enumerate(zip(places, views)):  # anything wrong: the one-chunk path says what
-            header = headers[n * size : (n + 1) * size]
-            if targets[n] is not data:
-                if not self._decode_into(header, place, targets[n], data):
+        size = RECORD.size
+        if compressed and not self._decode_all([(headers[n * size : (n + 1) * size], places[n], targets[n], views[n])
+                                                for n in compressed]):
+            return False
+        mode = self.verify
+        at = 0
+        for place, data, target in zip(places, views, targets):  # anything wrong: the one-chunk path says what
+            header = headers[at : at + size]
+            at += size
+            if target is data and not header_is(header, place.chunk, place.location.length):
+                return False
+            if mode == "xxh3":
+                if checksum_of(data) != header[CHECKSUM_AT:]:
                     return False
-            elif not header_is(header, place.chunk, place.location.length):
-                return False
-            if mode == "xxh3" and checksum_of(data) != header[CHECKSUM_AT:]:
-                return False
-            if mode == "sha256" and address_of(data) != place.address:
+            elif mode == "sha256" and address_of(data) != place.address:
                 return False
         return True
+
+    def _decode_all(self, records: list[tuple[bytes, Place, memoryview, memoryview]]) -> bool:
+        """Decompress a run's compressed records into their slices of the caller's buffer; False if any
+        is not what its place says.  A big run is split with a helper thread (zstd releases the GIL), so
+        one long read decompresses on both cores, as a long write compresses (_compression.py)."""
+        def decode(part: list[tuple[bytes, Place, memoryview, memoryview]]) -> bool:
+            return all([self._decode_into(header, place, stored, into) for header, place, stored, into in part])
+
+        if len(records) < 2 or sum(len(r[3]) for r in records) < PARALLEL_DECODE or (os.cpu_count() or 1) < 2:
+            return decode(records)
+        half = len(records) // 2
+        other = _DECODER.submit(decode, records[half:])
+        mine = decode(records[:half])
+        return other.result() and mine
 
     def _decode_into(self, header: bytes, place: Place, stored: memoryview, into: memoryview) -> bool:
         """Decompress a compressed record of a run into its slice of the caller's buffer; False if it is not one."""
@@ -281,6 +331,13 @@ def _fault(mode: str, place: Place, header: RecordHeader, data) -> str | None:
     if mode == "sha256" and address_of(data) != place.address:
         return "SHA-256 mismatch"
     return None
+
+
+def _verifies(mode: str, place: Place, checksum: bytes, data) -> bool:
+    """Whether ``data``, from a record whose header is its chunk's, matches ``checksum`` (or the address)."""
+    if mode == "xxh3":
+        return checksum_of(data) == checksum
+    return mode != "sha256" or address_of(data) == place.address
 
 
 def _runs(indices: list[int], places: list[Place | None]):

@@ -3,7 +3,12 @@
 Recovery runs every time a store is opened for writing.  It relies on the
 ledger's accounting (see _ledger.py):
 
-0. Pack bytes a sync made durable in the index's sync log are written back
+0. If the last writer did not close the store (its pid is still in the lock
+   file: _handles.py), every pack is flushed first (one ``syncfs`` on local
+   disk): it may have appended to packs it never flushed, and this process's
+   first sync would otherwise make the index durable before those bytes
+   (invariant 1).
+   Pack bytes a sync made durable in the index's sync log are written back
    into their packs and flushed, and the log is emptied (_synclog.py): after
    power loss the packs may lack them; after ``kill -9`` this changes nothing.
 1. A pack file the index does not know is the leftover of a crash while a pack
@@ -38,6 +43,7 @@ class RecoveryReport:
     pending_resolved: int = 0
     dropped_packs: int = 0
     log_replayed: int = 0  # bytes of pack tails written back from the sync log (not damage: see _synclog.py)
+    flushed_after: str = ""  # the pid of a writer that did not close the store, whose packs were flushed
 
     @property
     def clean(self) -> bool:
@@ -60,9 +66,15 @@ class RecoveryReport:
         return ", ".join(parts)
 
 
-def recover(store) -> RecoveryReport:
+def recover(store, left_by: str = "") -> RecoveryReport:
+    """Repair what a crash left; ``left_by`` is the pid of a writer that did not close the store ("" if none)."""
     report = RecoveryReport()
     packs = store.packs
+    if left_by:
+        packs.backend.sync_all()
+        report.flushed_after = left_by
+        log.info("recovery: the last writer (pid %s) did not close the store; flushed the packs it may have "
+                 "left unflushed", left_by)
     report.log_replayed = synclog.replay(store)
     with store.index.read() as txn:
         registered = {ix.KEYPACK.unpack(k)[0]: ix.PACK.unpack(v) for k, v in txn.cursor(db=store.index.packs)}

@@ -55,6 +55,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "link-count": (DAMAGE, "an inode's link count differs from the names it has"),
     "bad-parent": (DAMAGE, "a directory's '..' points elsewhere than the directory holding it"),
     "inode-size-mismatch": (DAMAGE, "a file's size differs from the size of its stored contents"),
+    "dense-mark": (DAMAGE, "a file marked as having no holes has some (its st_blocks overstates it)"),
     "orphan-contents": (DAMAGE, "stored file contents that belong to no regular file"),
     "stray-record": (DAMAGE, "an xattr, symlink or orphan record of an inode that does not exist"),
     # already handled

@@ -316,6 +316,9 @@ class S3Backend(PackBackend):
         with self._lock:
             return pack not in self._open
 
+    def sync_all(self) -> None:
+        self.local.sync_all()  # the staging copies: what is in the bucket was flushed before its upload
+
     def sync(self, packs: Iterable[int]) -> None:
         with self._lock:
             local = [p for p in packs if p in self._open or p in self._sealed]

@@ -219,7 +219,7 @@ class ChunkStore:
                                       self._lock, self.codec)
             self.fs_tables = ix.FsTables(self.index)
             if not readonly:
-                self.recovery = recover(self)
+                self.recovery = recover(self, left_by=handles.left_by)
                 self.ensure_reserve()
                 env = self.index.env  # not self: the backend must not keep the store alive
                 self.packs.backend.attach_index(lambda fd: env.copyfd(fd, compact=True))
@@ -673,8 +673,10 @@ class ChunkStore:
         self.last_activity = time.monotonic()
         return self.reader.read_span(file_id, offset, length, nowait)
 
-    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes]]:
+    def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes | memoryview]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
+
+        A chunk may come as a read-only view of the buffer it was read into (no copy).
 
         The whole chunks are what the FUSE adapter pushes into the kernel's
         page cache after a short read (readaround.py).
@@ -704,7 +706,8 @@ class ChunkStore:
     def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
         """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
         self.last_activity = time.monotonic()
-        return self.reader.get_chunk(address, file_id)
+        data = self.reader.get_chunk(address, file_id)
+        return data if isinstance(data, bytes) else bytes(data)
 
     # -- statistics and maintenance ---------------------------------------------
 

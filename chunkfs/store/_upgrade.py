@@ -98,7 +98,7 @@ def upgrade_store(path: str | os.PathLike, progress: Progress | None = None) -> 
 def _take_lock(path: str) -> int:
     """The store's own lock (as ChunkStore and a mount take it), so a mounted store is refused."""
     try:
-        return take_lock(path)
+        return take_lock(path)[0]  # the pid stays: the store's next open flushes what a dead writer left
     except StoreLockedError as exc:
         raise StoreLockedError(f"{exc}; unmount it before 'chunkfs upgrade'") from None
 
