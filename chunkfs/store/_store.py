@@ -440,7 +440,8 @@ class ChunkStore:
             return {}
         where = list(todo.values())
         encoded = encode_chunks(self.codec, [chunks[i] for i in where])
-        self.codec.observe([chunks[i] for i, e in zip(where, encoded) if e.codec != CODEC_RAW or e.waiting])
+        if not self.codec.behind:  # behind the writers, the pass samples what it compresses (_recompress.py)
+            self.codec.observe([chunks[i] for i, e in zip(where, encoded) if e.codec != CODEC_RAW])
         return dict(zip(where, encoded))
 
     def _append_new(self, records: list[tuple]) -> list[Location]:
