@@ -122,6 +122,11 @@ class ChunkfsMount(FuseMount):
             if name != ".lock":
                 os.unlink(os.path.join(cache, name))
 
+    def compress(self) -> dict:
+        """``chunkfs compress`` of the mount: what its writers stored raw is compressed now (its report)."""
+        return json.loads(run([*chunkfs_cli(), "compress", "--json", self.mnt], env=checkout_env(),
+                              timeout=3600).stdout)
+
     def gc(self) -> dict:
         """``chunkfs gc`` of the unmounted store: its report."""
         return json.loads(run([*chunkfs_cli(), "gc", "--json", self.store], env=checkout_env(), timeout=3600).stdout)

@@ -357,6 +357,8 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
         if "rewrite" in ops:  # the first contents again, written over the file in place
             each_side("rewrite", lambda side, top: apps.rewrite(os.path.join(top, big), data))
             head = bytes(data[:IO_BLOCK])
+        # the steady state, untimed: what the writers stored raw compressed, as an idle mount does by itself
+        res["extra"]["compressed_after_writes"] = fs.compress()
         res["extra"]["store_after_writes"] = fs.stats()
         for m in mounts.values():
             m.umount("write")

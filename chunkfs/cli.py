@@ -49,6 +49,11 @@ mount options (-o, comma-separated, may be repeated):
   log_file=PATH          daemon log (default: STORE/chunkfs.log; with -f: stderr)
   cache_size=SIZE        verified-chunk cache, e.g. 256M (default 64M)
   verify=MODE            xxh3 (default) or sha256: how every chunk read is checked
+  compression=zstd[:LEVEL]|none
+                         how new chunks are compressed (default: the store's)
+  compress=behind|inline behind (default): writers store compressible chunks
+                         raw, compressed when the mount is idle or by 'chunkfs
+                         compress'; inline: compressed as they are written
   read_ahead_kb=N        the mount's read-ahead in KiB (default 1024)
   pack_cache=SIZE        object store: local cache of pack ranges (default 1G)
   upload_backlog=SIZE    object store: bytes not yet uploaded before writes get
@@ -325,6 +330,8 @@ def _format_stats(s: dict) -> str:
         ("disk bytes", f"{both(s['disk_bytes'])}, savings {pct(s['disk_savings_pct'])}"),
         ("reserve", f"{both(s['reserve_bytes'])} held back so deletes still work on a full disk"),
         ("garbage", f"{both(s['garbage_bytes'])} (reclaim with 'chunkfs gc')"),
+        ("to compress", f"{both(s['compression_waiting_bytes'])} stored raw or without a dictionary until "
+                        "compressed behind the writers (now: 'chunkfs compress')"),
     ]
     rows += _object_store_rows(s.get("object_store"))
     return "\n".join(f"{name + ':':<15}{value}" for name, value in rows)
@@ -404,6 +411,33 @@ def cmd_gc(args) -> int:
               file=sys.stderr)
     if report.get("skipped_corrupt"):
         print(f"gc: skipped {len(report['skipped_corrupt'])} packs with corrupt chunks: run 'chunkfs fsck'",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def cmd_compress(args) -> int:
+    """Compress what waits for compression behind the writers, now; for a mount, ask its daemon."""
+    store_path, mounted_on = resolve_store(args.target)
+    if mounted_on:
+        report = _ask(_where(mounted_on[0]), "compress")
+    else:
+        from .store import ChunkStore  # noqa: PLC0415
+
+        with ChunkStore.open(store_path) as store:
+            report = store.compress_waiting()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        saved = report["bytes_before"] - report["bytes_after"]
+        print(f"compress: rewrote {report['packs_rewritten']:,} packs, compressed {report['chunks_compressed']:,} "
+              f"chunks from {format_size(report['bytes_before'])} to {format_size(report['bytes_after'])} "
+              f"({format_size(saved)} saved)")
+    if report["stopped_full"]:
+        print("compress: stopped early: not enough free space to write compressed copies", file=sys.stderr)
+        return EXIT_FAILURE
+    if report["skipped_corrupt"]:
+        print(f"compress: skipped {len(report['skipped_corrupt'])} packs with corrupt chunks: run 'chunkfs fsck'",
               file=sys.stderr)
         return EXIT_FAILURE
     return 0
@@ -685,6 +719,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_gc)
+
+    p = verbs.add_parser("compress", help="compress now the chunks waiting for compression behind the writers",
+                         description="A mount compresses behind its writers (-o compress=behind, the default): "
+                                     "compressible chunks are stored raw and compressed when the mount is idle. "
+                                     "This does it now, and returns when nothing is left to compress (chunks "
+                                     "compressed before the store had a dictionary are compressed again with it).")
+    p.add_argument("target", metavar="STORE|MOUNTPOINT", help="a store, or a mounted chunkfs")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_compress)
 
     p = verbs.add_parser("fsck", help="check a store (and repair it)", epilog=FSCK_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter,

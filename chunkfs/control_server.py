@@ -167,6 +167,10 @@ class ControlServer:
             result = ops.delete_snapshot(cred, path("name"), bool(req.get("wait")), should_stop)
         elif op == "rmtree":
             result = ops.rmtree(cred, path("path"), bool(req.get("wait")), should_stop)
+        elif op == "compress":
+            result = ops.compress(should_stop)
+            log.info("compress by uid %d: %s", cred.uid, result)
+            return result
         elif op == "du":
             return [dict(u, path=text(u["path"])) for u in ops.du(cred, path("path"), int(req.get("depth") or 0))]
         else:

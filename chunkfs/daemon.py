@@ -253,7 +253,7 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
     try:
         store_obj = ChunkStore.open(store, readonly=opts.readonly and _is_replica(store), verify=opts.verify,
                                     cache_size=opts.cache_size, data_options=opts.data_options or None,
-                                    compression=opts.compression)
+                                    compression=opts.compression, compress=opts.compress)
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
     read_ahead = opts.read_ahead_kb if opts.read_ahead_kb is not None else DEFAULT_READ_AHEAD_KB

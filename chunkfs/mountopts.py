@@ -3,7 +3,7 @@
 Three kinds of option reach ``chunkfs mount``:
 
 * chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``, ``compression=``,
-  ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
+  ``compress=``, ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
   object store ``pack_cache=``, ``upload_backlog=``, ``upload_interval=``, ``backlog_wait=``,
   ``request_timeout=``): consumed here, never
   shown to libfuse, which would reject them (the writeback cache is asked for
@@ -28,6 +28,7 @@ from .settings import format_compression, parse_compression, parse_size
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR}
 VERIFY_CHOICES = ("xxh3", "sha256", "off")
+COMPRESS_CHOICES = ("behind", "inline")  # when a mount compresses new chunks (chunkfs/store/_recompress.py)
 # object-store options given in seconds, and the range each accepts (docs/object-store.md)
 SECONDS_OPTIONS = {"upload_interval": (1, 86400), "backlog_wait": (0, 3600), "request_timeout": (0.5, 3600)}
 
@@ -74,6 +75,7 @@ class MountOptions:
     cache_size: int = field(default_factory=_default_cache_size)
     verify: str = "xxh3"
     compression: str | None = None  # None: the store's own setting, for new chunks
+    compress: str = "behind"  # raw at write time, compressed when the mount is idle; or "inline"
     writeback_cache: bool = False
     read_around: bool = True
     read_ahead_kb: int | None = None  # None: DEFAULT_READ_AHEAD_KB, and no warning if it cannot be set
@@ -165,6 +167,10 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
             opts.compression = format_compression(*parse_compression(value))
         except Exception as exc:  # SettingsError: re-word for the mount context
             raise InvalidArgument(f"compression: {exc}") from None
+    elif name == "compress":
+        if value not in COMPRESS_CHOICES:
+            raise InvalidArgument(f"compress must be one of {', '.join(COMPRESS_CHOICES)}, not {value!r}")
+        opts.compress = value
     elif name == "read_ahead_kb":
         opts.read_ahead_kb = _read_ahead(value)
     elif name in ("pack_cache", "upload_backlog"):

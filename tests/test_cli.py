@@ -16,7 +16,7 @@ from chunkfs import cli, daemon
 from conftest import CLI, REPO, assert_one_line_error, cli_env, requires_fuse, run_cli, run_cli_in_process
 
 VERBS = ["mkfs", "stats", "ingest", "cat", "rm", "ls", "gc", "fsck", "mount", "umount", "upgrade", "restore", "sync",
-         "clone", "snapshot", "rmtree", "du"]
+         "clone", "snapshot", "rmtree", "du", "compress"]
 
 
 @pytest.fixture

@@ -194,6 +194,13 @@ class TreeOps:
         usages = UsageCount(self.store, self.ns, self.core.file_id_for, cred, top, path, depth).run()
         return [u.as_dict() for u in usages]
 
+    # -- compression behind the writers ----------------------------------------------------------
+
+    def compress(self, should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """Compress the chunks waiting for it now, and return when none is left (``chunkfs compress``)."""
+        self._writable()
+        return self.store.compress_waiting(stop=should_stop)
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _writable(self) -> None:

@@ -324,8 +324,23 @@ def _relocate(store, txn, pack: int, moves: list[Move]):
             adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
         else:
             adjust_pack(txn, store.index.packs, new.pack, dead=record_size(new.length))
+    _carry_waiting(store, txn, pack, moves)
     _drop_dead_pack(store, txn, pack)
     return True, []
+
+
+def _carry_waiting(store, txn, pack: int, moves: list[Move]) -> None:
+    """Records waiting for compression (_recompress.py) go on waiting in the pack their copies went to."""
+    db = store.index.recompress
+    old = txn.get(ix.KEYPACK.pack(pack), db=db) if db is not None and moves else None
+    if old is None:
+        return
+    moved = sum(new.length for _, _, new in moves)
+    raw, undictionaried = (min(n, moved) for n in ix.WAITING.unpack(old))
+    key = ix.KEYPACK.pack(moves[-1][2].pack)  # every copy of a compaction goes to one pack (_make_room)
+    was = txn.get(key, db=db)
+    was_raw, was_undictionaried = ix.WAITING.unpack(was) if was is not None else (0, 0)
+    txn.put(key, ix.WAITING.pack(was_raw + raw, was_undictionaried + undictionaried), db=db)
 
 
 def _drop_copies(store, moves: list[Move]) -> None:
@@ -347,6 +362,8 @@ def _drop_copies(store, moves: list[Move]) -> None:
 
 def _drop_dead_pack(store, txn, pack: int):
     txn.delete(ix.KEYPACK.pack(pack), db=store.index.packs)
+    if store.index.recompress is not None:
+        txn.delete(ix.KEYPACK.pack(pack), db=store.index.recompress)  # what waited in it went with it
     return None, []
 
 

@@ -21,8 +21,9 @@ for as long as the store lives).
 
 Policy (docs/store-format.md, "The store dictionary"): while a store has no
 dictionary, the first ``TRAIN_SAMPLE_BYTES`` of new chunks that compress (up
-to ``SAMPLE_CHUNK`` bytes of each) are kept as a sample; once it is full a
-``DICT_SIZE`` dictionary is trained in a background thread and kept only if
+to ``SAMPLE_CHUNK`` bytes of each; ``BEHIND_SAMPLE_BYTES`` of the records a pass
+of compression behind the writers compresses) are kept as a sample; once it is
+full a dictionary of about 1/28 of it (at most ``DICT_SIZE``) is trained in a background thread and kept only if
 it shrinks the sample's last quarter (held out of training) by at least
 ``DICT_MIN_GAIN`` more than compression without it.  Retraining works the
 same way once a dictionary is in use: after ``RETRAIN_AFTER`` more bytes of
@@ -60,13 +61,18 @@ PROBE_SIZE = 4 * 1024
 PROBE_LEVEL = 1
 MIN_SAVING = 1 / 32  # keep raw below ~3 % saved
 DICT_DIR = "dictionaries"
-DICT_SIZE = 112 * 1024
-TRAIN_SAMPLE_BYTES = 4 * 1024 * 1024
+DICT_SIZE = 256 * 1024
+MIN_DICT_SIZE = 16 * 1024
+TRAIN_SAMPLE_BYTES = 4 * 1024 * 1024  # compressing inline: the sooner a dictionary, the more chunks get it
+BEHIND_SAMPLE_BYTES = 16 * 1024 * 1024  # behind the writers the pass waits for it: a bigger sample pays
 SAMPLE_CHUNK = 16 * 1024
 MIN_SAMPLES = 64
 DICT_MIN_GAIN = 0.05
 RETRAIN_AFTER = 64 * 1024 * 1024  # bytes of new chunks that compress before the next training attempt
 RETRAIN_AFTER_MAX = 4 * 1024 * 1024 * 1024  # the longest wait, after attempts that did not pay
+# The level of compression behind the writers (_recompress.py): off the write path, where the ratio is worth
+# more CPU than a writer could spend (docs/benchmarks.md, "Compression (issue 15)", has the measurements).
+BACKGROUND_LEVEL = 6
 
 
 class DecodeError(Exception):
@@ -158,9 +164,10 @@ class Codec:
     """Compresses new chunks (thread-safe: one zstd context per thread) and decodes records."""
 
     def __init__(self, dictionaries: Dictionaries, codec: str = "none", level: int = DEFAULT_LEVEL,
-                 use_dictionary: bool = True):
+                 use_dictionary: bool = True, behind: bool = False):
         self.dictionaries = dictionaries
         self.codec, self.level = codec, level
+        self.behind = behind  # writers store compressible chunks raw; _recompress.py compresses them later
         self.use_dictionary = use_dictionary
         ids = dictionaries.ids()
         self.dict_id = ids[-1] if ids and use_dictionary else 0
@@ -219,6 +226,22 @@ class Codec:
             return CODEC_RAW, 0, data
         return CODEC_ZSTD, dict_id, packed
 
+    def recompress(self, data: bytes | memoryview) -> tuple[int, int, bytes | memoryview]:
+        """(codec, dictionary id, stored bytes) of a chunk at ``BACKGROUND_LEVEL`` with the current
+        dictionary: for compression behind the writers, which is off the write path."""
+        dict_id = self.dict_id
+        key = (BACKGROUND_LEVEL, dict_id)
+        found = getattr(self._local, "background", None)
+        if found is None or found[0] != key:
+            zdict = self.dictionaries.get(dict_id) if dict_id else None
+            found = self._local.background = (key, zstandard.ZstdCompressor(
+                level=BACKGROUND_LEVEL, dict_data=zdict, write_content_size=True, write_checksum=False,
+                write_dict_id=False))
+        packed = found[1].compress(data)
+        if not _worth_it(len(data), len(packed)):
+            return CODEC_RAW, 0, data
+        return CODEC_ZSTD, dict_id, packed
+
     def _probe(self) -> zstandard.ZstdCompressor:
         found = getattr(self._local, "probe", None)
         if found is None:
@@ -240,17 +263,20 @@ class Codec:
     def _observe(self, chunks: list[bytes | memoryview]) -> None:
         for data in chunks:
             self._seen += len(data)
-            if self._seen < self._next_try or self._sampled >= TRAIN_SAMPLE_BYTES:
+            if self._seen < self._next_try or self._sampled >= self._sample_bytes():
                 continue
             piece = bytes(data[:SAMPLE_CHUNK])
             self._samples.append(piece)
             self._sampled += len(piece)
         if self._training is not None and self._training.done():
             self.wait()  # a training that ended: its failure is logged, and the next one may start
-        if self._sampled >= TRAIN_SAMPLE_BYTES and len(self._samples) >= MIN_SAMPLES and self._training is None:
+        if self._sampled >= self._sample_bytes() and len(self._samples) >= MIN_SAMPLES and self._training is None:
             samples, self._samples, self._sampled = self._samples, [], 0
             self._next_try = float("inf")  # set again when this attempt is over
             self._training = _TRAINER.submit(self._train, samples, self.dict_id)  # a writer never waits for it
+
+    def _sample_bytes(self) -> int:
+        return BEHIND_SAMPLE_BYTES if self.behind else TRAIN_SAMPLE_BYTES
 
     def wait(self) -> None:
         """Let a dictionary being trained be done (the store waits for it when it closes)."""
@@ -278,7 +304,10 @@ class Codec:
         cut = len(samples) * 3 // 4
         train, held = samples[:cut], samples[cut:]
         try:
-            zdict = zstandard.train_dictionary(DICT_SIZE, train, level=self.level)
+            # about 1/28 of what it is trained on (112 KiB from 4 MiB of samples, the cap from 16 MiB): a
+            # dictionary much bigger than that is fitted to its samples, not to the data
+            size = min(DICT_SIZE, max(MIN_DICT_SIZE, sum(map(len, train)) // 28))
+            zdict = zstandard.train_dictionary(size, train, level=self.level)
         except zstandard.ZstdError as exc:
             log.info("no compression dictionary: training failed (%s)", exc)
             return False
@@ -342,12 +371,14 @@ _TRAINER = LazyPool(1, "chunkfs-dictionary")
 
 
 class Encoded(NamedTuple):
-    """A new chunk as its record will hold it: how, with which dictionary, the bytes, the raw bytes' xxh3."""
+    """A new chunk as its record will hold it: how, with which dictionary, the bytes, the raw bytes' xxh3,
+    and whether it is stored raw only until compression behind the writers gets to it."""
 
     codec: int
     dictionary: int
     stored: bytes | memoryview
     checksum: bytes
+    waiting: bool = False
 
 
 def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[Encoded]:
@@ -357,13 +388,16 @@ def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[En
     event loop), so incompressible data costs no hand-over; the chunks that
     pass them are compressed here and, for a big batch, by a helper too
     (zstd releases the GIL), as hashing is (hashing.py).  Concurrent writers
-    are not serialised by any of it.
+    are not serialised by any of it.  When compressing behind the writers,
+    a chunk that passes its probe is kept raw and marked waiting.
     """
     out: list[Encoded | None] = []
     todo: list[int] = []
     for n, data in enumerate(chunks):
         if codec.hopeless(data):
             out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data)))
+        elif codec.behind:
+            out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data), waiting=True))
         else:
             out.append(None)
             todo.append(n)
@@ -382,16 +416,20 @@ def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[En
     return out  # type: ignore[return-value]  (every slot is filled)
 
 
+def encode_late(codec: Codec, data: bytes | memoryview) -> Encoded | None:
+    """What :func:`encode_chunks` makes of a chunk that looked stored before the lock and was not (freed
+    meanwhile: rare), encoded under it; None when not compressing."""
+    if not codec.enabled:
+        return None
+    return encode_chunks(codec, [data])[0]
+
+
 def record_of(codec: Codec, chunk: int, data: bytes | memoryview, encoded: Encoded | None) -> tuple:
     """The pack record ``(chunk id, stored, header)`` of a new chunk (``(chunk id, data)`` when not compressing).
 
-    ``encoded`` is what :func:`encode_chunks` made of it; None for a chunk
-    that looked stored before the lock and was not (freed meanwhile: rare),
-    which is encoded here.
+    ``encoded`` is what :func:`encode_chunks` (or :func:`encode_late`) made of it.
     """
     if encoded is None:
-        if not codec.enabled:
-            return chunk, data
-        encoded = Encoded(*codec.encode(data), checksum_of(data))
-    kind, dict_id, stored, checksum = encoded
+        return chunk, data
+    kind, dict_id, stored, checksum = encoded[:4]
     return chunk, stored, RecordHeader(RECORD_MAGIC, kind, dict_id, len(stored), len(data), chunk, checksum)

@@ -26,6 +26,15 @@ them, and the worker punches them before it looks at the garbage, except in
 packs where nothing is alive any more, which its gc run removes whole.  So
 the writer's commit does not wait for the disk to give blocks back.
 
+Compression behind the writers (_recompress.py) is this worker's job too,
+on a store opened with ``compress="behind"``: once nothing has been read or
+written for ``IDLE_BEFORE_COMPRESSING`` seconds it rewrites the sealed packs
+with records waiting for compression, one at a time with a pause between
+two, and stops between two packs as soon as a read or a write comes; after
+``IDLE_BEFORE_SEALING`` seconds of quiet it seals and rewrites the active
+pack too.  It runs in this thread, after gc, so the two never rewrite the
+same pack at once.
+
 Stopping (at unmount) waits for the pack in progress, never abandons one
 half-way; a crash half-way is covered by the store's recovery (gc copies are
 registered only by the commit that moves them).
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ..errors import ChunkfsError, StoreFullError
 from . import _index as ix
@@ -46,6 +56,8 @@ DEFAULT_INTERVAL = 5.0  # seconds between looks at the pack accounting
 DEFAULT_MIN_GARBAGE = 4 * 1024 * 1024  # reclaimable disk bytes worth a gc run
 PAUSE_BETWEEN_PACKS = 0.02  # lets commits waiting for the store's lock run between two packs
 BACKOFF_AFTER_FAILURE = 60.0
+IDLE_BEFORE_COMPRESSING = 2.0  # seconds without a read or a write before compression behind runs
+IDLE_BEFORE_SEALING = 30.0  # ... and before it seals the active pack to compress what waits in it
 
 
 class _Stopped(Exception):
@@ -62,6 +74,7 @@ class BackgroundGC:
         self.min_garbage = min_garbage
         self.min_dead_fraction = min_dead_fraction
         self.runs = 0
+        self.compressed = 0  # packs rewritten by compression behind the writers, over all runs
         self.reclaimed = 0  # disk bytes given back, over all runs
         self.moved = 0  # bytes of live records copied, over all runs
         self._stop = threading.Event()
@@ -99,6 +112,8 @@ class BackgroundGC:
                 return
             self._punch_guarded()
             wait = self.interval if self._run_guarded() else BACKOFF_AFTER_FAILURE
+            if wait == self.interval and not self._compress_guarded():
+                wait = BACKOFF_AFTER_FAILURE
             self.store.packs.reap()  # space of packs removed a while ago goes back to the disk
 
     def _punch_guarded(self) -> None:
@@ -124,6 +139,30 @@ class BackgroundGC:
             log.exception("background gc failed")
             return False
         return True
+
+    def _idle_for(self) -> float:
+        return time.monotonic() - self.store.last_activity
+
+    def _compress_guarded(self) -> bool:
+        """Compress what waits if the store is quiet (_recompress.py); False after a failure."""
+        if not self.store.codec.behind or self._idle_for() < IDLE_BEFORE_COMPRESSING:
+            return True
+        busy = lambda: self._stop.is_set() or self._idle_for() < IDLE_BEFORE_COMPRESSING  # noqa: E731
+        try:
+            report = self.store.compress_waiting(stop=busy, pause=PAUSE_BETWEEN_PACKS,
+                                                 include_active=self._idle_for() >= IDLE_BEFORE_SEALING)
+        except ChunkfsError as exc:
+            log.error("compression behind the writers failed: %s", exc)
+            return False
+        except Exception:  # noqa: BLE001 (a crash here must not take the mount with it)
+            log.exception("compression behind the writers failed")
+            return False
+        self.compressed += report["packs_rewritten"]
+        if report["packs_rewritten"]:
+            log.debug("compression behind: rewrote %d packs, %d chunks from %d to %d bytes",
+                      report["packs_rewritten"], report["chunks_compressed"], report["bytes_before"],
+                      report["bytes_after"])
+        return not report["stopped_full"]
 
     def run_once(self) -> dict | None:
         """Compact if enough is dead; returns gc's report, or None if there was nothing to do."""

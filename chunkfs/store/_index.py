@@ -28,6 +28,9 @@ symlinks       ino (u64 BE)                                target
 orphans        ino (u64 BE)                                empty: nlink 0 but still open or looked up
 synclog        pack id (u32 BE) + offset (u64 BE)          bytes of that pack from that offset, durable
                                                            here until the pack is flushed (_synclog.py)
+recompress     pack id (u32 BE)                            WAITING: bytes of records in that pack stored
+                                                           raw to be compressed later, bytes of records
+                                                           compressed without a dictionary (_recompress.py)
 =============  ==========================================  ===========================================
 
 Why this shape (docs/store-format.md has the measurements): the index must
@@ -69,7 +72,7 @@ DATABASES = (
     "chunks", "lookup", "files", "manifests", "packs", "pending", "counters",
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
-ADDED_DATABASES = ("synclog",)  # newer than some stores: made at the first writable open that lacks them
+ADDED_DATABASES = ("synclog", "recompress")  # newer than some stores: made at the first writable open that lacks them
 
 CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
 # ... then, only for a chunk stored compressed, its raw length (u32): an uncompressed chunk's is its stored
@@ -81,6 +84,7 @@ RUN_MAX = 32  # entries per run: 9 bytes an entry in full pages, and a short dec
 MAX_RUN_SPAN = 0xFFFFFFFF  # a run covers less than 4 GiB: its relative ends are u32
 PACK = struct.Struct("<QQQ")  # indexed end, live bytes, dead bytes
 PENDING = struct.Struct("<II")  # chunk id, stored length
+WAITING = struct.Struct("<QQ")  # raw bytes waiting for compression, bytes compressed without a dictionary
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 KEY64 = struct.Struct(">Q")

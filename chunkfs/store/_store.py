@@ -49,10 +49,11 @@ from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
 from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._backend import PackBackend
 from ._local_backend import LocalBackend
-from ._packs import CODEC_RAW, HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
+from ._packs import CODEC_RAW, CODEC_ZSTD, HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
 from ._check import FileNamer, check_records
 from ..settings import format_compression, parse_compression
-from ._compression import Codec, Dictionaries, Encoded, encode_chunks, record_of
+from ._compression import Codec, Dictionaries, Encoded, encode_chunks, encode_late, record_of
+from ._recompress import WaitingTally, compress_waiting, waiting_bytes
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
@@ -65,6 +66,7 @@ from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settin
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
+COMPRESS_WHEN = ("inline", "behind")  # compress new chunks as they are written, or later (_recompress.py)
 BackendChoice = PackBackend | Callable[[str, bool], PackBackend] | None
 
 
@@ -145,12 +147,18 @@ class ChunkStore:
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False, verify: str = "xxh3",
              cache_size: int = DEFAULT_CACHE_SIZE, backend: BackendChoice = None,
-             data_options: dict | None = None, compression: str | None = None) -> "ChunkStore":
+             data_options: dict | None = None, compression: str | None = None,
+             compress: str = "inline") -> "ChunkStore":
         """Open the store at ``path``.
 
         ``compression`` (``"zstd:LEVEL"`` or ``"none"``) overrides the store's
         setting for chunks written from now on; chunks already stored read
-        back whatever they were written with.
+        back whatever they were written with.  ``compress="behind"`` has
+        writers store compressible chunks raw, to be compressed by
+        :meth:`compress_waiting` (a mount's background worker runs it when
+        the store is idle): writes cost only the probe.  A store whose packs
+        are in an object store always compresses inline (rewriting a pack
+        there would cost uploads and deletes).
 
         ``backend`` holds the packs: None for files in ``path/packs``, a
         :class:`PackBackend`, or a factory called as ``factory(packs_dir,
@@ -166,13 +174,16 @@ class ChunkStore:
 
             _object_store.before_open(path, settings, readonly)
         return cls(path, settings, readonly=readonly, verify=verify, cache_size=cache_size, backend=backend,
-                   data_options=data_options, compression=compression)
+                   data_options=data_options, compression=compression, compress=compress)
 
     def __init__(self, path: str, settings: StoreSettings, readonly: bool = False,
                  verify: str = "xxh3", cache_size: int = DEFAULT_CACHE_SIZE, _create: bool = False,
-                 backend: BackendChoice = None, data_options: dict | None = None, compression: str | None = None):
+                 backend: BackendChoice = None, data_options: dict | None = None, compression: str | None = None,
+                 compress: str = "inline"):
         if verify not in VERIFY_MODES:
             raise InvalidArgument(f"verify must be one of {', '.join(VERIFY_MODES)}")
+        if compress not in COMPRESS_WHEN:
+            raise InvalidArgument(f"compress must be one of {', '.join(COMPRESS_WHEN)}, not {compress!r}")
         self.path = path
         self.settings = settings
         self.readonly = readonly
@@ -184,6 +195,8 @@ class ChunkStore:
         self._synced_txn = -2  # the transaction sync() last made durable (none yet: the first always flushes)
         self._flushed_at: collections.deque[float] = collections.deque(maxlen=2)  # when the last syncs ended
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
+        self.maintenance_lock = threading.Lock()  # one pack rewrite at a time: gc or compression behind
+        self.last_activity = 0.0  # time.monotonic() of the last read or write: compression behind waits for quiet
         handles = StoreHandles(path, readonly)  # closed by close(), or when this store is dropped unclosed
         try:
             handles.acquire()  # one open store per directory per process; the writer's lock
@@ -194,7 +207,9 @@ class ChunkStore:
             dictionaries = Dictionaries(path, publish=backend.publish)
             if not readonly:
                 backend.publish(dictionaries.names())  # a store from before, or a crash before a publish
-            self.codec = Codec(dictionaries, *parse_compression(compression or settings.compression))
+            behind = compress == "behind" and not settings.data and not readonly
+            self.codec = Codec(dictionaries, *parse_compression(compression or settings.compression), behind=behind)
+            self.waiting = WaitingTally(self.index)
             index = self.index  # not self: nothing the store owns may keep it alive
             self.dead_space = DeadSpace(self.packs.punch, urgent=lambda: index.low_space)  # now, or by the bg gc
             self.ledger = Ledger(self.index, on_dead=None if readonly else self.dead_space.died)
@@ -324,10 +339,12 @@ class ChunkStore:
                                                              committing)
                     result, more = fn(txn)
                     self.ledger.flush_tally(txn)
+                    self.waiting.write(txn)
                 finally:
                     self.ledger.drop_tally()  # after a failure: nothing of it may leak into the next one
                 return result, actions + more
             result, actions = self.index.write(run, frees=frees)
+            self.waiting.written()
             for action in actions:
                 action()
             if frees and self.index.low_space:
@@ -369,6 +386,7 @@ class ChunkStore:
         Hashing and compression run before the store's lock is taken: only
         the lookup that decides, the appends and the pins run under it.
         """
+        self.last_activity = time.monotonic()
         addresses = addresses_of(chunks)
         encoded = self._encode_likely_new(addresses, chunks)
         with self._lock:
@@ -376,8 +394,11 @@ class ChunkStore:
             placed: dict[bytes, tuple[int, Location]] = {}
             if new:
                 ids = self.ledger.new_chunk_ids(len(new))
-                records = [record_of(self.codec, chunk, chunks[i], encoded.get(i)) for chunk, i in zip(ids, new.values())]
-                placed = dict(zip(new, zip(ids, self._append_new(records), (len(chunks[i]) for i in new.values()))))
+                how = [encoded.get(i) or encode_late(self.codec, chunks[i]) for i in new.values()]
+                records = [record_of(self.codec, chunk, chunks[i], e) for chunk, i, e in zip(ids, new.values(), how)]
+                locations = self._append_new(records)
+                self._note_waiting(how, locations)
+                placed = dict(zip(new, zip(ids, locations, (len(chunks[i]) for i in new.values()))))
             written = []
             for address in addresses:
                 is_new = address in placed and address not in self.ledger.pins
@@ -387,6 +408,16 @@ class ChunkStore:
                     self.ledger.pin_existing(address, *found[address])
                 written.append(is_new)
         return [ChunkRef(a, len(c)) for a, c in zip(addresses, chunks)], written
+
+    def _note_waiting(self, how: list[Encoded | None], locations: list[Location]) -> None:
+        """Count new records that compression behind the writers has work in (_recompress.py)."""
+        for encoded, loc in zip(how, locations):
+            if encoded is None:
+                continue
+            if encoded.waiting:
+                self.waiting.note(loc.pack, raw=loc.length)
+            elif encoded.codec == CODEC_ZSTD and encoded.dictionary == 0:
+                self.waiting.note(loc.pack, undictionaried=loc.length)
 
     def _encode_likely_new(self, addresses: list[bytes], chunks: Sequence[bytes | memoryview]) -> dict[int, Encoded]:
         """Compress the chunks that look new (index of the chunk -> its record's bytes), without the lock.
@@ -409,7 +440,8 @@ class ChunkStore:
             return {}
         where = list(todo.values())
         encoded = encode_chunks(self.codec, [chunks[i] for i in where])
-        self.codec.observe([chunks[i] for i, e in zip(where, encoded) if e.codec != CODEC_RAW])
+        if not self.codec.behind:  # behind the writers, the pass samples what it compresses (_recompress.py)
+            self.codec.observe([chunks[i] for i, e in zip(where, encoded) if e.codec != CODEC_RAW])
         return dict(zip(where, encoded))
 
     def _append_new(self, records: list[tuple]) -> list[Location]:
@@ -639,6 +671,7 @@ class ChunkStore:
         """
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
+        self.last_activity = time.monotonic()
         return self.reader.read_span(file_id, offset, length, nowait)
 
     def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes | memoryview]]:
@@ -649,6 +682,7 @@ class ChunkStore:
         The whole chunks are what the FUSE adapter pushes into the kernel's
         page cache after a short read (readaround.py).
         """
+        self.last_activity = time.monotonic()
         return self.reader.read_chunks(file_id, offset, length)
 
     def open_version(self, file_id: FileId, start: int = 0, end: int | None = None) -> FileVersion:
@@ -672,6 +706,7 @@ class ChunkStore:
 
     def get_chunk(self, address: bytes, file_id: FileId | None = None) -> bytes:
         """A chunk's bytes, verified; raises ChunkCorruptError rather than return wrong bytes."""
+        self.last_activity = time.monotonic()
         data = self.reader.get_chunk(address, file_id)
         return data if isinstance(data, bytes) else bytes(data)
 
@@ -689,6 +724,7 @@ class ChunkStore:
                     _, pack_live, pack_dead = ix.PACK.unpack(v)
                     live, dead = live + pack_live, dead + pack_dead
             pages = {name: ix.db_bytes(txn, getattr(self.index, name)) for name in ix.STORE_DATABASES}
+            out["compression_waiting_bytes"] = waiting_bytes(self, txn)
         out["index_bytes"] = sum(pages.values())
         out["index_bytes_per_chunk"] = _per(pages["chunks"] + pages["lookup"], out["unique_chunks"])
         out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
@@ -771,9 +807,24 @@ class ChunkStore:
         ``dead_bytes_left`` (packs not dead enough), ``skipped_corrupt``,
         ``stopped_full``, ``threshold``.
         """
-        report = collect_garbage(self, min_dead_fraction, progress)
+        with self.maintenance_lock:
+            report = collect_garbage(self, min_dead_fraction, progress)
         self.ensure_reserve()
         return report
+
+    def compress_waiting(self, stop: Callable[[], bool] = lambda: False, pause: float = 0.0,
+                         include_active: bool = True) -> dict:
+        """Compress the chunks stored raw to be compressed later (``compress="behind"``), pack by pack.
+
+        Records compressed without a dictionary are compressed again with
+        the store's dictionary, once it has one.  With ``include_active``
+        (the default) the active pack is sealed and rewritten too, and the
+        pass goes on until nothing waits; ``stop()`` ends it between two
+        packs.  Returns ``packs_rewritten``, ``chunks_compressed``,
+        ``bytes_before``, ``bytes_after``, ``packs_skipped``,
+        ``skipped_corrupt`` and ``stopped_full``.
+        """
+        return compress_waiting(self, stop, pause, include_active)
 
 
 def _per(total: int, count: int) -> float:
