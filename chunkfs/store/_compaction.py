@@ -250,14 +250,17 @@ def _copy_live(store, pack: int, live: list[tuple[int, Location]], report: GCRep
     return moves
 
 
-def _move(store, pack: int, moves: list[Move]) -> bool:
-    """Flush the copies (no lock held), then commit their new places; False if gc leaves the pack after all."""
+def _move(store, pack: int, moves: list[Move], carry_waiting: bool = True) -> bool:
+    """Flush the copies (no lock held), then commit their new places; False if the pack is left after all.
+
+    gc and compression behind the writers (_recompress.py) both end a pack's rewrite here; only gc's copies
+    take over what waited for compression in the old pack (``carry_waiting``)."""
     moved = False
     try:
         store.packs.sync()  # the copies are durable before the index points at them
         with store._lock:
             if not any(pin.location.pack == pack for pin in store.ledger.pins.values()):
-                moved = store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
+                moved = store.write_txn(lambda txn: _relocate(store, txn, pack, moves, carry_waiting), frees=True)
             # else a writer pinned one of its chunks meanwhile: the pack waits for the next run
     finally:
         if not moved:
@@ -313,8 +316,9 @@ def _register_copies(store, txn, moves: list[Move]):
     return None, []
 
 
-def _relocate(store, txn, pack: int, moves: list[Move]):
-    """Point each chunk still at its old place to its copy; a copy of a chunk that died meanwhile is dead."""
+def _relocate(store, txn, pack: int, moves: list[Move], carry_waiting: bool = True):
+    """Point each chunk still at its old place to its copy (its stored length may differ: a recompressed one);
+    a copy of a chunk that died meanwhile is dead."""
     for chunk, old, new in moves:
         txn.delete(ix.KEYPENDING.pack(new.pack, new.record_offset), db=store.index.pending)
         rec = get_record(txn, store.index, chunk)
@@ -322,9 +326,12 @@ def _relocate(store, txn, pack: int, moves: list[Move]):
             rec.location = new
             txn.put(chunk_key(chunk), rec.encode(), db=store.index.chunks)
             adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
+            if new.length != old.length:
+                store.ledger.count(txn, "packed_bytes", new.length - old.length)
         else:
             adjust_pack(txn, store.index.packs, new.pack, dead=record_size(new.length))
-    _carry_waiting(store, txn, pack, moves)
+    if carry_waiting:
+        _carry_waiting(store, txn, pack, moves)
     _drop_dead_pack(store, txn, pack)
     return True, []
 

@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 
 from . import _index as ix
 from ..errors import StoreFullError
-from ._compaction import _abandon_copies, _drop_copies, _drop_dead_pack, _intact, _live_records, _make_room
-from ._ledger import adjust_pack, chunk_key, get_record
+from ._compaction import _abandon_copies, _intact, _live_records, _make_room, _move, _register_copies
 from ._packs import CODEC_RAW, CODEC_ZSTD, RECORD_MAGIC, Location, RecordHeader, record_size
 
 log = logging.getLogger(__name__)
@@ -164,7 +163,7 @@ def _recompress_pack(store, pack: int, report: RecompressReport) -> None:
     if moves is None:
         report.packs_skipped += 1
         return
-    if not _relocate_all(store, pack, moves):
+    if not _move(store, pack, moves, carry_waiting=False):
         report.packs_skipped += 1
         return
     store.sync()  # the moves are durable before the old pack goes (packs first, then the index)
@@ -261,45 +260,8 @@ def _copy(store, pack: int, copies: list[Copy]) -> list[Move] | None:
                 header = record[2]
                 if header.codec == CODEC_ZSTD and header.dictionary == 0:
                     tally.note(new.pack, undictionaried=header.stored)  # again once there is a dictionary
-            store.write_txn(lambda txn: _register(store, txn, moves), frees=True)
+            store.write_txn(lambda txn: _register_copies(store, txn, moves), frees=True)
         except BaseException:
             _abandon_copies(store, [new for _, _, new in moves])
             raise
     return moves
-
-
-def _register(store, txn, moves: list[Move]):
-    for chunk, _, new in moves:
-        txn.put(ix.KEYPENDING.pack(new.pack, new.record_offset), ix.PENDING.pack(chunk, new.length),
-                db=store.index.pending)
-    return None, []
-
-
-def _relocate_all(store, pack: int, moves: list[Move]) -> bool:
-    """Flush the copies (no lock held), then commit their new places; False if the pack is left after all."""
-    moved = False
-    try:
-        store.packs.sync()  # the copies are durable before the index points at them
-        with store._lock:
-            if not any(pin.location.pack == pack for pin in store.ledger.pins.values()):
-                moved = store.write_txn(lambda txn: _relocate(store, txn, pack, moves), frees=True)
-    finally:
-        if not moved:
-            _drop_copies(store, moves)
-    return moved
-
-
-def _relocate(store, txn, pack: int, moves: list[Move]):
-    """Point each chunk still at its old place to its copy, with its new stored length; drop the old pack."""
-    for chunk, old, new in moves:
-        txn.delete(ix.KEYPENDING.pack(new.pack, new.record_offset), db=store.index.pending)
-        rec = get_record(txn, store.index, chunk)
-        if rec is not None and rec.location == old:
-            rec.location = new
-            txn.put(chunk_key(chunk), rec.encode(), db=store.index.chunks)
-            adjust_pack(txn, store.index.packs, new.pack, live=record_size(new.length))
-            store.ledger.count(txn, "packed_bytes", new.length - old.length)
-        else:
-            adjust_pack(txn, store.index.packs, new.pack, dead=record_size(new.length))
-    _drop_dead_pack(store, txn, pack)
-    return True, []
