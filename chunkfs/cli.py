@@ -330,6 +330,8 @@ def _format_stats(s: dict) -> str:
         ("disk bytes", f"{both(s['disk_bytes'])}, savings {pct(s['disk_savings_pct'])}"),
         ("reserve", f"{both(s['reserve_bytes'])} held back so deletes still work on a full disk"),
         ("garbage", f"{both(s['garbage_bytes'])} (reclaim with 'chunkfs gc')"),
+        ("replaced", f"{s['retired_refs']:,} references of replaced or deleted big files, dropped in the "
+                     "background when the mount is quiet (now: 'chunkfs gc')"),
         ("to compress", f"{both(s['compression_waiting_bytes'])} stored raw or without a dictionary until "
                         "compressed behind the writers (now: 'chunkfs compress')"),
     ]

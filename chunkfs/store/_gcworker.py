@@ -26,6 +26,15 @@ them, and the worker punches them before it looks at the garbage, except in
 packs where nothing is alive any more, which its gc run removes whole.  So
 the writer's commit does not wait for the disk to give blocks back.
 
+So is dropping the references of *retired* manifests: a commit that
+replaces or deletes a big file only sets its manifest aside
+(``ManifestIndex.retire``), and this worker drops its references, a page
+per transaction, once nothing has been read or written for
+``IDLE_BEFORE_DROPPING`` seconds (at once on a full disk); the chunks that
+die then are punched or compacted like any others.  What is left at
+unmount stays retired in the index, for the next mount's worker or
+``chunkfs gc``.
+
 Compression behind the writers (_recompress.py) is this worker's job too,
 on a store opened with ``compress="behind"``: once nothing has been read or
 written for ``IDLE_BEFORE_COMPRESSING`` seconds it rewrites the sealed packs
@@ -56,6 +65,7 @@ DEFAULT_INTERVAL = 5.0  # seconds between looks at the pack accounting
 DEFAULT_MIN_GARBAGE = 4 * 1024 * 1024  # reclaimable disk bytes worth a gc run
 PAUSE_BETWEEN_PACKS = 0.02  # lets commits waiting for the store's lock run between two packs
 BACKOFF_AFTER_FAILURE = 60.0
+IDLE_BEFORE_DROPPING = 1.0  # seconds without a read or a write before retired manifests are dropped
 IDLE_BEFORE_COMPRESSING = 2.0  # seconds without a read or a write before compression behind runs
 IDLE_BEFORE_SEALING = 30.0  # ... and before it seals the active pack to compress what waits in it
 
@@ -110,11 +120,30 @@ class BackgroundGC:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            retired_left = self._drop_guarded()
             self._punch_guarded()
             wait = self.interval if self._run_guarded() else BACKOFF_AFTER_FAILURE
             if wait == self.interval and not self._compress_guarded():
                 wait = BACKOFF_AFTER_FAILURE
+            if retired_left:
+                wait = min(wait, IDLE_BEFORE_DROPPING)  # back soon after the writers pause
             self.store.packs.reap()  # space of packs removed a while ago goes back to the disk
+
+    def _drop_guarded(self) -> bool:
+        """Drop retired manifests' references, a page per transaction, while the store is quiet (or the
+        disk full); returns whether some are left for later."""
+        try:
+            while not self._stop.is_set():
+                if self._idle_for() < IDLE_BEFORE_DROPPING and not self.store.index.low_space:
+                    return self.store.retired_entries() > 0
+                if not self.store.drop_retired():
+                    return False
+                self._stop.wait(PAUSE_BETWEEN_PACKS)
+        except ChunkfsError as exc:
+            log.error("background gc could not drop the references of replaced files: %s", exc)
+        except Exception:  # noqa: BLE001 (the thread must survive; the references stay retired)
+            log.exception("background gc could not drop the references of replaced files")
+        return False
 
     def _punch_guarded(self) -> None:
         try:

@@ -31,6 +31,10 @@ synclog        pack id (u32 BE) + offset (u64 BE)          bytes of that pack fr
 recompress     pack id (u32 BE)                            WAITING: bytes of records in that pack stored
                                                            raw to be compressed later, bytes of records
                                                            compressed without a dictionary (_recompress.py)
+retired        fkey (u64 BE)                               u64 LE: entries left of a big manifest a commit
+                                                           replaced or deleted; its runs stay in
+                                                           ``manifests`` holding their references until
+                                                           the background drops them (_manifests.py)
 =============  ==========================================  ===========================================
 
 Why this shape (docs/store-format.md has the measurements): the index must
@@ -72,7 +76,7 @@ DATABASES = (
     "chunks", "lookup", "files", "manifests", "packs", "pending", "counters",
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
-ADDED_DATABASES = ("synclog", "recompress")  # newer than some stores: made at the first writable open that lacks them
+ADDED_DATABASES = ("synclog", "recompress", "retired")  # newer than some stores: made at the first writable open that lacks them
 
 CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
 # ... then, only for a chunk stored compressed, its raw length (u32): an uncompressed chunk's is its stored

@@ -46,7 +46,7 @@ from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
 from ._filestream import StoreFileReader, blocks_of
 from ._handles import StoreHandles, weak_callback
 from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
-from ._manifests import TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
+from ._manifests import RETIRE_MIN, TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._backend import PackBackend
 from ._local_backend import LocalBackend
 from ._packs import CODEC_RAW, CODEC_ZSTD, HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
@@ -66,6 +66,7 @@ from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settin
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
+DROP_PAGE = 4096  # retired manifest entries dropped per transaction (about 0.1 s here)
 COMPRESS_WHEN = ("inline", "behind")  # compress new chunks as they are written, or later (_recompress.py)
 BackendChoice = PackBackend | Callable[[str, bool], PackBackend] | None
 
@@ -501,7 +502,7 @@ class ChunkStore:
         pinned = [ref.address for p in patches for ref in p.chunks if ref.address]
 
         def apply(txn):
-            actions = self.manifest_index.patch(txn, key, patches, size)
+            actions = self.manifest_index.patch(txn, key, patches, size, retire=self._retiring())
             actions += self.ledger.unpin(txn, pinned)
             if hook is not None:
                 hook(txn)
@@ -558,20 +559,41 @@ class ChunkStore:
                 if hook is not None:
                     hook(txn)
                 return False, []
-            fkey, size, _, _ = ix.FILE.unpack(raw)
+            fkey, size, count, _ = ix.FILE.unpack(raw)
             actions: list[Action] = []
-            extents = self.manifest_index.delete_runs(txn, fkey)
-            for extent in extents:
-                actions += self.ledger.decref(txn, extent.chunk)
+            if count >= RETIRE_MIN and self._retiring():
+                self.manifest_index.retire(txn, fkey, count)  # its references go in the background
+            else:
+                extents = self.manifest_index.delete_runs(txn, fkey)
+                for extent in extents:
+                    actions += self.ledger.decref(txn, extent.chunk)
+                ix.add_counter(txn, self.index.counters, "chunk_refs", -len(extents))
             txn.delete(key, db=self.index.files)
             ix.add_counter(txn, self.index.counters, "files", -1)
             ix.add_counter(txn, self.index.counters, "logical_bytes", -size)
-            ix.add_counter(txn, self.index.counters, "chunk_refs", -len(extents))
             if hook is not None:
                 hook(txn)
             return True, actions
 
         return self.write_txn(remove, frees=True)
+
+    def _retiring(self) -> bool:
+        """Whether a commit that drops a big manifest retires it (_manifests.ManifestIndex.retire): while a
+        background worker drops retired manifests (a mount's gc thread), unless the disk is full, when
+        the space must come back before the next write."""
+        return self.dead_space.deferred and not self.index.low_space and self.index.retired is not None
+
+    def retired_entries(self) -> int:
+        """Manifest entries of replaced or deleted big files whose references are yet to be dropped."""
+        with self.index.read() as txn:
+            return sum(self.manifest_index.retired_keys(txn).values())
+
+    def drop_retired(self, limit: int = DROP_PAGE) -> int:
+        """Drop the references of about ``limit`` retired manifest entries, in one transaction; returns
+        how many (0: none waits).  Chunks left without a reference die here, as in the commit would have."""
+        if self.index.retired is None:
+            return 0
+        return self.write_txn(lambda txn: self.manifest_index.drop_retired(txn, limit), frees=True)
 
     # -- copies by metadata (chunkfs clone, snapshot, du) ------------------------------
 
@@ -725,6 +747,7 @@ class ChunkStore:
                     live, dead = live + pack_live, dead + pack_dead
             pages = {name: ix.db_bytes(txn, getattr(self.index, name)) for name in ix.STORE_DATABASES}
             out["compression_waiting_bytes"] = waiting_bytes(self, txn)
+            out["retired_refs"] = sum(self.manifest_index.retired_keys(txn).values())
         out["index_bytes"] = sum(pages.values())
         out["index_bytes_per_chunk"] = _per(pages["chunks"] + pages["lookup"], out["unique_chunks"])
         out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
@@ -808,6 +831,8 @@ class ChunkStore:
         ``stopped_full``, ``threshold``.
         """
         with self.maintenance_lock:
+            while self.drop_retired():  # the references of retired manifests first: their chunks may die
+                pass
             report = collect_garbage(self, min_dead_fraction, progress)
         self.ensure_reserve()
         return report
