@@ -3,6 +3,7 @@ packs that loses nothing, keeps dedup and refcounts, survives a kill at any step
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -270,3 +271,21 @@ def test_a_pass_killed_at_any_step_loses_nothing(tmp_path, where, steps):
             finished = True
             break
     assert finished
+
+
+def test_writers_probe_a_sample_of_incompressible_data_and_notice_text_after_it(tmp_path, monkeypatch):
+    """Behind the writers a probe only marks chunks waiting: after a few hopeless ones in a row only one in
+    SAMPLE_EVERY is probed, and compressible chunks after them are noticed within SAMPLE_EVERY chunks."""
+    with ChunkStore.create(tmp_path / "s") as made:
+        codec = made.codec
+        codec.behind = True
+        probes = []
+        real = codec.hopeless
+        monkeypatch.setattr(codec, "hopeless", lambda data: probes.append(1) or real(data))
+        noise = [os.urandom(32 * 1024) for _ in range(64)]
+        words = [text(32 * 1024, seed) for seed in range(24)]
+        out = _compression.encode_chunks(codec, noise + words)
+    assert len(probes) <= 64 // _compression.SAMPLE_EVERY + _compression.SAMPLE_AFTER + len(words)
+    assert not any(e.waiting for e in out[:64])
+    assert all(e.codec == CODEC_RAW for e in out)
+    assert all(e.waiting for e in out[64 + _compression.SAMPLE_EVERY:])  # the text is counted for the pass

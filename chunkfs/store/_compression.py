@@ -56,6 +56,7 @@ log = logging.getLogger("chunkfs.store")
 
 PROBE_FROM = 16 * 1024  # chunks this big get a sample probe before a full compression
 PROBE_SIZE = 4 * 1024
+SAMPLE_AFTER, SAMPLE_EVERY = 4, 8  # behind the writers: probe one chunk in 8 after 4 hopeless in a row
 # Level 1, not a faster negative level: those store literals without entropy coding, so they call data whose
 # only redundancy is its alphabet (hex, base64, random words) incompressible, which level 3 halves.
 PROBE_LEVEL = 1
@@ -391,13 +392,13 @@ def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[En
     are not serialised by any of it.  When compressing behind the writers,
     a chunk that passes its probe is kept raw and marked waiting.
     """
+    if codec.behind:
+        return _marked_waiting(codec, chunks)
     out: list[Encoded | None] = []
     todo: list[int] = []
     for n, data in enumerate(chunks):
         if codec.hopeless(data):
             out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data)))
-        elif codec.behind:
-            out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data), waiting=True))
         else:
             out.append(None)
             todo.append(n)
@@ -414,6 +415,24 @@ def encode_chunks(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[En
     else:
         compress(todo)
     return out  # type: ignore[return-value]  (every slot is filled)
+
+
+def _marked_waiting(codec: Codec, chunks: Sequence[bytes | memoryview]) -> list[Encoded]:
+    """Behind the writers every chunk is stored raw; a probe only says whether it counts as waiting for the
+    pass, which probes every raw record of a pack it rewrites again.  So after ``SAMPLE_AFTER`` hopeless
+    probes in a row (random or already compressed data) only every ``SAMPLE_EVERY``-th chunk is probed
+    until one passes: a stream of incompressible data costs a fifth of the probes, and a compressible
+    stretch after it is noticed within ``SAMPLE_EVERY`` chunks."""
+    out: list[Encoded] = []
+    hopeless_run = 0
+    for n, data in enumerate(chunks):
+        if hopeless_run >= SAMPLE_AFTER and n % SAMPLE_EVERY:
+            waiting = False
+        else:
+            waiting = not codec.hopeless(data)
+            hopeless_run = 0 if waiting else hopeless_run + 1
+        out.append(Encoded(CODEC_RAW, 0, data, checksum_of(data), waiting=waiting))
+    return out
 
 
 def encode_late(codec: Codec, data: bytes | memoryview) -> Encoded | None:
