@@ -23,10 +23,10 @@ from .settings import StoreSettings
 
 
 class StreamChunker(Protocol):
-    def feed(self, data: bytes | memoryview) -> list[bytes]:
-        """Add bytes; return the chunks that are now final, in order."""
+    def feed(self, data: bytes | memoryview) -> list[memoryview]:
+        """Add bytes; return the chunks that are now final, in order (read-only views: keep them or copy)."""
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[memoryview]:
         """End of input: return what remains (at most one chunk for FastCDC)."""
 
     @property
@@ -35,25 +35,35 @@ class StreamChunker(Protocol):
 
 
 class _BufferedChunker:
-    """Holds the bytes fed but not yet cut; subclasses decide where to cut."""
+    """Holds the bytes fed but not yet cut; subclasses decide where to cut.
+
+    The chunks a cut returns are views of one immutable buffer (the pieces
+    fed since the last cut, joined once), not copies: a chunk is hashed,
+    stored and dropped, and copying every byte into the buffer and again into
+    chunk-sized ``bytes`` cost a stream's pump about 0.1 s per GiB, under the GIL.
+    """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []
+        self._pending = 0
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return self._pending
 
-    def feed(self, data: bytes | memoryview) -> list[bytes]:
-        self._buf += data
+    def feed(self, data: bytes | memoryview) -> list[memoryview]:
+        if len(data):
+            # a bytes object cannot change under us; any other buffer might before the cut
+            self._pieces.append(data if type(data) is bytes else bytes(data))
+            self._pending += len(data)
         return self._cut(final=False) if self._ready() else []
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[memoryview]:
         return self._cut(final=True)
 
     def peek(self) -> bytes:
         """The bytes fed but not yet cut (for read-your-writes)."""
-        return bytes(self._buf)
+        return b"".join(self._pieces)
 
     @property
     def ready_at(self) -> int:
@@ -61,20 +71,22 @@ class _BufferedChunker:
         return 1
 
     def _ready(self) -> bool:
-        return len(self._buf) >= self.ready_at
+        return self._pending >= self.ready_at
 
     def _spans(self, view: memoryview, final: bool) -> list[tuple[int, int]]:
         raise NotImplementedError
 
-    def _cut(self, final: bool) -> list[bytes]:
-        if not self._buf:
+    def _cut(self, final: bool) -> list[memoryview]:
+        if not self._pending:
             return []
-        view = memoryview(self._buf)
-        try:
-            chunks = [bytes(view[o : o + n]) for o, n in self._spans(view, final)]
-        finally:
-            view.release()
-        del self._buf[: sum(len(c) for c in chunks)]
+        buf = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        view = memoryview(buf)
+        spans = self._spans(view, final)
+        chunks = [view[o : o + n] for o, n in spans]
+        used = sum(n for _, n in spans)  # spans tile the buffer from its start
+        rest = buf[used:]
+        self._pieces = [rest] if rest else []
+        self._pending = len(rest)
         return chunks
 
 
@@ -126,7 +138,7 @@ def make_chunker(settings: StoreSettings, eager: bool = False) -> FastCDCChunker
     return FastCDCChunker(settings.min_size, settings.avg_size, settings.max_size, eager)
 
 
-def chunk_stream(settings: StoreSettings, blocks) -> Iterator[bytes]:
+def chunk_stream(settings: StoreSettings, blocks) -> Iterator[memoryview]:
     """Chunk an iterable of byte buffers, yielding chunks as they become final."""
     chunker = make_chunker(settings)
     for block in blocks:
