@@ -290,8 +290,10 @@ def cmd_stats(args) -> int:
     from .store import ChunkStore  # noqa: PLC0415
 
     store_path, mounted_on = resolve_store(args.target)
-    with ChunkStore.open(store_path, readonly=True) as store:
+    with ChunkStore.open(store_path, readonly=True) as store:  # also: may this user read the store?
         stats = store.stats()
+    if mounted_on:
+        stats = _ask(_where(mounted_on[0]), "stats")  # the mount's own view: its mode, its live counters
     stats["store"] = os.path.abspath(store_path)
     stats["mountpoints"] = mounted_on
     if args.json:
@@ -315,6 +317,7 @@ def _format_stats(s: dict) -> str:
         return NO_FIGURE if value is None else f"{value:.2f}x"
 
     dictionary = f"dictionary {s['dictionary']}" if s["dictionary"] else "no dictionary yet"
+    behind = f"; {s['compression_behind']} behind the writers" if s.get("compression_behind") else ""
     mounted = f" (mounted on {', '.join(s['mountpoints'])})" if s["mountpoints"] else ""
     rows = [
         ("store", s["store"] + mounted),
@@ -322,7 +325,7 @@ def _format_stats(s: dict) -> str:
         ("logical bytes", both(s["logical_bytes"])),
         ("after dedup", f"{both(s['stored_bytes'])}, dedup ratio {ratio(s['dedup_ratio'])}"),
         ("compressed", f"{both(s['packed_bytes'])}, compression ratio {ratio(s['compression_ratio'])} "
-                       f"({s['compression']}, {dictionary})"),
+                       f"({s['compression']}{behind}, {dictionary})"),
         ("savings", f"{pct(s['savings_pct'])} (dedup {pct(s['dedup_savings_pct'])}, then compression "
                     f"{pct(s['compression_savings_pct'])})"),
         ("chunks", f"{s['unique_chunks']:,} unique, {s['chunk_refs']:,} references "
@@ -432,8 +435,9 @@ def cmd_compress(args) -> int:
         print(json.dumps(report))
     else:
         saved = report["bytes_before"] - report["bytes_after"]
-        print(f"compress: rewrote {report['packs_rewritten']:,} packs, compressed {report['chunks_compressed']:,} "
-              f"chunks from {format_size(report['bytes_before'])} to {format_size(report['bytes_after'])} "
+        print(f"compress: rewrote {_count(report['packs_rewritten'], 'pack')}, compressed "
+              f"{_count(report['chunks_compressed'], 'chunk')} "
+              f"from {format_size(report['bytes_before'])} to {format_size(report['bytes_after'])} "
               f"({format_size(saved)} saved)")
     if report["stopped_full"]:
         print("compress: stopped early: not enough free space to write compressed copies", file=sys.stderr)
@@ -445,9 +449,14 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 pack``, ``3 packs``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _format_gc(r: dict) -> str:
     def packs(n: int) -> str:
-        return f"{n} pack" if n == 1 else f"{n} packs"
+        return _count(n, "pack")
 
     line = (f"gc: removed {packs(r['packs_removed'])} ({r['packs_rewritten']} rewritten), "
             f"moved {format_size(r['bytes_moved'])} in {r['chunks_moved']:,} live chunks, "

@@ -171,6 +171,8 @@ class ControlServer:
             result = ops.compress(should_stop)
             log.info("compress by uid %d: %s", cred.uid, result)
             return result
+        elif op == "stats":
+            return ops.stats()
         elif op == "du":
             return [dict(u, path=text(u["path"])) for u in ops.du(cred, path("path"), int(req.get("depth") or 0))]
         else:

@@ -36,8 +36,11 @@ def test_written_text_is_compressed_by_chunkfs_compress(mounted_fs):
     assert written["packed_bytes"] == written["stored_bytes"] == written["compression_waiting_bytes"]
     packs_before = du_bytes(mounted_fs.store / "packs")
 
+    assert written["compression_behind"] == "zstd:6"
+    assert "zstd:6 behind the writers" in run_cli("stats", mounted_fs.mountpoint).stdout
+
     result = run_cli("compress", mounted_fs.mountpoint)
-    assert result.stdout.startswith("compress: rewrote ")
+    assert result.stdout.startswith("compress: rewrote 1 pack, compressed ")  # the active pack, sealed
 
     stats = mounted_fs.stats()
     assert stats["compression_waiting_bytes"] == 0
@@ -58,7 +61,7 @@ def test_compress_inline_mount_option(mount_factory):
     blob = text(SIZE, 5)
     (fs / "t.txt").write_bytes(blob)
     stats = fs.stats()
-    assert stats["compression_waiting_bytes"] == 0
+    assert stats["compression_waiting_bytes"] == 0 and stats["compression_behind"] is None
     assert stats["packed_bytes"] < stats["stored_bytes"] / 2
     report = json.loads(run_cli("compress", "--json", fs.mountpoint).stdout)
     assert report["chunks_compressed"] >= 0 and report["stopped_full"] is False

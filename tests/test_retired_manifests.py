@@ -9,7 +9,10 @@ no worker runs (the library alone) or the disk is full.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -17,7 +20,7 @@ from chunkfs.fsck import check_store
 from chunkfs.store import ChunkStore
 from chunkfs.store._gcworker import BackgroundGC
 from chunkfs.store._manifests import RETIRE_MIN
-from conftest import run_cli, wait_until
+from conftest import REPO, cli_env, run_cli, wait_until
 
 BIG = 24 * 1024 * 1024  # about 768 chunks of 32 KiB: past RETIRE_MIN
 
@@ -127,6 +130,60 @@ def test_the_worker_drops_when_the_store_is_quiet(store):
         gc.stop()
     assert check_store(store).clean
     assert store.stats()["unique_chunks"] == _refs(store)
+
+
+DROP_CRASH = textwrap.dedent("""
+    import os, random, sys
+    from chunkfs.store import ChunkStore
+    path, nth = sys.argv[1], int(sys.argv[2])
+    with ChunkStore.create(path) as store:
+        store.ingest("a", random.Random(1).randbytes(%d))
+        store.ingest("b", random.Random(2).randbytes(%d))
+        store.dead_space.defer(lambda: None)  # as a mount's worker does
+        seen = {"n": 0}
+        real = store.write_txn
+        def write_txn(*args, **kwargs):
+            result = real(*args, **kwargs)
+            seen["n"] += 1
+            if seen["n"] == nth:
+                os._exit(42)  # killed right after its nth commit
+            return result
+        store.write_txn = write_txn
+        store.ingest("a", random.Random(3).randbytes(%d))  # retires a's manifest
+        store.delete("b")  # retires b's
+        while store.drop_retired(limit=200):
+            pass
+    sys.exit(0)
+""" % (BIG, BIG, BIG))
+
+
+def test_killed_at_any_commit_of_retiring_and_dropping(tmp_path):
+    """A crash leaves each manifest retired or dropped page by page, never half a run: fsck is clean before
+    and after recovery, the files read what their last commit says, and the drops finish later."""
+    new_a = random.Random(3).randbytes(BIG)
+    finished = False
+    for nth in range(1, 40):
+        path = tmp_path / f"store-{nth}"
+        proc = subprocess.run([sys.executable, "-c", DROP_CRASH, str(path), str(nth)], cwd=REPO, env=cli_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (0, 42), proc.stderr
+        with ChunkStore.open(path, readonly=True) as store:
+            report = check_store(store)
+            assert report.clean, f"killed after commit {nth}, before recovery: {report.findings}"
+        with ChunkStore.open(path) as store:
+            assert store.read("a") in (new_a, random.Random(1).randbytes(BIG))
+            assert store.list_files() in (["a"], ["a", "b"])
+            while store.drop_retired():
+                pass
+            report = check_store(store)
+            assert report.clean, f"killed after commit {nth}: {report.findings}"
+            if proc.returncode == 0:
+                assert store.read("a") == new_a and store.list_files() == ["a"]
+                assert store.stats()["unique_chunks"] == store.stats()["chunk_refs"]
+        if proc.returncode == 0:  # every commit was covered
+            finished = True
+            break
+    assert finished
 
 
 # -- through the mount -------------------------------------------------------------------------------

@@ -201,6 +201,12 @@ class TreeOps:
         self._writable()
         return self.store.compress_waiting(stop=should_stop)
 
+    def stats(self) -> dict:
+        """The store's statistics as this mount sees them (``chunkfs stats MOUNTPOINT``): its compression
+        mode, and an object store's live upload backlog and request counts, which a second, read-only
+        open of the store cannot know."""
+        return self.store.stats()
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _writable(self) -> None:

@@ -40,25 +40,27 @@ from ._cache import ChunkCache
 from ._deadspace import DeadSpace
 from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, WouldBlock
-from ..hashing import VERIFY_MODES, addresses_of
+from ..hashing import VERIFY_MODES
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
 from ._filestream import StoreFileReader, blocks_of
 from ._handles import StoreHandles, weak_callback
-from ._ledger import Action, ChunkRecord, Ledger, new_pack_record
+from ._ledger import Action, Ledger, new_pack_record
 from ._manifests import RETIRE_MIN, TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
 from ._backend import PackBackend
 from ._local_backend import LocalBackend
-from ._packs import CODEC_RAW, CODEC_ZSTD, HEADER_SIZE, MAX_PACK_SIZE, Location, PackFiles, record_size
+from ._packs import PackFiles
 from ._check import FileNamer, check_records
 from ..settings import format_compression, parse_compression
-from ._compression import Codec, Dictionaries, Encoded, encode_chunks, encode_late, record_of
-from ._recompress import WaitingTally, compress_waiting, waiting_bytes
+from ._compression import Codec, Dictionaries
+from ._recompress import WaitingTally, compress_waiting
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
 from ._recovery import RecoveryReport, recover
 from ._reading import ChunkReader
 from ._versions import FileVersion, open_version
+from ._stats import disk_bytes, store_stats
+from ._writing import put_many
 from ._repair import mark_lost_tail, repair_store
 from ._report import CheckReport, Progress
 from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
@@ -92,11 +94,6 @@ class IngestResult:
     chunks: int
     new_chunks: int
     new_bytes: int
-
-
-def _savings(stored: int, logical: int) -> float | None:
-    """Percent of ``logical`` bytes not stored; None (no figure) for a store without data."""
-    return round(100.0 * (1 - stored / logical), 2) if logical > 0 else None
 
 
 class ChunkStore:
@@ -370,7 +367,7 @@ class ChunkStore:
 
     def put_chunk(self, data: bytes | memoryview) -> ChunkRef:
         """Store one chunk (unless already stored) and pin it until committed or released."""
-        return self._put_many([data])[0][0]
+        return put_many(self, [data])[0][0]
 
     def put_chunks(self, chunks: Sequence[bytes | memoryview]) -> list[ChunkRef]:
         """put_chunk for consecutive chunks of one writer, all or none.
@@ -379,108 +376,7 @@ class ChunkStore:
         up in one read transaction, and its new chunks go to the pack in one
         write.  On failure (a full disk) nothing is stored or pinned.
         """
-        return self._put_many(chunks)[0]
-
-    def _put_many(self, chunks: Sequence[bytes | memoryview]) -> tuple[list[ChunkRef], list[bool]]:
-        """put_chunks, also saying which chunks' bytes were new to the store.
-
-        Hashing and compression run before the store's lock is taken: only
-        the lookup that decides, the appends and the pins run under it.
-        """
-        self.last_activity = time.monotonic()
-        addresses = addresses_of(chunks)
-        encoded = self._encode_likely_new(addresses, chunks)
-        with self._lock:
-            found, new = self._lookup_unpinned(addresses)
-            placed: dict[bytes, tuple[int, Location]] = {}
-            if new:
-                ids = self.ledger.new_chunk_ids(len(new))
-                how = [encoded.get(i) or encode_late(self.codec, chunks[i]) for i in new.values()]
-                records = [record_of(self.codec, chunk, chunks[i], e) for chunk, i, e in zip(ids, new.values(), how)]
-                locations = self._append_new(records)
-                self._note_waiting(how, locations)
-                placed = dict(zip(new, zip(ids, locations, (len(chunks[i]) for i in new.values()))))
-            written = []
-            for address in addresses:
-                is_new = address in placed and address not in self.ledger.pins
-                if is_new:
-                    self.ledger.pin_new(address, *placed[address])
-                elif not self.ledger.add_pin(address):
-                    self.ledger.pin_existing(address, *found[address])
-                written.append(is_new)
-        return [ChunkRef(a, len(c)) for a, c in zip(addresses, chunks)], written
-
-    def _note_waiting(self, how: list[Encoded | None], locations: list[Location]) -> None:
-        """Count new records that compression behind the writers has work in (_recompress.py)."""
-        for encoded, loc in zip(how, locations):
-            if encoded is None:
-                continue
-            if encoded.waiting:
-                self.waiting.note(loc.pack, raw=loc.length)
-            elif encoded.codec == CODEC_ZSTD and encoded.dictionary == 0:
-                self.waiting.note(loc.pack, undictionaried=loc.length)
-
-    def _encode_likely_new(self, addresses: list[bytes], chunks: Sequence[bytes | memoryview]) -> dict[int, Encoded]:
-        """Compress the chunks that look new (index of the chunk -> its record's bytes), without the lock.
-
-        A look without the lock (an index snapshot, the pins as they are now):
-        under the lock the store decides again, and a chunk another writer
-        stored meanwhile only costs its compression.  Chunks that compressed
-        feed the dictionary's sample.
-        """
-        if not self.codec.enabled:
-            return {}
-        todo: dict[bytes, int] = {}
-        pins = self.ledger.pins
-        with self.index.read() as txn, txn.cursor(db=self.index.lookup) as cursor:
-            for i, address in enumerate(addresses):
-                if address and address not in todo and address not in pins \
-                        and self.ledger.find(txn, address, cursor) is None:
-                    todo[address] = i
-        if not todo:
-            return {}
-        where = list(todo.values())
-        encoded = encode_chunks(self.codec, [chunks[i] for i in where])
-        if not self.codec.behind:  # behind the writers, the pass samples what it compresses (_recompress.py)
-            self.codec.observe([chunks[i] for i, e in zip(where, encoded) if e.codec != CODEC_RAW])
-        return dict(zip(where, encoded))
-
-    def _append_new(self, records: list[tuple]) -> list[Location]:
-        """Append new chunks' records to the active pack, rolling to a new one where a pack would pass 4 GiB."""
-        total = sum(record_size(len(record[1])) for record in records)
-        if total <= MAX_PACK_SIZE - HEADER_SIZE:  # nearly always: one append
-            self._ensure_active_pack(nbytes=total)
-            return self.packs.append_many(records)
-        locations: list[Location] = []
-        room = MAX_PACK_SIZE - HEADER_SIZE
-        start = 0
-        while start < len(records):
-            stop, size = start, 0
-            while stop < len(records) and (stop == start or size + record_size(len(records[stop][1])) <= room):
-                size += record_size(len(records[stop][1]))
-                stop += 1
-            self._ensure_active_pack(nbytes=size)
-            locations += self.packs.append_many(records[start:stop])
-            start = stop
-        return locations
-
-    def _lookup_unpinned(self, addresses: list[bytes]) -> tuple[dict, dict]:
-        """For chunks no writer pins: (chunk id, record) of those stored, and those new to the store (first index)."""
-        found: dict[bytes, tuple[int, ChunkRecord]] = {}
-        new: dict[bytes, int] = {}
-        todo: dict[bytes, int] = {}
-        for i, address in enumerate(addresses):
-            if address and address not in self.ledger.pins and address not in todo:
-                todo[address] = i
-        if todo:
-            with self.index.read() as txn, txn.cursor(db=self.index.lookup) as cursor:
-                for address, i in todo.items():
-                    hit = self.ledger.find(txn, address, cursor)
-                    if hit is not None:
-                        found[address] = hit
-                    else:
-                        new[address] = i
-        return found, new
+        return put_many(self, chunks)[0]
 
     def release(self, refs: Iterable[ChunkRef]) -> None:
         """Drop the pins of chunks a writer will not commit after all."""
@@ -524,7 +420,7 @@ class ChunkStore:
         new_chunks = new_bytes = 0
         try:
             for block in itertools.chain(blocks_of(data), [None]):  # None: the end, finish()
-                put, written = self._put_many(chunker.feed(block) if block is not None else chunker.finish())
+                put, written = put_many(self, chunker.feed(block) if block is not None else chunker.finish())
                 refs += put
                 new_chunks += sum(written)
                 new_bytes += sum(r.length for r, w in zip(put, written) if w)
@@ -735,42 +631,8 @@ class ChunkStore:
     # -- statistics and maintenance ---------------------------------------------
 
     def stats(self) -> dict:
-        """Counters kept exact in every commit, plus what the store occupies on disk."""
-        with self.index.read() as txn:
-            c = self.index.counters
-            names = ("files", "logical_bytes", "stored_bytes", "packed_bytes", "unique_chunks", "chunk_refs")
-            out = {name: ix.get_counter(txn, c, name) for name in names}
-            dead = live = 0
-            with txn.cursor(db=self.index.packs) as cur:
-                for _, v in cur:
-                    _, pack_live, pack_dead = ix.PACK.unpack(v)
-                    live, dead = live + pack_live, dead + pack_dead
-            pages = {name: ix.db_bytes(txn, getattr(self.index, name)) for name in ix.STORE_DATABASES}
-            out["compression_waiting_bytes"] = waiting_bytes(self, txn)
-            out["retired_refs"] = sum(self.manifest_index.retired_keys(txn).values())
-        out["index_bytes"] = sum(pages.values())
-        out["index_bytes_per_chunk"] = _per(pages["chunks"] + pages["lookup"], out["unique_chunks"])
-        out["index_bytes_per_entry"] = _per(pages["manifests"], out["chunk_refs"])
-        logical = out["logical_bytes"]
-        out["savings_pct"] = _savings(out["packed_bytes"], logical)
-        out["dedup_savings_pct"] = _savings(out["stored_bytes"], logical)
-        out["compression_savings_pct"] = _savings(out["packed_bytes"], out["stored_bytes"])
-        out["dedup_ratio"] = round(logical / out["stored_bytes"], 3) if out["stored_bytes"] else None
-        out["compression_ratio"] = round(out["stored_bytes"] / out["packed_bytes"], 3) if out["packed_bytes"] else None
-        out["compression"] = format_compression(self.codec.codec, self.codec.level)
-        out["dictionary"] = self.codec.dict_id
-        out["garbage_bytes"] = dead
-        out["disk_bytes"] = self.disk_bytes()
-        out["reserve_bytes"] = reserve.held_bytes(self.path)
-        # Index, pack headers and block rounding cost tens of KiB whatever the data: while they outweigh
-        # the data (disk > 2 x logical), a percentage would be a huge negative that says nothing.
-        out["disk_savings_pct"] = _savings(out["disk_bytes"], logical) if out["disk_bytes"] <= 2 * logical else None
-        out["chunker"] = self.settings.chunker
-        out["avg_chunk_size"] = self.settings.avg_size
-        backend = self.packs.backend.stats()
-        if backend:
-            out["object_store"] = backend
-        return out
+        """Counters kept exact in every commit, plus what the store occupies on disk (_stats.py)."""
+        return store_stats(self)
 
     def garbage_bytes(self, min_dead_fraction: float = DEFAULT_MIN_DEAD_FRACTION) -> int:
         """Disk bytes :meth:`gc` at ``min_dead_fraction`` would give back now (no chunk data read)."""
@@ -788,18 +650,7 @@ class ChunkStore:
     def disk_bytes(self) -> int:
         """Bytes the store occupies: its directory's allocated blocks, as ``du`` counts, and its packs', less
         the space reserve (``stats`` reports that apart)."""
-        total = self.packs.disk_bytes()
-        for root, dirs, files in os.walk(self.path):
-            if root == self.path:
-                if "packs" in dirs:
-                    dirs.remove("packs")  # counted by the backend (wherever it keeps them)
-                files = [name for name in files if name != reserve.RESERVE_NAME]
-            for name in files + dirs:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
-                except FileNotFoundError:
-                    pass
-        return total
+        return disk_bytes(self)
 
     # -- checking and repair (chunkfs fsck) ------------------------------------------
 
@@ -851,6 +702,3 @@ class ChunkStore:
         """
         return compress_waiting(self, stop, pause, include_active)
 
-
-def _per(total: int, count: int) -> float:
-    return round(total / count, 1) if count else 0.0
