@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -213,3 +214,23 @@ def test_overwrite_and_rm_through_the_mount(mounted_fs, tmp_path):
     mounted_fs.mount()
     assert (mounted_fs / "b").read_bytes() == new
     assert wait_until(lambda: mounted_fs.stats()["retired_refs"] == 0, timeout=30)
+
+
+def test_a_busy_mount_keeps_them_until_the_disk_is_nearly_full(store, monkeypatch):
+    from chunkfs.store import _gcworker
+    monkeypatch.setattr(_gcworker, "TIGHT_FREE_FRACTION", 0.0)  # no disk looks nearly full
+    store.ingest("f", os.urandom(BIG))
+    gc = BackgroundGC(store, interval=0.05, min_garbage=1)
+    store.dead_space.defer(lambda: None)
+    store.ingest("f", b"small")
+    assert store.retired_entries() > 0
+    store.last_activity = float("inf")  # the store never looks quiet
+    gc.start()
+    try:
+        time.sleep(0.5)  # ten looks of the worker
+        assert store.retired_entries() > 0  # busy: the writers come first
+        monkeypatch.setattr(_gcworker, "TIGHT_FREE_FRACTION", 1.0)  # now every disk looks nearly full
+        assert wait_until(lambda: store.retired_entries() == 0, timeout=20)
+    finally:
+        gc.stop()
+    assert check_store(store).clean

@@ -30,7 +30,7 @@ So is dropping the references of *retired* manifests: a commit that
 replaces or deletes a big file only sets its manifest aside
 (``ManifestIndex.retire``), and this worker drops its references, a page
 per transaction, once nothing has been read or written for
-``IDLE_BEFORE_DROPPING`` seconds (at once on a full disk); the chunks that
+``IDLE_BEFORE_DROPPING`` seconds (at once when the disk is nearly full); the chunks that
 die then are punched or compacted like any others.  What is left at
 unmount stays retired in the index, for the next mount's worker or
 ``chunkfs gc``.
@@ -52,6 +52,7 @@ registered only by the commit that moves them).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -65,7 +66,8 @@ DEFAULT_INTERVAL = 5.0  # seconds between looks at the pack accounting
 DEFAULT_MIN_GARBAGE = 4 * 1024 * 1024  # reclaimable disk bytes worth a gc run
 PAUSE_BETWEEN_PACKS = 0.02  # lets commits waiting for the store's lock run between two packs
 BACKOFF_AFTER_FAILURE = 60.0
-IDLE_BEFORE_DROPPING = 1.0  # seconds without a read or a write before retired manifests are dropped
+IDLE_BEFORE_DROPPING = 1.0  # seconds without a read or a write before retired manifests are dropped ...
+TIGHT_FREE_FRACTION = 0.05  # ... unless the disk has less than this free: then at once
 IDLE_BEFORE_COMPRESSING = 2.0  # seconds without a read or a write before compression behind runs
 IDLE_BEFORE_SEALING = 30.0  # ... and before it seals the active pack to compress what waits in it
 
@@ -134,7 +136,7 @@ class BackgroundGC:
         disk full); returns whether some are left for later."""
         try:
             while not self._stop.is_set():
-                if self._idle_for() < IDLE_BEFORE_DROPPING and not self.store.index.low_space:
+                if self._idle_for() < IDLE_BEFORE_DROPPING and not self._space_is_tight():
                     return self.store.retired_entries() > 0
                 if not self.store.drop_retired():
                     return False
@@ -144,6 +146,16 @@ class BackgroundGC:
         except Exception:  # noqa: BLE001 (the thread must survive; the references stay retired)
             log.exception("background gc could not drop the references of replaced files")
         return False
+
+    def _space_is_tight(self) -> bool:
+        """A full disk, or one with less than TIGHT_FREE_FRACTION free: retired space is wanted now."""
+        if self.store.index.low_space:
+            return True
+        try:
+            st = os.statvfs(self.store.path)
+        except OSError:
+            return False
+        return st.f_bavail < st.f_blocks * TIGHT_FREE_FRACTION
 
     def _punch_guarded(self) -> None:
         try:
