@@ -472,7 +472,7 @@ TEST_LEVELS = {
               ["test_chunker.py", "test_store.py", "test_store_limits.py", "test_store_stateful.py",
                "test_fsck.py", "test_pack_backend.py", "test_store_wall.py", "test_gc_threshold.py",
                "test_upgrade.py", "test_store_index.py", "test_store_concurrency.py", "test_compression.py",
-               "test_object_store.py", "test_compress_behind.py"]),
+               "test_object_store.py", "test_compress_behind.py", "test_retired_manifests.py"]),
     "fscore": ("the filesystem core (FsCore, open files, the adapter's fast paths), in-process, no mount",
                ["test_fs_core.py", "test_fs_model.py", "test_openfile.py", "test_blocks.py",
                 "test_fast_paths.py", "test_clone_core.py", "test_fsync_policy.py"]),

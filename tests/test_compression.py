@@ -14,7 +14,7 @@ from chunkfs.errors import ChunkCorruptError, ObjectStoreError
 from chunkfs.fsck import check_store
 from chunkfs.settings import MAX_LEVEL, SettingsError, parse_compression
 from chunkfs.store import ChunkStore
-from chunkfs.store import _compression
+from chunkfs.store import _compression, _writing
 from chunkfs.store._backend import MemoryBackend
 from chunkfs.store._compression import CODEC_RAW, CODEC_ZSTD, Codec, DecodeError, Dictionaries
 from chunkfs.store._packs import RECORD, RecordHeader
@@ -337,7 +337,7 @@ def test_a_chunk_that_looked_stored_before_the_lock_is_compressed_under_it(tmp_p
     """The look before the lock can be wrong (another writer freed the chunk meanwhile): the chunk is still
     stored, compressed where it pays."""
     with ChunkStore.create(tmp_path / "s", avg_size="16K") as store:
-        monkeypatch.setattr(store, "_encode_likely_new", lambda addresses, chunks: {})
+        monkeypatch.setattr(_writing, "_encode_likely_new", lambda store, addresses, chunks: {})
         files = fill(store)
         s = store.stats()
         assert s["packed_bytes"] < s["stored_bytes"] - 500_000
