@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from chunkfs.fsck import check_store
 from chunkfs.store import ChunkStore
 from chunkfs.store._gcworker import BackgroundGC
 from chunkfs.store._manifests import RETIRE_MIN
-from conftest import REPO, cli_env, run_cli, wait_until
+from conftest import REPO, cli_env, force_unmount, run_cli, wait_process_gone, wait_until
 
 BIG = 24 * 1024 * 1024  # about 768 chunks of 32 KiB: past RETIRE_MIN
 
@@ -234,3 +235,34 @@ def test_a_busy_mount_keeps_them_until_the_disk_is_nearly_full(store, monkeypatc
     finally:
         gc.stop()
     assert check_store(store).clean
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("delay", [0.0, 1.3, 2.0])
+def test_kill_9_while_retired_manifests_wait_or_drop(mounted_fs, tmp_path, delay):
+    """The daemon killed right after an fsync'ed overwrite and an rm (0 s: the old manifests still retired),
+    or around when its worker drops them (the mount quiet for a second or two; the kill at every commit of
+    a drop is the store-level test above): the remount reads the new bytes, fsck is clean, and what was
+    left retired is dropped by the next mount."""
+    old, new = os.urandom(BIG), os.urandom(BIG)
+    for name in ("a", "b"):
+        (mounted_fs / name).write_bytes(old)
+    with open(mounted_fs / "a", "wb") as f:  # O_TRUNC, then the new bytes, made durable
+        f.write(new)
+        f.flush()
+        os.fsync(f.fileno())
+    os.unlink(mounted_fs / "b")
+    os.sync()
+    time.sleep(delay)
+    mounted_fs.allow_daemon_death()
+    os.kill(mounted_fs.pid, signal.SIGKILL)
+    assert wait_process_gone(mounted_fs.pid, 10)
+    mounted_fs.pid = None
+    force_unmount(mounted_fs.mountpoint)
+
+    assert run_cli("fsck", mounted_fs.store).returncode == 0  # before recovery: read-only check
+    mounted_fs.mount()
+    assert (mounted_fs / "a").read_bytes() == new and not (mounted_fs / "b").exists()
+    assert wait_until(lambda: mounted_fs.stats()["retired_refs"] == 0, timeout=30)
+    mounted_fs.unmount()
+    assert run_cli("fsck", mounted_fs.store).returncode == 0
