@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -185,6 +186,7 @@ def test_gc_of_a_pack_with_waiting_records_keeps_them_waiting(store_dir, small_p
 def test_the_background_worker_compresses_an_idle_store(store_dir, small_packs, monkeypatch):
     monkeypatch.setattr(_gcworker, "IDLE_BEFORE_COMPRESSING", 0.2)
     monkeypatch.setattr(_gcworker, "IDLE_BEFORE_SEALING", 0.5)
+    monkeypatch.setattr(_gcworker, "SEAL_WAITING_MIN", 1)
     ChunkStore.create(store_dir).close()
     with open_behind(store_dir, None) as store:
         worker = store.start_background_gc(interval=0.1)
@@ -289,3 +291,25 @@ def test_writers_probe_a_sample_of_incompressible_data_and_notice_text_after_it(
     assert not any(e.waiting for e in out[:64])
     assert all(e.codec == CODEC_RAW for e in out)
     assert all(e.waiting for e in out[64 + _compression.SAMPLE_EVERY:])  # the text is counted for the pass
+
+
+def test_the_worker_leaves_a_little_waiting_in_the_active_pack(store_dir, monkeypatch):
+    """A mount that writes a little now and then: after the short quiet the pass compresses the sealed packs
+    but leaves the active one (sealing it at every pause would make many small packs); after the long
+    quiet it seals and compresses that too."""
+    monkeypatch.setattr(_gcworker, "IDLE_BEFORE_COMPRESSING", 0.1)
+    monkeypatch.setattr(_gcworker, "IDLE_BEFORE_SEALING", 0.2)
+    ChunkStore.create(store_dir).close()
+    with open_behind(store_dir, None) as store:
+        worker = store.start_background_gc(interval=0.05)
+        try:
+            files = write_files(store, 2, 300_000, seed=90)  # far below SEAL_WAITING_MIN, in the active pack
+            active = store.packs.active
+            time.sleep(1.0)  # five times the short quiet
+            assert store.packs.active == active and store.stats()["compression_waiting_bytes"] > 0
+            monkeypatch.setattr(_gcworker, "IDLE_BEFORE_SEALING_LITTLE", 0.5)  # the long quiet, shortened
+            assert wait_until(lambda: store.stats()["compression_waiting_bytes"] == 0, timeout=30)
+        finally:
+            worker.stop()
+        assert all(store.read(name) == data for name, data in files.items())
+        assert check_store(store).clean

@@ -41,8 +41,9 @@ written for ``IDLE_BEFORE_COMPRESSING`` seconds it rewrites the sealed packs
 with records waiting for compression, one at a time with a pause between
 two, and stops between two packs as soon as a read or a write comes; after
 ``IDLE_BEFORE_SEALING`` seconds of quiet it seals and rewrites the active
-pack too.  It runs in this thread, after gc, so the two never rewrite the
-same pack at once.
+pack too, if ``SEAL_WAITING_MIN`` bytes wait in it (else only after
+``IDLE_BEFORE_SEALING_LITTLE``).  It runs in this thread, after gc, so the
+two never rewrite the same pack at once.
 
 Stopping (at unmount) waits for the pack in progress, never abandons one
 half-way; a crash half-way is covered by the store's recovery (gc copies are
@@ -59,6 +60,7 @@ import time
 from ..errors import ChunkfsError, StoreFullError
 from . import _index as ix
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, reclaimable_bytes
+from ._recompress import waiting_entries
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,9 @@ BACKOFF_AFTER_FAILURE = 60.0
 IDLE_BEFORE_DROPPING = 1.0  # seconds without a read or a write before retired manifests are dropped ...
 TIGHT_FREE_FRACTION = 0.05  # ... unless the disk has less than this free: then at once
 IDLE_BEFORE_COMPRESSING = 2.0  # seconds without a read or a write before compression behind runs
-IDLE_BEFORE_SEALING = 30.0  # ... and before it seals the active pack to compress what waits in it
+IDLE_BEFORE_SEALING = 30.0  # ... and before it seals the active pack to compress what waits in it,
+SEAL_WAITING_MIN = 8 * 1024 * 1024  # ... if that much waits there,
+IDLE_BEFORE_SEALING_LITTLE = 600.0  # ... or whatever waits there after this long
 
 
 class _Stopped(Exception):
@@ -191,7 +195,7 @@ class BackgroundGC:
         busy = lambda: self._stop.is_set() or self._idle_for() < IDLE_BEFORE_COMPRESSING  # noqa: E731
         try:
             report = self.store.compress_waiting(stop=busy, pause=PAUSE_BETWEEN_PACKS,
-                                                 include_active=self._idle_for() >= IDLE_BEFORE_SEALING)
+                                                 include_active=self._seal_active())
         except ChunkfsError as exc:
             log.error("compression behind the writers failed: %s", exc)
             return False
@@ -204,6 +208,20 @@ class BackgroundGC:
                       report["packs_rewritten"], report["chunks_compressed"], report["bytes_before"],
                       report["bytes_after"])
         return not report["stopped_full"]
+
+    def _seal_active(self) -> bool:
+        """Whether the pass may seal the active pack to compress what waits in it: after
+        IDLE_BEFORE_SEALING seconds of quiet if SEAL_WAITING_MIN bytes wait there, else only after
+        IDLE_BEFORE_SEALING_LITTLE (a mount that writes a little now and then would otherwise seal a
+        small pack at every pause: many small packs, each a file and a record)."""
+        idle = self._idle_for()
+        if idle < IDLE_BEFORE_SEALING:
+            return False
+        if idle >= IDLE_BEFORE_SEALING_LITTLE:
+            return True
+        with self.store.index.read() as txn:
+            raw, _ = waiting_entries(self.store, txn).get(self.store.packs.active, (0, 0))
+        return raw >= SEAL_WAITING_MIN
 
     def run_once(self) -> dict | None:
         """Compact if enough is dead; returns gc's report, or None if there was nothing to do."""
