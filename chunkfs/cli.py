@@ -260,8 +260,9 @@ def cmd_compress(args) -> int:
     else:
         from .store import ChunkStore  # noqa: PLC0415
 
-        with ChunkStore.open(store_path) as store:
-            report = store.compress_waiting()
+        with ChunkStore.open(store_path) as store, \
+                _progress("compress: packs", quiet=args.json, unit="pack") as progress:
+            report = store.compress_waiting(progress=progress)
     if args.json:
         print(json.dumps(report))
     else:

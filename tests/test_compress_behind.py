@@ -86,10 +86,12 @@ def test_waiting_chunks_are_stored_raw_then_compressed_by_the_pass(store_dir, ba
         records = chunk_records(store)
         assert all(store.read(name) == data for name, data in files.items())
 
-        report = store.compress_waiting()
+        seen = []
+        report = store.compress_waiting(progress=lambda done, total: seen.append((done, total)))
 
         after = store.stats()
         assert report["packs_rewritten"] >= 3 and report["chunks_compressed"] == len(records)
+        assert seen and seen[0][0] == 0 and all(done < total for done, total in seen)  # `chunkfs compress`'s bar
         assert after["compression_waiting_bytes"] == 0
         assert after["packed_bytes"] < before["packed_bytes"] / 2
         assert after["packed_bytes"] == before["packed_bytes"] - report["bytes_before"] + report["bytes_after"]

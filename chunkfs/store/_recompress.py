@@ -121,8 +121,9 @@ def packs_waiting(store, include_active: bool = False) -> list[int]:
 
 
 def compress_waiting(store, stop: Callable[[], bool] = lambda: False, pause: float = 0.0,
-                     include_active: bool = False) -> dict:
-    """Rewrite every pack with waiting records; with ``include_active``, until none is left (a wait)."""
+                     include_active: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Rewrite every pack with waiting records; with ``include_active``, until none is left (a wait).
+    ``progress(done, total)`` after each pack (total: the packs of this round)."""
     report = RecompressReport()
     if store.readonly or not store.codec.enabled:
         return report.as_dict()
@@ -130,7 +131,9 @@ def compress_waiting(store, stop: Callable[[], bool] = lambda: False, pause: flo
         todo = packs_waiting(store, include_active)
         if not todo:
             break
-        for pack in todo:
+        for done, pack in enumerate(todo):
+            if progress:
+                progress(done, len(todo))
             if stop() or store.index.low_space:
                 return report.as_dict()
             try:

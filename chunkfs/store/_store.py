@@ -689,7 +689,7 @@ class ChunkStore:
         return report
 
     def compress_waiting(self, stop: Callable[[], bool] = lambda: False, pause: float = 0.0,
-                         include_active: bool = True) -> dict:
+                         include_active: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
         """Compress the chunks stored raw to be compressed later (``compress="behind"``), pack by pack.
 
         Records compressed without a dictionary are compressed again with
@@ -700,5 +700,5 @@ class ChunkStore:
         ``bytes_before``, ``bytes_after``, ``packs_skipped``,
         ``skipped_corrupt`` and ``stopped_full``.
         """
-        return compress_waiting(self, stop, pause, include_active)
+        return compress_waiting(self, stop, pause, include_active, progress)
 
