@@ -266,3 +266,19 @@ def test_kill_9_while_retired_manifests_wait_or_drop(mounted_fs, tmp_path, delay
     assert wait_until(lambda: mounted_fs.stats()["retired_refs"] == 0, timeout=30)
     mounted_fs.unmount()
     assert run_cli("fsck", mounted_fs.store).returncode == 0
+
+
+def test_an_idle_worker_with_nothing_retired_writes_nothing(store, monkeypatch):
+    """The worker's look for retired manifests is a read: on an idle mount it takes no write transaction
+    (and so never the writers' lock) when there is nothing to drop."""
+    store.ingest("f", os.urandom(100_000))
+    writes = []
+    real = store.index.write
+    monkeypatch.setattr(store.index, "write", lambda fn, frees=False: writes.append(1) or real(fn, frees))
+    store.last_activity = time.monotonic() - 60  # quiet for a minute: the worker would drop now
+    gc = BackgroundGC(store, interval=0.02, min_garbage=1 << 40).start()
+    try:
+        time.sleep(0.5)  # about 25 looks
+        assert writes == []
+    finally:
+        gc.stop()

@@ -139,11 +139,10 @@ class BackgroundGC:
         """Drop retired manifests' references, a page per transaction, while the store is quiet (or the
         disk full); returns whether some are left for later."""
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.store.retired_entries():  # a read: no write when none
                 if self._idle_for() < IDLE_BEFORE_DROPPING and not self._space_is_tight():
-                    return self.store.retired_entries() > 0
-                if not self.store.drop_retired():
-                    return False
+                    return True
+                self.store.drop_retired()
                 self._stop.wait(PAUSE_BETWEEN_PACKS)
         except ChunkfsError as exc:
             log.error("background gc could not drop the references of replaced files: %s", exc)
