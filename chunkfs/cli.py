@@ -179,8 +179,8 @@ def cmd_stats(args) -> int:
     from .store import ChunkStore  # noqa: PLC0415
 
     store_path, mounted_on = resolve_store(args.target)
-    with ChunkStore.open(store_path, readonly=True) as store:  # also: may this user read the store?
-        stats = store.stats()
+    with ChunkStore.open(store_path, readonly=True) as store:  # for a mount: may this user read the store?
+        stats = None if mounted_on else store.stats()
     if mounted_on:
         stats = _ask(_where(mounted_on[0]), "stats")  # the mount's own view: its mode, its live counters
     stats["store"] = os.path.abspath(store_path)
