@@ -23,25 +23,18 @@ write waits a little for uploads and then fails with StoreFullError (ENOSPC):
 an unreachable object store never makes chunkfs drop data, it stops taking
 more.  Uploads retry forever with backoff while the store is unreachable.
 
-A background thread keeps the bucket complete enough to rebuild the store
-from it alone (docs/object-store.md): every ``upload_interval`` seconds, if
-anything changed, it copies the index (LMDB's compacting copy, through the
-function the store attaches), uploads the open pack as it is (a checkpoint:
-the same key, overwritten later by the sealed pack), waits for the sealed
-packs, and then uploads the index copy as a new generation (_bucket_meta.py).
-A removed pack's object is deleted only after the grace period *and* after a
-metadata generation taken after its removal is in the bucket, so the latest
-generation never names a deleted object.
+The bucket is kept complete enough to rebuild the store from it alone
+(checkpoints of the open pack, index generations, deleting removed packs'
+objects when no generation needs them) by a :class:`BucketFlusher`
+(_bucket_flush.py).
 
-The store's compression dictionaries are *published* (:meth:`publish`):
-uploaded when the store opens for writing if the bucket lacks them, and a
-new one before the store lets any record name it, so every pack object and
-index generation in the bucket only needs dictionaries that are there.
+The store's compression dictionaries are *published* (:meth:`publish`, by
+the flusher): uploaded when the store opens for writing if the bucket lacks
+them, and a new one before the store lets any record name it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -51,9 +44,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import ObjectStoreError, PackIOError, PackMissingError, StoreFullError, WouldBlock
-from . import _bucket_meta as meta
 from ._backend import REMOVED_PACK_GRACE, Buffer, PackBackend
-from ._bucket import Bucket, DataLocation, md5_of, pack_name
+from ._bucket import Bucket, DataLocation, pack_name
+from ._bucket_flush import RETRY_BACKOFF, BucketFlusher, read_state
 from ._local_backend import LocalBackend
 from ._object_reads import ObjectReads
 from ._pack_cache import PackRangeCache
@@ -61,8 +54,6 @@ from ._pack_cache import PackRangeCache
 log = logging.getLogger(__name__)
 
 UPLOAD_WORKERS = 4
-RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between upload attempts while the store fails
-STATE_NAME = "state.json"
 
 
 @dataclass
@@ -98,27 +89,19 @@ class S3Backend(PackBackend):
         self._open: set[int] = set()  # local packs open for writing
         self._local_size: dict[int, int] = {}
         self._version: dict[int, int] = {}  # bumped by patch/truncate: an upload of an older version is redone
-        self._checkpointed: dict[int, tuple[int, int]] = {}  # open pack -> (size, version) last uploaded
         self._objects: dict[int, int] | None = None  # uploaded pack -> object size (None: not listed yet)
         self._removed: dict[int, float] = {}  # pack -> when, within the grace period
         self._reaped: set[int] = set()
-        self._doomed: list[tuple[float, int]] = []  # (removed at, pack) whose object waits for deletion
         self._retired_fds: list[tuple[float, int]] = []
         self._removed_fds: dict[int, int] = {}  # removed local packs, readable until reaped
         self._uploading: set[int] = set()
-        self._copy_index: Callable[[int], None] | None = None
-        self._published: dict[str, str] | None = None  # published file -> its MD5 in the bucket
-        self._publish_lock = threading.Lock()
-        self._meta_watermark = 0.0  # removals before this are out of the latest index generation
         self._last_error = ""
         self._stopping = False
         self._closed = False  # set by close: a request that ends later changes no file and no state
-        self._flush_lock = threading.Lock()  # one flush at a time: they all write the same index copy
-        self._flush_requested = threading.Event()
-        self._state_lock = threading.Lock()
         self._queue: queue.Queue[int] = queue.Queue()
         self.reads = ObjectReads(self.bucket, self.cache, lambda: self._objects or {}, self._is_local)
         self._threads: list[threading.Thread] = []
+        self.flusher = BucketFlusher(self)
         if not readonly:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self._scan_local()
@@ -173,34 +156,13 @@ class S3Backend(PackBackend):
             t = threading.Thread(target=self._upload_worker, name=f"chunkfs-upload-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        t = threading.Thread(target=self._flusher, name="chunkfs-bucket-flush", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self.flusher.start()
 
     def attach_index(self, copy_index: Callable[[int], None]) -> None:
-        self._copy_index = copy_index
+        self.flusher.copy_index = copy_index
 
     def publish(self, names: Sequence[str]) -> None:
-        """Upload the store directory's files ``names`` unless the bucket holds them already (by MD5).
-
-        Retried with backoff for up to ``close_wait`` seconds while the object
-        store fails; then ObjectStoreError, and the caller must not use them.
-        """
-        if self.readonly or not names:
-            return
-        with self._publish_lock:
-            if self._published is None:
-                self._published = self._retrying(lambda: meta.published_files(self.bucket))
-            for name in names:
-                try:
-                    with open(os.path.join(self.store_dir, name), "rb") as fh:
-                        data = fh.read()
-                except OSError as exc:
-                    raise PackIOError(f"cannot read {name} to upload it: {exc.strerror}") from None
-                digest = md5_of(data)
-                if self._published.get(name) != digest:
-                    self._retrying(lambda: self.bucket.put(meta.published_key(name), data))  # noqa: B023
-                    self._published[name] = digest
+        self.flusher.publish(names)
 
     # -- names ---------------------------------------------------------------------------
 
@@ -360,7 +322,7 @@ class S3Backend(PackBackend):
                 done = self._upload_once(pack, version)
             except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
                 done = False
-                self._note_failure(f"upload of pack {pack:08x} failed: {exc}")
+                self.note_failure(f"upload of pack {pack:08x} failed: {exc}")
                 time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
                 attempt += 1
             finally:
@@ -417,7 +379,7 @@ class S3Backend(PackBackend):
         if fd is not None:
             self._retired_fds.append((time.monotonic(), fd))
 
-    def _note_failure(self, message: str) -> None:
+    def note_failure(self, message: str) -> None:
         with self._lock:
             first = not self._last_error
             self._last_error = message
@@ -559,7 +521,7 @@ class S3Backend(PackBackend):
                 if fd is not None:
                     self._removed_fds[pack] = fd
                 _unlink(name)
-            self._doomed.append((time.time(), pack))  # its object, or one an upload may still make
+            self.flusher.doom(pack)
 
     def reap(self, grace: float = REMOVED_PACK_GRACE) -> None:
         now = time.monotonic()
@@ -579,110 +541,42 @@ class S3Backend(PackBackend):
         for fd in old:
             os.close(fd)
 
-    def _delete_doomed(self, everything: bool = False) -> None:
-        """Delete objects of removed packs that no index generation in the bucket still needs."""
-        now = time.time()
-        with self._lock:
-            limit = self._meta_watermark if self._copy_index is not None else now
-            due = [(t, p) for t, p in self._doomed
-                   if everything or (t < limit and now - t >= REMOVED_PACK_GRACE)]
-        for item in due:
-            self.bucket.delete(pack_name(item[1]))
-            with self._lock:
-                self._doomed.remove(item)
+    # -- for the flusher (_bucket_flush.py) ----------------------------------------------
 
-    # -- flushing: checkpoints, metadata, sync ------------------------------------------------
-
-    def _flusher(self) -> None:
-        last_flush = time.monotonic()
-        last_state = ""
-        while not self._stopping:
-            requested = self._flush_requested.wait(1.0)
-            if self._stopping:
-                return
-            due = time.monotonic() - last_flush >= self.options.upload_interval
-            if requested or due:
-                self._flush_requested.clear()
-                try:
-                    self.flush(wait=False)
-                except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
-                    self._note_failure(f"upload of the index copy failed: {exc}")
-                last_flush = time.monotonic()
-            try:
-                self._delete_doomed()
-            except (ObjectStoreError, OSError) as exc:
-                self._note_failure(f"deleting removed packs failed: {exc}")
-            last_state = self._write_state(last_state)
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def flush(self, wait: bool = True) -> dict:
-        """Put everything in the bucket: sealed packs, the open pack as it is, then an index copy.
+        return self.flusher.flush(wait)
 
-        ``wait``: block until every sealed pack is uploaded (ObjectStoreError
-        if uploads make no progress for ``close_wait`` seconds); otherwise
-        only the packs sealed when the index copy was taken are waited for.
-        """
-        if self.readonly or self._copy_index is None:
-            return {}
-        with self._flush_lock:  # the background flush, 'chunkfs sync' and close would share index.copy
-            if self._closed:
-                return {}
-            done = self._flush(wait)
-        if wait:
-            self._write_state("")  # 'chunkfs stats' right after 'chunkfs sync' shows what sync did
-        return done
-
-    def _flush(self, wait: bool) -> dict:
-        started = time.time()
-        index_path = os.path.join(self.state_dir, "index.copy")
-        if not meta.copy_if_changed(self._copy_index, index_path, self.state_dir) and not self._pending():
-            return {"generation": None}
+    def local_packs(self) -> tuple[set[int], set[int]]:
+        """The packs not in the bucket yet: (open, sealed)."""
         with self._lock:
-            open_packs, sealed = set(self._open), set(self._sealed)
-        for pack in sorted(open_packs):
-            self._retrying(lambda: self._checkpoint(pack))
-        self._wait_uploaded(sealed if not wait else None)
-        if self._closed:  # close gave up waiting for this flush
-            return {"generation": None}
-        generation = self._retrying(lambda: meta.upload_index(self.bucket, index_path, self.store_dir))
+            return set(self._open), set(self._sealed)
+
+    def waiting_uploads(self) -> bool:
         with self._lock:
-            self._meta_watermark = started
-        self._delete_doomed()
-        return {"generation": generation}
+            return bool(self._sealed)
 
-    def _retrying(self, work: Callable[[], object]) -> object:
-        """``work()``, tried again with backoff for up to ``close_wait`` seconds while the object store fails."""
-        deadline = time.monotonic() + self.options.close_wait
-        for attempt in range(1000):
-            try:
-                return work()
-            except ObjectStoreError as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                self._note_failure(str(exc))
-                time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
-        raise AssertionError("unreachable")
-
-    def _pending(self) -> bool:
-        with self._lock:
-            return bool(self._sealed or self._doomed)
-
-    def _checkpoint(self, pack: int) -> None:
-        """Upload the open pack as it is, unless this process uploaded it as it is already (a flush after
-        a change of metadata only, such as the atime a read sets, does not send up to 64 MiB again)."""
+    def checkpoint(self, pack: int, last: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Upload the open pack as it is unless it is still ``last`` (size, version); what was uploaded."""
         fd = self._local_fd(pack) if not self._closed else None
         if fd is None:
-            return
+            return None
         with self._lock:
             version = self._version.get(pack, 0)
-            if self._checkpointed.get(pack) == (os.fstat(fd).st_size, version):
-                return
+            if last == (os.fstat(fd).st_size, version):
+                return None
         size = self._upload_file(pack, fd)
         with self._lock:
-            self._checkpointed[pack] = (size, version)
             if self._objects is not None and pack in self._open:
                 self._objects[pack] = size
+        return size, version
 
-    def _wait_uploaded(self, packs: set[int] | None) -> None:
+    def wait_uploaded(self, packs: set[int] | None) -> None:
+        """Until ``packs`` (None: every sealed pack) are uploaded; ObjectStoreError after ``close_wait`` s
+        without progress."""
         progress = time.monotonic()
         with self._lock:
             while True:
@@ -698,14 +592,11 @@ class S3Backend(PackBackend):
                                            f"{self.location.describe()} ({self._last_error or 'no progress'}); "
                                            "they stay on the local disk and upload at the next mount")
 
-    def request_flush(self) -> None:
-        self._flush_requested.set()
-
     # -- stats -------------------------------------------------------------------------
 
     def stats(self) -> dict:
         if self.readonly:
-            saved = _read_json(os.path.join(self.state_dir, STATE_NAME))
+            saved = read_state(self.state_dir)
             if saved:
                 return saved
         objects = self._objects or {}
@@ -716,19 +607,11 @@ class S3Backend(PackBackend):
                    "bucket_bytes": sum(s for p, s in objects.items() if p not in self._reaped),
                    "upload_backlog_packs": len(backlog),
                    "upload_backlog_bytes": self._backlog(),
-                   "deletes_waiting": len(self._doomed),
+                   "deletes_waiting": self.flusher.doomed_count(),
                    "last_error": self._last_error}
         out.update(self.bucket.stats())
         out["cache"] = self.cache.stats()
         return out
-
-    def _write_state(self, last: str) -> str:
-        """Write the stats for ``chunkfs stats`` of a mounted store, if they changed since ``last``."""
-        with self._state_lock:
-            text = json.dumps(self.stats(), sort_keys=True)
-            if text != last:
-                meta.write_atomically(os.path.join(self.state_dir, STATE_NAME), text.encode())
-            return text
 
     # -- closing -------------------------------------------------------------------------
 
@@ -752,20 +635,20 @@ class S3Backend(PackBackend):
         """
         try:
             if not self.readonly:
-                self._final_flush()
+                self.flusher.final_flush()
         finally:
             with self._lock:
                 self._closed = self._stopping = True
-            self._flush_requested.set()
             for _ in range(UPLOAD_WORKERS):
                 self._queue.put(-1)
             deadline = time.monotonic() + 5  # idle threads end at once; one inside a request is left to it
+            self.flusher.stop(timeout=5)
             for t in self._threads:
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
             self.reads.close()
             if not self.readonly:
                 self._seal_for_the_next_open()
-                self._write_state("")
+                self.flusher.write_state("")
             with self._lock:
                 fds = [fd for _, fd in self._retired_fds] + list(self._removed_fds.values())
                 self._retired_fds, self._removed_fds = [], {}
@@ -774,42 +657,9 @@ class S3Backend(PackBackend):
             self.local.close()
             self.cache.close()
 
-    def _final_flush(self) -> None:
-        """close's flush of everything, waited for while the object store makes progress."""
-        failed: list[BaseException] = []
-        done = threading.Event()
-
-        def flush_all() -> None:
-            try:
-                self.flush(wait=True)
-                self._delete_doomed(everything=True)
-            except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
-                failed.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=flush_all, name="chunkfs-close-flush", daemon=True).start()
-        started = time.monotonic()
-        while not done.wait(0.5):
-            if min(time.monotonic() - started, self.bucket.idle()) > self.options.close_wait:
-                failed.append(ObjectStoreError(f"{self.location.describe()} made no progress for "
-                                               f"{self.options.close_wait:.0f} s"))
-                break
-        if failed:
-            log.warning("not everything reached the object store before closing: %s; what is left stays on the "
-                        "local disk and is uploaded at the next open", failed[0])
-
 
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return {}
