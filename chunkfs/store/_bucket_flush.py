@@ -27,15 +27,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from ..errors import ObjectStoreError, PackIOError, PackMissingError
 from . import _bucket_meta as meta
 from ._backend import REMOVED_PACK_GRACE
-from ._bucket import md5_of, pack_name
-
-if TYPE_CHECKING:
-    from ._s3_backend import S3Backend
+from ._bucket import Bucket, DataLocation, md5_of, pack_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +40,37 @@ RETRY_BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds between attempts while the 
 STATE_NAME = "state.json"
 
 T = TypeVar("T")
+
+
+class FlushTimes(Protocol):
+    upload_interval: float  # seconds between background flushes
+    close_wait: float  # seconds to keep retrying while the object store fails
+
+
+class UploadingBackend(Protocol):
+    """What the flusher needs of the backend whose bucket it keeps (the S3 backend, _s3_backend.py)."""
+
+    readonly: bool
+    store_dir: str
+    state_dir: str
+    bucket: Bucket
+    location: DataLocation
+    options: FlushTimes
+
+    @property
+    def closed(self) -> bool: ...
+
+    def note_failure(self, message: str) -> None: ...
+
+    def local_packs(self) -> tuple[set[int], set[int]]: ...
+
+    def waiting_uploads(self) -> bool: ...
+
+    def checkpoint(self, pack: int, last: tuple[int, int] | None) -> tuple[int, int] | None: ...
+
+    def wait_uploaded(self, packs: set[int] | None) -> None: ...
+
+    def stats(self) -> dict: ...
 
 
 def retrying_for(seconds: float, work: Callable[[], T], on_failure: Callable[[str], None]) -> T:
@@ -62,7 +90,7 @@ def retrying_for(seconds: float, work: Callable[[], T], on_failure: Callable[[st
 class BucketFlusher:
     """Checkpoints, index generations and deletions of one S3 backend; see the module docstring."""
 
-    def __init__(self, backend: S3Backend):
+    def __init__(self, backend: UploadingBackend):
         self.backend = backend
         self.copy_index: Callable[[int], None] | None = None  # attached by the store
         self._flush_lock = threading.Lock()  # one flush at a time: they all write the same index copy
