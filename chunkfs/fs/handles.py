@@ -41,6 +41,7 @@ class OpenInode:
     changed_ns: int | None = None  # time of the last uncommitted write or truncate
     changes: int = 0  # bumped on every change, so a commit clears only the times it stored
     unlinked: bool = False  # no name left: contents die with the last handle, never commit them
+    holey: bool = False  # at its last commit the file had holes (st_blocks below its size: fs/blocks.py)
 
 
 @dataclass(eq=False)
@@ -180,10 +181,12 @@ class OpenFiles:
         time rsync or ``cp -p`` just set.
         """
         changed_ns = oi.changed_ns
+        data_bytes = self.store.data_bytes(oi.data.file_id, txn)
+        oi.holey = data_bytes < oi.data.size
         inode = self.ns.get(txn, oi.ino)
         if inode is not None:
             inode.size = oi.data.size
-            inode.note_density(self.store.data_bytes(oi.data.file_id, txn))
+            inode.note_density(data_bytes)
             if changed_ns is not None:
                 inode.mtime_ns = changed_ns
                 inode.ctime_ns = max(inode.ctime_ns, changed_ns)
