@@ -55,10 +55,9 @@ class BlockCounter:
 
         The kernel caches attributes; one taken while the data was uncommitted
         counts holes in full, so after a commit the adapter tells the kernel
-        to forget the attributes of such a file.  The commit's own transaction
-        noted whether it left holes (OpenFiles._persist): asked after every
-        flush of every file, a look in the store of its own cost a small file's
-        close about a sixth of its time.
+        to forget the attributes of such a file.  Asked after every flush that
+        committed, so it takes no look of its own: the commit's transaction
+        noted whether it left holes (OpenFiles._persist).
         """
         oi = self.files.handle(fh).inode
         return oi.ino if oi.holey else None
