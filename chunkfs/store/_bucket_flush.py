@@ -120,12 +120,10 @@ class BucketFlusher:
         last_flush = time.monotonic()
         last_state = ""
         while not self._stopping:
-            requested = self._wake.wait(1.0)
+            self._wake.wait(1.0)  # set only by stop
             if self._stopping:
                 return
-            due = time.monotonic() - last_flush >= self.backend.options.upload_interval
-            if requested or due:
-                self._wake.clear()
+            if time.monotonic() - last_flush >= self.backend.options.upload_interval:
                 try:
                     self.flush(wait=False)
                 except (ObjectStoreError, PackMissingError, PackIOError, OSError) as exc:
@@ -184,10 +182,6 @@ class BucketFlusher:
         uploaded = self.backend.checkpoint(pack, self._checkpointed.get(pack))
         if uploaded is not None:
             self._checkpointed[pack] = uploaded
-
-    def request(self) -> None:
-        """Flush soon, in the background."""
-        self._wake.set()
 
     def publish(self, names: Sequence[str]) -> None:
         """Upload the store directory's files ``names`` unless the bucket holds them already (by MD5).
