@@ -6,7 +6,9 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -443,8 +445,8 @@ def test_read_view_equals_the_bytes_ingested(tmp_path_factory, backend_kind, dat
         content += {"rand": rand(size, seed + i), "zeros": bytes(size), "repeat": content[:size]}[kind]
     offset = data.draw(st.integers(0, len(content) + 10))
     length = data.draw(st.integers(0, len(content) + 10))
-    with ChunkStore.create(tmp_path_factory.mktemp("s") / "store", avg_size="8K",
-                           backend=make_backend(backend_kind)) as store:
+    with tempfile.TemporaryDirectory(dir=tmp_path_factory.getbasetemp()) as room, \
+            ChunkStore.create(Path(room) / "store", avg_size="8K", backend=make_backend(backend_kind)) as store:
         store.ingest("f", content)
         assert store.read_view("f", offset, length) == content[offset:offset + length]
         assert store.read_view("f", offset, length, nowait=True) == content[offset:offset + length]
