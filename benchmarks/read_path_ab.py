@@ -41,9 +41,9 @@ def _build(checkout: str, work: str, tar_path: str, size: int) -> str:
     cli = [sys.executable, "-P", "-m", "chunkfs.cli"]  # -P: the side's chunkfs, not the current directory's
     store, mnt = os.path.join(work, "store"), os.path.join(work, "mnt")
     os.makedirs(mnt)
-    subprocess.run([*cli, "mkfs", store, "--compression", "none"] if _has_compression(checkout)
-                   else [*cli, "mkfs", store], env=env, check=True, capture_output=True)
-    subprocess.run([*cli, "mount", store, mnt], env=env, check=True, capture_output=True)
+    _cli_run([*cli, "mkfs", store, "--compression", "none"] if _has_compression(checkout)
+             else [*cli, "mkfs", store], env)
+    _cli_run([*cli, "mount", store, mnt], env)
     try:
         with open(os.path.join(mnt, "f"), "wb") as fh:
             for _ in range(size // MIB):
@@ -51,8 +51,16 @@ def _build(checkout: str, work: str, tar_path: str, size: int) -> str:
         os.makedirs(os.path.join(mnt, "t"))
         subprocess.run(["tar", "-xf", tar_path, "-C", os.path.join(mnt, "t")], check=True)
     finally:
-        subprocess.run([*cli, "umount", mnt], env=env, check=True, capture_output=True)
+        _cli_run([*cli, "umount", mnt], env)
     return store
+
+
+def _cli_run(command: list[str], env: dict[str, str]) -> None:
+    """Run a chunkfs command; if it fails, stop with what it printed (a busy mount says so)."""
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"read_path_ab: {' '.join(command[3:])} failed ({proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()}")
 
 
 def _has_compression(checkout: str) -> bool:
