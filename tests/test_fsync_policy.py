@@ -74,7 +74,7 @@ def test_concurrent_syncs_share_one_flush(store):
     flushes = FlushCounter(store, delay=0.3)
     first = threading.Thread(target=store.sync)
     first.start()
-    assert wait_until(lambda: store._syncing, timeout=10)
+    assert wait_until(lambda: store.syncer.busy, timeout=10)
     store.ingest("b", b"committed while the first flush runs")
     waiters = [threading.Thread(target=store.sync) for _ in range(4)]
     for t in waiters:

@@ -263,6 +263,10 @@ class Index:
                 self._resizing = False
                 self._gate.notify_all()
 
+    def last_txn(self) -> int:
+        """LMDB's id of the last committed write transaction (read-only: nothing to sync, ever)."""
+        return -1 if self.readonly else self.env.info()["last_txnid"]
+
     def sync(self) -> None:
         if not self.readonly:
             self.env.sync(True)

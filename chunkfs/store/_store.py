@@ -19,8 +19,6 @@ the process at once, and survives power loss after :meth:`ChunkStore.sync`.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
 import io
 import itertools
@@ -35,11 +33,10 @@ from typing import BinaryIO
 import lmdb
 
 from . import _index as ix
-from . import _synclog as synclog
 from ._cache import ChunkCache
 from ._deadspace import DeadSpace
 from ..chunker import make_chunker
-from ..errors import FileNotFoundInStore, InvalidArgument, NotAStoreError, StoreExistsError, WouldBlock
+from ..errors import FileNotFoundInStore, InvalidArgument
 from ..hashing import VERIFY_MODES
 from . import _reserve as reserve
 from ._fileids import FileId, decode_file_id, encode_file_id, key_prefix
@@ -47,15 +44,15 @@ from ._filestream import StoreFileReader, blocks_of
 from ._handles import StoreHandles, weak_callback
 from ._ledger import Action, Ledger, new_pack_record
 from ._manifests import RETIRE_MIN, TO_END, ChunkRef, ManifestEntry, ManifestIndex, Patch, check_file_size
-from ._backend import PackBackend
-from ._local_backend import LocalBackend
 from ._packs import PackFiles
 from ._check import FileNamer, check_records
-from ..settings import format_compression, parse_compression
+from ..settings import parse_compression
 from ._compression import Codec, Dictionaries
 from ._recompress import WaitingTally, compress_waiting
 from ._compaction import DEFAULT_MIN_DEAD_FRACTION, collect_garbage, reclaimable_bytes
 from ._gcworker import BackgroundGC
+from ._group_sync import GroupSync
+from ._opening import BackendChoice, make_backend, make_directory, new_settings
 from ._recovery import RecoveryReport, recover
 from ._reading import ChunkReader
 from ._versions import FileVersion, open_version
@@ -63,30 +60,13 @@ from ._stats import disk_bytes, store_stats
 from ._writing import put_many
 from ._repair import mark_lost_tail, repair_store
 from ._report import CheckReport, Progress
-from ..settings import SETTINGS_NAME, StoreSettings, read_settings, write_settings
+from ..settings import StoreSettings, read_settings, write_settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
 DROP_PAGE = 4096  # retired manifest entries dropped per transaction (about 0.1 s here)
 COMPRESS_WHEN = ("inline", "behind")  # compress new chunks as they are written, or later (_recompress.py)
-BackendChoice = PackBackend | Callable[[str, bool], PackBackend] | None
-
-
-def _make_backend(choice: BackendChoice, packs_dir: str, readonly: bool, settings: StoreSettings,
-                  data_options: dict | None = None) -> PackBackend:
-    """The pack backend ``choice`` names; by default the one the settings' data location names."""
-    if choice is None and settings.data:
-        from . import _object_store  # noqa: PLC0415 (only a store in an object store needs boto3)
-
-        return _object_store.make_backend(settings, packs_dir, readonly, data_options)
-    if choice is None:
-        return LocalBackend(packs_dir, readonly=readonly)
-    if isinstance(choice, PackBackend):
-        return choice
-    return choice(packs_dir, readonly)
-
-
 @dataclass(frozen=True)
 class IngestResult:
     file_id: FileId
@@ -114,30 +94,9 @@ class ChunkStore:
         (the bucket is checked first: reachable, and holding no store yet).
         """
         path = os.fspath(path)
-        settings = StoreSettings.build(chunker, min_size, avg_size, max_size)
-        if compression is not None:
-            settings = dataclasses.replace(settings, compression=format_compression(*parse_compression(compression)))
-        if data:
-            settings = dataclasses.replace(settings, data=data)
-            settings.validate()
-            if open_kwargs.get("backend") is None:
-                from . import _object_store  # noqa: PLC0415
-
-                _object_store.check_new_location(data)  # before anything is made: one line if it is wrong
-        if os.path.exists(path):
-            if not os.path.isdir(path):
-                raise StoreExistsError(f"{path}: exists and is not a directory")
-            if os.listdir(path):
-                what = "a chunkfs store" if os.path.exists(os.path.join(path, SETTINGS_NAME)) else "not empty"
-                raise StoreExistsError(f"{path}: already exists and is {what}")
-        else:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise NotAStoreError(f"{path}: parent directory {parent} does not exist")
-            os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)  # the store holds every user's data
-        for sub in ("meta", "packs", "staging"):
-            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        settings = new_settings(StoreSettings.build(chunker, min_size, avg_size, max_size), compression, data,
+                                open_kwargs.get("backend"))
+        make_directory(path)
         store = cls(path, settings, readonly=False, _create=True, **open_kwargs)
         write_settings(path, settings)  # last: a half-made store has no settings file
         return store
@@ -188,10 +147,6 @@ class ChunkStore:
         self.verify = verify
         self.staging_dir = os.path.join(path, "staging")
         self._lock = threading.RLock()  # pins, appends and commits
-        self._sync_done = threading.Condition()  # sync(): one flush at a time, shared by those who wait
-        self._syncing = False
-        self._synced_txn = -2  # the transaction sync() last made durable (none yet: the first always flushes)
-        self._flushed_at: collections.deque[float] = collections.deque(maxlen=2)  # when the last syncs ended
         self.recovery: RecoveryReport | None = None  # what opening repaired (None: opened read-only)
         self.maintenance_lock = threading.Lock()  # one pack rewrite at a time: gc or compression behind
         self.last_activity = 0.0  # time.monotonic() of the last read or write: compression behind waits for quiet
@@ -200,8 +155,9 @@ class ChunkStore:
             handles.acquire()  # one open store per directory per process; the writer's lock
             self.index = handles.index = ix.Index(os.path.join(path, "meta"), readonly=readonly, create=_create)
             self.index.on_disk_full = weak_callback(self, ChunkStore._release_reserve)  # no cycle back to us
-            backend = _make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
+            backend = make_backend(backend, os.path.join(path, "packs"), readonly, settings, data_options)
             self.packs = handles.packs = PackFiles(backend, readonly=readonly)
+            self.syncer = GroupSync(self.index, self.packs, self._lock)
             dictionaries = Dictionaries(path, publish=backend.publish)
             if not readonly:
                 backend.publish(dictionaries.names())  # a store from before, or a crash before a publish
@@ -260,45 +216,13 @@ class ChunkStore:
     def sync(self, nowait: bool = False, full: bool = False) -> None:
         """Make everything committed so far survive power loss: packs first, then the index.
 
-        It costs what was committed since the last sync: nothing at all (no
-        disk flush) if no transaction has committed since, and callers that
-        arrive while a sync is under way wait for it and share the next one
-        (group commit): an application's fsync storm costs one flush per
-        round, not one per call.  LMDB's own transaction counter says what
-        is committed, so no commit path has to report to this one.  In a
-        run of syncs (an application that fsyncs after every change), when
-        only a short tail of the active pack is new, that tail is written
-        into the index and one flush of the index makes both durable
-        (_synclog.py); ``full`` flushes the packs and empties that log.
-        With ``nowait``, WouldBlock instead of flushing or waiting for a flush.
+        It costs what was committed since the last sync: no disk flush at
+        all if nothing was, and callers that arrive during a flush share the
+        next one (_group_sync.py).  ``full`` also flushes the packs and
+        empties the sync log (_synclog.py).  With ``nowait``, WouldBlock
+        instead of flushing or waiting for a flush.
         """
-        want = self._last_txn()
-        with self._sync_done:
-            if nowait and self._synced_txn < want:
-                raise WouldBlock("a sync would flush the disk")
-            while self._syncing and (full or self._synced_txn < want):
-                self._sync_done.wait()
-            if self._synced_txn >= want and not full:
-                return
-            self._syncing = True
-        upto, ok = None, False
-        try:
-            if not full and self.packs.backend.logged_sync:
-                upto = synclog.sync_by_log(self)
-            if upto is None:
-                upto = synclog.sync_all(self)
-            ok = True
-        finally:
-            with self._sync_done:
-                self._syncing = False
-                if ok:
-                    self._synced_txn = max(self._synced_txn, upto)
-                    self._flushed_at.append(time.monotonic())
-                self._sync_done.notify_all()
-
-    def _last_txn(self) -> int:
-        """LMDB's id of the last committed write transaction (read-only: nothing to sync, ever)."""
-        return -1 if self.readonly else self.index.env.info()["last_txnid"]
+        self.syncer.sync(nowait=nowait, full=full)
 
     def flush(self) -> dict:
         """:meth:`sync`, then have the backend put everything on its medium (an object store: upload all).

@@ -12,7 +12,7 @@ can carry both.
 How: in a run of syncs (the two before this one ended within
 :data:`RUN_GAP`), when all that is not yet durable is a short tail of the
 active pack (at most :data:`MOST_PER_SYNC` bytes, and :data:`MOST_SINCE_FLUSH`
-since the pack was last flushed), :meth:`ChunkStore.sync` copies that tail
+since the pack was last flushed), a sync (_group_sync.py) copies that tail
 into the ``synclog`` database of the index, in a write transaction, and
 flushes the index only: the tail and every commit before it become durable together, in
 one flush.  The pack file itself is flushed later, by the first sync that
@@ -43,11 +43,12 @@ so (``PackBackend.logged_sync``) and always flush.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 
 import lmdb
 
 from . import _index as ix
+from ._packs import PackFiles
 from ..errors import StoreFullError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ RUN_GAP = 1.0  # seconds: a sync that comes within this of the two before it is 
 PIECE = 16 * 4096 - 16  # bytes per log record: 16 LMDB pages (an overflow page has a 16-byte header)
 
 
-def sync_by_log(store) -> int | None:
+def sync_by_log(index: ix.Index, packs: PackFiles, store_lock: threading.RLock) -> int | None:
     """One flush: the active pack's new tail written into the index, then the index flushed.
 
     Returns the last transaction made durable, None if the packs must be
@@ -66,35 +67,33 @@ def sync_by_log(store) -> int | None:
     under the store's lock, which every append and every commit takes: each
     commit up to the logging one points only at bytes below the tail's end.
     """
-    if len(store._flushed_at) < 2 or time.monotonic() - store._flushed_at[0] > RUN_GAP:
-        return None  # a lone sync: one flush more costs little, and the index stays as small as it was
-    with store._lock:
-        tail = store.packs.unsynced_tail(MOST_PER_SYNC, MOST_SINCE_FLUSH)
+    with store_lock:
+        tail = packs.unsynced_tail(MOST_PER_SYNC, MOST_SINCE_FLUSH)
         if tail is None:
             return None
         pack, start, end = tail
-        upto = store._last_txn()
+        upto = index.last_txn()
         if end > start:
-            data = store.packs.backend.read(pack, start, end - start)  # just written: in the page cache
+            data = packs.backend.read(pack, start, end - start)  # just written: in the page cache
             if len(data) != end - start:
                 return None
             try:
-                upto = put(store.index, pack, start, data)
+                upto = put(index, pack, start, data)
             except StoreFullError:
                 return None  # no room in the index: flush the pack instead
-    store.index.sync()
-    store.packs.note_logged(pack, end)
+    index.sync()
+    packs.note_logged(pack, end)
     return upto
 
 
-def sync_all(store) -> int:
+def sync_all(index: ix.Index, packs: PackFiles) -> int:
     """Two flushes: the packs, then the index (with the log emptied); the last transaction made durable."""
-    upto = store._last_txn()
-    store.packs.sync()
-    cleared = clear(store.index)
+    upto = index.last_txn()
+    packs.sync()
+    cleared = clear(index)
     if cleared == upto + 1:
         upto = cleared  # the log's own transaction: nothing else committed meanwhile
-    store.index.sync()
+    index.sync()
     return upto
 
 
