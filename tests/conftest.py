@@ -504,9 +504,9 @@ def pytest_configure(config):
 
 
 # The whole suite's peak use of the disk under its temporary directory, measured on 2 cores (df sampled
-# every 10 s through two CI runs: 2.4 and 2.7 GiB above where it started; the largest single test is a 2 GiB
-# stream).
-SUITE_PEAK_DISK = 3 * 1024**3
+# every 10 s through three CI runs: 2.4, 2.7 and 3.8 GiB above where it started; the largest single test is a
+# 2 GiB stream).
+SUITE_PEAK_DISK = 4 * 1024**3
 
 
 def pytest_report_header(config) -> str:
