@@ -100,6 +100,10 @@ def s3_client(endpoint: str, connect_timeout: float = 2, read_timeout: float = 3
                       request_checksum_calculation="when_required", response_checksum_validation="when_required"))
 
 
+class WeedExited(RuntimeError):
+    """weed ended while starting (a port taken, a bad flag): its log says why."""
+
+
 class SeaweedServer:
     """``weed server -s3`` with its data in ``root``; see the module docstring."""
 
@@ -112,12 +116,17 @@ class SeaweedServer:
         self.bucket = bucket
         self.proc: subprocess.Popen | None = None
         self._prefixes = 0
-        (self.master, self.volume, self.filer, self.s3,
-         self.master_grpc, self.volume_grpc, self.filer_grpc, self.s3_grpc, metrics_port) = free_ports(9)
-        self.metrics_port = metrics_port if metrics else None
+        self._metrics = metrics
+        self._started = False  # once started, a restart keeps its ports (the data and the clients expect them)
+        self._pick_ports()
         identity = {"name": "chunkfs", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
         self.config.write_text(json.dumps({"identities": [identity]}))
+
+    def _pick_ports(self) -> None:
+        (self.master, self.volume, self.filer, self.s3,
+         self.master_grpc, self.volume_grpc, self.filer_grpc, self.s3_grpc, metrics_port) = free_ports(9)
+        self.metrics_port = metrics_port if self._metrics else None
 
     @property
     def endpoint(self) -> str:
@@ -153,6 +162,16 @@ class SeaweedServer:
         """Start (or start again, on the same ports and data) and wait until the bucket takes writes."""
         if self.running:
             return self
+        try:
+            return self._start(timeout)
+        except WeedExited:
+            if self._started:
+                raise
+            # a port picked free was taken before weed bound it (another server starting meanwhile): once more
+            self._pick_ports()
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> "SeaweedServer":
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -164,6 +183,7 @@ class SeaweedServer:
         except BaseException:
             self.stop()
             raise
+        self._started = True
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -173,14 +193,22 @@ class SeaweedServer:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.log_path}")
+                raise WeedExited(f"weed exited with {self.proc.returncode}; {self._log_tail()}")
             try:
                 self._probe(client)
                 return
             except Exception as exc:  # noqa: BLE001 (not up yet, whatever the failure)
                 last = exc
                 time.sleep(0.1)
-        raise RuntimeError(f"SeaweedFS did not get ready within {timeout:.0f} s ({last}); see {self.log_path}")
+        raise RuntimeError(f"SeaweedFS did not get ready within {timeout:.0f} s ({last}); {self._log_tail()}")
+
+    def _log_tail(self, lines: int = 8) -> str:
+        """The end of weed's log, for a failure message that explains itself in a CI log."""
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = []
+        return f"the end of {self.log_path}:\n" + "\n".join(tail)
 
     def _probe(self, client) -> None:
         try:
