@@ -18,6 +18,7 @@ import pytest
 from chunkfs import ChunkStore
 from chunkfs.chunker import FastCDCChunker, chunk_stream
 from chunkfs.fs.openfile import FileData, file_id_for
+from chunkfs.fs.rechunk import BaseEdit
 from chunkfs.errors import StoreFullError
 from chunkfs.fsck import check_store
 
@@ -490,8 +491,9 @@ def test_a_full_disk_while_a_rewrite_meets_the_old_cuts_again_loses_nothing(stor
         return real_put(chunks, *args)
 
     monkeypatch.setattr(store, "put_chunks", put_failing_once_past_the_run)
-    real_meet = fd._reusable_run_end  # the cuts meet only past the first block read: the failure comes mid-way
-    monkeypatch.setattr(fd, "_reusable_run_end", lambda cut: real_meet(cut) if cut > len(new) + 300_000 else None)
+    real_meet = BaseEdit.reusable_run_end  # the cuts meet only past the first block read: the failure comes mid-way
+    monkeypatch.setattr(BaseEdit, "reusable_run_end",
+                        lambda edit, cut: real_meet(edit, cut) if cut > len(new) + 300_000 else None)
     with pytest.raises(StoreFullError):
         fd.commit()
     assert fd.read(0, len(model)) == bytes(model)

@@ -19,17 +19,9 @@ beyond a chunk or two:
   Reads merge overlay, base and zeros (for holes and truncated tails).
 
 A hole (bytes never written: past the old end after a truncate or a write
-beyond end of file, or a hole already in the base) is committed as a
-:func:`hole_ref`, which stores nothing; chunking stops where a hole begins
-and starts afresh where it ends, so a hole of any length costs the same.
-
-Committing an overlay re-chunks only what changed: from the start of the base
-chunk that contains the first changed byte, until a new cut lands on a base
-chunk boundary beyond which the base chunks are untouched; those are kept as
-they are and chunking resumes before the next change.  Because a FastCDC cut
-depends only on the bytes of its own chunk, cuts that meet again stay aligned
-(the FastCDC paper, Xia et al., USENIX ATC 2016, section 3).  Writes never
-shift later bytes, so kept chunks keep their offsets.
+beyond end of file, or a hole already in the base) is committed as a hole
+reference, which stores nothing.  Committing an overlay re-chunks only what
+changed and keeps the base's chunks wherever the cuts meet again (rechunk.py).
 
 Thread safety: every public method takes the instance lock and may block on
 disk IO or CPU.  This class is also the one place that decides whether a data
@@ -52,22 +44,17 @@ from collections.abc import Callable
 
 import lmdb
 
-from ..chunker import make_chunker
 from ..errors import FileNotFoundInStore, FileTooLargeError, StoreFullError, WouldBlock
-from ..store import MAX_FILE_SIZE, TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch, hole_ref
+from ..store import MAX_FILE_SIZE, TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
 from .chunkrun import ChunkRun
 from .intervals import IntervalSet
+from .rechunk import READ_BLOCK, RECHUNK_FIRST_BLOCK, BaseEdit, base_entry
 from .stream import ChunkStream
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[lmdb.Transaction], None]
 Around = Callable[[ChunkRun], None]
-READ_BLOCK = 1024 * 1024
-# A re-chunked run usually meets the base's cuts again within a chunk or two of the change: it reads
-# this much first (at least what an eager chunker needs before its first cut: twice the largest chunk),
-# and twice as much each time after, up to READ_BLOCK.
-RECHUNK_FIRST_BLOCK = 128 * 1024
 SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on the event loop
 # A write that makes a run of at least this many bytes written front to back over a file's committed
 # contents streams the rest of the run (a rewrite in place), rather than staging it for re-chunking at commit.
@@ -308,7 +295,7 @@ class FileData:
         it must reach REWRITE_STREAM_MIN bytes, so scattered writes (a
         database's pages) stay in the overlay.  The file must be its base,
         unextended, untruncated and without holes, whose chunking would
-        stop the stream (``_rechunk`` handles those).
+        stop the stream (an overlay's commit handles those: rechunk.py).
         """
         if self._small() or self._size != self._committed or self._base_limit != self._committed:
             return False
@@ -439,6 +426,7 @@ class FileData:
         """
         if stream.rewritten_end is None:
             stream.rewritten_end = stream.end
+        edit = self._edit()
         stream.drain()
         stream.chunker.eager = True  # the first cuts past the run are all it needs
         step = max(RECHUNK_FIRST_BLOCK, stream.chunker.ready_at)
@@ -451,7 +439,7 @@ class FileData:
             for chunk in chunks:
                 cut += len(chunk)
                 stream.backlog.append(chunk)
-                if cut >= stream.rewritten_end and self._reusable_run_end(cut) is not None:
+                if cut >= stream.rewritten_end and edit.reusable_run_end(cut) is not None:
                     stream.chunker, stream.end = None, cut  # what it held beyond the cut is the base's already
                     return cut
             stream.drain()
@@ -461,7 +449,7 @@ class FileData:
         patches: list[Patch] = []
         pinned: list[ChunkRef] = []
         try:
-            self._rechunk(patches, pinned)
+            self._edit().rechunk(patches, pinned)
             self.store.commit_file(self.file_id, patches, self._size, hook)
         except BaseException:
             self.store.release(pinned)  # commit_file unpins only on success
@@ -470,131 +458,14 @@ class FileData:
         if self._staging_fd is not None:
             os.ftruncate(self._staging_fd, 0)
 
-    def _rechunk(self, patches: list[Patch], pinned: list[ChunkRef]) -> None:
-        """Fill ``patches`` with re-chunked runs, reusing base chunks wherever cuts realign."""
-        pos = self._restart_point(self._next_change(0))
-        while pos is not None:
-            pos = self._rechunk_run(pos, patches, pinned)
-
-    def _rechunk_run(self, start: int, patches: list[Patch], refs: list[ChunkRef]) -> int | None:
-        """Chunk from ``start`` until a reusable base chunk boundary or the end; return where to go on."""
-        chunker = make_chunker(self.store.settings, eager=True)
-        first = len(refs)
-        cut = fed = start
-        step = max(RECHUNK_FIRST_BLOCK, chunker.ready_at)
-        while fed < self._size:
-            hole_end = self._hole_end(fed)
-            if hole_end is not None:  # what the chunker holds ends here: cut it, then the hole
-                refs += self.store.put_chunks(chunker.finish())
-                refs.append(hole_ref(hole_end - fed))
-                cut = fed = hole_end
-                chunker = make_chunker(self.store.settings, eager=True)
-                resume = self._reusable_run_end(cut)
-                if resume is not None:
-                    patches.append(Patch(start, cut, refs[first:]))
-                    return self._restart_point(self._next_change(resume))
-                continue
-            block = self._read_merged(fed, max(self._data_end(fed, min(fed + step, self._size)), fed + 1))
-            fed += len(block)
-            step = min(2 * step, READ_BLOCK)
-            chunks = chunker.feed(block)
-            taken, resume = 0, None
-            while taken < len(chunks) and resume is None:  # realigned? then the rest is the base's already
-                cut += len(chunks[taken])
-                taken += 1
-                resume = self._reusable_run_end(cut)
-            refs += self.store.put_chunks(chunks[:taken])  # only what the patch needs is hashed and stored
-            if resume is not None:
-                patches.append(Patch(start, cut, refs[first:]))
-                return self._restart_point(self._next_change(resume))
-        refs += self.store.put_chunks(chunker.finish())
-        patches.append(Patch(start, TO_END, refs[first:]))
-        return None
-
-    def _hole_end(self, offset: int) -> int | None:
-        """If ``offset`` lies in a hole (clean, and past the base limit or in a gap of the base), its end."""
-        if offset >= self._size:
-            return None
-        dirty = self._dirty.first_from(offset)
-        if dirty == offset:
-            return None
-        end = self._size if dirty is None else min(dirty, self._size)
-        if offset < self._base_limit:
-            if self._base_entry(offset) is not None:
-                return None
-            following = self.store.manifest(self.file_id, offset, min(end, self._base_limit))
-            if following:
-                end = following[0].offset  # the next base chunk ends the hole
-        return end
-
-    def _data_end(self, offset: int, limit: int) -> int:
-        """Where the data starting at ``offset`` (not in a hole) meets a hole, or ``limit``."""
-        for lo, hi, dirty in self._dirty.split(offset, limit):
-            if dirty:
-                continue
-            if lo >= self._base_limit:
-                return lo
-            pos, base_hi = lo, min(hi, self._base_limit)
-            for entry in self.store.manifest(self.file_id, lo, base_hi):
-                if entry.offset > pos:
-                    return pos
-                pos = entry.offset + entry.length
-            if pos < base_hi:
-                return pos
-            if hi > self._base_limit:
-                return self._base_limit
-        return limit
-
-    def _next_change(self, offset: int) -> int | None:
-        """The first offset >= ``offset`` whose byte differs from the base, or None."""
-        candidates = [self._dirty.first_from(offset)]
-        if self._base_limit < self._committed or self._size != self._committed:
-            candidates.append(max(min(self._base_limit, self._size), offset))
-        found = [c for c in candidates if c is not None]
-        return min(found) if found else None
-
-    def _restart_point(self, change: int | None) -> int | None:
-        """Where re-chunking must begin so that ``change`` is covered: a base chunk start."""
-        if change is None:
-            return None
-        if self._base_limit == 0:
-            return 0
-        # the last base chunk's end was cut by end-of-file or truncation: it is re-cut with what follows
-        probe = min(change, self._base_limit - 1)
-        entry = self._base_entry(probe)
-        if entry is None and 0 < probe == change:
-            entry = self._base_entry(change - 1)  # its end was cut by the hole ``change`` is in: re-cut too
-        return entry.offset if entry is not None else min(change, self._base_limit)  # in a hole: any offset
-
-    def _reusable_run_end(self, cut: int) -> int | None:
-        """If base chunks starting exactly at ``cut`` are unchanged, the end of that run."""
-        if cut >= self._base_limit:
-            return None
-        limit = self._next_change(cut)
-        stop = self._size if limit is None else limit
-        end = None
-        for entry in self.store.manifest(self.file_id, cut, stop):
-            if entry.offset < cut:
-                return None  # cut is not a base boundary
-            if not self._reusable(entry, limit):
-                break
-            end = entry.offset + entry.length
-        if end is None:
-            return None
-        return end
-
-    def _reusable(self, entry: ManifestEntry, next_change: int | None) -> bool:
-        entry_end = entry.offset + entry.length
-        if next_change is not None and entry_end > next_change:
-            return False
-        if entry_end == self._committed and self._size != self._committed:
-            return False  # cut by the old end of file, which moved
-        return entry_end <= self._base_limit
+    def _edit(self) -> BaseEdit:
+        """This commit's view of the file: its base and what changed over it (the lock is held throughout)."""
+        return BaseEdit(self.store, self.file_id, self._dirty, self._size, self._base_limit, self._committed,
+                        self._read_merged)
 
     def _base_entry(self, offset: int) -> ManifestEntry | None:
         """The base chunk covering ``offset``; None in a hole."""
-        entries = self.store.manifest(self.file_id, offset, offset + 1)
-        return entries[0] if entries else None
+        return base_entry(self.store, self.file_id, offset)
 
     # -- ending ---------------------------------------------------------------------
 
