@@ -168,6 +168,7 @@ class SeaweedServer:
             if self._started:
                 raise
             # a port picked free was taken before weed bound it (another server starting meanwhile): once more
+            self.remove_sockets()  # named by the ports about to change
             self._pick_ports()
             return self._start(timeout)
 
