@@ -21,6 +21,7 @@ holding one of its own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -76,7 +77,7 @@ class UploadingBackend(Protocol):
 def retrying_for(seconds: float, work: Callable[[], T], on_failure: Callable[[str], None]) -> T:
     """``work()``, tried again with backoff for up to ``seconds`` while the object store fails."""
     deadline = time.monotonic() + seconds
-    for attempt in range(1000):
+    for attempt in itertools.count():
         try:
             return work()
         except ObjectStoreError as exc:
@@ -84,7 +85,6 @@ def retrying_for(seconds: float, work: Callable[[], T], on_failure: Callable[[st
                 raise
             on_failure(str(exc))
             time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
-    raise AssertionError("unreachable")
 
 
 class BucketFlusher:
@@ -94,8 +94,7 @@ class BucketFlusher:
         self.backend = backend
         self.copy_index: Callable[[int], None] | None = None  # attached by the store
         self._flush_lock = threading.Lock()  # one flush at a time: they all write the same index copy
-        self._wake = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()
         self._watermark = 0.0  # removals before this are out of the latest index generation
         self._checkpointed: dict[int, tuple[int, int]] = {}  # open pack -> (size, version) last uploaded
         self._doomed: list[tuple[float, int]] = []  # (removed at, pack) whose object waits for deletion
@@ -111,18 +110,14 @@ class BucketFlusher:
 
     def stop(self, timeout: float) -> None:
         """Stop the thread; one inside a request is left to it after ``timeout`` seconds."""
-        self._stopping = True
-        self._wake.set()
+        self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         last_flush = time.monotonic()
         last_state = ""
-        while not self._stopping:
-            self._wake.wait(1.0)  # set only by stop
-            if self._stopping:
-                return
+        while not self._stop.wait(1.0):
             if time.monotonic() - last_flush >= self.backend.options.upload_interval:
                 try:
                     self.flush(wait=False)
