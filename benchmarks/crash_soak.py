@@ -158,9 +158,9 @@ class CrashRig:
     """A store, a mountpoint and the kill / recover / verify cycle; see the module docstring."""
 
     def __init__(self, workdir: str, seed: int = 0, max_kill_delay: float = 0.8, log=print,
-                 object_store=None, object_store_kills: frozenset[int] = frozenset()):
+                 object_store=None, object_store_kills: frozenset[int] = frozenset(), mount_options: str = ""):
         """``object_store``: a started tests/seaweedfs.py SeaweedServer to keep the packs in;
-        ``object_store_kills``: the round numbers in which it is killed too."""
+        ``object_store_kills``: the round numbers in which it is killed too; ``mount_options``: ``-o`` of every mount."""
         self.dir = workdir
         self.object_store = object_store
         self.object_store_kills = object_store_kills
@@ -170,6 +170,7 @@ class CrashRig:
         self.root = os.path.join(self.mnt, "w")
         self.rng = random.Random(seed)
         self.seed = seed
+        self.mount_options = mount_options
         self.max_kill_delay = max_kill_delay
         self.log = log
         self.state: dict[str, str | None] = {}  # the verified contents of the workload root
@@ -192,8 +193,10 @@ class CrashRig:
     def mount(self) -> None:
         from chunkfs import mounts  # noqa: PLC0415
 
-        options = [] if self.object_store is None else ["-o", "upload_interval=1"]
-        cli("mount", self.store, self.mnt, *options)
+        options = [self.mount_options] if self.mount_options else []
+        if self.object_store is not None:
+            options.append("upload_interval=1")
+        cli("mount", self.store, self.mnt, *(["-o", ",".join(options)] if options else []))
         self.pid = mounts.lock_holder(self.store)
         if self.pid is None:
             raise CrashCheckFailed("no daemon holds the store after mounting")
@@ -432,13 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3", action="store_true", help="keep the packs in a SeaweedFS bucket started for the run")
     parser.add_argument("--object-store-kills", type=int, default=0,
                         help="with --s3: in this many rounds, kill SeaweedFS during the workload too")
+    parser.add_argument("--mount-options", default="", metavar="OPTS",
+                        help="chunkfs mount -o for every mount (e.g. chunking=behind)")
     parser.add_argument("--json", action="store_true", help="print the per-round results as JSON at the end")
     args = parser.parse_args(argv)
     workdir = args.dir or f"/tmp/chunkfs-crash-soak-{os.getpid()}"
     os.makedirs(workdir, exist_ok=True)
     server = start_object_store(workdir) if args.s3 else None
     rig = CrashRig(workdir, seed=args.seed, max_kill_delay=args.max_kill_delay, object_store=server,
-                   object_store_kills=spread(args.object_store_kills, args.rounds) if server else frozenset())
+                   object_store_kills=spread(args.object_store_kills, args.rounds) if server else frozenset(),
+                   mount_options=args.mount_options)
     print(f"crash soak: seed {args.seed}, work directory {workdir}")
     try:
         summary = rig.run(args.rounds)

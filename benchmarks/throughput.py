@@ -267,6 +267,8 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
         nonlocal cold_ok
         out = {}
         for side in list(order):
+            for m in mounts.values():
+                m.settle()  # untimed: a side's work after its calls returned is its own, not the next side's
             if cold:
                 cold_ok &= drop_caches()  # syncs first
             else:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from . import mounts
 from .errors import ChunkfsError, MountError, StoreLockedError
@@ -257,20 +258,20 @@ def serve(store: str, mountpoint: str, opts: MountOptions, reporter: Reporter, f
     except StoreLockedError as exc:
         raise MountError(f"{exc}; is it mounted or in use by another chunkfs command?") from None
     read_ahead = opts.read_ahead_kb if opts.read_ahead_kb is not None else DEFAULT_READ_AHEAD_KB
-    log.info("chunk cache %s, verify %s, writeback cache %s, read-around %s, read-ahead %d KiB",
+    log.info("chunk cache %s, verify %s, writeback cache %s, read-around %s, read-ahead %d KiB, chunking %s",
              format_size(store_obj.cache.capacity), store_obj.verify, "on" if opts.writeback_cache else "off",
-             "on" if opts.read_around else "off", read_ahead)
+             "on" if opts.read_around else "off", read_ahead, opts.chunking)
     with store_obj, _ReadyWatcher(store, mountpoint, reporter, read_ahead, opts.read_ahead_kb is not None) as watcher, \
-            _SignalStopper(mountpoint, watcher), SyncRequests(store_obj):
+            _SignalStopper(mountpoint, watcher), SyncRequests(store_obj) as sync_requests:
         fuse_adapter.run(store_obj, mountpoint, opts.fuse_options(store),  # closes the store itself
-                         writeback_cache=opts.writeback_cache, read_around=opts.read_around,
-                         control=_control_channel(store, opts))
+                         writeback_cache=opts.writeback_cache, read_around=opts.read_around, chunking=opts.chunking,
+                         control=_control_channel(store, opts, sync_requests))
         if not watcher.seen.is_set():
             raise MountError(f"{mountpoint}: the filesystem stopped before it was mounted; see the log")
     log.info("daemon done: %s closed", store)
 
 
-def _control_channel(store: str, opts: MountOptions):
+def _control_channel(store: str, opts: MountOptions, sync_requests: "SyncRequests"):
     """A starter for the control socket of this mount (chunkfs clone, snapshot, rmtree, du: control.py)."""
     from .control import socket_path  # noqa: PLC0415 (only the daemon serves it)
     from .control_server import ControlServer, MountAccess  # noqa: PLC0415
@@ -280,6 +281,7 @@ def _control_channel(store: str, opts: MountOptions):
                          allow_root="allow_root" in opts.fuse)
 
     def start(core, kernel_cache):
+        sync_requests.settle = core.files.settle_staged  # a sync first commits what is staged (fs/behind.py)
         return ControlServer(socket_path(store, os.getuid()), TreeOps(core, kernel_cache), access).start()
 
     return start
@@ -377,6 +379,7 @@ class SyncRequests:
 
     def __init__(self, store):
         self.store = store
+        self.settle: Callable[[], None] | None = None  # commits staged files first (set once the core exists)
         self._previous = None
         self._busy = threading.Lock()
 
@@ -399,6 +402,8 @@ class SyncRequests:
             except OSError:
                 return
             try:
+                if self.settle is not None:
+                    self.settle()
                 self.store.flush()
                 answer = f"{token} ok"
                 log.info("chunkfs sync: everything committed is in the object store")

@@ -458,7 +458,7 @@ class KernelCache:
 def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         ready: Callable[[], None] | None = None, handle_signals: bool = False,
         filedata_factory=None, file_id_for=None, writeback_cache: bool = False,
-        read_around: bool = True, control: Callable[[FsCore, KernelCache], object] | None = None) -> None:
+        read_around: bool = True, chunking: str = "inline", control: Callable[[FsCore, KernelCache], object] | None = None) -> None:
     """Mount ``store`` on ``mountpoint`` and serve until unmounted; see the module docstring.
 
     ``control(core, kernel_cache)``, if given, starts the control channel
@@ -470,7 +470,8 @@ def run(store, mountpoint: str, options=frozenset(), *, debug: bool = False,
         opts.add("debug")
     try:
         core = FsCore(store, readonly="ro" in opts, atime="noatime" if "noatime" in opts else "relatime",
-                      filedata_factory=filedata_factory, file_id_for=file_id_for, background_gc=True)
+                      filedata_factory=filedata_factory, file_id_for=file_id_for, background_gc=True,
+                      chunking=chunking)
     except BaseException:
         store.close()
         raise

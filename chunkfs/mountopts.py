@@ -3,7 +3,7 @@
 Three kinds of option reach ``chunkfs mount``:
 
 * chunkfs's own (``log_level=``, ``log_file=``, ``cache_size=``, ``verify=``, ``compression=``,
-  ``compress=``, ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
+  ``compress=``, ``chunking=``, ``writeback_cache``, ``noreadaround``, ``read_ahead_kb=``, ``nonempty``, and for a store in an
   object store ``pack_cache=``, ``upload_backlog=``, ``upload_interval=``, ``backlog_wait=``,
   ``request_timeout=``): consumed here, never
   shown to libfuse, which would reject them (the writeback cache is asked for
@@ -29,6 +29,7 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.W
               "error": logging.ERROR}
 VERIFY_CHOICES = ("xxh3", "sha256", "off")
 COMPRESS_CHOICES = ("behind", "inline")  # when a mount compresses new chunks (chunkfs/store/_recompress.py)
+CHUNKING_CHOICES = ("inline", "behind")  # when a big file's new bytes are chunked (chunkfs/fs/behind.py)
 # object-store options given in seconds, and the range each accepts (docs/object-store.md)
 SECONDS_OPTIONS = {"upload_interval": (1, 86400), "backlog_wait": (0, 3600), "request_timeout": (0.5, 3600)}
 
@@ -76,6 +77,7 @@ class MountOptions:
     verify: str = "xxh3"
     compression: str | None = None  # None: the store's own setting, for new chunks
     compress: str = "behind"  # raw at write time, compressed when the mount is idle; or "inline"
+    chunking: str = "inline"  # chunked as written; or "behind": staged raw, chunked after close or fsync
     writeback_cache: bool = False
     read_around: bool = True
     read_ahead_kb: int | None = None  # None: DEFAULT_READ_AHEAD_KB, and no warning if it cannot be set
@@ -171,6 +173,10 @@ def _apply_valued(opts: MountOptions, name: str, value: str, item: str) -> None:
         if value not in COMPRESS_CHOICES:
             raise InvalidArgument(f"compress must be one of {', '.join(COMPRESS_CHOICES)}, not {value!r}")
         opts.compress = value
+    elif name == "chunking":
+        if value not in CHUNKING_CHOICES:
+            raise InvalidArgument(f"chunking must be one of {', '.join(CHUNKING_CHOICES)}, not {value!r}")
+        opts.chunking = value
     elif name == "read_ahead_kb":
         opts.read_ahead_kb = _read_ahead(value)
     elif name in ("pack_cache", "upload_backlog"):

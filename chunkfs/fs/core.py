@@ -43,8 +43,9 @@ import lmdb
 
 from ..errors import FSError
 from . import acl
+from .behind import CHUNKING_MODES
 from .blocks import BlockCounter
-from .handles import FileDataFactory, OpenFiles
+from .handles import FileDataFactory, OpenFiles, OpenInode
 from .namespace import ROOT_INO, Entry, Inode, Namespace, check_mutable, check_name
 from .reaper import TreeReaper
 from .recovery import recover_at_mount
@@ -107,9 +108,11 @@ class FsCore(FileOps, XattrOps):
                  readonly: bool = False, atime: str = "relatime",
                  filedata_factory: FileDataFactory | None = None,
                  file_id_for: Callable[[int], bytes] | None = None,
-                 background_gc: bool = False):
+                 background_gc: bool = False, chunking: str = "inline"):
         if atime not in ("relatime", "noatime"):
             raise ValueError("atime must be 'relatime' or 'noatime'")
+        if chunking not in CHUNKING_MODES:
+            raise ValueError(f"chunking must be one of {', '.join(CHUNKING_MODES)}")
         if filedata_factory is None or file_id_for is None:
             default_factory, default_id = _default_data_path()
             filedata_factory = filedata_factory or default_factory
@@ -118,7 +121,8 @@ class FsCore(FileOps, XattrOps):
         self.readonly = readonly or store.readonly
         self.atime = "noatime" if self.readonly else atime
         self.ns = Namespace(store.fs_tables)
-        self.files = OpenFiles(store, self.ns, filedata_factory)
+        self.files = OpenFiles(store, self.ns, filedata_factory, chunk_behind=chunking == "behind",
+                               on_closed=self._closed_in_background)
         self.file_id_for = file_id_for
         self.block_counter = BlockCounter(store, file_id_for, self.files)
         self._lookups: dict[int, int] = {}
@@ -171,6 +175,11 @@ class FsCore(FileOps, XattrOps):
         self.files.mark_unlinked(ino)
         self.purge_if_unreachable(ino)
 
+    def _closed_in_background(self, oi: OpenInode) -> None:
+        """The committer closed a staged file after its last handle had gone: purge it if it was unlinked."""
+        if oi.unlinked:
+            self.purge_if_unreachable(oi.ino)
+
     def purge_if_unreachable(self, ino: int) -> None:
         with self.files.lock:
             if self._lookups.get(ino) or self.files.is_open(ino):
@@ -213,6 +222,7 @@ class FsCore(FileOps, XattrOps):
         if self.gc_worker is not None:
             self.gc_worker.stop()  # before the final commits, and long before the store closes
         self.reaper.stop()  # a tree half deleted stays detached: the next mount goes on with it
+        self.files.stop_committer()  # what it had not committed yet, commit_all does
         self.files.commit_all()
         with self.files.lock:
             self._lookups.clear()

@@ -152,23 +152,28 @@ class FileOps:
 
         Returns whether the handle is writable (it may have committed); a
         read-only handle's flush does nothing.  With ``nowait``, WouldBlock
-        unless the commit is cheap (nothing changed, or a small file).
+        unless the commit is cheap (nothing changed, or a small file).  When
+        chunking behind the writer, a big file's changes are staged instead
+        (fs/behind.py).
         """
-        handle = self.files.handle(fh)
-        if not handle.writable:
-            return False
-        self.files.commit(handle.inode, nowait)
-        return True
+        return self._flush(fh, False, nowait)
 
     def fsync(self, fh: int, datasync: bool = False, nowait: bool = False) -> bool:
-        """Commit, then make it survive power loss; costs nothing more when nothing new was committed.
+        """Commit (or stage durably), then make it survive power loss; costs nothing more when nothing is new.
 
         Returns what ``flush`` returns.  With ``nowait``, WouldBlock unless
         the commit is cheap and the store has nothing left to flush to disk.
         """
-        committed = self.flush(fh, nowait)
+        committed = self._flush(fh, True, nowait)
         self.store.sync(nowait=nowait)
         return committed
+
+    def _flush(self, fh: int, durable: bool, nowait: bool) -> bool:
+        handle = self.files.handle(fh)
+        if not handle.writable:
+            return False
+        self.files.flush(handle.inode, durable, nowait)
+        return True
 
     def release(self, fh: int, nowait: bool = False) -> None:
         oi = self.files.release(fh, nowait)

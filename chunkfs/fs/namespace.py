@@ -223,11 +223,13 @@ class Namespace:
         return True
 
     def remove(self, txn: lmdb.Transaction, ino: int) -> None:
-        """Delete an inode record with its xattrs, symlink target and orphan mark."""
+        """Delete an inode record with its xattrs, symlink target, orphan mark and staged record."""
         if txn.delete(_key(ino), db=self.index.inodes):
             self.index.add_counter(txn, INODE_COUNTER, -1)
         txn.delete(_key(ino), db=self.index.symlinks)
         txn.delete(_key(ino), db=self.index.orphans)
+        if self.index.staged is not None:
+            txn.delete(_key(ino), db=self.index.staged)  # fs/behind.py: its changes die with it
         for name in self.xattr_names(txn, ino):
             txn.delete(_key(ino, name), db=self.index.xattrs)
 

@@ -49,6 +49,7 @@ from ..store import MAX_FILE_SIZE, TO_END, ChunkRef, ChunkStore, ManifestEntry, 
 from .chunkrun import ChunkRun
 from .intervals import IntervalSet
 from .rechunk import READ_BLOCK, RECHUNK_FIRST_BLOCK, BaseEdit, base_entry
+from .behind import StagedState
 from .stream import ChunkStream
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on t
 # A write that makes a run of at least this many bytes written front to back over a file's committed
 # contents streams the rest of the run (a rewrite in place), rather than staging it for re-chunking at commit.
 REWRITE_STREAM_MIN = 1024 * 1024
+# Chunking behind the writer stages a file's changes only when at least this many bytes changed: a commit of
+# less costs about what the staging file's flush and the record cost (a database's fsync commits at once).
+STAGE_MIN = 1024 * 1024
 
 
 def file_id_for(ino: int) -> bytes:
@@ -86,6 +90,8 @@ class _Held:
 class FileData:
     """See the module docstring.  One instance per inode, shared by all its handles."""
 
+    behind = False  # chunking behind the writer (fs/behind.py): past SMALL_FILE, no stream; set by the opener
+
     def __init__(self, store: ChunkStore, ino: int, size: int, on_commit: Hook | None = None):
         self.store = store
         self.ino = ino
@@ -99,6 +105,9 @@ class FileData:
         self._stream: ChunkStream | None = None
         self._staging_fd: int | None = None
         self._staging_path = os.path.join(store.staging_dir, f"{ino:016x}")
+        self._recorded: IntervalSet | None = None  # the ranges a live staged record names (fs/behind.py)
+        self._staged_as: StagedState | None = None  # and what it says
+        self._committing: int | None = None  # the size a commit of the record stores (not the file's size now)
 
     def _stored_size(self, size: int) -> int:
         try:
@@ -111,6 +120,11 @@ class FileData:
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def committing_size(self) -> int:
+        """The size the commit under way stores (a commit hook's view): the file's, or its staged record's."""
+        return self._size if self._committing is None else self._committing
 
     @property
     def dirty(self) -> bool:
@@ -181,14 +195,16 @@ class FileData:
                 around(run)
             return data
 
-    def _read_merged(self, start: int, end: int) -> bytes | memoryview:
-        pieces = [self._read_staging(lo, hi) if dirty else self._read_base(lo, hi)
-                  for lo, hi, dirty in self._dirty.split(start, end)]
+    def _read_merged(self, start: int, end: int, dirty: IntervalSet | None = None,
+                     base_limit: int | None = None) -> bytes | memoryview:
+        """The file's bytes: staged where ``dirty`` (default: the overlay) says, the base elsewhere."""
+        pieces = [self._read_staging(lo, hi) if changed else self._read_base(lo, hi, base_limit)
+                  for lo, hi, changed in (self._dirty if dirty is None else dirty).split(start, end)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)  # a clean file's read: no copy of a copy
 
-    def _read_base(self, start: int, end: int) -> bytes | memoryview:
+    def _read_base(self, start: int, end: int, base_limit: int | None = None) -> bytes | memoryview:
         """Committed bytes below the base limit, zeros beyond (holes, truncated tails)."""
-        split = min(max(self._base_limit, start), end)
+        split = min(max(self._base_limit if base_limit is None else base_limit, start), end)
         if split == start:
             return bytes(end - start)
         data = self._checked(self.store.read_view(self.file_id, start, split - start), split - start)
@@ -245,11 +261,15 @@ class FileData:
             self._settle_failed_stream()
             if not data:
                 return 0
+            if self._recorded is not None and self._recorded.overlaps(offset, offset + len(data)):
+                if not cheap:
+                    raise WouldBlock(f"inode {self.ino}: a staged file is committed before its staged bytes change")
+                self._commit_recorded()
             if offset >= MAX_FILE_SIZE:
                 raise FileTooLargeError(f"inode {self.ino}: write at offset {offset} is past the maximum file "
                                         f"size ({MAX_FILE_SIZE} bytes)")
             data = data[: MAX_FILE_SIZE - offset]
-            if self._stream is None and offset == self._size and self._can_stream():
+            if self._stream is None and offset == self._size and self._can_stream(offset + len(data)):
                 if self._base_limit and not cheap:
                     raise WouldBlock(f"inode {self.ino}: an append re-reads the last chunk")
                 self._start_stream()
@@ -258,11 +278,14 @@ class FileData:
                     raise WouldBlock(f"inode {self.ino}: a rewrite starts streaming")
                 self._start_rewrite_stream(offset)
             if self._stream is not None:
-                if offset == self._stream.end:
+                if offset == self._stream.end and not (self.behind and offset + len(data) > SMALL_FILE):
                     return self._append_to_stream(data, nowait=not cheap)
                 if not cheap:
                     raise WouldBlock(f"inode {self.ino}: a write out of order commits the stream first")
-                self._materialize_stream()
+                if self.behind:
+                    self._stream_to_overlay()  # a commit here could keep half of one write(2) after a crash
+                else:
+                    self._materialize_stream()
             self._write_overlay(offset, data)  # a pwrite into the page cache: cheap enough for the loop
             return len(data)
 
@@ -273,8 +296,14 @@ class FileData:
         self._size = max(self._size, stream.end)  # accepted: from here on the bytes are kept
         return len(data)
 
-    def _can_stream(self) -> bool:
-        """Streaming needs the file to equal its (possibly truncated) base: no overlay."""
+    def _can_stream(self, end: int) -> bool:
+        """Streaming needs the file to equal its (possibly truncated) base: no overlay.
+
+        Chunking behind the writer streams only a small file (committed at
+        close, fs/behind.py): a bigger one grows in the overlay.
+        """
+        if self.behind and end > SMALL_FILE:
+            return False
         return not self._dirty and self._size == self._base_limit
 
     def _start_stream(self) -> None:
@@ -297,7 +326,7 @@ class FileData:
         unextended, untruncated and without holes, whose chunking would
         stop the stream (an overlay's commit handles those: rechunk.py).
         """
-        if self._small() or self._size != self._committed or self._base_limit != self._committed:
+        if self.behind or self._small() or self._size != self._committed or self._base_limit != self._committed:
             return False
         begin = offset
         if self._dirty:
@@ -327,6 +356,17 @@ class FileData:
     def _materialize_stream(self) -> None:
         """A non-sequential change ends a stream: commit what streamed, then use the overlay."""
         self._commit_locked(None)
+
+    def _stream_to_overlay(self) -> None:
+        """Chunking behind the writer: a small file's stream that grows big moves into the overlay, uncommitted.
+
+        It holds at most SMALL_FILE bytes, so the move is a read of those and a pwrite.
+        """
+        stream = self._stream
+        data = self._read_streamed(stream.start, stream.end)
+        self.store.release(stream.refs)
+        self._stream = None
+        self._write_overlay(stream.start, data)
 
     def _settle_failed_stream(self) -> None:
         """A stream whose commit failed (e.g. ENOSPC) must commit before anything else changes."""
@@ -361,6 +401,8 @@ class FileData:
             self._settle_failed_stream()
             if size == self._size:
                 return
+            if self._recorded is not None and size < self._size:
+                self._commit_locked(None)  # a staged record's bytes must stay as it names them
             if self._stream is not None:
                 self._materialize_stream()
             if size < self._size:
@@ -382,6 +424,86 @@ class FileData:
             if nowait and self._is_dirty() and not self._small():
                 raise WouldBlock(f"inode {self.ino}: a commit of a big file")
             return self._commit_locked(hook)
+
+    def stage(self, record: Callable[[StagedState], None], durable: bool, nowait: bool = False) -> bool:
+        """Chunking behind the writer: hand this file's changes to ``record`` instead of committing them.
+
+        False (nothing done: commit instead) unless the file is big, not
+        streaming, and at least STAGE_MIN of its bytes changed.  With ``durable`` the staging file is flushed
+        first (fsync), so the record never reaches the disk before the bytes
+        it names.  ``record`` runs under this file's lock, so it is ordered
+        with the commit that deletes the record.  With ``nowait``,
+        WouldBlock rather than wait for the lock or flush the disk.
+        """
+        with self._held(nowait):
+            if self._stream is not None or self._small() or sum(hi - lo for lo, hi in self._dirty) < STAGE_MIN:
+                return False
+            if durable and self._staging_fd is not None:
+                if nowait:
+                    raise WouldBlock(f"inode {self.ino}: staging a file durably flushes the disk")
+                os.fdatasync(self._staging_fd)
+            state = StagedState(self._size, self._base_limit, self._committed, list(self._dirty))
+            if durable or state != self._staged_as:  # else nothing changed since it was recorded
+                record(state)
+                self._recorded, self._staged_as = _intervals(state.ranges), state
+            return True
+
+    def commit_staged(self) -> bool:
+        """Commit what the live staged record names (the committer's work); False if there is none."""
+        with self._lock:
+            if self._recorded is None:
+                return False
+            self._commit_recorded()
+            return True
+
+    def _commit_recorded(self) -> None:
+        """Commit the file as its staged record names it, and nothing written since.
+
+        The record was made at a close or an fsync, between two calls; a
+        commit of the overlay as it is now could fall between two requests of
+        one write(2) (the kernel splits a big one) and keep half of it after a
+        crash.  Changes made since stay in the overlay, over the new base.
+        """
+        state, recorded = self._staged_as, self._recorded
+        patches: list[Patch] = []
+        pinned: list[ChunkRef] = []
+
+        def read(start: int, end: int) -> bytes | memoryview:
+            return self._read_merged(start, end, recorded, state.base_limit)
+
+        self._committing = state.size
+        try:
+            BaseEdit(self.store, self.file_id, recorded, state.size, state.base_limit, self._committed,
+                     read).rechunk(patches, pinned)
+            self.store.commit_file(self.file_id, patches, state.size, self.on_commit)
+        except BaseException:
+            self.store.release(pinned)  # commit_file unpins only on success
+            raise
+        finally:
+            self._committing = None
+        later = IntervalSet()
+        for lo, hi in self._dirty:
+            for start, end, named in recorded.split(lo, hi):
+                if not named:
+                    later.add(start, end)
+        self._dirty = later
+        self._committed = self._base_limit = state.size  # a truncate below it since would have committed all
+        self._recorded = self._staged_as = None
+        if not self._is_dirty() and self._staging_fd is not None:
+            os.ftruncate(self._staging_fd, 0)
+
+    def adopt_staged(self, state: StagedState) -> None:
+        """Take up the changes a staged record left after a crash (fs/behind.py), to commit them.
+
+        Raises FileNotFoundError if the record names changed bytes and the staging file is gone.
+        """
+        with self._lock:
+            if state.ranges:
+                self._staging_fd = os.open(self._staging_path, os.O_RDWR | os.O_CLOEXEC)
+            for lo, hi in state.ranges:
+                self._dirty.add(lo, hi)
+            self._size, self._base_limit = state.size, min(state.base_limit, self._committed)
+            self._recorded, self._staged_as = _intervals(state.ranges), state
 
     def cheap_to_close(self, purge: bool = False) -> bool:
         """Whether committing and closing the file now (and with ``purge``, deleting its contents) is cheap.
@@ -405,6 +527,7 @@ class FileData:
         else:
             self._commit_overlay(hook)
         self._committed = self._base_limit = self._size
+        self._recorded = self._staged_as = None  # the commit dropped the record too (the hook's transaction)
         return True
 
     def _commit_stream(self, hook: Hook | None) -> None:
@@ -478,9 +601,18 @@ class FileData:
                 self._stream = None
             self._dirty.clear()
             self._size = self._base_limit = self._committed
+            self._recorded = self._staged_as = None
 
-    def close(self) -> None:
+    def close(self, keep_staging: bool = False) -> None:
+        """Let go of the staging file; with ``keep_staging``, leave it for the next mount to replay."""
         with self._lock:
+            if keep_staging:
+                self._dirty.clear()
+                self._size = self._base_limit = self._committed
+                if self._staging_fd is not None:
+                    os.close(self._staging_fd)
+                    self._staging_fd = None
+                return
             if self._is_dirty():
                 log.warning("inode %d closed with uncommitted changes; discarding them", self.ino)
                 self.discard()
@@ -491,6 +623,13 @@ class FileData:
                     os.unlink(self._staging_path)
                 except FileNotFoundError:
                     pass
+
+
+def _intervals(ranges: list[tuple[int, int]]) -> IntervalSet:
+    intervals = IntervalSet()
+    for lo, hi in ranges:
+        intervals.add(lo, hi)
+    return intervals
 
 
 def _index_at(offsets: list[int], pos: int) -> int:

@@ -8,7 +8,11 @@ brief, "closed means committed; fsync means durable":
   Opening the store already repaired the store's own crash windows (pack
   tails beyond the indexed end, packs no commit refers to, pending records:
   ``chunkfs/store/_recovery.py``), without scanning chunk data.
-* A staging file left in ``STORE/staging`` holds only writes that were never
+* Chunking behind the writer (``-o chunking=behind``, fs/behind.py) is the
+  exception: a big file closed or fsync'ed there has a staged record naming
+  its changes in its staging file.  Those files are committed first, as the
+  mount would have done (``replay_staged``), whatever mode this mount uses.
+* Any other staging file left in ``STORE/staging`` holds only writes that were never
   committed: nobody was promised they would survive.  They are discarded, and
   the log names each inode, how many bytes went, and its path when it can be
   found cheaply.  Replaying them could resurrect a half-written state that no
@@ -28,7 +32,9 @@ from dataclasses import dataclass, field
 
 import lmdb
 
+from ..errors import ChunkfsError
 from ..store import ChunkStore, FsTables
+from . import behind
 from .namespace import DIRENT, KEY64, ROOT_INO, Namespace
 
 log = logging.getLogger(__name__)
@@ -41,17 +47,20 @@ class MountRecovery:
     """What recovery found and did at one mount."""
 
     store_repairs: str = ""  # the store's own recovery at open, summarized ("" if clean)
+    replayed: list[int] = field(default_factory=list)  # inodes whose staged changes were committed
     discarded: list[tuple[int, int, str | None]] = field(default_factory=list)  # (ino, bytes, path)
     orphans_purged: int = 0
 
     @property
     def clean(self) -> bool:
-        return not (self.store_repairs or self.discarded or self.orphans_purged)
+        return not (self.store_repairs or self.replayed or self.discarded or self.orphans_purged)
 
     def summary(self) -> str:
         parts = []
         if self.store_repairs:
             parts.append(f"store: {self.store_repairs}")
+        if self.replayed:
+            parts.append(f"committed the staged writes of {len(self.replayed)} closed or fsync'ed file(s)")
         if self.discarded:
             lost = sum(size for _, size, _ in self.discarded)
             parts.append(f"discarded uncommitted writes of {len(self.discarded)} file(s), {lost} bytes")
@@ -65,7 +74,8 @@ def recover_at_mount(core) -> MountRecovery:
     result = MountRecovery(store_repairs=core.store.recovery.describe() if core.store.recovery else "")
     if core.store.readonly:
         return result
-    found = discard_stale_staging(core.store)
+    result.replayed, kept = replay_staged(core)
+    found = discard_stale_staging(core.store, keep=kept)
     staged = {ino: size for ino, size in found if size}
     paths = resolve_paths(core.ns, core.store.fs_tables, set(staged)) if staged else {}
     for ino, size in sorted(staged.items()):
@@ -123,7 +133,44 @@ def _name_in(ns: Namespace, txn: lmdb.Transaction, directory: int, child: int, b
     return None
 
 
-def discard_stale_staging(store: ChunkStore) -> list[tuple[int, int]]:
+def replay_staged(core) -> tuple[list[int], set[int]]:
+    """Commit the changes staged records name (fs/behind.py); returns the inodes committed, and those kept.
+
+    A record whose file is gone (unlinked, or its staging file lost) is
+    dropped with a log line.  One that cannot be committed now (a full disk)
+    stays, with its staging file, for the next mount, and the file reads as
+    its last commit meanwhile.
+    """
+    committed, kept = [], set()
+    for ino, state in behind.records(core.store.fs_tables):
+        with core.store.read_txn() as txn:
+            inode = core.ns.get(txn, ino)
+            size = core.store.size(core.file_id_for(ino), txn=txn, default=0)
+        if inode is None or not inode.is_reg or inode.nlink == 0 or size != state.committed:
+            _drop_record(core, ino, "its file was deleted" if inode is None or inode.nlink == 0 else
+                         f"its file changed since (stored size {size}, the record's base {state.committed})")
+            continue
+        try:
+            oi = core.files.adopt_staged(ino, size, state)
+        except FileNotFoundError:
+            _drop_record(core, ino, "its staging file is missing: the writes it named are lost", error=True)
+            continue
+        try:
+            core.files.settle(oi)
+            committed.append(ino)
+        except ChunkfsError as exc:
+            log.error("inode %d: could not commit its staged writes (%s); the next mount tries again", ino, exc)
+            core.files.close_inode(oi)
+            kept.add(ino)
+    return committed, kept
+
+
+def _drop_record(core, ino: int, why: str, error: bool = False) -> None:
+    (log.error if error else log.warning)("inode %d: dropping its staged record: %s", ino, why)
+    core.store.write_txn(lambda txn: (behind.drop_record(txn, core.store.fs_tables, ino), []))
+
+
+def discard_stale_staging(store: ChunkStore, keep: frozenset[int] | set[int] = frozenset()) -> list[tuple[int, int]]:
     """Remove staging files an unclean shutdown left; returns (inode, bytes staged) for each.
 
     The policy (docs/filesystem.md): whatever an application fsync'ed, or
@@ -138,6 +185,8 @@ def discard_stale_staging(store: ChunkStore) -> list[tuple[int, int]]:
             ino = int(name, 16)
             staged = os.stat(path).st_blocks * 512
         except (ValueError, FileNotFoundError):
+            continue
+        if ino in keep:
             continue
         os.unlink(path)
         if staged:

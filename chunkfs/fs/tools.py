@@ -57,6 +57,7 @@ class TreeOps:
     def clone(self, cred: Credentials, src: bytes, dst: bytes, should_stop: Callable[[], bool] = lambda: False) -> dict:
         """Copy ``src`` to ``dst`` (which must not exist) by metadata, like ``cp -a``."""
         self._writable()
+        self.core.files.settle_staged()  # a clone copies what is committed: closed files must be (fs/behind.py)
         src, dst = normal_path(src), normal_path(dst)
         with self.store.read_txn() as txn:
             source = self._existing(txn, src, cred)
@@ -73,6 +74,7 @@ class TreeOps:
                  should_stop: Callable[[], bool] = lambda: False) -> dict:
         """An immutable clone of ``src`` named ``name`` in the snapshot directory."""
         self._writable()
+        self.core.files.settle_staged()
         check_name(name)
         src = normal_path(src)
         with self.store.read_txn() as txn:

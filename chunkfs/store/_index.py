@@ -35,6 +35,8 @@ retired        fkey (u64 BE)                               u64 LE: entries left 
                                                            replaced or deleted; its runs stay in
                                                            ``manifests`` holding their references until
                                                            the background drops them (_manifests.py)
+staged         ino (u64 BE)                                a file's changes staged raw, not yet chunked
+                                                           (layout: chunkfs.fs.behind)
 =============  ==========================================  ===========================================
 
 Why this shape (docs/store-format.md has the measurements): the index must
@@ -49,7 +51,7 @@ chunks lying back to back; a hole is a gap between runs, and no run spans
 one.  The checksum that verifies a read lives in the pack record header,
 next to the bytes it covers (_packs.py).
 
-The six filesystem databases (inodes ... orphans) belong to the layer above:
+The seven filesystem databases (inodes ... orphans, and staged) belong to the layer above:
 the store keeps them in its environment, so that one transaction can change a
 file's contents and its inode together, and hands them out through
 :class:`FsTables`; their record layouts are defined and documented in
@@ -76,7 +78,7 @@ DATABASES = (
     "chunks", "lookup", "files", "manifests", "packs", "pending", "counters",
     "inodes", "dirents", "dirorder", "xattrs", "symlinks", "orphans",
 )
-ADDED_DATABASES = ("synclog", "recompress", "retired")  # newer than some stores: made at the first writable open that lacks them
+ADDED_DATABASES = ("synclog", "recompress", "retired", "staged")  # newer than some stores: made at the first writable open that lacks them
 
 CHUNK = struct.Struct("<32sIIII")  # address, refcount, stored length, pack id, data offset
 # ... then, only for a chunk stored compressed, its raw length (u32): an uncompressed chunk's is its stored
@@ -301,6 +303,7 @@ class FsTables:
         self.xattrs = index.xattrs
         self.symlinks = index.symlinks
         self.orphans = index.orphans
+        self.staged = index.staged  # None in a read-only open of a store made before it existed
         self._counters = index.counters
         self.read = index.read  # ``with tables.read() as txn``: a read transaction
 
