@@ -116,7 +116,7 @@ def test_sigkill_rounds_with_chunking_behind(tmp_path, capsys):
     sys.path.insert(0, str(REPO))
     from benchmarks.crash_soak import CrashRig  # noqa: PLC0415
 
-    rounds = int(os.environ.get("CHUNKFS_CRASH_ROUNDS_BEHIND", "20"))
+    rounds = int(os.environ.get("CHUNKFS_CRASH_ROUNDS_BEHIND", "12"))
     rig = CrashRig(str(tmp_path), seed=int(os.environ.get("CHUNKFS_CRASH_SEED", "20250101")), max_kill_delay=0.6,
                    log=lambda line: None, mount_options="chunking=behind")
     try:

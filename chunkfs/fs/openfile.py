@@ -18,6 +18,10 @@ beyond a chunk or two:
   the same offset, and an interval set remembers which ranges are dirty.
   Reads merge overlay, base and zeros (for holes and truncated tails).
 
+With chunking behind the writer (``-o chunking=behind``, fs/behind.py), a
+file past SMALL_FILE never streams, and its close and fsync may stage the
+overlay instead of committing it (staged_changes.py).
+
 A hole (bytes never written: past the old end after a truncate or a write
 beyond end of file, or a hole already in the base) is committed as a hole
 reference, which stores nothing.  Committing an overlay re-chunks only what
@@ -46,10 +50,11 @@ import lmdb
 
 from ..errors import FileNotFoundInStore, FileTooLargeError, StoreFullError, WouldBlock
 from ..store import MAX_FILE_SIZE, TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
+from .behind import StagedState
 from .chunkrun import ChunkRun
 from .intervals import IntervalSet
 from .rechunk import READ_BLOCK, RECHUNK_FIRST_BLOCK, BaseEdit, base_entry
-from .behind import StagedState
+from .staged_changes import StagedChanges
 from .stream import ChunkStream
 
 log = logging.getLogger(__name__)
@@ -60,9 +65,6 @@ SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on t
 # A write that makes a run of at least this many bytes written front to back over a file's committed
 # contents streams the rest of the run (a rewrite in place), rather than staging it for re-chunking at commit.
 REWRITE_STREAM_MIN = 1024 * 1024
-# Chunking behind the writer stages a file's changes only when at least this many bytes changed: a commit of
-# less costs about what the staging file's flush and the record cost (a database's fsync commits at once).
-STAGE_MIN = 1024 * 1024
 
 
 def file_id_for(ino: int) -> bytes:
@@ -87,7 +89,7 @@ class _Held:
         self.data._lock.release()
 
 
-class FileData:
+class FileData(StagedChanges):
     """See the module docstring.  One instance per inode, shared by all its handles."""
 
     behind = False  # chunking behind the writer (fs/behind.py): past SMALL_FILE, no stream; set by the opener
@@ -357,17 +359,6 @@ class FileData:
         """A non-sequential change ends a stream: commit what streamed, then use the overlay."""
         self._commit_locked(None)
 
-    def _stream_to_overlay(self) -> None:
-        """Chunking behind the writer: a small file's stream that grows big moves into the overlay, uncommitted.
-
-        It holds at most SMALL_FILE bytes, so the move is a read of those and a pwrite.
-        """
-        stream = self._stream
-        data = self._read_streamed(stream.start, stream.end)
-        self.store.release(stream.refs)
-        self._stream = None
-        self._write_overlay(stream.start, data)
-
     def _settle_failed_stream(self) -> None:
         """A stream whose commit failed (e.g. ENOSPC) must commit before anything else changes."""
         if self._stream is not None and self._stream.chunker is None:
@@ -424,86 +415,6 @@ class FileData:
             if nowait and self._is_dirty() and not self._small():
                 raise WouldBlock(f"inode {self.ino}: a commit of a big file")
             return self._commit_locked(hook)
-
-    def stage(self, record: Callable[[StagedState], None], durable: bool, nowait: bool = False) -> bool:
-        """Chunking behind the writer: hand this file's changes to ``record`` instead of committing them.
-
-        False (nothing done: commit instead) unless the file is big, not
-        streaming, and at least STAGE_MIN of its bytes changed.  With ``durable`` the staging file is flushed
-        first (fsync), so the record never reaches the disk before the bytes
-        it names.  ``record`` runs under this file's lock, so it is ordered
-        with the commit that deletes the record.  With ``nowait``,
-        WouldBlock rather than wait for the lock or flush the disk.
-        """
-        with self._held(nowait):
-            if self._stream is not None or self._small() or sum(hi - lo for lo, hi in self._dirty) < STAGE_MIN:
-                return False
-            if durable and self._staging_fd is not None:
-                if nowait:
-                    raise WouldBlock(f"inode {self.ino}: staging a file durably flushes the disk")
-                os.fdatasync(self._staging_fd)
-            state = StagedState(self._size, self._base_limit, self._committed, list(self._dirty))
-            if durable or state != self._staged_as:  # else nothing changed since it was recorded
-                record(state)
-                self._recorded, self._staged_as = _intervals(state.ranges), state
-            return True
-
-    def commit_staged(self) -> bool:
-        """Commit what the live staged record names (the committer's work); False if there is none."""
-        with self._lock:
-            if self._recorded is None:
-                return False
-            self._commit_recorded()
-            return True
-
-    def _commit_recorded(self) -> None:
-        """Commit the file as its staged record names it, and nothing written since.
-
-        The record was made at a close or an fsync, between two calls; a
-        commit of the overlay as it is now could fall between two requests of
-        one write(2) (the kernel splits a big one) and keep half of it after a
-        crash.  Changes made since stay in the overlay, over the new base.
-        """
-        state, recorded = self._staged_as, self._recorded
-        patches: list[Patch] = []
-        pinned: list[ChunkRef] = []
-
-        def read(start: int, end: int) -> bytes | memoryview:
-            return self._read_merged(start, end, recorded, state.base_limit)
-
-        self._committing = state.size
-        try:
-            BaseEdit(self.store, self.file_id, recorded, state.size, state.base_limit, self._committed,
-                     read).rechunk(patches, pinned)
-            self.store.commit_file(self.file_id, patches, state.size, self.on_commit)
-        except BaseException:
-            self.store.release(pinned)  # commit_file unpins only on success
-            raise
-        finally:
-            self._committing = None
-        later = IntervalSet()
-        for lo, hi in self._dirty:
-            for start, end, named in recorded.split(lo, hi):
-                if not named:
-                    later.add(start, end)
-        self._dirty = later
-        self._committed = self._base_limit = state.size  # a truncate below it since would have committed all
-        self._recorded = self._staged_as = None
-        if not self._is_dirty() and self._staging_fd is not None:
-            os.ftruncate(self._staging_fd, 0)
-
-    def adopt_staged(self, state: StagedState) -> None:
-        """Take up the changes a staged record left after a crash (fs/behind.py), to commit them.
-
-        Raises FileNotFoundError if the record names changed bytes and the staging file is gone.
-        """
-        with self._lock:
-            if state.ranges:
-                self._staging_fd = os.open(self._staging_path, os.O_RDWR | os.O_CLOEXEC)
-            for lo, hi in state.ranges:
-                self._dirty.add(lo, hi)
-            self._size, self._base_limit = state.size, min(state.base_limit, self._committed)
-            self._recorded, self._staged_as = _intervals(state.ranges), state
 
     def cheap_to_close(self, purge: bool = False) -> bool:
         """Whether committing and closing the file now (and with ``purge``, deleting its contents) is cheap.
@@ -623,13 +534,6 @@ class FileData:
                     os.unlink(self._staging_path)
                 except FileNotFoundError:
                     pass
-
-
-def _intervals(ranges: list[tuple[int, int]]) -> IntervalSet:
-    intervals = IntervalSet()
-    for lo, hi in ranges:
-        intervals.add(lo, hi)
-    return intervals
 
 
 def _index_at(offsets: list[int], pos: int) -> int:
