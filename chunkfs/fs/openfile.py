@@ -378,6 +378,7 @@ class FileData(StagedChanges):
             raise
         self._dirty.add(offset, offset + len(data))
         self._size = max(self._size, offset + len(data))
+        self.store.note_activity()
 
     def _staging(self) -> int:
         if self._staging_fd is None:

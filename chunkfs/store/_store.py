@@ -516,6 +516,15 @@ class ChunkStore:
         self.last_activity = time.monotonic()
         return self.reader.read_span(file_id, offset, length, nowait)
 
+    def note_activity(self) -> None:
+        """A write the store does not see (into a staging file) counts as activity too.
+
+        The background gc drops replaced files' references and compresses
+        only once reads and writes pause; a writer whose bytes wait in a
+        staging file must hold that work off as much as one whose chunks arrive.
+        """
+        self.last_activity = time.monotonic()
+
     def read_chunks(self, file_id: FileId, offset: int, length: int) -> tuple[int, list[bytes | memoryview]]:
         """The verified chunks that hold ``[offset, offset+length)``, in order, and where the first begins.
 
