@@ -242,6 +242,15 @@ class MountedFS:
         """The test kills or crashes the daemon on purpose: do not fail teardown for that."""
         self._allow_death = True
 
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash) and remove its dead mount."""
+        self.allow_daemon_death()
+        os.kill(self.pid, signal.SIGKILL)
+        assert wait_process_gone(self.pid, 10)
+        self.pid = None
+        force_unmount(self.mountpoint)
+        assert not self.mounted
+
     @property
     def mounted(self) -> bool:
         return mount_entry(self.mountpoint) is not None

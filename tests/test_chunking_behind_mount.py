@@ -11,26 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, force_unmount, run_cli, wait_process_gone
+from conftest import REPO, run_cli
 
 MiB = 1024 * 1024
 
 
 # -- mounted ----------------------------------------------------------------------------------------
-
-
-def _kill(fs) -> None:
-    fs.allow_daemon_death()
-    os.kill(fs.pid, signal.SIGKILL)
-    assert wait_process_gone(fs.pid, 10)
-    fs.pid = None
-    force_unmount(fs.mountpoint)
 
 
 @pytest.fixture
@@ -50,7 +41,7 @@ def test_kill_9_after_fsync_or_close_loses_nothing(behind_fs, durable):
     else:
         os.close(fd)
         held = None
-    _kill(behind_fs)
+    behind_fs.kill()
     if held is not None:
         try:
             os.close(held)

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import REPO, cli_env, force_unmount, wait_process_gone, wait_until
+from conftest import REPO, cli_env, wait_until
 
 sys.path.insert(0, str(REPO))
 from benchmarks import crash_workload as cw  # noqa: E402
@@ -35,16 +35,6 @@ from chunkfs.store import ChunkStore  # noqa: E402
 
 CRASH_ROUNDS = int(os.environ.get("CHUNKFS_CRASH_ROUNDS", "50"))
 MiB = 1024 * 1024
-
-
-def kill_daemon(fs) -> None:
-    """SIGKILL the daemon of a MountedFS and remove its dead mount."""
-    fs.allow_daemon_death()
-    os.kill(fs.pid, signal.SIGKILL)
-    assert wait_process_gone(fs.pid, 10)
-    fs.pid = None
-    force_unmount(fs.mountpoint)
-    assert not fs.mounted
 
 
 # -- the mount-level rounds ---------------------------------------------------------------------
@@ -85,7 +75,7 @@ def test_stream_broken_by_random_write_then_kill(mounted_fs):
     os.pwrite(fd, b"x" * 5000, 1000)  # breaks the stream: what streamed is committed first
     os.write(fd, b"y" * 300_000)  # after the committed end: staged
     ino = os.fstat(fd).st_ino
-    kill_daemon(mounted_fs)
+    mounted_fs.kill()
     try:
         os.close(fd)
     except OSError:
@@ -115,7 +105,7 @@ def test_recovery_is_logged_once(mounted_fs):
     os.write(orphan, os.urandom(100_000))
     os.fsync(orphan)
     os.unlink(m / "orphan")
-    kill_daemon(mounted_fs)
+    mounted_fs.kill()
     for fd in (staged, orphan):
         try:
             os.close(fd)
