@@ -216,6 +216,31 @@ def test_the_next_mount_commits_what_a_crash_left_staged(tmp_path, mode, caplog)
         store.close()
 
 
+def test_a_read_only_mount_says_staged_writes_wait_and_keeps_them(tmp_path, caplog):
+    store = ChunkStore.create(tmp_path / "store")
+    core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")
+    ino = create(core, b"f")
+    data = os.urandom(2 * MiB)
+    write_file(core, ino, {0: data}, fsync=True, close=False)
+    _crash(core)
+    store = ChunkStore.open(tmp_path / "store", readonly=True)
+    with caplog.at_level(logging.INFO, logger="chunkfs"):
+        core = FsCore(store, root_uid=0, root_gid=0, readonly=True)
+    try:
+        assert "1 file(s) have staged writes a crash left" in caplog.text
+        assert records(core) != {} and stored(core, ino) == b""
+    finally:
+        core.close()
+        store.close()
+    store = ChunkStore.open(tmp_path / "store")
+    core = FsCore(store, root_uid=0, root_gid=0)
+    try:
+        assert stored(core, ino) == data and records(core) == {}
+    finally:
+        core.close()
+        store.close()
+
+
 def test_a_record_whose_staging_file_is_gone_is_dropped_with_an_error(tmp_path, caplog):
     store = ChunkStore.create(tmp_path / "store")
     core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")

@@ -73,6 +73,10 @@ def recover_at_mount(core) -> MountRecovery:
     """Discard stale staging, purge orphans, and log one summary line; call before serving."""
     result = MountRecovery(store_repairs=core.store.recovery.describe() if core.store.recovery else "")
     if core.store.readonly:
+        waiting = behind.records(core.store.fs_tables)
+        if waiting:
+            log.warning("%d file(s) have staged writes a crash left (chunking behind the writer); this read-only "
+                        "mount shows them as last committed, and the next writable mount commits them", len(waiting))
         return result
     result.replayed, kept = replay_staged(core)
     found = discard_stale_staging(core.store, keep=kept)
