@@ -1,8 +1,10 @@
 """Chunking behind the writer (``-o chunking=behind``, chunkfs/fs/behind.py) through a real mount.
 
 fsync then kill -9, close then kill -9, an unmount right after close, a clone
-and ``chunkfs sync`` right after close, SQLite and rsync on the mount, and the
-SIGKILL rounds of the crash test (test_crash.py) with this mode on.  The fs
+and ``chunkfs sync`` right after close, SQLite and rsync on the mount, a store
+whose packs are in SeaweedFS (kill after fsync; the bucket alone has a file
+chunked after its close), and the SIGKILL rounds of the crash test
+(test_crash.py) with this mode on.  The fs
 core's side is in test_chunking_behind.py.
 """
 
@@ -117,3 +119,32 @@ def test_sigkill_rounds_with_chunking_behind(tmp_path, capsys):
         with capsys.disabled():
             print("\n" + rig.summary.line())
     assert len(summary.rounds) == rounds
+
+
+@pytest.mark.mount
+def test_staged_files_reach_the_bucket_of_a_store_in_an_object_store(seaweed, bucket_url, mount_factory, tmp_path):
+    """With the packs in SeaweedFS: a kill after fsync loses nothing, and `chunkfs sync` uploads what was staged."""
+    fs = mount_factory(options=["chunking=behind"], mkfs_args=["--data", bucket_url, "--endpoint", seaweed.endpoint])
+    fsynced, closed = os.urandom(3 * MiB), os.urandom(20 * MiB)
+    fd = os.open(fs / "fsynced", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, fsynced)
+    os.fsync(fd)
+    fs.kill()
+    try:
+        os.close(fd)
+    except OSError:  # ENOTCONN: the daemon is gone
+        pass
+    fs.mount()
+    assert (fs / "fsynced").read_bytes() == fsynced
+    (fs / "closed").write_bytes(closed)
+    run_cli("sync", fs.mountpoint)
+    assert fs.stats()["object_store"]["upload_backlog_packs"] == 0
+    restored, mnt = tmp_path / "restored", tmp_path / "restored-mnt"
+    run_cli("restore", restored, "--data", bucket_url, "--endpoint", seaweed.endpoint, "--replica")
+    mnt.mkdir()
+    run_cli("mount", restored, mnt, "-o", "ro")
+    try:
+        assert (mnt / "closed").read_bytes() == closed, "the bucket alone has the file chunked after its close"
+        assert (mnt / "fsynced").read_bytes() == fsynced
+    finally:
+        run_cli("umount", mnt)
