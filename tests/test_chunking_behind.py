@@ -14,6 +14,7 @@ test_chunking_behind_mount.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -187,81 +188,67 @@ def test_a_truncate_of_a_staged_file_commits_it_first(fs):
 # -- recovery ---------------------------------------------------------------------------------------
 
 
-def _crash(fs: FsCore) -> None:
-    """Leave as a kill -9 would: the record and the staging file stay, no commit runs."""
-    fs.files.committer.stop()
-    fs.store.close()
+def _crashed(tmp_path, old: bytes, staged: dict[int, bytes]) -> int:
+    """A store whose file has ``old`` committed, then ``staged`` written and fsync'ed with the file left open,
+    and then a crash (what kill -9 leaves: the record and the staging file, no commit); returns its inode."""
+    store = ChunkStore.create(tmp_path / "store")
+    core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")
+    ino = create(core, b"f")
+    if old:
+        write_file(core, ino, {0: old})  # small: committed at close
+    write_file(core, ino, staged, fsync=True, close=False)
+    core.files.committer.stop()
+    store.close()
+    return ino
+
+
+@contextlib.contextmanager
+def _mounted_again(tmp_path, caplog, readonly: bool = False, chunking: str = "inline"):
+    """The next mount of that store (recovery runs in FsCore's constructor, logged into ``caplog``)."""
+    store = ChunkStore.open(tmp_path / "store", readonly=readonly)
+    with caplog.at_level(logging.INFO, logger="chunkfs"):
+        core = FsCore(store, root_uid=0, root_gid=0, readonly=readonly, chunking=chunking)
+    try:
+        yield core
+    finally:
+        core.close()
+        store.close()
 
 
 @pytest.mark.parametrize("mode", ["behind", "inline"])
 def test_the_next_mount_commits_what_a_crash_left_staged(tmp_path, mode, caplog):
-    store = ChunkStore.create(tmp_path / "store")
-    core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")
-    ino = create(core, b"f")
     data = os.urandom(3 * MiB)
-    write_file(core, ino, {0: data, 5 * MiB: b"tail"}, fsync=True, close=False)
-    _crash(core)
-    store = ChunkStore.open(tmp_path / "store")
-    with caplog.at_level(logging.INFO, logger="chunkfs"):
-        core = FsCore(store, root_uid=0, root_gid=0, chunking=mode)
-    try:
+    ino = _crashed(tmp_path, b"", {0: data, 5 * MiB: b"tail"})
+    with _mounted_again(tmp_path, caplog, chunking=mode) as core:
         assert core.recovery.replayed == [ino]
         assert "committed the staged writes of 1 closed or fsync'ed file(s)" in caplog.text
         expected = data + bytes(2 * MiB) + b"tail"
         assert stored(core, ino) == expected
         assert core.getattr(ino).size == len(expected)
-        assert records(core) == {} and os.listdir(store.staging_dir) == []
-    finally:
-        core.close()
-        store.close()
+        assert records(core) == {} and os.listdir(core.store.staging_dir) == []
 
 
 def test_a_read_only_mount_says_staged_writes_wait_and_keeps_them(tmp_path, caplog):
-    store = ChunkStore.create(tmp_path / "store")
-    core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")
-    ino = create(core, b"f")
     data = os.urandom(2 * MiB)
-    write_file(core, ino, {0: data}, fsync=True, close=False)
-    _crash(core)
-    store = ChunkStore.open(tmp_path / "store", readonly=True)
-    with caplog.at_level(logging.INFO, logger="chunkfs"):
-        core = FsCore(store, root_uid=0, root_gid=0, readonly=True)
-    try:
+    ino = _crashed(tmp_path, b"", {0: data})
+    with _mounted_again(tmp_path, caplog, readonly=True) as core:
         assert "1 file(s) have staged writes a crash left" in caplog.text
         assert records(core) != {} and stored(core, ino) == b""
-    finally:
-        core.close()
-        store.close()
-    store = ChunkStore.open(tmp_path / "store")
-    core = FsCore(store, root_uid=0, root_gid=0)
-    try:
+    with _mounted_again(tmp_path, caplog) as core:
         assert stored(core, ino) == data and records(core) == {}
-    finally:
-        core.close()
-        store.close()
 
 
 def test_a_record_whose_staging_file_is_gone_is_dropped_with_an_error(tmp_path, caplog):
-    store = ChunkStore.create(tmp_path / "store")
-    core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")
-    ino = create(core, b"f")
     old = os.urandom(100_000)
-    write_file(core, ino, {0: old})  # small: committed at close
-    write_file(core, ino, {0: os.urandom(MiB)}, fsync=True, close=False)
-    _crash(core)
-    for name in os.listdir(store.staging_dir):
-        os.unlink(os.path.join(store.staging_dir, name))
-    store = ChunkStore.open(tmp_path / "store")
-    with caplog.at_level(logging.INFO, logger="chunkfs"):
-        core = FsCore(store, root_uid=0, root_gid=0, chunking="behind")
-    try:
+    ino = _crashed(tmp_path, old, {0: os.urandom(MiB)})
+    staging = tmp_path / "store" / "staging"
+    for name in os.listdir(staging):
+        os.unlink(staging / name)
+    with _mounted_again(tmp_path, caplog, chunking="behind") as core:
         assert f"inode {ino}: dropping its staged record: its staging file is missing" in caplog.text
         assert [r.levelname for r in caplog.records if "staging file is missing" in r.getMessage()] == ["ERROR"]
         assert read_file(core, ino) == old and core.getattr(ino).size == len(old)
         assert records(core) == {}
-    finally:
-        core.close()
-        store.close()
 
 
 # -- the pieces --------------------------------------------------------------------------------------
