@@ -52,7 +52,7 @@ class OpenInode:
     changes: int = 0  # bumped on every change, so a commit clears only the times it stored
     unlinked: bool = False  # no name left: contents die with the last handle, never commit them
     holey: bool = False  # at its last commit the file had holes (st_blocks below its size: fs/blocks.py)
-    staged: bool = False  # a staged record in the index names its changes (fs/behind.py); its commit drops it
+    staged: bool = False  # it was staged (fs/behind.py): its commits drop its record, if one is left
 
 
 @dataclass(eq=False)
@@ -306,11 +306,11 @@ class OpenFiles:
     def settle_staged(self) -> None:
         """Commit every staged file now: clones, snapshots and ``chunkfs sync`` work from what is committed."""
         for oi in self.all_open():
-            if oi.staged and oi.data.dirty:
+            if oi.staged and oi.data.recorded:
                 self.settle(oi)
 
     def _commit_logged(self, oi: OpenInode) -> None:
-        kept = "they stay staged for the next mount" if oi.staged else "the changes are lost"
+        kept = "they stay staged for the next mount" if oi.data.recorded else "the changes are lost"
         try:
             self.commit(oi)
         except ChunkfsError as exc:
@@ -325,7 +325,7 @@ class OpenFiles:
         keep their staging file: their record makes the next mount commit them.
         """
         try:
-            if oi.staged and not oi.unlinked and oi.data.dirty:
+            if oi.data.recorded and not oi.unlinked:
                 oi.data.close(keep_staging=True)
                 return
             if oi.unlinked or oi.data.dirty:

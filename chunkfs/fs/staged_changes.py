@@ -50,6 +50,12 @@ class StagedChanges:
                 self._recorded, self._staged_as = intervals_of(state.ranges), state
             return True
 
+    @property
+    def recorded(self) -> bool:
+        """Whether a live staged record names this file's changes (a failed commit leaves it in place)."""
+        with self._lock:
+            return self._staged_as is not None
+
     def commit_staged(self) -> bool:
         """Commit what the live staged record names (the committer's work); False if there is none."""
         with self._lock:
