@@ -481,17 +481,21 @@ class FileData(StagedChanges):
         return TO_END
 
     def _commit_overlay(self, hook: Hook | None) -> None:
-        patches: list[Patch] = []
-        pinned: list[ChunkRef] = []
-        try:
-            self._edit().rechunk(patches, pinned)
-            self.store.commit_file(self.file_id, patches, self._size, hook)
-        except BaseException:
-            self.store.release(pinned)  # commit_file unpins only on success
-            raise
+        self._commit_edit(self._edit(), self._size, hook)
         self._dirty.clear()
         if self._staging_fd is not None:
             os.ftruncate(self._staging_fd, 0)
+
+    def _commit_edit(self, edit: BaseEdit, size: int, hook: Hook | None) -> None:
+        """Re-chunk what ``edit`` says changed and commit it as the file's contents at ``size``."""
+        patches: list[Patch] = []
+        pinned: list[ChunkRef] = []
+        try:
+            edit.rechunk(patches, pinned)
+            self.store.commit_file(self.file_id, patches, size, hook)
+        except BaseException:
+            self.store.release(pinned)  # commit_file unpins only on success
+            raise
 
     def _edit(self) -> BaseEdit:
         """This commit's view of the file: its base and what changed over it (the lock is held throughout)."""

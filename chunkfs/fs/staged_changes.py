@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 
 from ..errors import WouldBlock
-from ..store import ChunkRef, Patch
 from .behind import StagedState
 from .intervals import IntervalSet
 from .rechunk import BaseEdit
@@ -73,20 +72,14 @@ class StagedChanges:
         crash.  Changes made since stay in the overlay, over the new base.
         """
         state, recorded = self._staged_as, self._recorded
-        patches: list[Patch] = []
-        pinned: list[ChunkRef] = []
 
         def read(start: int, end: int) -> bytes | memoryview:
             return self._read_merged(start, end, recorded, state.base_limit)
 
         self._committing = state.size
         try:
-            BaseEdit(self.store, self.file_id, recorded, state.size, state.base_limit, self._committed,
-                     read).rechunk(patches, pinned)
-            self.store.commit_file(self.file_id, patches, state.size, self.on_commit)
-        except BaseException:
-            self.store.release(pinned)  # commit_file unpins only on success
-            raise
+            self._commit_edit(BaseEdit(self.store, self.file_id, recorded, state.size, state.base_limit,
+                                       self._committed, read), state.size, self.on_commit)
         finally:
             self._committing = None
         later = IntervalSet()
