@@ -23,9 +23,10 @@ import pytest
 
 from conftest import wait_until
 
+from chunkfs import linux_calls
 from chunkfs.errors import InvalidArgument
 from chunkfs.fs import Caller, FsCore
-from chunkfs.fs import behind
+from chunkfs.fs import behind, openfile
 from chunkfs.fs.behind import Committer
 from chunkfs.fs.openfile import file_id_for
 from chunkfs.mountopts import parse_options
@@ -118,6 +119,29 @@ def test_the_committer_commits_a_closed_file_at_once(fs):
     write_file(fs, ino, {0: data})
     assert wait_until(lambda: not fs.files.is_open(ino), timeout=30)
     assert stored(fs, ino) == data and records(fs) == {}
+
+
+def test_staged_bytes_start_their_way_to_the_disk_while_the_file_is_written(fs, monkeypatch):
+    """An fsync then finds little left to flush; the writeback of each WRITE_BEHIND bytes starts at once."""
+    started = []
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        started.append((offset, offset + length))
+        linux_calls.start_writeback(fd, offset, length)
+
+    monkeypatch.setattr(openfile, "start_writeback", recording)
+    ino = create(fs, b"big")
+    step = 1 * MiB
+    fh = fs.open(ino, os.O_RDWR)[0]
+    for offset in range(0, 2 * openfile.WRITE_BEHIND + step, step):
+        fs.write(fh, offset, os.urandom(step))
+    assert started == [(0, openfile.WRITE_BEHIND), (openfile.WRITE_BEHIND, 2 * openfile.WRITE_BEHIND)]
+    fs.fsync(fh)
+    fs.release(fh)
+
+
+def test_writeback_is_started_on_this_system():
+    assert linux_calls.sync_file_range is not None, "libc has no sync_file_range: an fsync flushes all at once"
 
 
 def test_a_small_file_commits_at_close(fs):

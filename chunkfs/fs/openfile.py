@@ -49,6 +49,7 @@ from collections.abc import Callable
 import lmdb
 
 from ..errors import FileNotFoundInStore, FileTooLargeError, StoreFullError, WouldBlock
+from ..linux_calls import start_writeback
 from ..store import MAX_FILE_SIZE, TO_END, ChunkRef, ChunkStore, ManifestEntry, Patch
 from .behind import StagedState
 from .chunkrun import ChunkRun
@@ -65,6 +66,7 @@ SMALL_FILE = 256 * 1024  # a file this small is read, written and committed on t
 # A write that makes a run of at least this many bytes written front to back over a file's committed
 # contents streams the rest of the run (a rewrite in place), rather than staging it for re-chunking at commit.
 REWRITE_STREAM_MIN = 1024 * 1024
+WRITE_BEHIND = 32 * 1024 * 1024  # with chunking behind: staged bytes written between two starts of writeback
 
 
 def file_id_for(ino: int) -> bytes:
@@ -110,6 +112,7 @@ class FileData(StagedChanges):
         self._recorded: IntervalSet | None = None  # the ranges a live staged record names (fs/behind.py)
         self._staged_as: StagedState | None = None  # and what it says
         self._committing: int | None = None  # the size a commit of the record stores (not the file's size now)
+        self._unsent = (MAX_FILE_SIZE, 0)  # staged bytes written since the last start of their writeback
 
     def _stored_size(self, size: int) -> int:
         try:
@@ -379,6 +382,18 @@ class FileData(StagedChanges):
         self._dirty.add(offset, offset + len(data))
         self._size = max(self._size, offset + len(data))
         self.store.note_activity()
+        if self.behind:
+            self._write_behind(fd, offset, offset + len(data))
+
+    def _write_behind(self, fd: int, start: int, end: int) -> None:
+        """Start the disk writing staged bytes back every WRITE_BEHIND bytes written, so that an fsync
+        finds little left to flush (the staging file is what a fsync makes durable in this mode)."""
+        lo, hi = self._unsent
+        lo, hi = min(lo, start), max(hi, end)
+        if hi - lo >= WRITE_BEHIND:
+            start_writeback(fd, lo, hi - lo)
+            lo, hi = MAX_FILE_SIZE, 0
+        self._unsent = (lo, hi)
 
     def _staging(self) -> int:
         if self._staging_fd is None:

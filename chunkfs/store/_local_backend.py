@@ -10,8 +10,6 @@ finish with the right bytes (see :meth:`LocalBackend.remove`).  Every
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import threading
@@ -19,32 +17,11 @@ import time
 from collections.abc import Iterable, Sequence
 
 from ..errors import PackIOError, PackMissingError, StoreFullError, WouldBlock
+from ..linux_calls import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, start_writeback, syncfs
 from ._backend import IOV_BATCH, REMOVED_PACK_GRACE, Buffer, PackBackend
 
 PUNCH_ALIGN = 4096
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02  # linux/falloc.h
-SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _load_libc(name: str, argtypes: tuple):
-    """A libc function the os module does not wrap, or None where there is none."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = getattr(libc, name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = argtypes
-    fn.restype = ctypes.c_int
-    return fn  # a failure returns -1 and only costs the optimisation
-
-
-# fallocate(2) to punch out dead records (a failure such as EOPNOTSUPP: the bytes wait for gc)
-_fallocate = _load_libc("fallocate", (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64))
-# sync_file_range(2) to start writing appended bytes back early, so that a later fdatasync has little left
-_sync_file_range = _load_libc("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint))
-# syncfs(2) to flush what a dead process left unflushed in any pack, in one call that costs what is dirty
-_syncfs = _load_libc("syncfs", (ctypes.c_int,))
 
 
 def _medium_error(exc: OSError, pack: int | None, doing: str) -> Exception:
@@ -117,8 +94,7 @@ class LocalBackend(PackBackend):
             raise _medium_error(exc, pack, "cannot write") from None
 
     def writeback(self, pack: int, offset: int, length: int) -> None:
-        if _sync_file_range is not None:
-            _sync_file_range(self._fd(pack), offset, length, SYNC_FILE_RANGE_WRITE)
+        start_writeback(self._fd(pack), offset, length)
 
     def seal(self, pack: int) -> None:
         pass  # a file needs no upload; it stays readable (and, after a restart, writable) as it is
@@ -128,7 +104,7 @@ class LocalBackend(PackBackend):
         where there is none, every pack file is flushed."""
         dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _syncfs is not None and _syncfs(dfd) == 0:
+            if syncfs is not None and syncfs(dfd) == 0:
                 return
         finally:
             os.close(dfd)
@@ -182,9 +158,9 @@ class LocalBackend(PackBackend):
         """Only whole blocks inside the range are punched; without hole punching, nothing is."""
         start = -(-offset // PUNCH_ALIGN) * PUNCH_ALIGN
         end = (offset + length) // PUNCH_ALIGN * PUNCH_ALIGN
-        if end <= start or _fallocate is None:
+        if end <= start or fallocate is None:
             return False
-        return _fallocate(self._fd(pack), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start) == 0
+        return fallocate(self._fd(pack), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start) == 0
 
     # -- reading --------------------------------------------------------------
 
