@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import mmap
 import os
 import platform
 import random
@@ -49,6 +50,7 @@ from benchmarks.throughput_report import (DERIVED_OPS, OPS, markdown, summarize,
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 IO_BLOCK = 1 * MiB
 RANDOM_BLOCK = 4 * KiB
+WARM_FACTOR = 3  # a side's turn takes up to 3 file sizes of fresh pages: FUSE's page cache, backing file, staging
 
 SCALES: dict[str, dict] = {
     # file_size: the sequential file; random_reads: 4 KiB preads; tree: "django" (a release sdist, ~10k files,
@@ -72,6 +74,18 @@ def drop_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+def warm_free_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it again, so the next side's writes find free pages the
+    hypervisor still backs.  This VM reports free memory back to its host (virtio-balloon free page
+    reporting): a page freed a few seconds ago and then reused costs a host fault, and a 1 GiB write
+    into the page cache took 0.22 s on just-freed pages and 1.2 s on pages freed 8 s earlier (the same
+    bytes, all system time).  Without this, a side's time depended on how long ago someone freed memory."""
+    block = bytes(MiB)
+    with mmap.mmap(-1, nbytes) as m:
+        for off in range(0, nbytes - MiB + 1, MiB):
+            m[off:off + MiB] = block
 
 
 def syncfs(path: str) -> None:
@@ -273,6 +287,7 @@ def one_run(k: int, args, scale: dict, data: memoryview, tar_path: str, src_tree
                 cold_ok &= drop_caches()  # syncs first
             else:
                 os.sync()  # untimed: no side meets writeback the step before left dirty
+            warm_free_memory(WARM_FACTOR * len(data))  # untimed, after the caches were dropped: they stay cold
             if side in inputs["peers"]:
                 value = _peer_side(op, side, fn)
                 if value is None:
@@ -430,6 +445,7 @@ def append_test(fs: ChunkfsMount, targets: dict, name: str, seq_seconds: dict, o
     """Append 4 KiB to the committed file (write + fsync + close) on every side; chunkfs's store growth
     from `chunkfs stats`."""
     payload = os.urandom(RANDOM_BLOCK)
+    fs.settle()  # with chunking=behind the write's chunks may still be on their way: the growth is the append's
     before = fs.stats()
     out: dict = {"avg_chunk_size": fs.avg_size}
     for side in order:
