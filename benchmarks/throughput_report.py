@@ -318,7 +318,10 @@ NOTES = [
     "syncfs flushes everything dirty on that filesystem, other users' writes too, so the rows 'alone' give "
     "the ratio of the commands without it. Before each side of every timed operation that is not cold, an "
     "untimed `sync` writes back what earlier steps left dirty (the 1 GiB files, the other side's tree), so "
-    "neither side pays for the other's writeback.",
+    "neither side pays for the other's writeback. Then, before every side of every operation, three file "
+    "sizes of memory are touched and freed, untimed: this VM hands freed memory back to its host, and a "
+    "1 GiB page-cache write took 0.22 s on just-freed pages and 1.2 s on pages freed 8 s earlier, so a "
+    "side's time depended on how long ago someone freed memory.",
     "passthrough: benchmarks/passthrough.py (a plain pyfuse3 passthrough over a directory on the same disk, "
     "the same timeouts and default_permissions as chunkfs, no writeback cache) runs every operation too, as "
     "the third side of each run (the order of the three rotates between runs). It is mounted afresh for "
