@@ -41,7 +41,8 @@ import threading
 from benchmarks.common import MB, REPO, Timer, ToolError, run
 from benchmarks.inputs import random_bytes, tree_tar
 from benchmarks.mounts import ChunkfsMount, JuicefsMount, S3qlMount, find_peers
-from benchmarks.throughput import cold_read, disk_of, drop_caches, git_commit, machine, seq_write, untar
+from benchmarks.throughput import (cold_read, disk_of, drop_caches, git_commit, machine, seq_write, untar,
+                                   warm_free_memory)
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedServer, weed_binary  # noqa: E402
@@ -101,12 +102,13 @@ class JuicefsOnS3(JuicefsMount):
         return out
 
 
-def make_sides(work: str, server: SeaweedServer, peers: dict) -> dict:
-    """A fresh filesystem of every side (its mountpoint under ``work``); peers that are not installed are absent."""
+def make_sides(work: str, server: SeaweedServer, peers: dict, mount_opts: str | None = None) -> dict:
+    """A fresh filesystem of every side (its mountpoint under ``work``); peers that are not installed are absent.
+    ``mount_opts`` go to both chunkfs sides."""
     endpoint = server.endpoint
     sides: dict = {
-        "local": ChunkfsMount(os.path.join(work, "local-store"), os.path.join(work, "local-mnt"), None, None),
-        "chunkfs": ChunkfsMount(os.path.join(work, "s3-store"), os.path.join(work, "s3-mnt"), None, None,
+        "local": ChunkfsMount(os.path.join(work, "local-store"), os.path.join(work, "local-mnt"), None, mount_opts),
+        "chunkfs": ChunkfsMount(os.path.join(work, "s3-store"), os.path.join(work, "s3-mnt"), None, mount_opts,
                                 mkfs_args=["--data", f"s3://{BUCKETS['chunkfs']}/fs", "--endpoint", endpoint]),
     }
     if "s3ql" in peers:
@@ -139,7 +141,7 @@ class Run:
             client = server.client()
             for bucket in BUCKETS.values():
                 client.create_bucket(Bucket=bucket)
-            sides = make_sides(os.path.join(self.work, f"run-{self.k}"), server, self.peers)
+            sides = make_sides(os.path.join(self.work, f"run-{self.k}"), server, self.peers, self.args.mount_opts)
             order = list(sides)[self.k % len(sides):] + list(sides)[:self.k % len(sides)]
             self.result["order"] = order
             for op in self.args.ops:
@@ -169,6 +171,7 @@ class Run:
         if op == "cold_read" and isinstance(mount, ChunkfsMount):
             mount.drop_local_cache()  # the peers empty theirs at every mount (benchmarks/mounts.py)
         drop_caches()
+        warm_free_memory(3 * len(self.data))  # as the throughput benchmark does: no side meets pages the host took back
         before = server.requests(bucket) if bucket else {}
         watchdog = threading.Timer(self.args.peer_timeout, getattr(mount, "abort", lambda: None))
         if side in self.peers:
@@ -310,6 +313,7 @@ def parse_args(argv):
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma list from {','.join(OPS)} (default: all)")
     ap.add_argument("--peers", default="s3ql,juicefs", help="s3ql,juicefs (those installed), or none")
+    ap.add_argument("--mount-opts", help="extra `chunkfs mount -o` options of both chunkfs sides (e.g. chunking=behind)")
     ap.add_argument("--peer-timeout", type=float, default=900.0,
                     help="seconds a peer may take for one operation before it counts as hung")
     ap.add_argument("--s3ql-bin", help="bin directory of an S3QL install (default: benchmarks/cache/s3ql-venv/bin)")
