@@ -186,7 +186,9 @@ def test_keep_cache_serves_a_second_read_from_the_page_cache(mounted_fs):
     first = io_of(mounted_fs, lambda: read_all(path))  # written since the last open: pages dropped
     second = io_of(mounted_fs, lambda: read_all(path))
     assert first["rchar"] >= 32 * MiB, first  # every chunk read from its pack
-    assert second["syscr"] < 20, second  # open, flush, release: no READ requests
+    # no READ requests: the daemon read none of the file's 32 MiB again (its background threads' own reads,
+    # a log line, a look at the packs, may fall in the window: count bytes, not system calls)
+    assert second["rchar"] < 4 * MiB, second
     with open(path, "r+b") as fh:  # a change through the kernel keeps its cache right ...
         fh.seek(5 * MiB)
         fh.write(b"changed")
