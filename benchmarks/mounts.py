@@ -152,6 +152,7 @@ class PassthroughMount(FuseMount):
     """benchmarks/passthrough.py over ``backing``, run as its own foreground process."""
 
     MOUNT_WAIT = 60.0
+    OPTIONS: tuple[str, ...] = ()  # benchmarks/passthrough.py's own options
 
     def __init__(self, backing: str, mnt: str):
         super().__init__(mnt)
@@ -161,7 +162,8 @@ class PassthroughMount(FuseMount):
         self.proc: subprocess.Popen | None = None
 
     def mount(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.passthrough", self.backing, self.mnt],
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.passthrough", *self.OPTIONS,
+                                      self.backing, self.mnt],
                                      cwd=REPO, env={**os.environ, **checkout_env(), **self.env},
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -203,6 +205,38 @@ class PassthroughMount(FuseMount):
             self.proc = None
         self._force_unmount()
         shutil.rmtree(self.backing, ignore_errors=True)
+
+
+class XattrPassthroughMount(PassthroughMount):
+    """The passthrough forwarding extended attributes, run as one more side (``--xattr-passthrough``).
+
+    The kernel asks a filesystem that answers getxattr for
+    ``security.capability`` before every write; the plain passthrough answers
+    ENOSYS once and is never asked again, a shortcut chunkfs (which keeps
+    xattrs) cannot take.  This side measures that floor (benchmarks/passthrough.py).
+    """
+
+    name = "passthrough-xattrs"
+    OPTIONS = ("--xattrs",)
+
+    def __init__(self, _tool: str, work: str, mnt: str):
+        self.work = work
+        self.aborted = False
+        super().__init__(os.path.join(work, "backing"), mnt)
+
+    def abort(self) -> None:
+        """It hung: kill its daemon, so the calls waiting on the mount fail instead."""
+        self.aborted = True
+        if self.proc is not None:
+            self.proc.kill()
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    @staticmethod
+    def settings_of(_tool: str) -> dict:
+        return {"xattrs": "forwarded to the backing files (benchmarks/passthrough.py --xattrs)"}
 
 
 class PeerMount(FuseMount):
@@ -446,7 +480,7 @@ class PeerFactory:
     def __init__(self, cls, tool: str):
         self.cls, self.tool = cls, tool
 
-    def __call__(self, work: str, mnt: str) -> PeerMount:
+    def __call__(self, work: str, mnt: str) -> FuseMount:
         return self.cls(self.tool, work, mnt)
 
     def settings(self) -> dict:
@@ -454,7 +488,8 @@ class PeerFactory:
 
 
 def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, cache: str, log=print,
-               baseline: str | None = None, uncompressed: tuple | None = None) -> dict:
+               baseline: str | None = None, uncompressed: tuple | None = None,
+               xattr_passthrough: bool = False) -> dict:
     """``{name: factory(work, mnt) -> PeerMount}`` of the peers asked for that can run here; one line per one that cannot.
 
     S3QL is not a Debian or PyPI package here: it runs from ``--s3ql-bin``
@@ -466,6 +501,8 @@ def find_peers(names: list[str], s3ql_bin: str | None, s3ql_source: str | None, 
     interpreter, or on PATH.
     """
     found = {}
+    if xattr_passthrough:
+        found["passthrough-xattrs"] = PeerFactory(XattrPassthroughMount, "")
     if uncompressed is not None:  # (avg size, mount options) of the chunkfs side
         found["chunkfs-none"] = PeerFactory(UncompressedChunkfsMount, uncompressed)
     if baseline:

@@ -1,6 +1,6 @@
 """A plain pyfuse3 passthrough filesystem: the floor any pyfuse3 filesystem stands on, measured in the same run.
 
-    python -m benchmarks.passthrough BACKING_DIR MOUNTPOINT     # foreground; fusermount3 -u to stop
+    python -m benchmarks.passthrough [--xattrs] BACKING_DIR MOUNTPOINT     # foreground; fusermount3 -u to stop
 
 Issue 4 states its throughput targets next to what "a plain pyfuse3
 passthrough filesystem, which does no dedup at all" reached (0.74 sequential
@@ -20,6 +20,15 @@ path it was seen at, so renaming a directory leaves its children's paths stale
 (nothing the benchmark does renames a directory), and nothing is ever
 forgotten.  It lives in benchmarks/, not in the chunkfs package, because only
 chunkfs's adapter may import pyfuse3 there.
+
+``--xattrs`` also forwards extended attributes.  Without them the kernel
+asks once, gets ENOSYS and never asks again; with them it asks
+``getxattr("security.capability")`` before every write(2), to learn whether
+the write must drop file capabilities.  pyfuse3 cannot negotiate
+``FUSE_HANDLE_KILLPRIV_V2``, the flag that would let the kernel skip the
+question, so every pyfuse3 filesystem that keeps xattrs (chunkfs keeps ACLs
+and user xattrs) pays one more round trip per write: ``--xattrs`` measures
+that floor.
 """
 
 from __future__ import annotations
@@ -214,20 +223,40 @@ class Passthrough(pyfuse3.Operations):
         os.close(fh)
 
 
-for _name, _method in list(vars(Passthrough).items()):
-    if inspect.iscoroutinefunction(_method):
-        setattr(Passthrough, _name, _errno_only(_method))
+class XattrPassthrough(Passthrough):
+    """The passthrough that also forwards extended attributes (``--xattrs``, module docstring)."""
+
+    async def getxattr(self, inode, name, ctx):
+        return os.getxattr(self._path(inode), os.fsdecode(name), follow_symlinks=False)
+
+    async def listxattr(self, inode, ctx):
+        return [os.fsencode(name) for name in os.listxattr(self._path(inode), follow_symlinks=False)]
+
+    async def setxattr(self, inode, name, value, ctx):
+        os.setxattr(self._path(inode), os.fsdecode(name), value, follow_symlinks=False)
+
+    async def removexattr(self, inode, name, ctx):
+        os.removexattr(self._path(inode), os.fsdecode(name), follow_symlinks=False)
+
+
+for _cls in (Passthrough, XattrPassthrough):
+    for _name, _method in list(vars(_cls).items()):
+        if inspect.iscoroutinefunction(_method):
+            setattr(_cls, _name, _errno_only(_method))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    xattrs = "--xattrs" in args
+    if xattrs:
+        args.remove("--xattrs")
     if len(args) != 2:
-        print("usage: python -m benchmarks.passthrough BACKING_DIR MOUNTPOINT", file=sys.stderr)
+        print("usage: python -m benchmarks.passthrough [--xattrs] BACKING_DIR MOUNTPOINT", file=sys.stderr)
         return 2
     backing, mountpoint = args
     os.umask(0)  # the kernel already applied the caller's umask to every mode it sends
-    pyfuse3.init(Passthrough(backing), mountpoint, {"fsname=passthrough", "subtype=passthrough",
-                                                     "default_permissions"})
+    ops = XattrPassthrough(backing) if xattrs else Passthrough(backing)
+    pyfuse3.init(ops, mountpoint, {"fsname=passthrough", "subtype=passthrough", "default_permissions"})
     try:
         trio.run(pyfuse3.main)
     finally:

@@ -512,6 +512,9 @@ def parse_args(argv):
     ap.add_argument("--baseline", metavar="CHECKOUT",
                     help="another checkout of chunkfs (a git worktree of an earlier commit) run as one more side, "
                          "'baseline': is this checkout slower than that one, run by run?")
+    ap.add_argument("--xattr-passthrough", action="store_true",
+                    help="one more side: the passthrough forwarding extended attributes, which the kernel then "
+                         "asks getxattr(security.capability) before every write, as it asks chunkfs")
     ap.add_argument("--uncompressed-side", action="store_true",
                     help="one more side, 'chunkfs-none': this checkout's chunkfs made with mkfs --compression none "
                          "(same chunk size and mount options), paired run by run with the chunkfs side (which "
@@ -568,7 +571,8 @@ def main(argv: list[str] | None = None, log=print) -> int:
     cache = os.environ.get("CHUNKFS_BENCH_CACHE", os.path.join(REPO, "benchmarks", "cache"))
     inputs: dict = {"peers": find_peers(args.peers, args.s3ql_bin, args.s3ql_source, cache, log,
                                         args.baseline,
-                                        (args.avg_size, args.mount_opts) if args.uncompressed_side else None),
+                                        (args.avg_size, args.mount_opts) if args.uncompressed_side else None,
+                                        args.xattr_passthrough),
                     "profiler": Profiler(out) if args.profile else None}
     meta["peers"] = {name: factory.settings() for name, factory in inputs["peers"].items()}
     try:

@@ -63,6 +63,8 @@ def summarize(runs: list[dict], file_size: int) -> dict:
                 row["target_share_of_passthrough"] = round(target / ISSUE_PASSTHROUGH[op], 3)
         if all("baseline" in p for p in pairs):  # --baseline: this checkout against an earlier one, run by run
             row["vs_baseline"] = _ratio_row(pairs, "baseline", "chunkfs")
+        if all("passthrough-xattrs" in p for p in pairs):  # --xattr-passthrough: the floor with xattrs kept
+            row["vs_xattr_passthrough"] = _ratio_row(pairs, "passthrough-xattrs", "chunkfs")
         if all("chunkfs-none" in p for p in pairs):  # --uncompressed-side: compression on against off
             row["vs_uncompressed"] = _ratio_row(pairs, "chunkfs-none", "chunkfs")
         sides = [s for s in ("plain", "chunkfs", "passthrough") if all(s in p for p in pairs)]
@@ -102,7 +104,7 @@ def summarize(runs: list[dict], file_size: int) -> dict:
     return summary
 
 
-PEERS = ("s3ql", "juicefs", "baseline", "chunkfs-none")  # other filesystems run beside chunkfs when installed (benchmarks/mounts.py)
+PEERS = ("passthrough-xattrs", "s3ql", "juicefs", "baseline", "chunkfs-none")  # other filesystems run beside chunkfs when installed (benchmarks/mounts.py)
 SIDES = ("chunkfs", "passthrough", *PEERS)
 
 
@@ -202,6 +204,7 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
                          f"**{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
                          f"{'–' if share is None else f'{share:.2f}'} |")
     lines += _peers_table(rows, meta)
+    lines += _xattr_passthrough_table(rows)
     lines += _baseline_table(rows, meta)
     lines += _uncompressed_table(rows, summary)
     a, rss = summary["append"], summary["rss"]
@@ -227,6 +230,25 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
     if not all(r["cold_caches_dropped"] for r in runs):
         lines.append("- WARNING: the page cache could not be dropped (not root): cold figures are warm")
     return "\n".join(lines) + "\n"
+
+
+def _xattr_passthrough_table(rows: list) -> list[str]:
+    """With --xattr-passthrough: chunkfs against the passthrough that keeps xattrs, as chunkfs does."""
+    if not any("vs_xattr_passthrough" in row for _, _, row in rows):
+        return []
+    lines = ["", "## Against the passthrough that forwards xattrs, measured in the same runs", "",
+             "A pyfuse3 filesystem that answers getxattr is asked getxattr(security.capability) before every "
+             "write(2) (pyfuse3 cannot negotiate FUSE_HANDLE_KILLPRIV_V2, which would spare it); the plain "
+             "passthrough answers ENOSYS once and is spared. passthrough-xattrs seconds ÷ chunkfs seconds:", "",
+             "| operation | chunkfs ÷ passthrough-xattrs (median) | per run | passthrough-xattrs | chunkfs |",
+             "|---|---|---|---|---|"]
+    for _, label, row in rows:
+        vs = row.get("vs_xattr_passthrough")
+        if vs is not None:
+            lines.append(f"| {label} | **{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
+                         f"{statistics.median(vs['passthrough-xattrs_seconds']):.2f} s | "
+                         f"{statistics.median(vs['chunkfs_seconds']):.2f} s |")
+    return lines
 
 
 def _baseline_table(rows: list, meta: dict) -> list[str]:

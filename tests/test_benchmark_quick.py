@@ -323,3 +323,58 @@ def test_read_path_ab_pairs_two_checkouts(tmp_path):
     for key in ("random_us", "seq128k_ms", "stat_us"):
         assert f"{key}: baseline median" in out and "baseline ÷ this per round" in out
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.mount
+@pytest.mark.slow
+def test_throughput_runs_the_passthrough_that_keeps_xattrs_beside_chunkfs(tmp_path):
+    """--xattr-passthrough: one more side, the passthrough forwarding xattrs; the report pairs chunkfs with it."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is absent: the throughput benchmark needs a real mount")
+    out = tmp_path / "out"
+    _run_module("benchmarks.throughput", "--tiny", "--runs", "1", "--peers", "none", "--xattr-passthrough",
+                "--ops", "seq_write,sqlite", "--out", str(out), "--work-dir", str(tmp_path), timeout=300)
+    with open(out / "throughput.json") as fh:
+        doc = json.load(fh)
+    [run] = doc["runs"]
+    assert set(run["order"]) == {"plain", "chunkfs", "passthrough", "passthrough-xattrs"}
+    for op in ("seq_write", "sqlite"):
+        vs = doc["summary"][op]["vs_xattr_passthrough"]
+        assert len(vs["ratios"]) == 1 and vs["ratios"][0] > 0
+    assert "chunkfs ÷ passthrough-xattrs" in (out / "throughput.md").read_text()
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("xattrs", [False, True])
+def test_the_kernel_asks_a_filesystem_with_xattrs_for_capabilities_before_every_write(tmp_path, xattrs):
+    """Why the passthrough has an --xattrs side: answering getxattr costs one more round trip per write(2)."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is absent")
+    sys.path.insert(0, REPO)
+    from benchmarks.mounts import PassthroughMount, XattrPassthroughMount
+
+    trace = tmp_path / "trace.json"
+    mount = (XattrPassthroughMount("", str(tmp_path / "work"), str(tmp_path / "mnt")) if xattrs else
+             PassthroughMount(str(tmp_path / "backing"), str(tmp_path / "mnt")))
+    mount.env = {"CHUNKFS_REQUEST_TRACE": str(trace)}
+    mount.mount()
+    try:
+        path = os.path.join(mount.mnt, "f")
+        with open(path, "wb") as fh:
+            for _ in range(20):
+                fh.write(b"x" * 4096)
+                fh.flush()
+        if xattrs:
+            os.setxattr(path, "user.kept", b"yes")
+            assert os.getxattr(path, "user.kept") == b"yes" and "user.kept" in os.listxattr(path)
+        else:
+            with pytest.raises(OSError):
+                os.setxattr(path, "user.kept", b"yes")
+    finally:
+        mount.umount("test")
+        mount.cleanup()
+    with open(trace) as fh:
+        requests = json.load(fh)["requests"]
+    assert requests["write"]["count"] == 20
+    asked = requests.get("getxattr", {}).get("count", 0)
+    assert asked >= 20 if xattrs else asked <= 1, requests
