@@ -232,40 +232,36 @@ def markdown(meta: dict, summary: dict, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _xattr_passthrough_table(rows: list) -> list[str]:
-    """With --xattr-passthrough: chunkfs against the passthrough that keeps xattrs, as chunkfs does."""
-    if not any("vs_xattr_passthrough" in row for _, _, row in rows):
+def _paired_table(rows: list, key: str, other: str, title: str, intro: str) -> list[str]:
+    """chunkfs against one more side of the same runs: the ``key`` ratio rows (``other`` seconds ÷ chunkfs's)."""
+    if not any(key in row for _, _, row in rows):
         return []
-    lines = ["", "## Against the passthrough that forwards xattrs, measured in the same runs", "",
-             "A pyfuse3 filesystem that answers getxattr is asked getxattr(security.capability) before every "
-             "write(2) (pyfuse3 cannot negotiate FUSE_HANDLE_KILLPRIV_V2, which would spare it); the plain "
-             "passthrough answers ENOSYS once and is spared. passthrough-xattrs seconds ÷ chunkfs seconds:", "",
-             "| operation | chunkfs ÷ passthrough-xattrs (median) | per run | passthrough-xattrs | chunkfs |",
-             "|---|---|---|---|---|"]
+    lines = ["", f"## {title}, measured in the same runs", "", intro, "",
+             f"| operation | chunkfs ÷ {other} speed (median) | per run | {other} | chunkfs |", "|---|---|---|---|---|"]
     for _, label, row in rows:
-        vs = row.get("vs_xattr_passthrough")
+        vs = row.get(key)
         if vs is not None:
             lines.append(f"| {label} | **{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
-                         f"{statistics.median(vs['passthrough-xattrs_seconds']):.2f} s | "
+                         f"{statistics.median(vs[f'{other}_seconds']):.2f} s | "
                          f"{statistics.median(vs['chunkfs_seconds']):.2f} s |")
     return lines
+
+
+def _xattr_passthrough_table(rows: list) -> list[str]:
+    """With --xattr-passthrough: chunkfs against the passthrough that keeps xattrs, as chunkfs does."""
+    return _paired_table(
+        rows, "vs_xattr_passthrough", "passthrough-xattrs", "Against the passthrough that forwards xattrs",
+        "A pyfuse3 filesystem that answers getxattr is asked getxattr(security.capability) before every "
+        "write(2) (pyfuse3 cannot negotiate FUSE_HANDLE_KILLPRIV_V2, which would spare it); the plain "
+        "passthrough answers ENOSYS once and is spared. passthrough-xattrs seconds ÷ chunkfs seconds:")
 
 
 def _baseline_table(rows: list, meta: dict) -> list[str]:
     """With --baseline: this checkout against the earlier one, paired run by run (above 1: this one is faster)."""
-    if not any("vs_baseline" in row for _, _, row in rows):
-        return []
     base = meta.get("peers", {}).get("baseline", {})
-    lines = ["", f"## Against the baseline checkout ({base.get('commit', '?')}), measured in the same runs", "",
-             "baseline seconds ÷ chunkfs seconds, per run and median: below 0.95 is more than 5 % slower.", "",
-             "| operation | chunkfs ÷ baseline speed (median) | per run | baseline | chunkfs |", "|---|---|---|---|---|"]
-    for op, label, row in rows:
-        vs = row.get("vs_baseline")
-        if vs is not None:
-            lines.append(f"| {label} | **{vs['ratio_median']:.2f}** | {_per_run(vs)} | "
-                         f"{statistics.median(vs['baseline_seconds']):.2f} s | "
-                         f"{statistics.median(vs['chunkfs_seconds']):.2f} s |")
-    return lines
+    return _paired_table(
+        rows, "vs_baseline", "baseline", f"Against the baseline checkout ({base.get('commit', '?')})",
+        "baseline seconds ÷ chunkfs seconds, per run and median: below 0.95 is more than 5 % slower.")
 
 
 def _uncompressed_table(rows: list, summary: dict) -> list[str]:
